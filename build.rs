@@ -1,0 +1,27 @@
+//! Compiles the protos with protox (no system `protoc`) and writes the
+//! descriptor set that server reflection serves.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+const PROTOS: &[&str] = &[
+    "proto/transplant_audit/v1/record.proto",
+    "proto/transplant_audit/v1/ingest.proto",
+    "proto/transplant_audit/v1/registry.proto",
+    "proto/transplant_audit/v1/audit.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // protox does not emit rerun-if-changed lines itself.
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(PROTOS, ["proto"])?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out_dir.join("transplant_audit_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .extern_path(".google.rpc", "::tonic_types::pb")
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! `AuditService`: auditors list, open and triage flags.
+
+use tonic::{Request, Response, Status};
+
+use crate::domain::{FlagStatus, Violations};
+use crate::rules::RuleId;
+use crate::store::{FlagFilter, Store, TriageStep};
+
+use super::convert::{event_to_proto, flag_to_proto, instant, optional, record_to_proto, required};
+use super::pb::audit_service_server::AuditService;
+use super::pb;
+use super::status::{invalid, page_size};
+use super::{page_token, trace_id};
+
+/// Who a triage step is recorded as until callers authenticate.
+const UNAUTHENTICATED_ACTOR: &str = "unauthenticated";
+
+/// The gRPC face of flags and triage.
+#[derive(Clone, Debug)]
+pub struct AuditApi {
+    store: Store,
+}
+
+impl AuditApi {
+    /// Serves the flags kept in `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+fn filter(req: &pb::ListFlagsRequest) -> Result<FlagFilter, Violations> {
+    let mut v = Violations::default();
+    let text = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let rule_id = text(&req.rule_id);
+    if let Some(rule) = &rule_id {
+        v.check("rule_id", rule.parse::<RuleId>());
+    }
+    let filter = FlagFilter {
+        status: optional(&mut v, "status", req.status),
+        min_severity: optional(&mut v, "min_severity", req.min_severity),
+        rule_id,
+        clinic_id: text(&req.clinic_id),
+        hospital_id: text(&req.hospital_id),
+        raised_after: instant(&mut v, "raised_after", req.raised_after.as_ref()),
+        raised_before: instant(&mut v, "raised_before", req.raised_before.as_ref()),
+    };
+    v.into_result(|| filter)
+}
+
+/// Parses a decimal id of ours (`flag_id`), or names the field that is not one.
+fn parse_id(v: &mut Violations, field: &str, raw: &str) -> Option<i64> {
+    if raw.is_empty() {
+        v.missing(field);
+        return None;
+    }
+    match raw.parse::<i64>() {
+        Ok(id) if id > 0 => Some(id),
+        _ => {
+            v.add(field, "must be an id this service returned");
+            None
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for AuditApi {
+    async fn list_flags(
+        &self,
+        request: Request<pb::ListFlagsRequest>,
+    ) -> Result<Response<pb::ListFlagsResponse>, Status> {
+        let req = request.get_ref();
+        let limit = page_size(req.page_size)?;
+        let filter = filter(req).map_err(invalid)?;
+        let filters = format!("{filter:?}");
+        let before = match page_token::decode(&filters, &req.page_token)? {
+            Some(cursor) => Some(cursor.parse::<i64>().map_err(|_| {
+                super::status::invalid_field("page_token", "is not a token this listing issued")
+            })?),
+            None => None,
+        };
+        let page = self.store.list_flags(&filter, before, limit).await?;
+        Ok(Response::new(pb::ListFlagsResponse {
+            flags: page.flags.iter().map(flag_to_proto).collect(),
+            next_page_token: page
+                .next_before
+                .map(|b| page_token::encode(&filters, &b.to_string()))
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn get_flag(
+        &self,
+        request: Request<pb::GetFlagRequest>,
+    ) -> Result<Response<pb::GetFlagResponse>, Status> {
+        let mut v = Violations::default();
+        let id = parse_id(&mut v, "flag_id", &request.get_ref().flag_id);
+        let id = id.ok_or_else(|| invalid(v))?;
+        let case = self.store.flag_case(id).await?.ok_or_else(|| Status::not_found("flag not found"))?;
+        tracing::info!(flag_id = id, "case opened");
+        Ok(Response::new(pb::GetFlagResponse {
+            flag: Some(flag_to_proto(&case.flag)),
+            record: Some(record_to_proto(&case.record)),
+            evidence: case.evidence.iter().map(record_to_proto).collect(),
+            history: case.history.iter().map(event_to_proto).collect(),
+        }))
+    }
+
+    async fn update_flag_status(
+        &self,
+        request: Request<pb::UpdateFlagStatusRequest>,
+    ) -> Result<Response<pb::UpdateFlagStatusResponse>, Status> {
+        let trace = trace_id(&request);
+        let req = request.get_ref();
+        let mut v = Violations::default();
+        let id = parse_id(&mut v, "flag_id", &req.flag_id);
+        let to: Option<FlagStatus> = required(&mut v, "status", req.status);
+        let revision = parse_id(&mut v, "etag", &req.etag);
+        if req.note.len() > 4000 {
+            v.add("note", "must be at most 4000 bytes");
+        }
+        let (Some(id), Some(to), Some(revision), true) = (id, to, revision, v.is_empty()) else {
+            return Err(invalid(v));
+        };
+        let flag = self
+            .store
+            .triage(TriageStep {
+                flag_id: id,
+                to,
+                note: req.note.trim(),
+                expected_revision: revision,
+                actor: UNAUTHENTICATED_ACTOR,
+                trace_id: trace.as_deref(),
+            })
+            .await?;
+        tracing::info!(flag_id = id, status = %to, "flag triaged");
+        Ok(Response::new(pb::UpdateFlagStatusResponse { flag: Some(flag_to_proto(&flag)) }))
+    }
+}

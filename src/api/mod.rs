@@ -1,0 +1,29 @@
+//! The gRPC adapters: proto ⇄ domain, error mapping, the three services.
+
+pub mod audit;
+pub mod convert;
+pub mod ingest;
+mod page_token;
+pub mod registry;
+pub mod status;
+
+/// Code generated from `proto/transplant_audit/v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("transplant_audit.v1");
+
+    /// The encoded descriptors of every proto file, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("transplant_audit_descriptor");
+}
+
+/// The W3C trace id of a call, when the caller sent a valid `traceparent`.
+pub(crate) fn trace_id<T>(req: &tonic::Request<T>) -> Option<String> {
+    let value = req.metadata().get("traceparent")?.to_str().ok()?;
+    let mut parts = value.split('-');
+    let (_version, trace) = (parts.next()?, parts.next()?);
+    let valid = trace.len() == 32
+        && trace.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        && trace.bytes().any(|b| b != b'0');
+    valid.then(|| trace.to_owned())
+}

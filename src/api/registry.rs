@@ -1,0 +1,80 @@
+//! `RegistryService`: the registry of licensed clinics.
+
+use tonic::{Request, Response, Status};
+
+use crate::store::Store;
+
+use super::convert::{clinic, clinic_to_proto};
+use super::page_token;
+use super::pb::registry_service_server::RegistryService;
+use super::pb;
+use super::status::{invalid, invalid_field, page_size};
+
+/// The gRPC face of the clinic registry.
+#[derive(Clone, Debug)]
+pub struct RegistryApi {
+    store: Store,
+}
+
+impl RegistryApi {
+    /// Serves the registry kept in `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+#[tonic::async_trait]
+impl RegistryService for RegistryApi {
+    async fn upsert_clinic(
+        &self,
+        request: Request<pb::UpsertClinicRequest>,
+    ) -> Result<Response<pb::UpsertClinicResponse>, Status> {
+        let entry = clinic(request.get_ref().clinic.as_ref()).map_err(invalid)?;
+        let (stored, changed) = self.store.upsert_clinic(&entry).await?;
+        tracing::info!(clinic_id = %entry.clinic_id, version = stored.version, changed, "registry entry upserted");
+        Ok(Response::new(pb::UpsertClinicResponse { clinic: Some(clinic_to_proto(&stored)), changed }))
+    }
+
+    async fn get_clinic(
+        &self,
+        request: Request<pb::GetClinicRequest>,
+    ) -> Result<Response<pb::GetClinicResponse>, Status> {
+        let req = request.get_ref();
+        if req.clinic_id.is_empty() {
+            return Err(invalid_field("clinic_id", "is required"));
+        }
+        let current = self
+            .store
+            .clinic(&req.clinic_id)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("clinic {:?} is not registered", req.clinic_id)))?;
+        let history = if req.include_history {
+            self.store
+                .clinic_history(&req.clinic_id)
+                .await?
+                .iter()
+                .filter(|v| v.version != current.version)
+                .map(clinic_to_proto)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(pb::GetClinicResponse { clinic: Some(clinic_to_proto(&current)), history }))
+    }
+
+    async fn list_clinics(
+        &self,
+        request: Request<pb::ListClinicsRequest>,
+    ) -> Result<Response<pb::ListClinicsResponse>, Status> {
+        let req = request.get_ref();
+        let limit = page_size(req.page_size)?;
+        let filters = format!("country={}", req.country);
+        let after = page_token::decode(&filters, &req.page_token)?;
+        let country = (!req.country.is_empty()).then(|| req.country.to_ascii_uppercase());
+        let page = self.store.list_clinics(country.as_deref(), after.as_deref(), limit).await?;
+        Ok(Response::new(pb::ListClinicsResponse {
+            clinics: page.clinics.iter().map(clinic_to_proto).collect(),
+            next_page_token: page.next_after.map(|a| page_token::encode(&filters, &a)).unwrap_or_default(),
+        }))
+    }
+}

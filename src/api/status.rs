@@ -1,0 +1,125 @@
+//! The one place where library errors become gRPC statuses.
+//!
+//! Internal errors are logged here and answered with a generic message: a
+//! database error's text never reaches a caller.
+
+use prost::Message;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::domain::Violations;
+use crate::ingest::IngestError;
+use crate::store::{StoreError, TriageError};
+
+/// INVALID_ARGUMENT with one `google.rpc.BadRequest` field violation per bad field.
+pub fn invalid(violations: Violations) -> Status {
+    let mut details = ErrorDetails::new();
+    for v in &violations.0 {
+        details.add_bad_request_violation(v.field.clone(), v.description.clone());
+    }
+    let summary = match violations.0.as_slice() {
+        [one] => format!("invalid {}: {}", one.field, one.description),
+        many => format!("{} invalid fields", many.len()),
+    };
+    Status::with_error_details(Code::InvalidArgument, summary, details)
+}
+
+/// INVALID_ARGUMENT for one bad field.
+pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
+    let mut v = Violations::default();
+    v.add(field, description);
+    invalid(v)
+}
+
+/// UNAVAILABLE for a database that cannot be reached; INTERNAL otherwise.
+pub fn store(err: StoreError) -> Status {
+    if err.is_unavailable() {
+        tracing::warn!(error = %err, "database unavailable");
+        Status::unavailable("the database is unavailable; retry later")
+    } else {
+        tracing::error!(error = %err, "database error");
+        Status::internal("internal error")
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(err: StoreError) -> Self {
+        store(err)
+    }
+}
+
+impl From<IngestError> for Status {
+    fn from(err: IngestError) -> Self {
+        match err {
+            IngestError::Conflict { .. } => Status::already_exists(err.to_string()),
+            IngestError::NotFound { .. } => Status::not_found(err.to_string()),
+            IngestError::Store(e) => store(e),
+        }
+    }
+}
+
+impl From<TriageError> for Status {
+    fn from(err: TriageError) -> Self {
+        match err {
+            TriageError::NotFound => Status::not_found(err.to_string()),
+            TriageError::Stale { .. } => Status::aborted(err.to_string()),
+            TriageError::IllegalTransition { .. } => Status::failed_precondition(err.to_string()),
+            TriageError::NoteRequired(_) => invalid_field("note", err.to_string()),
+            TriageError::Store(e) => store(e),
+        }
+    }
+}
+
+/// A status as the `google.rpc.Status` message that a stream acknowledgement carries.
+pub fn to_rpc_status(status: &Status) -> tonic_types::pb::Status {
+    let details = status.details();
+    if !details.is_empty() {
+        if let Ok(full) = tonic_types::pb::Status::decode(details) {
+            return full;
+        }
+    }
+    tonic_types::pb::Status {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        details: Vec::new(),
+    }
+}
+
+/// The page size asked for, defaulted and capped (AIP-158).
+pub fn page_size(raw: i32) -> Result<i64, Status> {
+    match raw {
+        0 => Ok(50),
+        1..=500 => Ok(i64::from(raw)),
+        501.. => Ok(500),
+        _ => Err(invalid_field("page_size", "must not be negative")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_request_lists_every_field() {
+        let mut v = Violations::default();
+        v.add("record.organ", "is required");
+        v.add("record.donor.age_years", "must be between 0 and 120");
+        let status = invalid(v);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        let bad = details.bad_request().expect("a BadRequest detail");
+        let fields: Vec<_> = bad.field_violations.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(fields, ["record.organ", "record.donor.age_years"]);
+        let rpc = to_rpc_status(&status);
+        assert_eq!(rpc.code, Code::InvalidArgument as i32);
+        assert_eq!(rpc.details.len(), 1);
+    }
+
+    #[test]
+    fn page_sizes() {
+        assert_eq!(page_size(0).unwrap(), 50);
+        assert_eq!(page_size(7).unwrap(), 7);
+        assert_eq!(page_size(10_000).unwrap(), 500);
+        assert_eq!(page_size(-1).unwrap_err().code(), Code::InvalidArgument);
+    }
+}

@@ -1,0 +1,211 @@
+//! Configuration: command-line flags, each with an environment variable.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::domain::identity::{FingerprintKey, MIN_KEY_LEN};
+
+/// Catches signs of organ trafficking and transplant fraud in transplant records.
+#[derive(Debug, Parser)]
+#[command(name = "transplant-audit", version, about)]
+pub struct Cli {
+    /// Settings shared by every command.
+    #[command(flatten)]
+    pub settings: Settings,
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Apply migrations and serve gRPC until SIGTERM or SIGINT.
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings shared by every command.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Postgres URL. When unset, the service runs a Postgres of its own under --data-dir.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051", global = true)]
+    pub listen_addr: SocketAddr,
+
+    /// Secret key for identifier fingerprints: at least 32 bytes, hex-encoded.
+    #[arg(long, env = "FINGERPRINT_KEY", hide_env_values = true, global = true)]
+    pub fingerprint_key: Option<String>,
+
+    /// File holding the fingerprint key (hex), instead of FINGERPRINT_KEY.
+    #[arg(long, env = "FINGERPRINT_KEY_FILE", global = true, conflicts_with = "fingerprint_key")]
+    pub fingerprint_key_file: Option<PathBuf>,
+
+    /// Folder of the local default: its Postgres cluster and generated key.
+    #[arg(long, env = "DATA_DIR", default_value = ".transplant-audit", global = true)]
+    pub data_dir: PathBuf,
+
+    /// TOML file of rule settings (enable, severity, thresholds); built-in defaults when unset.
+    #[arg(long, env = "RULES_CONFIG", global = true)]
+    pub rules_config: Option<PathBuf>,
+
+    /// Log format; the level comes from RUST_LOG (default: info).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    /// Most database connections open at once.
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16, global = true)]
+    pub db_max_connections: u32,
+
+    /// Seconds health reports NOT_SERVING before the server stops accepting calls at shutdown.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 1, global = true)]
+    pub shutdown_grace_secs: u64,
+
+    /// Seconds in-flight calls get to finish at shutdown.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, global = true)]
+    pub shutdown_timeout_secs: u64,
+
+    /// Seconds a unary call may take before it is cancelled.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 30, global = true)]
+    pub request_timeout_secs: u64,
+}
+
+impl Settings {
+    /// How long health says NOT_SERVING before the listener closes.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// How long in-flight calls may take to finish at shutdown.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// The per-call deadline.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No key configured outside the local default.
+    #[error(
+        "no fingerprint key: set FINGERPRINT_KEY (or FINGERPRINT_KEY_FILE) to at least {MIN_KEY_LEN} \
+         random bytes, hex-encoded (e.g. `openssl rand -hex 32`)"
+    )]
+    MissingKey,
+    /// The key is not usable.
+    #[error("the fingerprint key {0}")]
+    BadKey(String),
+    /// A key file could not be read or written.
+    #[error("fingerprint key file {path}: {source}")]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+}
+
+/// Parses a hex-encoded key.
+pub fn parse_key(hex_text: &str) -> Result<FingerprintKey, ConfigError> {
+    let bytes = hex::decode(hex_text.trim())
+        .map_err(|_| ConfigError::BadKey("must be hex-encoded".into()))?;
+    FingerprintKey::from_bytes(&bytes).map_err(|e| ConfigError::BadKey(format!("is too short: {e}")))
+}
+
+/// The configured key; `None` when none is configured.
+pub fn configured_key(settings: &Settings) -> Result<Option<FingerprintKey>, ConfigError> {
+    if let Some(text) = &settings.fingerprint_key {
+        return parse_key(text).map(Some);
+    }
+    if let Some(path) = &settings.fingerprint_key_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::KeyFile { path: path.clone(), source })?;
+        return parse_key(&text).map(Some);
+    }
+    Ok(None)
+}
+
+/// The key of the local default: read from `dir/fingerprint.key`, created
+/// (32 random bytes, owner-only) on first use.
+pub fn local_key(dir: &Path) -> Result<FingerprintKey, ConfigError> {
+    let path = dir.join("fingerprint.key");
+    let io = |source| ConfigError::KeyFile { path: path.clone(), source };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => parse_key(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut secret = [0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+                .map_err(|_| io(std::io::Error::other("no system randomness")))?;
+            std::fs::create_dir_all(dir).map_err(io)?;
+            write_private(&path, &hex::encode(secret)).map_err(io)?;
+            parse_key(&hex::encode(secret))
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_must_be_long_hex() {
+        assert!(parse_key(&"ab".repeat(32)).is_ok());
+        assert!(matches!(parse_key(&"ab".repeat(31)), Err(ConfigError::BadKey(_))));
+        assert!(matches!(parse_key("not hex"), Err(ConfigError::BadKey(_))));
+    }
+
+    #[test]
+    fn the_local_key_is_generated_once_and_kept_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let first = local_key(dir.path()).unwrap();
+        let second = local_key(dir.path()).unwrap();
+        let id = crate::domain::PersonIdentifier::new(
+            crate::domain::IdentifierScheme::Passport,
+            "DE".parse().unwrap(),
+            "X1",
+        )
+        .unwrap();
+        assert_eq!(first.fingerprint(&id), second.fingerprint(&id));
+        let mode = std::fs::metadata(dir.path().join("fingerprint.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn cli_defaults_and_secrets_hidden() {
+        let cli = Cli::try_parse_from(["transplant-audit"]).unwrap();
+        assert_eq!(cli.settings.listen_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(cli.command, None);
+        let cli = Cli::try_parse_from(["transplant-audit", "migrate", "--database-url", "postgres://x"]).unwrap();
+        assert_eq!(cli.command, Some(Command::Migrate));
+        assert_eq!(cli.settings.database_url.as_deref(), Some("postgres://x"));
+    }
+}

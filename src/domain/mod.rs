@@ -1,0 +1,17 @@
+//! Plain, valid-by-construction types of the transplant domain. No I/O here.
+
+pub mod clinic;
+pub mod country;
+pub mod enums;
+pub mod hla;
+pub mod identity;
+pub mod record;
+pub mod validation;
+
+pub use clinic::Clinic;
+pub use country::CountryCode;
+pub use enums::*;
+pub use hla::HlaTyping;
+pub use identity::{Fingerprint, FingerprintKey, PersonIdentifier};
+pub use record::{Donor, DonorKind, Person, Record, RecordId, Submission, TransplantRecord};
+pub use validation::{FieldViolation, Violations};

@@ -1,0 +1,166 @@
+//! The ingest pipeline: pseudonymise → lock keys → load context → rules →
+//! persist, one transaction per record.
+
+use std::sync::Arc;
+
+use crate::domain::{FingerprintKey, Record, RecordId, Submission};
+use crate::rules::{Engine, RuleContext, WindowSpec};
+use crate::store::{ExistingRecord, IngestTx, Store, StoreError, StoredAck};
+use crate::store::ingest::content_hash;
+
+/// What became of a record that was not refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored now.
+    Accepted,
+    /// Already stored with the same content; nothing new was stored.
+    Duplicate,
+}
+
+/// The acknowledgement of a stored record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    /// Accepted or duplicate.
+    pub outcome: Outcome,
+    /// The stored record.
+    pub stored: StoredAck,
+}
+
+/// Why a record was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The idempotency key is taken by a record with other content.
+    #[error(
+        "record {external_record_id:?} of hospital {hospital_id:?} was already submitted with \
+         different content; send a correction with AmendRecord"
+    )]
+    Conflict {
+        /// The hospital.
+        hospital_id: String,
+        /// Its record id.
+        external_record_id: String,
+    },
+    /// An amendment names a record that was never stored.
+    #[error("record {external_record_id:?} of hospital {hospital_id:?} does not exist")]
+    NotFound {
+        /// The hospital.
+        hospital_id: String,
+        /// Its record id.
+        external_record_id: String,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Runs records through the pipeline.
+#[derive(Clone, Debug)]
+pub struct Ingestor {
+    store: Store,
+    engine: Arc<Engine>,
+    key: FingerprintKey,
+}
+
+impl Ingestor {
+    /// A pipeline over `store`, evaluating with `engine`, fingerprinting with `key`.
+    pub fn new(store: Store, engine: Arc<Engine>, key: FingerprintKey) -> Self {
+        Self { store, engine, key }
+    }
+
+    /// Stores a new record with its flags, or recognises a retry.
+    pub async fn submit(&self, submission: Submission) -> Result<Ack, IngestError> {
+        let record = submission.pseudonymise(&self.key);
+        let hash = content_hash(&record);
+        if let Some(existing) =
+            self.store.find_existing(&record.hospital_id, &record.external_record_id).await?
+        {
+            return duplicate_or_conflict(&record, &existing, &hash);
+        }
+        let mut tx = self.store.begin_ingest().await?;
+        tx.lock_keys([&record]).await?;
+        let Some(stored) = tx.insert(&record).await? else {
+            // A concurrent submission of the same key won; judge against it.
+            drop(tx);
+            let existing = self
+                .store
+                .find_existing(&record.hospital_id, &record.external_record_id)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("idempotency conflict without a row".into()))?;
+            return duplicate_or_conflict(&record, &existing, &hash);
+        };
+        self.evaluate_and_flag(&mut tx, &stored, &record).await?;
+        tx.commit().await?;
+        Ok(Ack { outcome: Outcome::Accepted, stored })
+    }
+
+    /// Replaces a stored record's content with a corrected version.
+    pub async fn amend(&self, submission: Submission, reason: &str) -> Result<Ack, IngestError> {
+        let record = submission.pseudonymise(&self.key);
+        let hash = content_hash(&record);
+        let mut tx = self.store.begin_ingest().await?;
+        tx.lock_keys([&record]).await?;
+        let existing = tx
+            .find_existing(&record.hospital_id, &record.external_record_id)
+            .await?
+            .ok_or_else(|| IngestError::NotFound {
+                hospital_id: record.hospital_id.clone(),
+                external_record_id: record.external_record_id.clone(),
+            })?;
+        if existing.content_hash == hash {
+            return Ok(duplicate(&existing));
+        }
+        let stored = tx.amend(&existing, &record, reason).await?;
+        self.evaluate_and_flag(&mut tx, &stored, &record).await?;
+        tx.commit().await?;
+        Ok(Ack { outcome: Outcome::Accepted, stored })
+    }
+
+    /// Loads the rules' context as it stood before `stored`, runs the rules
+    /// and stores their findings, all inside `tx`.
+    async fn evaluate_and_flag(
+        &self,
+        tx: &mut IngestTx,
+        stored: &StoredAck,
+        record: &Record,
+    ) -> Result<(), StoreError> {
+        let before: RecordId = stored.id;
+        let clinic = tx.clinic(&record.clinic_id).await?;
+        let donor_history = tx.donor_history(&record.donor.person.identifier, before).await?;
+        let spec = WindowSpec::for_record(record, self.engine.config());
+        let clinic_window =
+            tx.clinic_window(&record.clinic_id, record.transplanted_at, spec, before).await?;
+        let ctx = RuleContext {
+            clinic: clinic.as_ref(),
+            donor_history: &donor_history,
+            clinic_window: &clinic_window,
+        };
+        let findings = self.engine.evaluate(record, &ctx);
+        tx.save_flags(stored, record, &findings).await
+    }
+}
+
+fn duplicate(existing: &ExistingRecord) -> Ack {
+    Ack {
+        outcome: Outcome::Duplicate,
+        stored: StoredAck {
+            id: existing.id,
+            version: existing.version,
+            received_at: existing.received_at,
+        },
+    }
+}
+
+fn duplicate_or_conflict(
+    record: &Record,
+    existing: &ExistingRecord,
+    hash: &[u8],
+) -> Result<Ack, IngestError> {
+    if existing.content_hash == hash {
+        Ok(duplicate(existing))
+    } else {
+        Err(IngestError::Conflict {
+            hospital_id: record.hospital_id.clone(),
+            external_record_id: record.external_record_id.clone(),
+        })
+    }
+}

@@ -1,0 +1,16 @@
+//! transplant-audit: catches signs of organ trafficking and transplant fraud
+//! in the transplant records hospitals submit over gRPC.
+//!
+//! Layers, dependencies pointing inward: [`domain`] (pure types), [`rules`]
+//! (pure functions), [`store`] (all SQL), [`ingest`] (the pipeline), [`api`]
+//! (tonic adapters), [`server`] (wiring, health, reflection, shutdown).
+
+pub mod api;
+pub mod config;
+pub mod domain;
+pub mod ingest;
+pub mod localdb;
+pub mod rules;
+pub mod server;
+pub mod store;
+pub mod telemetry;

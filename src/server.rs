@@ -1,0 +1,196 @@
+//! The tonic server: the three services, health, reflection, graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use crate::api::audit::AuditApi;
+use crate::api::ingest::IngestApi;
+use crate::api::pb;
+use crate::api::registry::RegistryApi;
+use crate::domain::FingerprintKey;
+use crate::ingest::Ingestor;
+use crate::rules::Engine;
+use crate::store::Store;
+
+/// The largest request message accepted; a record is a few kilobytes.
+const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// How often health checks that the database answers.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Everything the services share.
+#[derive(Clone, Debug)]
+pub struct App {
+    /// The database.
+    pub store: Store,
+    /// The ingest pipeline.
+    pub ingestor: Ingestor,
+}
+
+impl App {
+    /// Wires the services over `store`.
+    pub fn new(store: Store, engine: Engine, key: FingerprintKey) -> Self {
+        let ingestor = Ingestor::new(store.clone(), Arc::new(engine), key);
+        Self { store, ingestor }
+    }
+}
+
+/// Timing of the server's life.
+#[derive(Clone, Copy, Debug)]
+pub struct ServeOptions {
+    /// Per-call deadline (tonic answers CANCELLED past it).
+    pub request_timeout: Duration,
+    /// How long health says NOT_SERVING before the listener closes.
+    pub shutdown_grace: Duration,
+    /// How long in-flight calls may take to finish once the listener is closed.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why serving stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The transport failed.
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not read the descriptors.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// In-flight calls did not finish within the shutdown timeout.
+    #[error("calls still running after the shutdown timeout")]
+    DrainTimeout,
+    /// The server task panicked.
+    #[error("server task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// The service names health reports on, besides the overall "" entry.
+const SERVICES: &[&str] = &[
+    "transplant_audit.v1.IngestService",
+    "transplant_audit.v1.RegistryService",
+    "transplant_audit.v1.AuditService",
+];
+
+/// Serves on `listener` until `shutdown` resolves, then drains: health goes
+/// NOT_SERVING, the listener closes after the grace period, and in-flight
+/// calls get `shutdown_timeout` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: App,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let watcher = tokio::spawn(watch_database(app.store.clone(), health.clone()));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let ingest = pb::ingest_service_server::IngestServiceServer::new(IngestApi::new(app.ingestor.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let registry = pb::registry_service_server::RegistryServiceServer::new(RegistryApi::new(app.store.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let audit = pb::audit_service_server::AuditServiceServer::new(AuditApi::new(app.store.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+
+    let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
+    let router = Server::builder()
+        .timeout(options.request_timeout)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(ingest)
+        .add_service(registry)
+        .add_service(audit);
+    let incoming = TcpListenerStream::new(listener);
+    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = accepting_stopped.await;
+    }));
+
+    tokio::select! {
+        result = &mut server => {
+            watcher.abort();
+            return Ok(result??);
+        }
+        () = shutdown => {}
+    }
+    tracing::info!("shutting down: health NOT_SERVING, draining calls");
+    watcher.abort();
+    set_all(&health, ServingStatus::NotServing).await;
+    tokio::time::sleep(options.shutdown_grace).await;
+    let _ = stop_accepting.send(());
+    match tokio::time::timeout(options.shutdown_timeout, server).await {
+        Ok(result) => Ok(result??),
+        Err(_) => Err(ServeError::DrainTimeout),
+    }
+}
+
+async fn set_all(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    for service in SERVICES {
+        health.set_service_status(*service, status).await;
+    }
+}
+
+/// Keeps health SERVING exactly while the database answers.
+async fn watch_database(store: Store, health: HealthReporter) {
+    let mut last = None;
+    loop {
+        let status = if store.ping().await { ServingStatus::Serving } else { ServingStatus::NotServing };
+        if last != Some(status) {
+            match status {
+                ServingStatus::Serving => tracing::info!("database reachable: health SERVING"),
+                _ => tracing::warn!("database unreachable: health NOT_SERVING"),
+            }
+            set_all(&health, status).await;
+            last = Some(status);
+        }
+        tokio::time::sleep(HEALTH_INTERVAL).await;
+    }
+}
+
+/// Resolves at the first SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; SIGINT only");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

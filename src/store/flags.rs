@@ -1,0 +1,372 @@
+//! Flags as auditors see them: listing, opening a case and triage.
+
+use chrono::{DateTime, Utc};
+use sqlx::{Postgres, QueryBuilder};
+
+use crate::domain::{FlagStatus, Record, RecordId, Severity};
+
+use super::body::{parse, RecordBody};
+use super::ingest::{severity_from_db, severity_to_db};
+use super::{Store, StoreError};
+
+/// A flag with what a listing shows of its record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagView {
+    /// The flag's id.
+    pub id: i64,
+    /// The flagged record.
+    pub record_id: RecordId,
+    /// The rule id text.
+    pub rule_id: String,
+    /// The rule's version.
+    pub rule_version: i32,
+    /// Severity.
+    pub severity: Severity,
+    /// What the rule found.
+    pub explanation: String,
+    /// Other records involved.
+    pub evidence: Vec<RecordId>,
+    /// Triage status.
+    pub status: FlagStatus,
+    /// Bumped by every triage step; the optimistic-concurrency token.
+    pub revision: i64,
+    /// When raised.
+    pub raised_at: DateTime<Utc>,
+    /// When last changed.
+    pub updated_at: DateTime<Utc>,
+    /// Submitting hospital.
+    pub hospital_id: String,
+    /// Clinic of the record.
+    pub clinic_id: String,
+    /// The hospital's id of the record.
+    pub external_record_id: String,
+    /// The record version the rule ran on.
+    pub record_version: i32,
+    /// The record version that no longer raises it, if any.
+    pub cleared_in_version: Option<i32>,
+}
+
+#[derive(sqlx::FromRow)]
+struct FlagRow {
+    id: i64,
+    record_id: i64,
+    rule_id: String,
+    rule_version: i32,
+    severity: i16,
+    explanation: String,
+    evidence_record_ids: Vec<i64>,
+    status: String,
+    revision: i64,
+    raised_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    hospital_id: String,
+    clinic_id: String,
+    external_record_id: String,
+    record_version: i32,
+    cleared_in_version: Option<i32>,
+}
+
+impl FlagRow {
+    fn into_view(self) -> Result<FlagView, StoreError> {
+        Ok(FlagView {
+            id: self.id,
+            record_id: RecordId(self.record_id),
+            rule_id: self.rule_id,
+            rule_version: self.rule_version,
+            severity: severity_from_db(self.severity)?,
+            explanation: self.explanation,
+            evidence: self.evidence_record_ids.into_iter().map(RecordId).collect(),
+            status: parse(&self.status)?,
+            revision: self.revision,
+            raised_at: self.raised_at,
+            updated_at: self.updated_at,
+            hospital_id: self.hospital_id,
+            clinic_id: self.clinic_id,
+            external_record_id: self.external_record_id,
+            record_version: self.record_version,
+            cleared_in_version: self.cleared_in_version,
+        })
+    }
+}
+
+const FLAG_COLUMNS: &str = "SELECT f.id, f.record_id, f.rule_id, f.rule_version, f.severity,
+    f.explanation, f.evidence_record_ids, f.status, f.revision, f.raised_at, f.updated_at,
+    f.hospital_id, f.clinic_id, r.external_record_id, f.record_version, f.cleared_in_version
+    FROM flags f JOIN records r ON r.id = f.record_id";
+
+/// Filters of a flag listing; `None` means any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlagFilter {
+    /// Only this status.
+    pub status: Option<FlagStatus>,
+    /// Only at least this severity.
+    pub min_severity: Option<Severity>,
+    /// Only this rule.
+    pub rule_id: Option<String>,
+    /// Only this clinic.
+    pub clinic_id: Option<String>,
+    /// Only this hospital.
+    pub hospital_id: Option<String>,
+    /// Raised at or after.
+    pub raised_after: Option<DateTime<Utc>>,
+    /// Raised before.
+    pub raised_before: Option<DateTime<Utc>>,
+}
+
+/// One page of a flag listing, newest first.
+#[derive(Debug, Clone)]
+pub struct FlagPage {
+    /// The flags.
+    pub flags: Vec<FlagView>,
+    /// The last id of the page when more may follow.
+    pub next_before: Option<i64>,
+}
+
+/// A stored record version as auditors see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordView {
+    /// The record's id.
+    pub id: RecordId,
+    /// Its current version.
+    pub version: i32,
+    /// When first stored.
+    pub received_at: DateTime<Utc>,
+    /// The pseudonymised content of the current version.
+    pub record: Record,
+}
+
+/// One triage step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagEvent {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Who.
+    pub actor: String,
+    /// Status before.
+    pub from: FlagStatus,
+    /// Status after.
+    pub to: FlagStatus,
+    /// The note.
+    pub note: String,
+    /// Trace id of the call, if traced.
+    pub trace_id: Option<String>,
+}
+
+/// A case: the flag, its record, the evidence and the triage history.
+#[derive(Debug, Clone)]
+pub struct FlagCase {
+    /// The flag.
+    pub flag: FlagView,
+    /// The flagged record.
+    pub record: RecordView,
+    /// Evidence records that still exist.
+    pub evidence: Vec<RecordView>,
+    /// Triage steps, oldest first.
+    pub history: Vec<FlagEvent>,
+}
+
+/// Why a triage step was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TriageError {
+    /// No such flag.
+    #[error("flag not found")]
+    NotFound,
+    /// Somebody changed the flag since the caller read it.
+    #[error("the flag changed since it was read (now at revision {current}); read it again")]
+    Stale {
+        /// The current revision.
+        current: i64,
+    },
+    /// The transition is not allowed from the current status.
+    #[error("cannot move a flag from {from} to {to}")]
+    IllegalTransition {
+        /// Current status.
+        from: FlagStatus,
+        /// Requested status.
+        to: FlagStatus,
+    },
+    /// Closing a case needs a note.
+    #[error("a note is required to move a flag to {0}")]
+    NoteRequired(FlagStatus),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for TriageError {
+    fn from(e: sqlx::Error) -> Self {
+        TriageError::Store(e.into())
+    }
+}
+
+/// A triage step as asked for.
+#[derive(Debug, Clone)]
+pub struct TriageStep<'a> {
+    /// The flag.
+    pub flag_id: i64,
+    /// The status to move to.
+    pub to: FlagStatus,
+    /// The auditor's note.
+    pub note: &'a str,
+    /// The revision the caller read.
+    pub expected_revision: i64,
+    /// Who asks.
+    pub actor: &'a str,
+    /// Trace id of the call, if traced.
+    pub trace_id: Option<&'a str>,
+}
+
+impl Store {
+    /// Flags matching `filter` with ids below `before`, newest first.
+    pub async fn list_flags(
+        &self,
+        filter: &FlagFilter,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<FlagPage, StoreError> {
+        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(FLAG_COLUMNS);
+        q.push(" WHERE true");
+        if let Some(status) = filter.status {
+            q.push(" AND f.status = ").push_bind(status.as_str());
+        }
+        if let Some(min) = filter.min_severity {
+            q.push(" AND f.severity >= ").push_bind(severity_to_db(min));
+        }
+        if let Some(rule) = &filter.rule_id {
+            q.push(" AND f.rule_id = ").push_bind(rule.clone());
+        }
+        if let Some(clinic) = &filter.clinic_id {
+            q.push(" AND f.clinic_id = ").push_bind(clinic.clone());
+        }
+        if let Some(hospital) = &filter.hospital_id {
+            q.push(" AND f.hospital_id = ").push_bind(hospital.clone());
+        }
+        if let Some(after) = filter.raised_after {
+            q.push(" AND f.raised_at >= ").push_bind(after);
+        }
+        if let Some(until) = filter.raised_before {
+            q.push(" AND f.raised_at < ").push_bind(until);
+        }
+        if let Some(before) = before {
+            q.push(" AND f.id < ").push_bind(before);
+        }
+        q.push(" ORDER BY f.id DESC LIMIT ").push_bind(limit + 1);
+        let rows: Vec<FlagRow> = q.build_query_as().fetch_all(&self.pool).await?;
+        let mut flags: Vec<FlagView> = rows.into_iter().map(FlagRow::into_view).collect::<Result<_, _>>()?;
+        let next_before = if flags.len() as i64 > limit {
+            flags.truncate(limit as usize);
+            flags.last().map(|f| f.id)
+        } else {
+            None
+        };
+        Ok(FlagPage { flags, next_before })
+    }
+
+    /// One flag.
+    pub async fn flag(&self, flag_id: i64) -> Result<Option<FlagView>, StoreError> {
+        let sql = format!("{FLAG_COLUMNS} WHERE f.id = $1");
+        let row: Option<FlagRow> = sqlx::query_as(&sql).bind(flag_id).fetch_optional(&self.pool).await?;
+        row.map(FlagRow::into_view).transpose()
+    }
+
+    /// The whole case of a flag.
+    pub async fn flag_case(&self, flag_id: i64) -> Result<Option<FlagCase>, StoreError> {
+        let Some(flag) = self.flag(flag_id).await? else { return Ok(None) };
+        let mut ids = vec![flag.record_id.0];
+        ids.extend(flag.evidence.iter().map(|r| r.0));
+        let mut records = self.records(&ids).await?;
+        let Some(pos) = records.iter().position(|r| r.id == flag.record_id) else {
+            return Err(StoreError::Corrupt(format!("flag {flag_id} without its record")));
+        };
+        let record = records.remove(pos);
+        let history = sqlx::query!(
+            "SELECT at, actor, from_status, to_status, note, trace_id
+             FROM flag_events WHERE flag_id = $1 ORDER BY id",
+            flag_id,
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|e| {
+            Ok(FlagEvent {
+                at: e.at,
+                actor: e.actor,
+                from: parse(&e.from_status)?,
+                to: parse(&e.to_status)?,
+                note: e.note,
+                trace_id: e.trace_id,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+        Ok(Some(FlagCase { flag, record, evidence: records, history }))
+    }
+
+    /// The current versions of these records, in the order of `ids`.
+    pub async fn records(&self, ids: &[i64]) -> Result<Vec<RecordView>, StoreError> {
+        let rows = sqlx::query!(
+            "SELECT r.id, r.version, r.received_at, v.body
+             FROM unnest($1::bigint[]) WITH ORDINALITY AS want(id, n)
+             JOIN records r ON r.id = want.id
+             JOIN record_versions v ON v.record_id = r.id AND v.version = r.version
+             ORDER BY want.n",
+            ids,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let body: RecordBody = serde_json::from_value(r.body)
+                    .map_err(|e| StoreError::Corrupt(format!("record body: {e}")))?;
+                Ok(RecordView {
+                    id: RecordId(r.id),
+                    version: r.version,
+                    received_at: r.received_at,
+                    record: body.into_record()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Applies one triage step, refusing stale revisions and illegal moves.
+    pub async fn triage(&self, step: TriageStep<'_>) -> Result<FlagView, TriageError> {
+        if step.to.needs_note() && step.note.trim().is_empty() {
+            return Err(TriageError::NoteRequired(step.to));
+        }
+        let mut tx = self.pool.begin().await?;
+        let current = sqlx::query!(
+            "SELECT status, revision FROM flags WHERE id = $1 FOR UPDATE",
+            step.flag_id,
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(TriageError::NotFound)?;
+        let from: FlagStatus = parse(&current.status)?;
+        if current.revision != step.expected_revision {
+            return Err(TriageError::Stale { current: current.revision });
+        }
+        if !from.can_move_to(step.to) {
+            return Err(TriageError::IllegalTransition { from, to: step.to });
+        }
+        sqlx::query!(
+            "UPDATE flags SET status = $2, revision = revision + 1, updated_at = now() WHERE id = $1",
+            step.flag_id,
+            step.to.as_str(),
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query!(
+            "INSERT INTO flag_events (flag_id, actor, from_status, to_status, note, trace_id)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            step.flag_id,
+            step.actor,
+            from.as_str(),
+            step.to.as_str(),
+            step.note,
+            step.trace_id,
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.flag(step.flag_id).await?.ok_or(TriageError::NotFound)
+    }
+}

@@ -1,0 +1,478 @@
+//! The ingest transaction: lock the keys the rules read, load their context,
+//! store the record and its flags together.
+
+use chrono::{DateTime, Utc};
+use ring::digest;
+use sqlx::{PgConnection, Postgres, Transaction};
+
+use crate::domain::{
+    Clinic, DonorKind, DonorType, Fingerprint, Record, RecordId, Severity,
+};
+use crate::rules::{ClinicWindow, Finding, PriorDonation, WindowSpec};
+
+use super::body::{parse, RecordBody};
+use super::{Store, StoreError};
+
+/// A record already stored under a (hospital, external id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingRecord {
+    /// Its id.
+    pub id: RecordId,
+    /// Its current version.
+    pub version: i32,
+    /// Hash of its current content.
+    pub content_hash: Vec<u8>,
+    /// When it was first stored.
+    pub received_at: DateTime<Utc>,
+}
+
+/// What the store says about a record it has committed (or is about to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredAck {
+    /// The record's id.
+    pub id: RecordId,
+    /// The version now current.
+    pub version: i32,
+    /// When the record was first stored.
+    pub received_at: DateTime<Utc>,
+}
+
+/// The content hash of a pseudonymised record: SHA-256 of its stored body.
+pub fn content_hash(record: &Record) -> Vec<u8> {
+    let body = body_json(record);
+    digest::digest(&digest::SHA256, body.to_string().as_bytes()).as_ref().to_vec()
+}
+
+fn body_json(record: &Record) -> serde_json::Value {
+    // A struct of strings, numbers and timestamps always serialises.
+    serde_json::to_value(RecordBody::from_record(record)).unwrap_or(serde_json::Value::Null)
+}
+
+/// One open ingest transaction. Dropping it without `commit` rolls back.
+pub struct IngestTx {
+    tx: Transaction<'static, Postgres>,
+}
+
+impl Store {
+    /// Opens an ingest transaction.
+    pub async fn begin_ingest(&self) -> Result<IngestTx, StoreError> {
+        Ok(IngestTx { tx: self.pool.begin().await? })
+    }
+
+    /// Looks a record up by its idempotency key, outside any transaction.
+    pub async fn find_existing(
+        &self,
+        hospital_id: &str,
+        external_record_id: &str,
+    ) -> Result<Option<ExistingRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        find_existing(&mut conn, hospital_id, external_record_id).await
+    }
+}
+
+async fn find_existing(
+    conn: &mut PgConnection,
+    hospital_id: &str,
+    external_record_id: &str,
+) -> Result<Option<ExistingRecord>, StoreError> {
+    let row = sqlx::query!(
+        "SELECT id, version, content_hash, received_at FROM records
+         WHERE hospital_id = $1 AND external_record_id = $2",
+        hospital_id,
+        external_record_id,
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| ExistingRecord {
+        id: RecordId(r.id),
+        version: r.version,
+        content_hash: r.content_hash,
+        received_at: r.received_at,
+    }))
+}
+
+/// Advisory-lock key of a donor: rules over a donor's history must see every
+/// record of that donor, so writers of one donor take turns.
+fn donor_lock_key(fp: &Fingerprint) -> i64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&fp.as_bytes()[..8]);
+    i64::from_be_bytes(b)
+}
+
+/// Advisory-lock key of a clinic, for the window rules over its recent records.
+fn clinic_lock_key(clinic_id: &str) -> i64 {
+    let d = digest::digest(&digest::SHA256, format!("clinic\0{clinic_id}").as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d.as_ref()[..8]);
+    i64::from_be_bytes(b)
+}
+
+impl IngestTx {
+    /// Looks a record up by its idempotency key inside this transaction.
+    pub async fn find_existing(
+        &mut self,
+        hospital_id: &str,
+        external_record_id: &str,
+    ) -> Result<Option<ExistingRecord>, StoreError> {
+        find_existing(&mut self.tx, hospital_id, external_record_id).await
+    }
+
+    /// Takes the transaction-scoped locks on every key the rules read for
+    /// these records (donors and clinics), in one fixed order so that
+    /// concurrent writers never deadlock.
+    pub async fn lock_keys<'r>(&mut self, records: impl IntoIterator<Item = &'r Record>) -> Result<(), StoreError> {
+        let mut keys: Vec<i64> = records
+            .into_iter()
+            .flat_map(|r| [donor_lock_key(&r.donor.person.identifier), clinic_lock_key(&r.clinic_id)])
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        sqlx::query!(
+            r#"SELECT count(*) AS "locked!" FROM unnest($1::bigint[]) AS k, pg_advisory_xact_lock(k)"#,
+            &keys,
+        )
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// The clinic's current registry entry, if it is registered.
+    pub async fn clinic(&mut self, clinic_id: &str) -> Result<Option<Clinic>, StoreError> {
+        super::registry::current_clinic(&mut self.tx, clinic_id).await
+    }
+
+    /// Every record of this donor stored before `before` (all hospitals), oldest first.
+    pub async fn donor_history(
+        &mut self,
+        donor: &Fingerprint,
+        before: RecordId,
+    ) -> Result<Vec<PriorDonation>, StoreError> {
+        let rows = sqlx::query!(
+            "SELECT id, organ, laterality, donor_type, donor_relation, donor_death_at,
+                    donor_death_kind, procured_at
+             FROM records WHERE donor_fp = $1 AND id < $2 ORDER BY id",
+            donor.as_bytes().as_slice(),
+            before.0,
+        )
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let kind = donor_kind(&r.donor_type, r.donor_relation, r.donor_death_at, r.donor_death_kind)?;
+                Ok(PriorDonation {
+                    record_id: RecordId(r.id),
+                    organ: parse(&r.organ)?,
+                    laterality: parse(&r.laterality)?,
+                    kind,
+                    procured_at: r.procured_at,
+                })
+            })
+            .collect()
+    }
+
+    /// The clinic's records stored before `before` inside the windows ending at `at`.
+    pub async fn clinic_window(
+        &mut self,
+        clinic_id: &str,
+        at: DateTime<Utc>,
+        spec: WindowSpec,
+        before: RecordId,
+    ) -> Result<ClinicWindow, StoreError> {
+        let mut window = ClinicWindow::default();
+        if spec.foreign_living {
+            let since = at - spec.surge.max(spec.cluster);
+            let rows = sqlx::query!(
+                "SELECT id, transplanted_at, donor_relation, donor_nationality FROM records
+                 WHERE clinic_id = $1 AND donor_type = 'LIVING' AND donor_non_resident
+                   AND transplanted_at >= $2 AND transplanted_at <= $3 AND id < $4",
+                clinic_id,
+                since,
+                at,
+                before.0,
+            )
+            .fetch_all(&mut *self.tx)
+            .await?;
+            for r in rows {
+                let id = RecordId(r.id);
+                if r.transplanted_at >= at - spec.cluster {
+                    window.foreign_living_donors.push((id, parse(&r.donor_nationality)?));
+                }
+                if r.transplanted_at >= at - spec.surge
+                    && r.donor_relation.as_deref() == Some("UNRELATED_DIRECTED")
+                {
+                    window.foreign_unrelated_living.push(id);
+                }
+            }
+        }
+        if spec.deceased {
+            let counts = sqlx::query!(
+                r#"SELECT count(*) AS "total!", count(*) FILTER (WHERE recipient_non_resident) AS "non_resident!"
+                   FROM records
+                   WHERE clinic_id = $1 AND donor_type = 'DECEASED'
+                     AND transplanted_at >= $2 AND transplanted_at <= $3 AND id < $4"#,
+                clinic_id,
+                at - spec.share,
+                at,
+                before.0,
+            )
+            .fetch_one(&mut *self.tx)
+            .await?;
+            window.deceased_transplants = u64::try_from(counts.total).unwrap_or(0);
+            window.deceased_to_non_residents = u64::try_from(counts.non_resident).unwrap_or(0);
+        }
+        Ok(window)
+    }
+
+    /// Stores a new record as version 1; `None` when a concurrent writer
+    /// stored the same idempotency key first.
+    pub async fn insert(&mut self, record: &Record) -> Result<Option<StoredAck>, StoreError> {
+        let hash = content_hash(record);
+        let (relation, death_at, death_kind) = kind_columns(&record.donor.kind);
+        let d = &record.donor.person;
+        let r = &record.recipient;
+        let row = sqlx::query!(
+            "INSERT INTO records (
+                hospital_id, external_record_id, content_hash, clinic_id, procedure_country,
+                organ, laterality, procured_at, transplanted_at, cold_ischemia_minutes,
+                machine_perfusion, abo_exception,
+                donor_fp, donor_type, donor_relation, donor_death_at, donor_death_kind,
+                donor_nationality, donor_residence, donor_age, donor_sex, donor_abo, donor_rh,
+                donor_hla, donor_non_resident,
+                recipient_fp, recipient_nationality, recipient_residence, recipient_age,
+                recipient_sex, recipient_abo, recipient_rh, recipient_hla, recipient_non_resident)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                     $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32,
+                     $33, $34)
+             ON CONFLICT ON CONSTRAINT records_idempotency DO NOTHING
+             RETURNING id, received_at",
+            record.hospital_id,
+            record.external_record_id,
+            hash,
+            record.clinic_id,
+            record.procedure_country.as_str(),
+            record.organ.as_str(),
+            record.laterality.as_str(),
+            record.procured_at,
+            record.transplanted_at,
+            record.cold_ischemia_minutes.map(|m| i32::try_from(m).unwrap_or(i32::MAX)),
+            record.machine_perfusion,
+            record.abo_exception.as_str(),
+            d.identifier.as_bytes().as_slice(),
+            record.donor.kind.donor_type().as_str(),
+            relation,
+            death_at,
+            death_kind,
+            d.nationality.as_str(),
+            d.country_of_residence.as_str(),
+            i16::from(d.age_years),
+            d.sex.map(|s| s.as_str()),
+            d.abo.as_str(),
+            d.rh.map(|x| x.as_str()),
+            hla_json(d.hla.as_ref()),
+            record.donor_is_foreign(),
+            r.identifier.as_bytes().as_slice(),
+            r.nationality.as_str(),
+            r.country_of_residence.as_str(),
+            i16::from(r.age_years),
+            r.sex.map(|s| s.as_str()),
+            r.abo.as_str(),
+            r.rh.map(|x| x.as_str()),
+            hla_json(r.hla.as_ref()),
+            record.recipient_is_foreign(),
+        )
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let id = RecordId(row.id);
+        self.insert_version(id, 1, &hash, record, None).await?;
+        Ok(Some(StoredAck { id, version: 1, received_at: row.received_at }))
+    }
+
+    /// Replaces the current content of record `id` by `record` as a new
+    /// version; the old versions stay in `record_versions`.
+    pub async fn amend(
+        &mut self,
+        existing: &ExistingRecord,
+        record: &Record,
+        reason: &str,
+    ) -> Result<StoredAck, StoreError> {
+        let hash = content_hash(record);
+        let (relation, death_at, death_kind) = kind_columns(&record.donor.kind);
+        let d = &record.donor.person;
+        let r = &record.recipient;
+        let version = sqlx::query_scalar!(
+            "UPDATE records SET
+                version = version + 1, amended_at = now(), content_hash = $2, clinic_id = $3,
+                procedure_country = $4, organ = $5, laterality = $6, procured_at = $7,
+                transplanted_at = $8, cold_ischemia_minutes = $9, machine_perfusion = $10,
+                abo_exception = $11, donor_fp = $12, donor_type = $13, donor_relation = $14,
+                donor_death_at = $15, donor_death_kind = $16, donor_nationality = $17,
+                donor_residence = $18, donor_age = $19, donor_sex = $20, donor_abo = $21,
+                donor_rh = $22, donor_hla = $23, donor_non_resident = $24, recipient_fp = $25,
+                recipient_nationality = $26, recipient_residence = $27, recipient_age = $28,
+                recipient_sex = $29, recipient_abo = $30, recipient_rh = $31,
+                recipient_hla = $32, recipient_non_resident = $33
+             WHERE id = $1
+             RETURNING version",
+            existing.id.0,
+            hash,
+            record.clinic_id,
+            record.procedure_country.as_str(),
+            record.organ.as_str(),
+            record.laterality.as_str(),
+            record.procured_at,
+            record.transplanted_at,
+            record.cold_ischemia_minutes.map(|m| i32::try_from(m).unwrap_or(i32::MAX)),
+            record.machine_perfusion,
+            record.abo_exception.as_str(),
+            d.identifier.as_bytes().as_slice(),
+            record.donor.kind.donor_type().as_str(),
+            relation,
+            death_at,
+            death_kind,
+            d.nationality.as_str(),
+            d.country_of_residence.as_str(),
+            i16::from(d.age_years),
+            d.sex.map(|s| s.as_str()),
+            d.abo.as_str(),
+            d.rh.map(|x| x.as_str()),
+            hla_json(d.hla.as_ref()),
+            record.donor_is_foreign(),
+            r.identifier.as_bytes().as_slice(),
+            r.nationality.as_str(),
+            r.country_of_residence.as_str(),
+            i16::from(r.age_years),
+            r.sex.map(|s| s.as_str()),
+            r.abo.as_str(),
+            r.rh.map(|x| x.as_str()),
+            hla_json(r.hla.as_ref()),
+            record.recipient_is_foreign(),
+        )
+        .fetch_one(&mut *self.tx)
+        .await?;
+        self.insert_version(existing.id, version, &hash, record, Some(reason)).await?;
+        Ok(StoredAck { id: existing.id, version, received_at: existing.received_at })
+    }
+
+    async fn insert_version(
+        &mut self,
+        id: RecordId,
+        version: i32,
+        hash: &[u8],
+        record: &Record,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query!(
+            "INSERT INTO record_versions (record_id, version, content_hash, body, reason)
+             VALUES ($1, $2, $3, $4, $5)",
+            id.0,
+            version,
+            hash,
+            body_json(record),
+            reason,
+        )
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Stores the findings of one evaluation of record `ack` as flags. A rule
+    /// that already flagged the record keeps its flag (and its triage); one
+    /// that no longer fires on this version is marked cleared, never deleted.
+    pub async fn save_flags(
+        &mut self,
+        ack: &StoredAck,
+        record: &Record,
+        findings: &[Finding],
+    ) -> Result<(), StoreError> {
+        for f in findings {
+            let evidence: Vec<i64> = f.evidence.iter().map(|id| id.0).collect();
+            sqlx::query!(
+                "INSERT INTO flags (record_id, rule_id, rule_version, severity, explanation,
+                                    evidence_record_ids, hospital_id, clinic_id, record_version)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT ON CONSTRAINT flags_one_per_record_and_rule
+                 DO UPDATE SET cleared_in_version = NULL
+                 WHERE flags.cleared_in_version IS NOT NULL",
+                ack.id.0,
+                f.rule.as_str(),
+                f.rule.version(),
+                severity_to_db(f.severity),
+                f.explanation,
+                &evidence,
+                record.hospital_id,
+                record.clinic_id,
+                ack.version,
+            )
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        if ack.version > 1 {
+            let still: Vec<String> = findings.iter().map(|f| f.rule.as_str().to_owned()).collect();
+            sqlx::query!(
+                "UPDATE flags SET cleared_in_version = $2, updated_at = now()
+                 WHERE record_id = $1 AND cleared_in_version IS NULL AND rule_id <> ALL($3)",
+                ack.id.0,
+                ack.version,
+                &still,
+            )
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Commits: the record and its flags become visible together.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn kind_columns(kind: &DonorKind) -> (Option<&'static str>, Option<DateTime<Utc>>, Option<&'static str>) {
+    match *kind {
+        DonorKind::Living { relation } => (Some(relation.as_str()), None, None),
+        DonorKind::Deceased { death_at, death_kind } => (None, Some(death_at), Some(death_kind.as_str())),
+    }
+}
+
+fn hla_json(hla: Option<&crate::domain::HlaTyping>) -> Option<serde_json::Value> {
+    hla.map(|h| serde_json::json!({ "a": h.a, "b": h.b, "dr": h.dr }))
+}
+
+/// Rebuilds a donor kind from its columns.
+pub(super) fn donor_kind(
+    donor_type: &str,
+    relation: Option<String>,
+    death_at: Option<DateTime<Utc>>,
+    death_kind: Option<String>,
+) -> Result<DonorKind, StoreError> {
+    match (parse::<DonorType>(donor_type)?, relation, death_at, death_kind) {
+        (DonorType::Living, Some(rel), _, _) => Ok(DonorKind::Living { relation: parse(&rel)? }),
+        (DonorType::Deceased, _, Some(death_at), Some(kind)) => {
+            Ok(DonorKind::Deceased { death_at, death_kind: parse(&kind)? })
+        }
+        _ => Err(StoreError::Corrupt("record row with an inconsistent donor kind".into())),
+    }
+}
+
+/// Severity as stored: 1 (LOW) to 4 (CRITICAL), so that "at least" is a range.
+pub(super) fn severity_to_db(s: Severity) -> i16 {
+    match s {
+        Severity::Low => 1,
+        Severity::Medium => 2,
+        Severity::High => 3,
+        Severity::Critical => 4,
+    }
+}
+
+/// The inverse of [`severity_to_db`].
+pub(super) fn severity_from_db(v: i16) -> Result<Severity, StoreError> {
+    match v {
+        1 => Ok(Severity::Low),
+        2 => Ok(Severity::Medium),
+        3 => Ok(Severity::High),
+        4 => Ok(Severity::Critical),
+        _ => Err(StoreError::Corrupt(format!("severity {v}"))),
+    }
+}

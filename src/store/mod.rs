@@ -1,0 +1,127 @@
+//! All SQL: records, flags, the clinic registry and the triage trail in Postgres.
+
+mod body;
+pub mod flags;
+pub mod ingest;
+pub mod registry;
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+pub use flags::{FlagCase, FlagEvent, FlagFilter, FlagPage, FlagView, RecordView, TriageError, TriageStep};
+pub use ingest::{ExistingRecord, IngestTx, StoredAck};
+pub use registry::{ClinicPage, ClinicVersion};
+
+/// What can go wrong talking to the database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or answered with an error.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored row holds something the code cannot read.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// True when the database is unreachable or overloaded rather than the query wrong.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database(
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+            )
+        )
+    }
+}
+
+/// The schema migrations, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A pool of connections to the service's database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+}
+
+/// How to size and time the connection pool.
+#[derive(Clone, Debug)]
+pub struct PoolSettings {
+    /// Most connections open at once.
+    pub max_connections: u32,
+    /// How long a caller waits for a free connection before the call fails.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self { max_connections: 16, acquire_timeout: Duration::from_secs(5) }
+    }
+}
+
+impl Store {
+    /// Connects (lazily: the pool opens connections on demand, so start-up
+    /// survives a database that is still coming up).
+    pub fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_lazy_with(options.application_name("transplant-audit"));
+        Ok(Self { pool })
+    }
+
+    /// Wraps an existing pool.
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The underlying pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies every pending migration.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Whether the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        sqlx::query_scalar!("SELECT 1 AS \"one!\"").fetch_one(&self.pool).await.is_ok()
+    }
+}
+
+/// Creates database `name` on the server that `admin_url` points at, unless
+/// it exists. `name` must be a plain identifier (letters, digits, `_`).
+pub async fn create_database_if_missing(admin_url: &str, name: &str) -> Result<(), StoreError> {
+    use sqlx::Connection;
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(StoreError::Corrupt(format!("database name {name:?} is not a plain identifier")));
+    }
+    let mut conn = sqlx::PgConnection::connect(admin_url).await?;
+    let exists: bool = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS "exists!""#,
+        name
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    if !exists {
+        // Identifiers cannot be bound; the name was checked above.
+        let sql = format!("CREATE DATABASE \"{name}\"");
+        match sqlx::query(&sql).execute(&mut conn).await {
+            Ok(_) => {}
+            // Another process created it between the check and now.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    conn.close().await?;
+    Ok(())
+}

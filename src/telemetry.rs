@@ -1,0 +1,17 @@
+//! Logging: human-readable or JSON lines, level from `RUST_LOG`.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber; call once, at start-up.
+pub fn init_logging(format: LogFormat) -> Result<(), tracing_subscriber::util::TryInitError> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+        LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json()).try_init(),
+    }
+}

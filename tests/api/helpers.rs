@@ -1,0 +1,301 @@
+//! Spawning the real server against a fresh database, and test data.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::net::TcpListener;
+use tokio::sync::{OnceCell, oneshot};
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use transplant_audit::api::pb;
+use transplant_audit::api::pb::audit_service_client::AuditServiceClient;
+use transplant_audit::api::pb::ingest_service_client::IngestServiceClient;
+use transplant_audit::api::pb::registry_service_client::RegistryServiceClient;
+use transplant_audit::domain::FingerprintKey;
+use transplant_audit::localdb::LocalPostgres;
+use transplant_audit::rules::{Engine, RulesConfig};
+use transplant_audit::server::{self, App, ServeOptions};
+use transplant_audit::store::{self, PoolSettings, Store};
+
+/// The fingerprint key every test server uses (tests compare fingerprints).
+pub const TEST_KEY: [u8; 32] = [0x5a; 32];
+
+/// A running server on its own fresh database.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub ingest: IngestServiceClient<Channel>,
+    pub registry: RegistryServiceClient<Channel>,
+    pub audit: AuditServiceClient<Channel>,
+    pub channel: Channel,
+    /// A direct connection pool to the server's database, to check what is stored.
+    pub pool: PgPool,
+    pub database_url: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl TestApp {
+    /// Stops the server gracefully and waits until it has.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task");
+        }
+    }
+
+    /// Rows in a table.
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&self.pool)
+            .await
+            .expect("count")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The server of the database tests create their databases on: DATABASE_URL
+/// if set, else Postgres on 127.0.0.1:5432, else a cluster the tests run themselves.
+async fn admin_url() -> &'static str {
+    static URL: OnceCell<String> = OnceCell::const_new();
+    URL.get_or_init(|| async {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            return url;
+        }
+        let local = "postgres://postgres@127.0.0.1:5432/postgres".to_owned();
+        if PgConnection::connect(&local).await.is_ok() {
+            return local;
+        }
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-postgres");
+        let pg = tokio::task::spawn_blocking(move || LocalPostgres::ensure_running(&dir))
+            .await
+            .expect("join")
+            .expect("no Postgres at DATABASE_URL or 127.0.0.1:5432, and starting one failed");
+        pg.url("postgres")
+    })
+    .await
+}
+
+fn with_database(admin: &str, name: &str) -> String {
+    let mut url = url_parts(admin);
+    url.1 = name.to_owned();
+    format!("{}/{}{}", url.0, url.1, url.2)
+}
+
+/// (everything before the database name, the name, the query string).
+fn url_parts(url: &str) -> (String, String, String) {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    match base[scheme_end..].rfind('/') {
+        Some(i) => {
+            let (head, name) = base.split_at(scheme_end + i);
+            (head.to_owned(), name[1..].to_owned(), query)
+        }
+        None => (base.to_owned(), String::new(), query),
+    }
+}
+
+/// A fresh, migrated database; databases of earlier, finished test runs are dropped.
+pub async fn fresh_database() -> String {
+    static CLEANED: OnceCell<()> = OnceCell::const_new();
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let admin = admin_url().await;
+    CLEANED.get_or_init(|| drop_stale_databases(admin)).await;
+    let name = format!("ta_test_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+    store::create_database_if_missing(admin, &name).await.expect("create test database");
+    with_database(admin, &name)
+}
+
+async fn drop_stale_databases(admin: &str) {
+    let Ok(mut conn) = PgConnection::connect(admin).await else { return };
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'ta\\_test\\_%'")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_default();
+    for name in names {
+        let pid: Option<i32> = name.split('_').nth(2).and_then(|p| p.parse().ok());
+        let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+        if !alive {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .execute(&mut conn)
+                .await;
+        }
+    }
+}
+
+/// A server with the default rules on a fresh database.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(RulesConfig::default()).await
+}
+
+/// A server with these rules on a fresh database.
+pub async fn spawn_app_with(rules: RulesConfig) -> TestApp {
+    let database_url = fresh_database().await;
+    spawn_app_on(&database_url, rules).await
+}
+
+/// A server with these rules on an existing database.
+pub async fn spawn_app_on(database_url: &str, rules: RulesConfig) -> TestApp {
+    let store = Store::connect(database_url, &PoolSettings::default()).expect("database url");
+    store.migrate().await.expect("migrate");
+    let key = FingerprintKey::from_bytes(&TEST_KEY).expect("key");
+    let app = App::new(store, Engine::new(rules), key);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = oneshot::channel();
+    let options = ServeOptions {
+        shutdown_grace: std::time::Duration::ZERO,
+        ..ServeOptions::default()
+    };
+    let server = tokio::spawn(async move {
+        server::serve(listener, app, options, async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("server failed");
+    });
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect to the test server");
+    let pool = PgPool::connect(database_url).await.expect("test pool");
+    TestApp {
+        addr,
+        ingest: IngestServiceClient::new(channel.clone()),
+        registry: RegistryServiceClient::new(channel.clone()),
+        audit: AuditServiceClient::new(channel.clone()),
+        channel,
+        pool,
+        database_url: database_url.to_owned(),
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+pub fn ts(rfc3339: &str) -> prost_types::Timestamp {
+    let at = chrono::DateTime::parse_from_rfc3339(rfc3339).expect("timestamp");
+    prost_types::Timestamp { seconds: at.timestamp(), nanos: 0 }
+}
+
+fn identifier(value: &str) -> Option<pb::PersonIdentifier> {
+    Some(pb::PersonIdentifier {
+        scheme: pb::IdentifierScheme::NationalId as i32,
+        issuing_country: "DE".into(),
+        value: value.into(),
+    })
+}
+
+/// A valid, unremarkable record: a sibling's left kidney in Berlin, ABO-compatible.
+pub fn kidney(external_record_id: &str) -> pb::TransplantRecord {
+    pb::TransplantRecord {
+        external_record_id: external_record_id.into(),
+        hospital_id: "H-DE-001".into(),
+        clinic_id: "DE-BER-01".into(),
+        procedure_country: "DE".into(),
+        organ: pb::Organ::Kidney as i32,
+        laterality: pb::Laterality::Left as i32,
+        procured_at: Some(ts("2025-03-03T08:00:00Z")),
+        transplanted_at: Some(ts("2025-03-03T10:00:00Z")),
+        cold_ischemia_minutes: None,
+        machine_perfusion: false,
+        donor: Some(pb::Donor {
+            identifier: identifier(&format!("DONOR{external_record_id}")),
+            nationality: "DE".into(),
+            country_of_residence: "DE".into(),
+            age_years: Some(45),
+            sex: pb::Sex::Female as i32,
+            abo: pb::AboGroup::O as i32,
+            rh: pb::RhFactor::Positive as i32,
+            hla: None,
+            donor_type: pb::DonorType::Living as i32,
+            relation_to_recipient: pb::DonorRelation::Sibling as i32,
+            death_at: None,
+            death_kind: 0,
+        }),
+        recipient: Some(pb::Recipient {
+            identifier: identifier(&format!("RECIPIENT{external_record_id}")),
+            nationality: "DE".into(),
+            country_of_residence: "DE".into(),
+            age_years: Some(44),
+            sex: pb::Sex::Male as i32,
+            abo: pb::AboGroup::A as i32,
+            rh: pb::RhFactor::Positive as i32,
+            hla: None,
+        }),
+        abo_exception: pb::AboException::None as i32,
+    }
+}
+
+/// The same record made ABO-incompatible (an A donor to an O recipient).
+pub fn abo_incompatible(external_record_id: &str) -> pb::TransplantRecord {
+    let mut r = kidney(external_record_id);
+    if let Some(d) = r.donor.as_mut() {
+        d.abo = pb::AboGroup::A as i32;
+    }
+    if let Some(p) = r.recipient.as_mut() {
+        p.abo = pb::AboGroup::O as i32;
+    }
+    r
+}
+
+/// A registry entry licensed for every organ from 2015 to 2035.
+pub fn clinic(clinic_id: &str, country: &str) -> pb::Clinic {
+    pb::Clinic {
+        clinic_id: clinic_id.into(),
+        name: format!("{clinic_id} transplant centre"),
+        country: country.into(),
+        licensed_organs: (1..=8).collect(),
+        licence_valid_from: Some(ts("2015-01-01T00:00:00Z")),
+        licence_valid_until: Some(ts("2035-01-01T00:00:00Z")),
+        status: pb::ClinicStatus::Active as i32,
+        ..pb::Clinic::default()
+    }
+}
+
+/// Submits one record and returns its acknowledgement.
+pub async fn submit(app: &TestApp, record: pb::TransplantRecord) -> Result<pb::RecordAck, tonic::Status> {
+    let response = app
+        .ingest
+        .clone()
+        .submit_record(pb::SubmitRecordRequest { record: Some(record) })
+        .await?;
+    Ok(response.into_inner().ack.expect("an ack"))
+}
+
+/// Every flag, newest first, following page tokens.
+pub async fn all_flags(app: &TestApp, mut request: pb::ListFlagsRequest) -> Vec<pb::Flag> {
+    let mut flags = Vec::new();
+    loop {
+        let page = app.audit.clone().list_flags(request.clone()).await.expect("list flags").into_inner();
+        flags.extend(page.flags);
+        if page.next_page_token.is_empty() {
+            return flags;
+        }
+        request.page_token = page.next_page_token;
+    }
+}
+
+/// The field paths of a status's BadRequest detail.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the real server on a socket, a real Postgres.
+//! One binary so the tree links once.
+
+mod helpers;
+
+mod audit;
+mod ingest;
+mod privacy;
+mod registry;
+mod scenarios;
+mod validation;
