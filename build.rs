@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use prost::Message;
 
+/// Our files, plus the error details that statuses carry, so reflection
+/// clients can decode a `google.rpc.BadRequest`.
 const PROTOS: &[&str] = &[
+    "proto/google/rpc/error_details.proto",
     "proto/transplant_audit/v1/record.proto",
     "proto/transplant_audit/v1/ingest.proto",
     "proto/transplant_audit/v1/registry.proto",
@@ -17,7 +20,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(PROTOS, ["proto"])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out_dir.join("transplant_audit_descriptor.bin"), fds.encode_to_vec())?;
+    std::fs::write(
+        out_dir.join("transplant_audit_descriptor.bin"),
+        fds.encode_to_vec(),
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

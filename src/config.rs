@@ -46,7 +46,12 @@ pub struct Settings {
     pub database_url: Option<String>,
 
     /// Address the gRPC server listens on.
-    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051", global = true)]
+    #[arg(
+        long,
+        env = "LISTEN_ADDR",
+        default_value = "127.0.0.1:50051",
+        global = true
+    )]
     pub listen_addr: SocketAddr,
 
     /// Secret key for identifier fingerprints: at least 32 bytes, hex-encoded.
@@ -54,11 +59,21 @@ pub struct Settings {
     pub fingerprint_key: Option<String>,
 
     /// File holding the fingerprint key (hex), instead of FINGERPRINT_KEY.
-    #[arg(long, env = "FINGERPRINT_KEY_FILE", global = true, conflicts_with = "fingerprint_key")]
+    #[arg(
+        long,
+        env = "FINGERPRINT_KEY_FILE",
+        global = true,
+        conflicts_with = "fingerprint_key"
+    )]
     pub fingerprint_key_file: Option<PathBuf>,
 
     /// Folder of the local default: its Postgres cluster and generated key.
-    #[arg(long, env = "DATA_DIR", default_value = ".transplant-audit", global = true)]
+    #[arg(
+        long,
+        env = "DATA_DIR",
+        default_value = ".transplant-audit",
+        global = true
+    )]
     pub data_dir: PathBuf,
 
     /// TOML file of rule settings (enable, severity, thresholds); built-in defaults when unset.
@@ -78,11 +93,21 @@ pub struct Settings {
     pub shutdown_grace_secs: u64,
 
     /// Seconds in-flight calls get to finish at shutdown.
-    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, global = true)]
+    #[arg(
+        long,
+        env = "SHUTDOWN_TIMEOUT_SECS",
+        default_value_t = 30,
+        global = true
+    )]
     pub shutdown_timeout_secs: u64,
 
     /// Seconds a unary call may take before it is cancelled.
-    #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 30, global = true)]
+    #[arg(
+        long,
+        env = "REQUEST_TIMEOUT_SECS",
+        default_value_t = 30,
+        global = true
+    )]
     pub request_timeout_secs: u64,
 }
 
@@ -129,7 +154,8 @@ pub enum ConfigError {
 pub fn parse_key(hex_text: &str) -> Result<FingerprintKey, ConfigError> {
     let bytes = hex::decode(hex_text.trim())
         .map_err(|_| ConfigError::BadKey("must be hex-encoded".into()))?;
-    FingerprintKey::from_bytes(&bytes).map_err(|e| ConfigError::BadKey(format!("is too short: {e}")))
+    FingerprintKey::from_bytes(&bytes)
+        .map_err(|e| ConfigError::BadKey(format!("is too short: {e}")))
 }
 
 /// The configured key; `None` when none is configured.
@@ -138,8 +164,10 @@ pub fn configured_key(settings: &Settings) -> Result<Option<FingerprintKey>, Con
         return parse_key(text).map(Some);
     }
     if let Some(path) = &settings.fingerprint_key_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::KeyFile { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::KeyFile {
+            path: path.clone(),
+            source,
+        })?;
         return parse_key(&text).map(Some);
     }
     Ok(None)
@@ -149,7 +177,10 @@ pub fn configured_key(settings: &Settings) -> Result<Option<FingerprintKey>, Con
 /// (32 random bytes, owner-only) on first use.
 pub fn local_key(dir: &Path) -> Result<FingerprintKey, ConfigError> {
     let path = dir.join("fingerprint.key");
-    let io = |source| ConfigError::KeyFile { path: path.clone(), source };
+    let io = |source| ConfigError::KeyFile {
+        path: path.clone(),
+        source,
+    };
     match std::fs::read_to_string(&path) {
         Ok(text) => parse_key(&text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -167,7 +198,11 @@ pub fn local_key(dir: &Path) -> Result<FingerprintKey, ConfigError> {
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     file.write_all(text.as_bytes())
 }
 
@@ -178,7 +213,10 @@ mod tests {
     #[test]
     fn keys_must_be_long_hex() {
         assert!(parse_key(&"ab".repeat(32)).is_ok());
-        assert!(matches!(parse_key(&"ab".repeat(31)), Err(ConfigError::BadKey(_))));
+        assert!(matches!(
+            parse_key(&"ab".repeat(31)),
+            Err(ConfigError::BadKey(_))
+        ));
         assert!(matches!(parse_key("not hex"), Err(ConfigError::BadKey(_))));
     }
 
@@ -195,7 +233,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(first.fingerprint(&id), second.fingerprint(&id));
-        let mode = std::fs::metadata(dir.path().join("fingerprint.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("fingerprint.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
@@ -204,7 +245,13 @@ mod tests {
         let cli = Cli::try_parse_from(["transplant-audit"]).unwrap();
         assert_eq!(cli.settings.listen_addr.to_string(), "127.0.0.1:50051");
         assert_eq!(cli.command, None);
-        let cli = Cli::try_parse_from(["transplant-audit", "migrate", "--database-url", "postgres://x"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "transplant-audit",
+            "migrate",
+            "--database-url",
+            "postgres://x",
+        ])
+        .unwrap();
         assert_eq!(cli.command, Some(Command::Migrate));
         assert_eq!(cli.settings.database_url.as_deref(), Some("postgres://x"));
     }

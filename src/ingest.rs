@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use crate::domain::{FingerprintKey, Record, RecordId, Submission};
 use crate::rules::{Engine, RuleContext, WindowSpec};
-use crate::store::{ExistingRecord, IngestTx, Store, StoreError, StoredAck};
 use crate::store::ingest::content_hash;
+use crate::store::{ExistingRecord, IngestTx, Store, StoreError, StoredAck};
 
 /// What became of a record that was not refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,8 +71,10 @@ impl Ingestor {
     pub async fn submit(&self, submission: Submission) -> Result<Ack, IngestError> {
         let record = submission.pseudonymise(&self.key);
         let hash = content_hash(&record);
-        if let Some(existing) =
-            self.store.find_existing(&record.hospital_id, &record.external_record_id).await?
+        if let Some(existing) = self
+            .store
+            .find_existing(&record.hospital_id, &record.external_record_id)
+            .await?
         {
             return duplicate_or_conflict(&record, &existing, &hash);
         }
@@ -90,7 +92,10 @@ impl Ingestor {
         };
         self.evaluate_and_flag(&mut tx, &stored, &record).await?;
         tx.commit().await?;
-        Ok(Ack { outcome: Outcome::Accepted, stored })
+        Ok(Ack {
+            outcome: Outcome::Accepted,
+            stored,
+        })
     }
 
     /// Replaces a stored record's content with a corrected version.
@@ -112,7 +117,10 @@ impl Ingestor {
         let stored = tx.amend(&existing, &record, reason).await?;
         self.evaluate_and_flag(&mut tx, &stored, &record).await?;
         tx.commit().await?;
-        Ok(Ack { outcome: Outcome::Accepted, stored })
+        Ok(Ack {
+            outcome: Outcome::Accepted,
+            stored,
+        })
     }
 
     /// Loads the rules' context as it stood before `stored`, runs the rules
@@ -125,10 +133,13 @@ impl Ingestor {
     ) -> Result<(), StoreError> {
         let before: RecordId = stored.id;
         let clinic = tx.clinic(&record.clinic_id).await?;
-        let donor_history = tx.donor_history(&record.donor.person.identifier, before).await?;
+        let donor_history = tx
+            .donor_history(&record.donor.person.identifier, before)
+            .await?;
         let spec = WindowSpec::for_record(record, self.engine.config());
-        let clinic_window =
-            tx.clinic_window(&record.clinic_id, record.transplanted_at, spec, before).await?;
+        let clinic_window = tx
+            .clinic_window(&record.clinic_id, record.transplanted_at, spec, before)
+            .await?;
         let ctx = RuleContext {
             clinic: clinic.as_ref(),
             donor_history: &donor_history,

@@ -27,7 +27,8 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
     let engine = Engine::new(match &settings.rules_config {
-        Some(path) => RulesConfig::load(path).with_context(|| format!("rules configuration {}", path.display()))?,
+        Some(path) => RulesConfig::load(path)
+            .with_context(|| format!("rules configuration {}", path.display()))?,
         None => RulesConfig::default(),
     });
     let (database_url, local) = database(settings).await?;
@@ -36,7 +37,10 @@ async fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         None if local.is_some() => config::local_key(&settings.data_dir)?,
         None => return Err(config::ConfigError::MissingKey.into()),
     };
-    let pool = PoolSettings { max_connections: settings.db_max_connections, ..PoolSettings::default() };
+    let pool = PoolSettings {
+        max_connections: settings.db_max_connections,
+        ..PoolSettings::default()
+    };
     let store = Store::connect(&database_url, &pool).context("database URL")?;
     store.migrate().await.context("applying migrations")?;
     tracing::info!("database migrated");
@@ -53,9 +57,14 @@ async fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
                 shutdown_grace: settings.shutdown_grace(),
                 shutdown_timeout: settings.shutdown_timeout(),
             };
-            server::serve(listener, App::new(store.clone(), engine, key), options, server::shutdown_signal())
-                .await
-                .map_err(anyhow::Error::from)
+            server::serve(
+                listener,
+                App::new(store.clone(), engine, key),
+                options,
+                server::shutdown_signal(),
+            )
+            .await
+            .map_err(anyhow::Error::from)
         }
     };
     store.pool().close().await;

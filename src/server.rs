@@ -7,8 +7,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
-use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use crate::api::audit::AuditApi;
 use crate::api::ingest::IngestApi;
@@ -108,10 +108,13 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let ingest = pb::ingest_service_server::IngestServiceServer::new(IngestApi::new(app.ingestor.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let registry = pb::registry_service_server::RegistryServiceServer::new(RegistryApi::new(app.store.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let ingest =
+        pb::ingest_service_server::IngestServiceServer::new(IngestApi::new(app.ingestor.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let registry = pb::registry_service_server::RegistryServiceServer::new(RegistryApi::new(
+        app.store.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let audit = pb::audit_service_server::AuditServiceServer::new(AuditApi::new(app.store.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
@@ -158,7 +161,11 @@ async fn set_all(health: &HealthReporter, status: ServingStatus) {
 async fn watch_database(store: Store, health: HealthReporter) {
     let mut last = None;
     loop {
-        let status = if store.ping().await { ServingStatus::Serving } else { ServingStatus::NotServing };
+        let status = if store.ping().await {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
         if last != Some(status) {
             match status {
                 ServingStatus::Serving => tracing::info!("database reachable: health SERVING"),
@@ -176,14 +183,15 @@ pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; SIGINT only");
-                let _ = interrupt.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; SIGINT only");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = interrupt => {}
             _ = term.recv() => {}

@@ -7,8 +7,8 @@ use crate::rules::RuleId;
 use crate::store::{FlagFilter, Store, TriageStep};
 
 use super::convert::{event_to_proto, flag_to_proto, instant, optional, record_to_proto, required};
-use super::pb::audit_service_server::AuditService;
 use super::pb;
+use super::pb::audit_service_server::AuditService;
 use super::status::{invalid, page_size};
 use super::{page_token, trace_id};
 
@@ -95,7 +95,11 @@ impl AuditService for AuditApi {
         let mut v = Violations::default();
         let id = parse_id(&mut v, "flag_id", &request.get_ref().flag_id);
         let id = id.ok_or_else(|| invalid(v))?;
-        let case = self.store.flag_case(id).await?.ok_or_else(|| Status::not_found("flag not found"))?;
+        let case = self
+            .store
+            .flag_case(id)
+            .await?
+            .ok_or_else(|| Status::not_found("flag not found"))?;
         tracing::info!(flag_id = id, "case opened");
         Ok(Response::new(pb::GetFlagResponse {
             flag: Some(flag_to_proto(&case.flag)),
@@ -133,6 +137,8 @@ impl AuditService for AuditApi {
             })
             .await?;
         tracing::info!(flag_id = id, status = %to, "flag triaged");
-        Ok(Response::new(pb::UpdateFlagStatusResponse { flag: Some(flag_to_proto(&flag)) }))
+        Ok(Response::new(pb::UpdateFlagStatusResponse {
+            flag: Some(flag_to_proto(&flag)),
+        }))
     }
 }

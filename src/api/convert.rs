@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::validation::{self, check_age, check_id, Violations};
+use crate::domain::validation::{self, Violations, check_age, check_id};
 use crate::domain::{
     AboException, AboGroup, Clinic, ClinicStatus, CountryCode, DeathKind, Donor, DonorKind,
     DonorRelation, DonorType, FlagStatus, HlaTyping, IdentifierScheme, Laterality, Organ, Person,
@@ -52,9 +52,26 @@ macro_rules! proto_enum {
     };
 }
 
-proto_enum!(Organ, Organ, [Kidney, Liver, LiverSegment, Heart, Lung, LungLobe, Pancreas, Intestine]);
+proto_enum!(
+    Organ,
+    Organ,
+    [
+        Kidney,
+        Liver,
+        LiverSegment,
+        Heart,
+        Lung,
+        LungLobe,
+        Pancreas,
+        Intestine
+    ]
+);
 proto_enum!(Laterality, Laterality, [Left, Right, Both, NotApplicable]);
-proto_enum!(IdentifierScheme, IdentifierScheme, [NationalId, Passport, DonorRegistryId]);
+proto_enum!(
+    IdentifierScheme,
+    IdentifierScheme,
+    [NationalId, Passport, DonorRegistryId]
+);
 proto_enum!(Sex, Sex, [Female, Male, Other]);
 proto_enum!(AboGroup, AboGroup, [O, A, B, Ab]);
 proto_enum!(RhFactor, RhFactor, [Positive, Negative]);
@@ -75,9 +92,17 @@ proto_enum!(
     ]
 );
 proto_enum!(DeathKind, DeathKind, [Dbd, Dcd]);
-proto_enum!(AboException, AboException, [None, DesensitisationProtocol, A2SubtypeDonor, InfantHeart]);
+proto_enum!(
+    AboException,
+    AboException,
+    [None, DesensitisationProtocol, A2SubtypeDonor, InfantHeart]
+);
 proto_enum!(Severity, Severity, [Low, Medium, High, Critical]);
-proto_enum!(FlagStatus, FlagStatus, [Open, InReview, Confirmed, Dismissed]);
+proto_enum!(
+    FlagStatus,
+    FlagStatus,
+    [Open, InReview, Confirmed, Dismissed]
+);
 proto_enum!(ClinicStatus, ClinicStatus, [Active, Suspended, Revoked]);
 
 /// A required enum field: unspecified is "missing", an undefined number is "unknown".
@@ -108,7 +133,11 @@ pub fn optional<T: ProtoEnum>(v: &mut Violations, field: &str, raw: i32) -> Opti
 }
 
 /// A timestamp as an instant, if it is one.
-pub fn instant(v: &mut Violations, field: &str, ts: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
+pub fn instant(
+    v: &mut Violations,
+    field: &str,
+    ts: Option<&prost_types::Timestamp>,
+) -> Option<DateTime<Utc>> {
     let ts = ts?;
     let nanos = u32::try_from(ts.nanos).ok().filter(|n| *n < 1_000_000_000);
     match nanos.and_then(|n| DateTime::from_timestamp(ts.seconds, n)) {
@@ -169,8 +198,12 @@ pub fn submission(
         validation::check_laterality(&mut v, &f("laterality"), organ, laterality);
     }
     let procured_at = required_instant(&mut v, &f("procured_at"), r.procured_at.as_ref(), now);
-    let transplanted_at =
-        required_instant(&mut v, &f("transplanted_at"), r.transplanted_at.as_ref(), now);
+    let transplanted_at = required_instant(
+        &mut v,
+        &f("transplanted_at"),
+        r.transplanted_at.as_ref(),
+        now,
+    );
     if let (Some(p), Some(t)) = (procured_at, transplanted_at) {
         validation::check_order(&mut v, &f("procured_at"), p, t);
     }
@@ -178,7 +211,10 @@ pub fn submission(
         None => None,
         Some(m) if (0..=60 * 24 * 30).contains(&m) => u32::try_from(m).ok(),
         Some(_) => {
-            v.add(f("cold_ischemia_minutes"), "must be between 0 and 43200 (30 days)");
+            v.add(
+                f("cold_ischemia_minutes"),
+                "must be between 0 and 43200 (30 days)",
+            );
             None
         }
     };
@@ -227,7 +263,11 @@ struct PersonFields<'a> {
     hla: Option<&'a pb::HlaTyping>,
 }
 
-fn person(v: &mut Violations, prefix: &str, p: PersonFields<'_>) -> Option<Person<PersonIdentifier>> {
+fn person(
+    v: &mut Violations,
+    prefix: &str,
+    p: PersonFields<'_>,
+) -> Option<Person<PersonIdentifier>> {
     let f = |name: &str| format!("{prefix}.{name}");
     let identifier = identifier(v, &f("identifier"), p.identifier);
     let nationality = country(v, &f("nationality"), p.nationality);
@@ -259,7 +299,11 @@ fn identifier(
         return None;
     };
     let scheme = required(v, &format!("{prefix}.scheme"), raw.scheme);
-    let issuing = country(v, &format!("{prefix}.issuing_country"), &raw.issuing_country);
+    let issuing = country(
+        v,
+        &format!("{prefix}.issuing_country"),
+        &raw.issuing_country,
+    );
     let field = format!("{prefix}.value");
     if raw.value.is_empty() {
         v.missing(&field);
@@ -273,8 +317,15 @@ fn hla(v: &mut Violations, prefix: &str, raw: Option<&pb::HlaTyping>) -> Option<
     let raw = raw?;
     let a = v.check(&format!("{prefix}.a"), HlaTyping::parse_locus("A", &raw.a));
     let b = v.check(&format!("{prefix}.b"), HlaTyping::parse_locus("B", &raw.b));
-    let dr = v.check(&format!("{prefix}.dr"), HlaTyping::parse_locus("DR", &raw.dr));
-    let typing = HlaTyping { a: a?, b: b?, dr: dr? };
+    let dr = v.check(
+        &format!("{prefix}.dr"),
+        HlaTyping::parse_locus("DR", &raw.dr),
+    );
+    let typing = HlaTyping {
+        a: a?,
+        b: b?,
+        dr: dr?,
+    };
     (!typing.is_empty()).then_some(typing)
 }
 
@@ -317,10 +368,16 @@ fn donor(
             }
             let death_at = required_instant(v, &f("death_at"), d.death_at.as_ref(), now);
             let death_kind = required(v, &f("death_kind"), d.death_kind);
-            Some(DonorKind::Deceased { death_at: death_at?, death_kind: death_kind? })
+            Some(DonorKind::Deceased {
+                death_at: death_at?,
+                death_kind: death_kind?,
+            })
         }
     };
-    Some(Donor { person: person?, kind: kind? })
+    Some(Donor {
+        person: person?,
+        kind: kind?,
+    })
 }
 
 fn recipient(
@@ -366,21 +423,42 @@ pub fn clinic(raw: Option<&pb::Clinic>) -> Result<Clinic, Violations> {
             }
         }
     }
-    let from = instant(&mut v, "clinic.licence_valid_from", c.licence_valid_from.as_ref());
+    let from = instant(
+        &mut v,
+        "clinic.licence_valid_from",
+        c.licence_valid_from.as_ref(),
+    );
     if c.licence_valid_from.is_none() {
         v.missing("clinic.licence_valid_from");
     }
-    let until = instant(&mut v, "clinic.licence_valid_until", c.licence_valid_until.as_ref());
+    let until = instant(
+        &mut v,
+        "clinic.licence_valid_until",
+        c.licence_valid_until.as_ref(),
+    );
     if let (Some(from), Some(until)) = (from, until) {
         if until <= from {
-            v.add("clinic.licence_valid_until", "must be after licence_valid_from");
+            v.add(
+                "clinic.licence_valid_until",
+                "must be after licence_valid_from",
+            );
         }
     }
     let status = required::<ClinicStatus>(&mut v, "clinic.status", c.status);
-    let effective = instant(&mut v, "clinic.status_effective_from", c.status_effective_from.as_ref());
-    if matches!(status, Some(ClinicStatus::Suspended | ClinicStatus::Revoked)) && effective.is_none()
+    let effective = instant(
+        &mut v,
+        "clinic.status_effective_from",
+        c.status_effective_from.as_ref(),
+    );
+    if matches!(
+        status,
+        Some(ClinicStatus::Suspended | ClinicStatus::Revoked)
+    ) && effective.is_none()
     {
-        v.add("clinic.status_effective_from", "is required for SUSPENDED and REVOKED");
+        v.add(
+            "clinic.status_effective_from",
+            "is required for SUSPENDED and REVOKED",
+        );
     }
     let build = || -> Option<Clinic> {
         Some(Clinic {
@@ -391,7 +469,11 @@ pub fn clinic(raw: Option<&pb::Clinic>) -> Result<Clinic, Violations> {
             licence_valid_from: from?,
             licence_valid_until: until,
             status: status?,
-            status_effective_from: if status == Some(ClinicStatus::Active) { None } else { effective },
+            status_effective_from: if status == Some(ClinicStatus::Active) {
+                None
+            } else {
+                effective
+            },
         })
     };
     match build() {
@@ -402,7 +484,10 @@ pub fn clinic(raw: Option<&pb::Clinic>) -> Result<Clinic, Violations> {
 
 /// Domain to proto: a timestamp.
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    }
 }
 
 /// Domain to proto: a registry entry version.
@@ -411,7 +496,12 @@ pub fn clinic_to_proto(c: &ClinicVersion) -> pb::Clinic {
         clinic_id: c.clinic.clinic_id.clone(),
         name: c.clinic.name.clone(),
         country: c.clinic.country.to_string(),
-        licensed_organs: c.clinic.licensed_organs.iter().map(|o| o.to_proto()).collect(),
+        licensed_organs: c
+            .clinic
+            .licensed_organs
+            .iter()
+            .map(|o| o.to_proto())
+            .collect(),
         licence_valid_from: Some(timestamp(c.clinic.licence_valid_from)),
         licence_valid_until: c.clinic.licence_valid_until.map(timestamp),
         status: c.clinic.status.to_proto(),
@@ -460,9 +550,10 @@ pub fn record_to_proto(view: &RecordView) -> pb::StoredRecord {
     let r: &Record = &view.record;
     let (relation, death_at, death_kind) = match r.donor.kind {
         DonorKind::Living { relation } => (relation.to_proto(), None, 0),
-        DonorKind::Deceased { death_at, death_kind } => {
-            (0, Some(timestamp(death_at)), death_kind.to_proto())
-        }
+        DonorKind::Deceased {
+            death_at,
+            death_kind,
+        } => (0, Some(timestamp(death_at)), death_kind.to_proto()),
     };
     let d = &r.donor.person;
     pb::StoredRecord {
@@ -512,5 +603,9 @@ pub fn record_to_proto(view: &RecordView) -> pb::StoredRecord {
 }
 
 fn hla_to_proto(h: &HlaTyping) -> pb::HlaTyping {
-    pb::HlaTyping { a: h.a.clone(), b: h.b.clone(), dr: h.dr.clone() }
+    pb::HlaTyping {
+        a: h.a.clone(),
+        b: h.b.clone(),
+        dr: h.dr.clone(),
+    }
 }

@@ -59,7 +59,9 @@ fn ack_to_proto(external_record_id: String, ack: &Ack) -> RecordAck {
 
 fn rejected(record: Option<&pb::TransplantRecord>, status: &Status) -> RecordAck {
     RecordAck {
-        external_record_id: record.map(|r| r.external_record_id.clone()).unwrap_or_default(),
+        external_record_id: record
+            .map(|r| r.external_record_id.clone())
+            .unwrap_or_default(),
         outcome: pb::Outcome::Rejected as i32,
         error: Some(to_rpc_status(status)),
         ..RecordAck::default()
@@ -69,7 +71,10 @@ fn rejected(record: Option<&pb::TransplantRecord>, status: &Status) -> RecordAck
 /// Whether a failure is about the record (acknowledged as rejected) rather
 /// than about the service (which ends the stream so the client retries).
 fn is_record_error(status: &Status) -> bool {
-    matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::AlreadyExists)
+    matches!(
+        status.code(),
+        tonic::Code::InvalidArgument | tonic::Code::AlreadyExists
+    )
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<pb::SubmitRecordsResponse, Status>> + Send>>;
@@ -115,7 +120,10 @@ impl IngestService for IngestApi {
                         break;
                     }
                 };
-                let response = pb::SubmitRecordsResponse { sequence, ack: Some(ack) };
+                let response = pb::SubmitRecordsResponse {
+                    sequence,
+                    ack: Some(ack),
+                };
                 if tx.send(Ok(response)).await.is_err() {
                     break; // the client went away
                 }
@@ -144,7 +152,9 @@ impl IngestService for IngestApi {
         };
         let external_record_id = submission.external_record_id.clone();
         let ack = self.ingestor.amend(submission, reason).await?;
-        Ok(Response::new(pb::AmendRecordResponse { ack: Some(ack_to_proto(external_record_id, &ack)) }))
+        Ok(Response::new(pb::AmendRecordResponse {
+            ack: Some(ack_to_proto(external_record_id, &ack)),
+        }))
     }
 }
 
@@ -155,7 +165,10 @@ mod tests {
 
     #[test]
     fn only_record_errors_are_acknowledged_as_rejected() {
-        assert!(is_record_error(&invalid_field("record.organ", "is required")));
+        assert!(is_record_error(&invalid_field(
+            "record.organ",
+            "is required"
+        )));
         assert!(is_record_error(&Status::already_exists("x")));
         assert!(!is_record_error(&Status::unavailable("db down")));
         assert!(!is_record_error(&Status::internal("x")));

@@ -23,7 +23,9 @@ pub(crate) fn trace_id<T>(req: &tonic::Request<T>) -> Option<String> {
     let mut parts = value.split('-');
     let (_version, trace) = (parts.next()?, parts.next()?);
     let valid = trace.len() == 32
-        && trace.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        && trace
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         && trace.bytes().any(|b| b != b'0');
     valid.then(|| trace.to_owned())
 }

@@ -23,10 +23,13 @@ pub fn decode(filters: &str, token: &str) -> Result<Option<String>, Status> {
     let text = String::from_utf8(raw).map_err(|_| bad())?;
     let mut parts = text.splitn(3, '|');
     match (parts.next(), parts.next(), parts.next()) {
-        (Some("v1"), Some(d), Some(cursor)) if d == digest_of(filters) => Ok(Some(cursor.to_owned())),
-        (Some("v1"), Some(_), Some(_)) => {
-            Err(invalid_field("page_token", "was issued for other filters; start from the first page"))
+        (Some("v1"), Some(d), Some(cursor)) if d == digest_of(filters) => {
+            Ok(Some(cursor.to_owned()))
         }
+        (Some("v1"), Some(_), Some(_)) => Err(invalid_field(
+            "page_token",
+            "was issued for other filters; start from the first page",
+        )),
         _ => Err(bad()),
     }
 }

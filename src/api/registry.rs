@@ -6,8 +6,8 @@ use crate::store::Store;
 
 use super::convert::{clinic, clinic_to_proto};
 use super::page_token;
-use super::pb::registry_service_server::RegistryService;
 use super::pb;
+use super::pb::registry_service_server::RegistryService;
 use super::status::{invalid, invalid_field, page_size};
 
 /// The gRPC face of the clinic registry.
@@ -32,7 +32,10 @@ impl RegistryService for RegistryApi {
         let entry = clinic(request.get_ref().clinic.as_ref()).map_err(invalid)?;
         let (stored, changed) = self.store.upsert_clinic(&entry).await?;
         tracing::info!(clinic_id = %entry.clinic_id, version = stored.version, changed, "registry entry upserted");
-        Ok(Response::new(pb::UpsertClinicResponse { clinic: Some(clinic_to_proto(&stored)), changed }))
+        Ok(Response::new(pb::UpsertClinicResponse {
+            clinic: Some(clinic_to_proto(&stored)),
+            changed,
+        }))
     }
 
     async fn get_clinic(
@@ -43,11 +46,9 @@ impl RegistryService for RegistryApi {
         if req.clinic_id.is_empty() {
             return Err(invalid_field("clinic_id", "is required"));
         }
-        let current = self
-            .store
-            .clinic(&req.clinic_id)
-            .await?
-            .ok_or_else(|| Status::not_found(format!("clinic {:?} is not registered", req.clinic_id)))?;
+        let current = self.store.clinic(&req.clinic_id).await?.ok_or_else(|| {
+            Status::not_found(format!("clinic {:?} is not registered", req.clinic_id))
+        })?;
         let history = if req.include_history {
             self.store
                 .clinic_history(&req.clinic_id)
@@ -59,7 +60,10 @@ impl RegistryService for RegistryApi {
         } else {
             Vec::new()
         };
-        Ok(Response::new(pb::GetClinicResponse { clinic: Some(clinic_to_proto(&current)), history }))
+        Ok(Response::new(pb::GetClinicResponse {
+            clinic: Some(clinic_to_proto(&current)),
+            history,
+        }))
     }
 
     async fn list_clinics(
@@ -71,10 +75,16 @@ impl RegistryService for RegistryApi {
         let filters = format!("country={}", req.country);
         let after = page_token::decode(&filters, &req.page_token)?;
         let country = (!req.country.is_empty()).then(|| req.country.to_ascii_uppercase());
-        let page = self.store.list_clinics(country.as_deref(), after.as_deref(), limit).await?;
+        let page = self
+            .store
+            .list_clinics(country.as_deref(), after.as_deref(), limit)
+            .await?;
         Ok(Response::new(pb::ListClinicsResponse {
             clinics: page.clinics.iter().map(clinic_to_proto).collect(),
-            next_page_token: page.next_after.map(|a| page_token::encode(&filters, &a)).unwrap_or_default(),
+            next_page_token: page
+                .next_after
+                .map(|a| page_token::encode(&filters, &a))
+                .unwrap_or_default(),
         }))
     }
 }

@@ -19,7 +19,10 @@ pub fn invalid(violations: Violations) -> Status {
     }
     let summary = match violations.0.as_slice() {
         [one] => format!("invalid {}: {}", one.field, one.description),
-        many => format!("{} invalid fields", many.len()),
+        many => {
+            let fields: Vec<&str> = many.iter().map(|v| v.field.as_str()).collect();
+            format!("{} invalid fields: {}", many.len(), fields.join(", "))
+        }
     };
     Status::with_error_details(Code::InvalidArgument, summary, details)
 }
@@ -108,7 +111,11 @@ mod tests {
         assert_eq!(status.code(), Code::InvalidArgument);
         let details = status.get_error_details();
         let bad = details.bad_request().expect("a BadRequest detail");
-        let fields: Vec<_> = bad.field_violations.iter().map(|f| f.field.as_str()).collect();
+        let fields: Vec<_> = bad
+            .field_violations
+            .iter()
+            .map(|f| f.field.as_str())
+            .collect();
         assert_eq!(fields, ["record.organ", "record.donor.age_years"]);
         let rpc = to_rpc_status(&status);
         assert_eq!(rpc.code, Code::InvalidArgument as i32);

@@ -33,13 +33,18 @@ impl Clinic {
             Organ::LungLobe => Some(Organ::Lung),
             _ => None,
         };
-        self.licensed_organs.iter().any(|o| *o == organ || Some(*o) == covering)
+        self.licensed_organs
+            .iter()
+            .any(|o| *o == organ || Some(*o) == covering)
     }
 
     /// Why the licence was not in force at `at`, or `None` when it was.
     pub fn licence_problem_at(&self, at: DateTime<Utc>) -> Option<String> {
         if at < self.licence_valid_from {
-            return Some(format!("the licence was not valid before {}", self.licence_valid_from.date_naive()));
+            return Some(format!(
+                "the licence was not valid before {}",
+                self.licence_valid_from.date_naive()
+            ));
         }
         if let Some(until) = self.licence_valid_until.filter(|until| at >= *until) {
             return Some(format!("the licence expired on {}", until.date_naive()));
@@ -49,7 +54,11 @@ impl Clinic {
         }
         match self.status_effective_from {
             Some(from) if at < from => None,
-            Some(from) => Some(format!("the clinic was {} from {}", self.status, from.date_naive())),
+            Some(from) => Some(format!(
+                "the clinic was {} from {}",
+                self.status,
+                from.date_naive()
+            )),
             None => Some(format!("the clinic is {}", self.status)),
         }
     }
@@ -85,12 +94,24 @@ mod tests {
     #[test]
     fn licence_window_is_half_open_and_status_applies_from_its_date() {
         let c = clinic(ClinicStatus::Active, None);
-        assert!(c.licence_problem_at(Utc.with_ymd_and_hms(2020, 1, 1, 0, 0, 0).unwrap()).is_none());
-        assert!(c.licence_problem_at(Utc.with_ymd_and_hms(2019, 12, 31, 23, 0, 0).unwrap()).is_some());
-        assert!(c.licence_problem_at(Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).unwrap()).is_some());
+        assert!(
+            c.licence_problem_at(Utc.with_ymd_and_hms(2020, 1, 1, 0, 0, 0).unwrap())
+                .is_none()
+        );
+        assert!(
+            c.licence_problem_at(Utc.with_ymd_and_hms(2019, 12, 31, 23, 0, 0).unwrap())
+                .is_some()
+        );
+        assert!(
+            c.licence_problem_at(Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).unwrap())
+                .is_some()
+        );
         let march = Utc.with_ymd_and_hms(2025, 3, 1, 0, 0, 0).unwrap();
         let s = clinic(ClinicStatus::Suspended, Some(march));
-        assert!(s.licence_problem_at(march - chrono::Duration::days(1)).is_none());
+        assert!(
+            s.licence_problem_at(march - chrono::Duration::days(1))
+                .is_none()
+        );
         assert!(s.licence_problem_at(march).is_some());
         let r = clinic(ClinicStatus::Revoked, None);
         assert!(r.licence_problem_at(march).is_some());

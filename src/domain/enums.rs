@@ -205,8 +205,14 @@ impl FlagStatus {
         matches!(
             (self, to),
             (FlagStatus::Open, FlagStatus::InReview)
-                | (FlagStatus::InReview, FlagStatus::Confirmed | FlagStatus::Dismissed | FlagStatus::Open)
-                | (FlagStatus::Confirmed | FlagStatus::Dismissed, FlagStatus::Open)
+                | (
+                    FlagStatus::InReview,
+                    FlagStatus::Confirmed | FlagStatus::Dismissed | FlagStatus::Open
+                )
+                | (
+                    FlagStatus::Confirmed | FlagStatus::Dismissed,
+                    FlagStatus::Open
+                )
         )
     }
 
@@ -243,7 +249,17 @@ mod tests {
     #[test]
     fn abo_compatibility_follows_red_cell_rules() {
         use AboGroup::*;
-        let ok = [(O, O), (O, A), (O, B), (O, Ab), (A, A), (A, Ab), (B, B), (B, Ab), (Ab, Ab)];
+        let ok = [
+            (O, O),
+            (O, A),
+            (O, B),
+            (O, Ab),
+            (A, A),
+            (A, Ab),
+            (B, B),
+            (B, Ab),
+            (Ab, Ab),
+        ];
         for d in AboGroup::ALL {
             for r in AboGroup::ALL {
                 assert_eq!(d.can_donate_to(*r), ok.contains(&(*d, *r)), "{d}->{r}");

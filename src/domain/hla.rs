@@ -26,7 +26,10 @@ pub enum InvalidHla {
 
 impl HlaTyping {
     /// Checks and normalises (upper case) the antigens of one locus.
-    pub fn parse_locus(locus: &'static str, antigens: &[String]) -> Result<Vec<String>, InvalidHla> {
+    pub fn parse_locus(
+        locus: &'static str,
+        antigens: &[String],
+    ) -> Result<Vec<String>, InvalidHla> {
         if antigens.len() > 2 {
             return Err(InvalidHla::TooMany);
         }
@@ -43,7 +46,10 @@ impl HlaTyping {
                 if (1..=4).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
                     Ok(upper)
                 } else {
-                    Err(InvalidHla::Malformed(raw.chars().take(16).collect(), example))
+                    Err(InvalidHla::Malformed(
+                        raw.chars().take(16).collect(),
+                        example,
+                    ))
                 }
             })
             .collect()
@@ -74,17 +80,41 @@ mod tests {
 
     #[test]
     fn parses_and_normalises() {
-        assert_eq!(HlaTyping::parse_locus("DR", &s(&["dr4", "DR15"])).unwrap(), s(&["DR4", "DR15"]));
-        assert!(matches!(HlaTyping::parse_locus("A", &s(&["B7"])), Err(InvalidHla::Malformed(..))));
-        assert!(matches!(HlaTyping::parse_locus("A", &s(&["A"])), Err(InvalidHla::Malformed(..))));
-        assert_eq!(HlaTyping::parse_locus("B", &s(&["B7", "B8", "B9"])), Err(InvalidHla::TooMany));
+        assert_eq!(
+            HlaTyping::parse_locus("DR", &s(&["dr4", "DR15"])).unwrap(),
+            s(&["DR4", "DR15"])
+        );
+        assert!(matches!(
+            HlaTyping::parse_locus("A", &s(&["B7"])),
+            Err(InvalidHla::Malformed(..))
+        ));
+        assert!(matches!(
+            HlaTyping::parse_locus("A", &s(&["A"])),
+            Err(InvalidHla::Malformed(..))
+        ));
+        assert_eq!(
+            HlaTyping::parse_locus("B", &s(&["B7", "B8", "B9"])),
+            Err(InvalidHla::TooMany)
+        );
     }
 
     #[test]
     fn sharing_is_per_locus() {
-        let x = HlaTyping { a: s(&["A1"]), b: s(&["B8"]), dr: s(&["DR3"]) };
-        let y = HlaTyping { a: s(&["A2"]), b: s(&["B7"]), dr: s(&["DR3"]) };
-        let z = HlaTyping { a: s(&["A2"]), b: s(&["B7"]), dr: s(&["DR4"]) };
+        let x = HlaTyping {
+            a: s(&["A1"]),
+            b: s(&["B8"]),
+            dr: s(&["DR3"]),
+        };
+        let y = HlaTyping {
+            a: s(&["A2"]),
+            b: s(&["B7"]),
+            dr: s(&["DR3"]),
+        };
+        let z = HlaTyping {
+            a: s(&["A2"]),
+            b: s(&["B7"]),
+            dr: s(&["DR4"]),
+        };
         assert!(x.shares_antigen_with(&y));
         assert!(!x.shares_antigen_with(&z));
     }

@@ -56,13 +56,21 @@ impl PersonIdentifier {
         if normalised.is_empty() {
             return Err(InvalidIdentifier::Empty);
         }
-        Ok(Self { scheme, issuing_country, value: normalised })
+        Ok(Self {
+            scheme,
+            issuing_country,
+            value: normalised,
+        })
     }
 }
 
 impl fmt::Debug for PersonIdentifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PersonIdentifier({} {} <redacted>)", self.scheme, self.issuing_country)
+        write!(
+            f,
+            "PersonIdentifier({} {} <redacted>)",
+            self.scheme, self.issuing_country
+        )
     }
 }
 
@@ -144,16 +152,25 @@ mod tests {
     #[test]
     fn normalisation_makes_spellings_equal() {
         let key = FingerprintKey::from_bytes(&[7; 32]).unwrap();
-        assert_eq!(key.fingerprint(&id("ab-12 34")), key.fingerprint(&id("AB1234")));
-        assert_ne!(key.fingerprint(&id("AB1234")), key.fingerprint(&id("AB1235")));
+        assert_eq!(
+            key.fingerprint(&id("ab-12 34")),
+            key.fingerprint(&id("AB1234"))
+        );
+        assert_ne!(
+            key.fingerprint(&id("AB1234")),
+            key.fingerprint(&id("AB1235"))
+        );
     }
 
     #[test]
     fn scheme_and_country_are_part_of_the_identity() {
         let key = FingerprintKey::from_bytes(&[7; 32]).unwrap();
-        let national =
-            PersonIdentifier::new(IdentifierScheme::NationalId, "KZ".parse().unwrap(), "AB1234")
-                .unwrap();
+        let national = PersonIdentifier::new(
+            IdentifierScheme::NationalId,
+            "KZ".parse().unwrap(),
+            "AB1234",
+        )
+        .unwrap();
         let other_country =
             PersonIdentifier::new(IdentifierScheme::Passport, "DE".parse().unwrap(), "AB1234")
                 .unwrap();
@@ -167,14 +184,20 @@ mod tests {
         let a = FingerprintKey::from_bytes(&[1; 32]).unwrap();
         let b = FingerprintKey::from_bytes(&[2; 32]).unwrap();
         assert_ne!(a.fingerprint(&id("X1")), b.fingerprint(&id("X1")));
-        assert_eq!(FingerprintKey::from_bytes(&[1; 31]).unwrap_err(), KeyTooShort);
+        assert_eq!(
+            FingerprintKey::from_bytes(&[1; 31]).unwrap_err(),
+            KeyTooShort
+        );
     }
 
     #[test]
     fn bad_values_are_refused_and_debug_hides_the_value() {
         let de = "DE".parse().unwrap();
         let scheme = IdentifierScheme::NationalId;
-        assert_eq!(PersonIdentifier::new(scheme, de, " - ").unwrap_err(), InvalidIdentifier::Empty);
+        assert_eq!(
+            PersonIdentifier::new(scheme, de, " - ").unwrap_err(),
+            InvalidIdentifier::Empty
+        );
         assert_eq!(
             PersonIdentifier::new(scheme, de, "AB'; DROP").unwrap_err(),
             InvalidIdentifier::BadCharacter

@@ -23,7 +23,10 @@ pub struct Violations(pub Vec<FieldViolation>);
 impl Violations {
     /// Records that `field` is bad.
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(FieldViolation { field: field.into(), description: description.into() });
+        self.0.push(FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        });
     }
 
     /// Unwraps a parse result, recording its error under `field`.
@@ -43,7 +46,11 @@ impl Violations {
 
     /// `Ok(value)` when nothing is wrong, the collected violations otherwise.
     pub fn into_result<T>(self, value: impl FnOnce() -> T) -> Result<T, Violations> {
-        if self.is_empty() { Ok(value()) } else { Err(self) }
+        if self.is_empty() {
+            Ok(value())
+        } else {
+            Err(self)
+        }
     }
 }
 
@@ -77,14 +84,20 @@ pub fn check_order(
 }
 
 /// Paired organs must name a side; only paired organs may say BOTH.
-pub fn check_laterality(v: &mut Violations, field: &str, organ: Organ, laterality: Option<Laterality>) {
+pub fn check_laterality(
+    v: &mut Violations,
+    field: &str,
+    organ: Organ,
+    laterality: Option<Laterality>,
+) {
     match (organ.is_paired(), laterality) {
         (true, None | Some(Laterality::NotApplicable)) => {
             v.add(field, format!("must be LEFT, RIGHT or BOTH for {organ}"))
         }
-        (false, Some(Laterality::Both)) => {
-            v.add(field, format!("BOTH applies only to kidneys and lungs, not {organ}"))
-        }
+        (false, Some(Laterality::Both)) => v.add(
+            field,
+            format!("BOTH applies only to kidneys and lungs, not {organ}"),
+        ),
         _ => {}
     }
 }
@@ -103,7 +116,10 @@ pub fn check_id(v: &mut Violations, field: &str, value: &str) -> Option<String> 
         return None;
     }
     if value.trim() != value || value.chars().any(char::is_control) {
-        v.add(field, "must not contain control characters or leading or trailing spaces");
+        v.add(
+            field,
+            "must not contain control characters or leading or trailing spaces",
+        );
         return None;
     }
     Some(value.to_owned())
@@ -133,10 +149,30 @@ mod tests {
     fn times_out_of_order_or_in_the_future_are_violations() {
         let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
         let mut v = Violations::default();
-        check_instant(&mut v, "transplanted_at", now + chrono::Duration::hours(1), now);
-        check_instant(&mut v, "procured_at", now + chrono::Duration::minutes(1), now);
-        check_instant(&mut v, "donor.death_at", Utc.with_ymd_and_hms(1800, 1, 1, 0, 0, 0).unwrap(), now);
-        check_order(&mut v, "procured_at", now, now - chrono::Duration::seconds(1));
+        check_instant(
+            &mut v,
+            "transplanted_at",
+            now + chrono::Duration::hours(1),
+            now,
+        );
+        check_instant(
+            &mut v,
+            "procured_at",
+            now + chrono::Duration::minutes(1),
+            now,
+        );
+        check_instant(
+            &mut v,
+            "donor.death_at",
+            Utc.with_ymd_and_hms(1800, 1, 1, 0, 0, 0).unwrap(),
+            now,
+        );
+        check_order(
+            &mut v,
+            "procured_at",
+            now,
+            now - chrono::Duration::seconds(1),
+        );
         let fields: Vec<_> = v.0.iter().map(|f| f.field.as_str()).collect();
         assert_eq!(fields, ["transplanted_at", "donor.death_at", "procured_at"]);
     }
@@ -145,7 +181,12 @@ mod tests {
     fn laterality_rules() {
         let mut v = Violations::default();
         check_laterality(&mut v, "laterality", Organ::Kidney, None);
-        check_laterality(&mut v, "laterality", Organ::Lung, Some(Laterality::NotApplicable));
+        check_laterality(
+            &mut v,
+            "laterality",
+            Organ::Lung,
+            Some(Laterality::NotApplicable),
+        );
         check_laterality(&mut v, "laterality", Organ::Heart, Some(Laterality::Both));
         check_laterality(&mut v, "laterality", Organ::Kidney, Some(Laterality::Both));
         check_laterality(&mut v, "laterality", Organ::Liver, None);
@@ -155,7 +196,10 @@ mod tests {
     #[test]
     fn ids_and_ages() {
         let mut v = Violations::default();
-        assert_eq!(check_id(&mut v, "clinic_id", "DE-BER-01").as_deref(), Some("DE-BER-01"));
+        assert_eq!(
+            check_id(&mut v, "clinic_id", "DE-BER-01").as_deref(),
+            Some("DE-BER-01")
+        );
         assert!(check_id(&mut v, "clinic_id", "").is_none());
         assert!(check_id(&mut v, "clinic_id", " x").is_none());
         assert!(check_id(&mut v, "clinic_id", &"x".repeat(129)).is_none());

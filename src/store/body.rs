@@ -56,9 +56,10 @@ impl RecordBody {
     pub(super) fn from_record(r: &Record) -> Self {
         let (relation, death_at, death_kind) = match r.donor.kind {
             DonorKind::Living { relation } => (Some(relation.to_string()), None, None),
-            DonorKind::Deceased { death_at, death_kind } => {
-                (None, Some(death_at), Some(death_kind.to_string()))
-            }
+            DonorKind::Deceased {
+                death_at,
+                death_kind,
+            } => (None, Some(death_at), Some(death_kind.to_string())),
         };
         Self {
             external_record_id: r.external_record_id.clone(),
@@ -83,11 +84,18 @@ impl RecordBody {
 
     pub(super) fn into_record(self) -> Result<Record, StoreError> {
         let kind = match (self.relation_to_recipient, self.death_at, self.death_kind) {
-            (Some(relation), None, None) => DonorKind::Living { relation: parse(&relation)? },
-            (None, Some(death_at), Some(kind)) => {
-                DonorKind::Deceased { death_at, death_kind: parse(&kind)? }
+            (Some(relation), None, None) => DonorKind::Living {
+                relation: parse(&relation)?,
+            },
+            (None, Some(death_at), Some(kind)) => DonorKind::Deceased {
+                death_at,
+                death_kind: parse(&kind)?,
+            },
+            _ => {
+                return Err(StoreError::Corrupt(
+                    "record body with an inconsistent donor kind".into(),
+                ));
             }
-            _ => return Err(StoreError::Corrupt("record body with an inconsistent donor kind".into())),
         };
         Ok(TransplantRecord {
             external_record_id: self.external_record_id,
@@ -100,7 +108,10 @@ impl RecordBody {
             transplanted_at: self.transplanted_at,
             cold_ischemia_minutes: self.cold_ischemia_minutes,
             machine_perfusion: self.machine_perfusion,
-            donor: Donor { person: self.donor.into_person()?, kind },
+            donor: Donor {
+                person: self.donor.into_person()?,
+                kind,
+            },
             recipient: self.recipient.into_person()?,
             abo_exception: parse(&self.abo_exception)?,
         })
@@ -117,7 +128,11 @@ impl PersonBody {
             sex: p.sex.map(|s| s.to_string()),
             abo: p.abo.to_string(),
             rh: p.rh.map(|r| r.to_string()),
-            hla: p.hla.as_ref().map(|h| HlaBody { a: h.a.clone(), b: h.b.clone(), dr: h.dr.clone() }),
+            hla: p.hla.as_ref().map(|h| HlaBody {
+                a: h.a.clone(),
+                b: h.b.clone(),
+                dr: h.dr.clone(),
+            }),
         }
     }
 
@@ -134,12 +149,17 @@ impl PersonBody {
             sex: self.sex.as_deref().map(parse).transpose()?,
             abo: parse::<AboGroup>(&self.abo)?,
             rh: self.rh.as_deref().map(parse).transpose()?,
-            hla: self.hla.map(|h| HlaTyping { a: h.a, b: h.b, dr: h.dr }),
+            hla: self.hla.map(|h| HlaTyping {
+                a: h.a,
+                b: h.b,
+                dr: h.dr,
+            }),
         })
     }
 }
 
 /// Parses a stored enum or country text; a failure means the row was corrupted.
 pub(super) fn parse<T: std::str::FromStr>(text: &str) -> Result<T, StoreError> {
-    text.parse().map_err(|_| StoreError::Corrupt(format!("unexpected stored value {text:?}")))
+    text.parse()
+        .map_err(|_| StoreError::Corrupt(format!("unexpected stored value {text:?}")))
 }

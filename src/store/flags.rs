@@ -5,7 +5,7 @@ use sqlx::{Postgres, QueryBuilder};
 
 use crate::domain::{FlagStatus, Record, RecordId, Severity};
 
-use super::body::{parse, RecordBody};
+use super::body::{RecordBody, parse};
 use super::ingest::{severity_from_db, severity_to_db};
 use super::{Store, StoreError};
 
@@ -252,7 +252,10 @@ impl Store {
         }
         q.push(" ORDER BY f.id DESC LIMIT ").push_bind(limit + 1);
         let rows: Vec<FlagRow> = q.build_query_as().fetch_all(&self.pool).await?;
-        let mut flags: Vec<FlagView> = rows.into_iter().map(FlagRow::into_view).collect::<Result<_, _>>()?;
+        let mut flags: Vec<FlagView> = rows
+            .into_iter()
+            .map(FlagRow::into_view)
+            .collect::<Result<_, _>>()?;
         let next_before = if flags.len() as i64 > limit {
             flags.truncate(limit as usize);
             flags.last().map(|f| f.id)
@@ -265,18 +268,25 @@ impl Store {
     /// One flag.
     pub async fn flag(&self, flag_id: i64) -> Result<Option<FlagView>, StoreError> {
         let sql = format!("{FLAG_COLUMNS} WHERE f.id = $1");
-        let row: Option<FlagRow> = sqlx::query_as(&sql).bind(flag_id).fetch_optional(&self.pool).await?;
+        let row: Option<FlagRow> = sqlx::query_as(&sql)
+            .bind(flag_id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(FlagRow::into_view).transpose()
     }
 
     /// The whole case of a flag.
     pub async fn flag_case(&self, flag_id: i64) -> Result<Option<FlagCase>, StoreError> {
-        let Some(flag) = self.flag(flag_id).await? else { return Ok(None) };
+        let Some(flag) = self.flag(flag_id).await? else {
+            return Ok(None);
+        };
         let mut ids = vec![flag.record_id.0];
         ids.extend(flag.evidence.iter().map(|r| r.0));
         let mut records = self.records(&ids).await?;
         let Some(pos) = records.iter().position(|r| r.id == flag.record_id) else {
-            return Err(StoreError::Corrupt(format!("flag {flag_id} without its record")));
+            return Err(StoreError::Corrupt(format!(
+                "flag {flag_id} without its record"
+            )));
         };
         let record = records.remove(pos);
         let history = sqlx::query!(
@@ -298,7 +308,12 @@ impl Store {
             })
         })
         .collect::<Result<_, StoreError>>()?;
-        Ok(Some(FlagCase { flag, record, evidence: records, history }))
+        Ok(Some(FlagCase {
+            flag,
+            record,
+            evidence: records,
+            history,
+        }))
     }
 
     /// The current versions of these records, in the order of `ids`.
@@ -342,7 +357,9 @@ impl Store {
         .ok_or(TriageError::NotFound)?;
         let from: FlagStatus = parse(&current.status)?;
         if current.revision != step.expected_revision {
-            return Err(TriageError::Stale { current: current.revision });
+            return Err(TriageError::Stale {
+                current: current.revision,
+            });
         }
         if !from.can_move_to(step.to) {
             return Err(TriageError::IllegalTransition { from, to: step.to });

@@ -5,12 +5,10 @@ use chrono::{DateTime, Utc};
 use ring::digest;
 use sqlx::{PgConnection, Postgres, Transaction};
 
-use crate::domain::{
-    Clinic, DonorKind, DonorType, Fingerprint, Record, RecordId, Severity,
-};
+use crate::domain::{Clinic, DonorKind, DonorType, Fingerprint, Record, RecordId, Severity};
 use crate::rules::{ClinicWindow, Finding, PriorDonation, WindowSpec};
 
-use super::body::{parse, RecordBody};
+use super::body::{RecordBody, parse};
 use super::{Store, StoreError};
 
 /// A record already stored under a (hospital, external id).
@@ -40,7 +38,9 @@ pub struct StoredAck {
 /// The content hash of a pseudonymised record: SHA-256 of its stored body.
 pub fn content_hash(record: &Record) -> Vec<u8> {
     let body = body_json(record);
-    digest::digest(&digest::SHA256, body.to_string().as_bytes()).as_ref().to_vec()
+    digest::digest(&digest::SHA256, body.to_string().as_bytes())
+        .as_ref()
+        .to_vec()
 }
 
 fn body_json(record: &Record) -> serde_json::Value {
@@ -56,7 +56,9 @@ pub struct IngestTx {
 impl Store {
     /// Opens an ingest transaction.
     pub async fn begin_ingest(&self) -> Result<IngestTx, StoreError> {
-        Ok(IngestTx { tx: self.pool.begin().await? })
+        Ok(IngestTx {
+            tx: self.pool.begin().await?,
+        })
     }
 
     /// Looks a record up by its idempotency key, outside any transaction.
@@ -120,10 +122,18 @@ impl IngestTx {
     /// Takes the transaction-scoped locks on every key the rules read for
     /// these records (donors and clinics), in one fixed order so that
     /// concurrent writers never deadlock.
-    pub async fn lock_keys<'r>(&mut self, records: impl IntoIterator<Item = &'r Record>) -> Result<(), StoreError> {
+    pub async fn lock_keys<'r>(
+        &mut self,
+        records: impl IntoIterator<Item = &'r Record>,
+    ) -> Result<(), StoreError> {
         let mut keys: Vec<i64> = records
             .into_iter()
-            .flat_map(|r| [donor_lock_key(&r.donor.person.identifier), clinic_lock_key(&r.clinic_id)])
+            .flat_map(|r| {
+                [
+                    donor_lock_key(&r.donor.person.identifier),
+                    clinic_lock_key(&r.clinic_id),
+                ]
+            })
             .collect();
         keys.sort_unstable();
         keys.dedup();
@@ -158,7 +168,12 @@ impl IngestTx {
         .await?;
         rows.into_iter()
             .map(|r| {
-                let kind = donor_kind(&r.donor_type, r.donor_relation, r.donor_death_at, r.donor_death_kind)?;
+                let kind = donor_kind(
+                    &r.donor_type,
+                    r.donor_relation,
+                    r.donor_death_at,
+                    r.donor_death_kind,
+                )?;
                 Ok(PriorDonation {
                     record_id: RecordId(r.id),
                     organ: parse(&r.organ)?,
@@ -195,7 +210,9 @@ impl IngestTx {
             for r in rows {
                 let id = RecordId(r.id);
                 if r.transplanted_at >= at - spec.cluster {
-                    window.foreign_living_donors.push((id, parse(&r.donor_nationality)?));
+                    window
+                        .foreign_living_donors
+                        .push((id, parse(&r.donor_nationality)?));
                 }
                 if r.transplanted_at >= at - spec.surge
                     && r.donor_relation.as_deref() == Some("UNRELATED_DIRECTED")
@@ -254,7 +271,9 @@ impl IngestTx {
             record.laterality.as_str(),
             record.procured_at,
             record.transplanted_at,
-            record.cold_ischemia_minutes.map(|m| i32::try_from(m).unwrap_or(i32::MAX)),
+            record
+                .cold_ischemia_minutes
+                .map(|m| i32::try_from(m).unwrap_or(i32::MAX)),
             record.machine_perfusion,
             record.abo_exception.as_str(),
             d.identifier.as_bytes().as_slice(),
@@ -285,7 +304,11 @@ impl IngestTx {
         let Some(row) = row else { return Ok(None) };
         let id = RecordId(row.id);
         self.insert_version(id, 1, &hash, record, None).await?;
-        Ok(Some(StoredAck { id, version: 1, received_at: row.received_at }))
+        Ok(Some(StoredAck {
+            id,
+            version: 1,
+            received_at: row.received_at,
+        }))
     }
 
     /// Replaces the current content of record `id` by `record` as a new
@@ -322,7 +345,9 @@ impl IngestTx {
             record.laterality.as_str(),
             record.procured_at,
             record.transplanted_at,
-            record.cold_ischemia_minutes.map(|m| i32::try_from(m).unwrap_or(i32::MAX)),
+            record
+                .cold_ischemia_minutes
+                .map(|m| i32::try_from(m).unwrap_or(i32::MAX)),
             record.machine_perfusion,
             record.abo_exception.as_str(),
             d.identifier.as_bytes().as_slice(),
@@ -350,8 +375,13 @@ impl IngestTx {
         )
         .fetch_one(&mut *self.tx)
         .await?;
-        self.insert_version(existing.id, version, &hash, record, Some(reason)).await?;
-        Ok(StoredAck { id: existing.id, version, received_at: existing.received_at })
+        self.insert_version(existing.id, version, &hash, record, Some(reason))
+            .await?;
+        Ok(StoredAck {
+            id: existing.id,
+            version,
+            received_at: existing.received_at,
+        })
     }
 
     async fn insert_version(
@@ -408,7 +438,10 @@ impl IngestTx {
             .await?;
         }
         if ack.version > 1 {
-            let still: Vec<String> = findings.iter().map(|f| f.rule.as_str().to_owned()).collect();
+            let still: Vec<String> = findings
+                .iter()
+                .map(|f| f.rule.as_str().to_owned())
+                .collect();
             sqlx::query!(
                 "UPDATE flags SET cleared_in_version = $2, updated_at = now()
                  WHERE record_id = $1 AND cleared_in_version IS NULL AND rule_id <> ALL($3)",
@@ -429,10 +462,19 @@ impl IngestTx {
     }
 }
 
-fn kind_columns(kind: &DonorKind) -> (Option<&'static str>, Option<DateTime<Utc>>, Option<&'static str>) {
+fn kind_columns(
+    kind: &DonorKind,
+) -> (
+    Option<&'static str>,
+    Option<DateTime<Utc>>,
+    Option<&'static str>,
+) {
     match *kind {
         DonorKind::Living { relation } => (Some(relation.as_str()), None, None),
-        DonorKind::Deceased { death_at, death_kind } => (None, Some(death_at), Some(death_kind.as_str())),
+        DonorKind::Deceased {
+            death_at,
+            death_kind,
+        } => (None, Some(death_at), Some(death_kind.as_str())),
     }
 }
 
@@ -447,12 +489,22 @@ pub(super) fn donor_kind(
     death_at: Option<DateTime<Utc>>,
     death_kind: Option<String>,
 ) -> Result<DonorKind, StoreError> {
-    match (parse::<DonorType>(donor_type)?, relation, death_at, death_kind) {
-        (DonorType::Living, Some(rel), _, _) => Ok(DonorKind::Living { relation: parse(&rel)? }),
-        (DonorType::Deceased, _, Some(death_at), Some(kind)) => {
-            Ok(DonorKind::Deceased { death_at, death_kind: parse(&kind)? })
-        }
-        _ => Err(StoreError::Corrupt("record row with an inconsistent donor kind".into())),
+    match (
+        parse::<DonorType>(donor_type)?,
+        relation,
+        death_at,
+        death_kind,
+    ) {
+        (DonorType::Living, Some(rel), _, _) => Ok(DonorKind::Living {
+            relation: parse(&rel)?,
+        }),
+        (DonorType::Deceased, _, Some(death_at), Some(kind)) => Ok(DonorKind::Deceased {
+            death_at,
+            death_kind: parse(&kind)?,
+        }),
+        _ => Err(StoreError::Corrupt(
+            "record row with an inconsistent donor kind".into(),
+        )),
     }
 }
 

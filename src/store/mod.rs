@@ -7,10 +7,12 @@ pub mod registry;
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-pub use flags::{FlagCase, FlagEvent, FlagFilter, FlagPage, FlagView, RecordView, TriageError, TriageStep};
+pub use flags::{
+    FlagCase, FlagEvent, FlagFilter, FlagPage, FlagView, RecordView, TriageError, TriageStep,
+};
 pub use ingest::{ExistingRecord, IngestTx, StoredAck};
 pub use registry::{ClinicPage, ClinicVersion};
 
@@ -60,7 +62,10 @@ pub struct PoolSettings {
 
 impl Default for PoolSettings {
     fn default() -> Self {
-        Self { max_connections: 16, acquire_timeout: Duration::from_secs(5) }
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -94,7 +99,10 @@ impl Store {
 
     /// Whether the database answers a trivial query.
     pub async fn ping(&self) -> bool {
-        sqlx::query_scalar!("SELECT 1 AS \"one!\"").fetch_one(&self.pool).await.is_ok()
+        sqlx::query_scalar!("SELECT 1 AS \"one!\"")
+            .fetch_one(&self.pool)
+            .await
+            .is_ok()
     }
 }
 
@@ -103,7 +111,9 @@ impl Store {
 pub async fn create_database_if_missing(admin_url: &str, name: &str) -> Result<(), StoreError> {
     use sqlx::Connection;
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return Err(StoreError::Corrupt(format!("database name {name:?} is not a plain identifier")));
+        return Err(StoreError::Corrupt(format!(
+            "database name {name:?} is not a plain identifier"
+        )));
     }
     let mut conn = sqlx::PgConnection::connect(admin_url).await?;
     let exists: bool = sqlx::query_scalar!(

@@ -43,8 +43,11 @@ struct Row {
 
 impl Row {
     fn into_version(self) -> Result<ClinicVersion, StoreError> {
-        let licensed_organs =
-            self.licensed_organs.iter().map(|o| parse::<Organ>(o)).collect::<Result<_, _>>()?;
+        let licensed_organs = self
+            .licensed_organs
+            .iter()
+            .map(|o| parse::<Organ>(o))
+            .collect::<Result<_, _>>()?;
         Ok(ClinicVersion {
             clinic: Clinic {
                 clinic_id: self.clinic_id,
@@ -93,7 +96,10 @@ async fn current_version(
 impl Store {
     /// Records `clinic` as its newest version, unless it equals the current
     /// one. Returns the current version and whether it changed.
-    pub async fn upsert_clinic(&self, clinic: &Clinic) -> Result<(ClinicVersion, bool), StoreError> {
+    pub async fn upsert_clinic(
+        &self,
+        clinic: &Clinic,
+    ) -> Result<(ClinicVersion, bool), StoreError> {
         let mut tx = self.pool.begin().await?;
         // Serialises writers of one clinic so version numbers never collide.
         sqlx::query!(
@@ -107,7 +113,11 @@ impl Store {
             tx.commit().await?;
             return Ok((current, false));
         }
-        let organs: Vec<String> = clinic.licensed_organs.iter().map(|o| o.to_string()).collect();
+        let organs: Vec<String> = clinic
+            .licensed_organs
+            .iter()
+            .map(|o| o.to_string())
+            .collect();
         let row = sqlx::query!(
             "INSERT INTO clinic_versions (clinic_id, version, name, country, licensed_organs,
                  licence_valid_from, licence_valid_until, status, status_effective_from)
@@ -136,7 +146,14 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok((ClinicVersion { clinic: clinic.clone(), version: row.version, recorded_at: row.recorded_at }, true))
+        Ok((
+            ClinicVersion {
+                clinic: clinic.clone(),
+                version: row.version,
+                recorded_at: row.recorded_at,
+            },
+            true,
+        ))
     }
 
     /// The current entry of a clinic.
@@ -184,14 +201,19 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut clinics: Vec<ClinicVersion> =
-            rows.into_iter().map(Row::into_version).collect::<Result<_, _>>()?;
+        let mut clinics: Vec<ClinicVersion> = rows
+            .into_iter()
+            .map(Row::into_version)
+            .collect::<Result<_, _>>()?;
         let next_after = if clinics.len() as i64 > limit {
             clinics.truncate(limit as usize);
             clinics.last().map(|c| c.clinic.clinic_id.clone())
         } else {
             None
         };
-        Ok(ClinicPage { clinics, next_after })
+        Ok(ClinicPage {
+            clinics,
+            next_after,
+        })
     }
 }

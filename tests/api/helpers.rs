@@ -114,13 +114,21 @@ pub async fn fresh_database() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let admin = admin_url().await;
     CLEANED.get_or_init(|| drop_stale_databases(admin)).await;
-    let name = format!("ta_test_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
-    store::create_database_if_missing(admin, &name).await.expect("create test database");
+    let name = format!(
+        "ta_test_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    );
+    store::create_database_if_missing(admin, &name)
+        .await
+        .expect("create test database");
     with_database(admin, &name)
 }
 
 async fn drop_stale_databases(admin: &str) {
-    let Ok(mut conn) = PgConnection::connect(admin).await else { return };
+    let Ok(mut conn) = PgConnection::connect(admin).await else {
+        return;
+    };
     let names: Vec<String> =
         sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'ta\\_test\\_%'")
             .fetch_all(&mut conn)
@@ -189,7 +197,10 @@ pub async fn spawn_app_on(database_url: &str, rules: RulesConfig) -> TestApp {
 
 pub fn ts(rfc3339: &str) -> prost_types::Timestamp {
     let at = chrono::DateTime::parse_from_rfc3339(rfc3339).expect("timestamp");
-    prost_types::Timestamp { seconds: at.timestamp(), nanos: 0 }
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: 0,
+    }
 }
 
 fn identifier(value: &str) -> Option<pb::PersonIdentifier> {
@@ -268,11 +279,16 @@ pub fn clinic(clinic_id: &str, country: &str) -> pb::Clinic {
 }
 
 /// Submits one record and returns its acknowledgement.
-pub async fn submit(app: &TestApp, record: pb::TransplantRecord) -> Result<pb::RecordAck, tonic::Status> {
+pub async fn submit(
+    app: &TestApp,
+    record: pb::TransplantRecord,
+) -> Result<pb::RecordAck, tonic::Status> {
     let response = app
         .ingest
         .clone()
-        .submit_record(pb::SubmitRecordRequest { record: Some(record) })
+        .submit_record(pb::SubmitRecordRequest {
+            record: Some(record),
+        })
         .await?;
     Ok(response.into_inner().ack.expect("an ack"))
 }
@@ -281,7 +297,13 @@ pub async fn submit(app: &TestApp, record: pb::TransplantRecord) -> Result<pb::R
 pub async fn all_flags(app: &TestApp, mut request: pb::ListFlagsRequest) -> Vec<pb::Flag> {
     let mut flags = Vec::new();
     loop {
-        let page = app.audit.clone().list_flags(request.clone()).await.expect("list flags").into_inner();
+        let page = app
+            .audit
+            .clone()
+            .list_flags(request.clone())
+            .await
+            .expect("list flags")
+            .into_inner();
         flags.extend(page.flags);
         if page.next_page_token.is_empty() {
             return flags;

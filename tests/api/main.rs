@@ -8,4 +8,5 @@ mod ingest;
 mod privacy;
 mod registry;
 mod scenarios;
+mod server;
 mod validation;

@@ -15,8 +15,13 @@ use crate::helpers::*;
 fn scenario_files() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut by_name = BTreeMap::new();
-    for dir in [root.join("tests/scenarios"), root.join("../shared/scenarios")] {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+    for dir in [
+        root.join("tests/scenarios"),
+        root.join("../shared/scenarios"),
+    ] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().is_some_and(|e| e == "json") {
@@ -28,7 +33,10 @@ fn scenario_files() -> Vec<PathBuf> {
 }
 
 fn text(v: &Value, key: &str) -> String {
-    v.get(key).and_then(Value::as_str).unwrap_or_default().to_owned()
+    v.get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn time(v: &Value, key: &str) -> Option<prost_types::Timestamp> {
@@ -45,7 +53,9 @@ fn enum_value(v: &Value, key: &str, prefix: &str, parse: fn(&str) -> Option<i32>
 }
 
 fn age(v: &Value) -> Option<i32> {
-    v.get("age_years").and_then(Value::as_i64).and_then(|a| i32::try_from(a).ok())
+    v.get("age_years")
+        .and_then(Value::as_i64)
+        .and_then(|a| i32::try_from(a).ok())
 }
 
 fn identifier(v: &Value) -> Option<pb::PersonIdentifier> {
@@ -65,22 +75,37 @@ fn hla(v: &Value) -> Option<pb::HlaTyping> {
         h.get(k)
             .or_else(|| h.get(k.to_uppercase()))
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default()
     };
-    Some(pb::HlaTyping { a: list("a"), b: list("b"), dr: list("dr") })
+    Some(pb::HlaTyping {
+        a: list("a"),
+        b: list("b"),
+        dr: list("dr"),
+    })
 }
 
 fn abo(v: &Value) -> i32 {
-    enum_value(v, "abo", "ABO_GROUP", |s| pb::AboGroup::from_str_name(s).map(|e| e as i32))
+    enum_value(v, "abo", "ABO_GROUP", |s| {
+        pb::AboGroup::from_str_name(s).map(|e| e as i32)
+    })
 }
 
 fn sex(v: &Value) -> i32 {
-    enum_value(v, "sex", "SEX", |s| pb::Sex::from_str_name(s).map(|e| e as i32))
+    enum_value(v, "sex", "SEX", |s| {
+        pb::Sex::from_str_name(s).map(|e| e as i32)
+    })
 }
 
 fn rh(v: &Value) -> i32 {
-    enum_value(v, "rh", "RH_FACTOR", |s| pb::RhFactor::from_str_name(s).map(|e| e as i32))
+    enum_value(v, "rh", "RH_FACTOR", |s| {
+        pb::RhFactor::from_str_name(s).map(|e| e as i32)
+    })
 }
 
 fn record(r: &Value) -> pb::TransplantRecord {
@@ -91,7 +116,9 @@ fn record(r: &Value) -> pb::TransplantRecord {
         hospital_id: text(r, "hospital_id"),
         clinic_id: text(r, "clinic_id"),
         procedure_country: text(r, "procedure_country"),
-        organ: enum_value(r, "organ", "ORGAN", |s| pb::Organ::from_str_name(s).map(|e| e as i32)),
+        organ: enum_value(r, "organ", "ORGAN", |s| {
+            pb::Organ::from_str_name(s).map(|e| e as i32)
+        }),
         laterality: enum_value(r, "laterality", "LATERALITY", |s| {
             pb::Laterality::from_str_name(s).map(|e| e as i32)
         }),
@@ -101,7 +128,10 @@ fn record(r: &Value) -> pb::TransplantRecord {
             .get("cold_ischemia_minutes")
             .and_then(Value::as_i64)
             .and_then(|m| i32::try_from(m).ok()),
-        machine_perfusion: r.get("machine_perfusion").and_then(Value::as_bool).unwrap_or(false),
+        machine_perfusion: r
+            .get("machine_perfusion")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         donor: Some(pb::Donor {
             identifier: identifier(d),
             nationality: text(d, "nationality"),
@@ -167,7 +197,9 @@ pub fn scenario_clinic(c: &Value) -> pb::Clinic {
 /// A JSON object of tables and scalars as TOML text (scenarios write
 /// `rules_config` in JSON; the service reads TOML).
 fn to_toml(v: &Value, path: &str) -> String {
-    let Some(object) = v.as_object() else { return String::new() };
+    let Some(object) = v.as_object() else {
+        return String::new();
+    };
     let mut out = String::new();
     if !path.is_empty() {
         out.push_str(&format!("[{path}]\n"));
@@ -176,7 +208,11 @@ fn to_toml(v: &Value, path: &str) -> String {
         out.push_str(&format!("{key} = {value}\n"));
     }
     for (key, value) in object.iter().filter(|(_, v)| v.is_object()) {
-        let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+        let child = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
         out.push_str(&to_toml(value, &child));
     }
     out
@@ -197,7 +233,9 @@ async fn run_scenario(path: &Path) -> Vec<String> {
     for c in scenario["clinics"].as_array().into_iter().flatten() {
         app.registry
             .clone()
-            .upsert_clinic(pb::UpsertClinicRequest { clinic: Some(scenario_clinic(c)) })
+            .upsert_clinic(pb::UpsertClinicRequest {
+                clinic: Some(scenario_clinic(c)),
+            })
             .await
             .expect("upsert scenario clinic");
     }
@@ -214,7 +252,10 @@ async fn run_scenario(path: &Path) -> Vec<String> {
     let flags = all_flags(&app, pb::ListFlagsRequest::default()).await;
     let mut raised: BTreeMap<String, BTreeMap<String, i32>> = BTreeMap::new();
     for f in &flags {
-        raised.entry(f.external_record_id.clone()).or_default().insert(f.rule_id.clone(), f.severity);
+        raised
+            .entry(f.external_record_id.clone())
+            .or_default()
+            .insert(f.rule_id.clone(), f.severity);
     }
     for e in scenario["expect"].as_array().into_iter().flatten() {
         let id = text(e, "record");
@@ -231,10 +272,13 @@ async fn run_scenario(path: &Path) -> Vec<String> {
             problems.push(format!("{id}: expected {want:?}, raised {got_ids:?}"));
         }
         if let Some(severity) = e.get("severity").and_then(Value::as_str) {
-            let wanted = pb::Severity::from_str_name(&format!("SEVERITY_{severity}")).map(|s| s as i32);
+            let wanted =
+                pb::Severity::from_str_name(&format!("SEVERITY_{severity}")).map(|s| s as i32);
             for (rule, got) in &got {
                 if Some(*got) != wanted {
-                    problems.push(format!("{id}: {rule} has severity {got}, expected {severity}"));
+                    problems.push(format!(
+                        "{id}: {rule} has severity {got}, expected {severity}"
+                    ));
                 }
             }
         }
@@ -242,7 +286,12 @@ async fn run_scenario(path: &Path) -> Vec<String> {
     app.stop().await;
     problems
         .into_iter()
-        .map(|p| format!("{}: {p}", path.file_name().unwrap_or_default().to_string_lossy()))
+        .map(|p| {
+            format!(
+                "{}: {p}",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            )
+        })
         .collect()
 }
 
@@ -254,5 +303,9 @@ async fn public_scenarios_raise_exactly_the_expected_flags() {
     for file in &files {
         problems.extend(run_scenario(file).await);
     }
-    assert!(problems.is_empty(), "scenario mismatches:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "scenario mismatches:\n{}",
+        problems.join("\n")
+    );
 }
