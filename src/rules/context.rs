@@ -81,3 +81,31 @@ impl WindowSpec {
         }
     }
 }
+
+/// A key whose records the rules read together: writers of records that
+/// share a key must take turns, so each sees the other (design.md §5).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ContextKey<'a> {
+    /// Every record of one donor (the repeat-donor rules).
+    Donor(&'a crate::domain::Fingerprint),
+    /// A clinic's living transplants from foreign donors (surge and cluster windows).
+    ClinicForeignLiving(&'a str),
+    /// A clinic's deceased-donor transplants (the non-resident share window).
+    ClinicDeceased(&'a str),
+}
+
+impl<'a> ContextKey<'a> {
+    /// The keys `record` is read under or counted in.
+    pub fn of(record: &'a crate::domain::Record) -> impl Iterator<Item = ContextKey<'a>> {
+        let living = matches!(record.donor.kind, crate::domain::DonorKind::Living { .. });
+        let clinic = record.clinic_id.as_str();
+        [
+            Some(ContextKey::Donor(&record.donor.person.identifier)),
+            (living && record.donor_is_foreign())
+                .then_some(ContextKey::ClinicForeignLiving(clinic)),
+            (!living).then_some(ContextKey::ClinicDeceased(clinic)),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}

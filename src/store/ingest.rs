@@ -6,7 +6,7 @@ use ring::digest;
 use sqlx::{PgConnection, Postgres, Transaction};
 
 use crate::domain::{Clinic, DonorKind, DonorType, Fingerprint, Record, RecordId, Severity};
-use crate::rules::{ClinicWindow, Finding, PriorDonation, WindowSpec};
+use crate::rules::{ClinicWindow, ContextKey, Finding, PriorDonation, WindowSpec};
 
 use super::body::{RecordBody, parse};
 use super::{Store, StoreError};
@@ -93,17 +93,25 @@ async fn find_existing(
     }))
 }
 
-/// Advisory-lock key of a donor: rules over a donor's history must see every
-/// record of that donor, so writers of one donor take turns.
-fn donor_lock_key(fp: &Fingerprint) -> i64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&fp.as_bytes()[..8]);
-    i64::from_be_bytes(b)
-}
-
-/// Advisory-lock key of a clinic, for the window rules over its recent records.
-fn clinic_lock_key(clinic_id: &str) -> i64 {
-    let d = digest::digest(&digest::SHA256, format!("clinic\0{clinic_id}").as_bytes());
+/// The advisory-lock number of a context key: the first 8 bytes of a
+/// SHA-256 over the key's kind and value (a collision only costs a wait).
+fn lock_number(key: &ContextKey<'_>) -> i64 {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    match key {
+        ContextKey::Donor(fp) => {
+            ctx.update(b"donor\0");
+            ctx.update(fp.as_bytes());
+        }
+        ContextKey::ClinicForeignLiving(clinic) => {
+            ctx.update(b"clinic-foreign-living\0");
+            ctx.update(clinic.as_bytes());
+        }
+        ContextKey::ClinicDeceased(clinic) => {
+            ctx.update(b"clinic-deceased\0");
+            ctx.update(clinic.as_bytes());
+        }
+    }
+    let d = ctx.finish();
     let mut b = [0u8; 8];
     b.copy_from_slice(&d.as_ref()[..8]);
     i64::from_be_bytes(b)
@@ -120,7 +128,7 @@ impl IngestTx {
     }
 
     /// Takes the transaction-scoped locks on every key the rules read for
-    /// these records (donors and clinics), in one fixed order so that
+    /// these records (donors, clinic windows), in one fixed order so that
     /// concurrent writers never deadlock.
     pub async fn lock_keys<'r>(
         &mut self,
@@ -128,12 +136,7 @@ impl IngestTx {
     ) -> Result<(), StoreError> {
         let mut keys: Vec<i64> = records
             .into_iter()
-            .flat_map(|r| {
-                [
-                    donor_lock_key(&r.donor.person.identifier),
-                    clinic_lock_key(&r.clinic_id),
-                ]
-            })
+            .flat_map(|r| ContextKey::of(r).map(|k| lock_number(&k)))
             .collect();
         keys.sort_unstable();
         keys.dedup();

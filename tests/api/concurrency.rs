@@ -1,0 +1,154 @@
+//! History rules under concurrency: two servers on one database, and one
+//! stream, must give exactly the flags that one-by-one submission gives.
+
+use std::collections::BTreeMap;
+
+use futures::future::join_all;
+use transplant_audit::api::pb;
+use transplant_audit::rules::RulesConfig;
+
+use crate::helpers::*;
+
+/// A deceased donor's left kidney: a second one of the same donor is impossible.
+fn deceased_left_kidney(external_record_id: &str, donor: &str) -> pb::TransplantRecord {
+    let mut r = kidney(external_record_id);
+    let d = r.donor.as_mut().expect("donor");
+    d.identifier.as_mut().expect("identifier").value = donor.into();
+    d.donor_type = pb::DonorType::Deceased as i32;
+    d.relation_to_recipient = 0;
+    d.death_at = Some(ts("2025-03-03T06:00:00Z"));
+    d.death_kind = pb::DeathKind::Dbd as i32;
+    r
+}
+
+/// A living kidney from an unrelated donor of Moldova, at a German clinic.
+fn foreign_unrelated_kidney(external_record_id: &str, donor: &str) -> pb::TransplantRecord {
+    let mut r = kidney(external_record_id);
+    let d = r.donor.as_mut().expect("donor");
+    d.identifier.as_mut().expect("identifier").value = donor.into();
+    d.nationality = "MD".into();
+    d.country_of_residence = "MD".into();
+    d.relation_to_recipient = pb::DonorRelation::UnrelatedDirected as i32;
+    r
+}
+
+async fn rules_by_record(app: &TestApp) -> BTreeMap<String, Vec<String>> {
+    let mut by_record: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for f in all_flags(app, pb::ListFlagsRequest::default()).await {
+        by_record
+            .entry(f.external_record_id)
+            .or_default()
+            .push(f.rule_id);
+    }
+    by_record
+}
+
+async fn register_berlin(app: &TestApp) {
+    app.registry
+        .clone()
+        .upsert_clinic(pb::UpsertClinicRequest {
+            clinic: Some(clinic("DE-BER-01", "DE")),
+        })
+        .await
+        .expect("register clinic");
+}
+
+#[tokio::test]
+async fn two_servers_see_each_others_records_of_one_donor() {
+    let database_url = fresh_database().await;
+    let a = spawn_app_on(&database_url, RulesConfig::default()).await;
+    let b = spawn_app_on(&database_url, RulesConfig::default()).await;
+    register_berlin(&a).await;
+
+    const DONORS: usize = 12;
+    let mut calls = Vec::new();
+    for i in 0..DONORS {
+        let donor = format!("DECEASED{i}");
+        calls.push(submit(&a, deceased_left_kidney(&format!("A-{i}"), &donor)));
+        calls.push(submit(&b, deceased_left_kidney(&format!("B-{i}"), &donor)));
+    }
+    for result in join_all(calls).await {
+        assert_eq!(
+            result.expect("accepted").outcome,
+            pb::Outcome::Accepted as i32
+        );
+    }
+
+    // One-by-one, the second left kidney of each donor is flagged and the first is not.
+    let flagged = rules_by_record(&a).await;
+    for i in 0..DONORS {
+        let on_a = flagged.get(&format!("A-{i}")).cloned().unwrap_or_default();
+        let on_b = flagged.get(&format!("B-{i}")).cloned().unwrap_or_default();
+        let both: Vec<&String> = on_a.iter().chain(&on_b).collect();
+        assert_eq!(
+            both,
+            ["ANATOMICAL_MAXIMUM"],
+            "donor {i}: A raised {on_a:?}, B raised {on_b:?}"
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn two_servers_count_each_others_records_in_clinic_windows() {
+    let database_url = fresh_database().await;
+    let a = spawn_app_on(&database_url, RulesConfig::default()).await;
+    let b = spawn_app_on(&database_url, RulesConfig::default()).await;
+    register_berlin(&a).await;
+
+    // Five unrelated foreign donors at one clinic within 30 days: one by one,
+    // the fifth reaches the surge threshold (5); the other four do not.
+    let calls = (0..5).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        submit(
+            app,
+            foreign_unrelated_kidney(&format!("F-{i}"), &format!("MDDONOR{i}")),
+        )
+    });
+    for result in join_all(calls).await {
+        assert_eq!(
+            result.expect("accepted").outcome,
+            pb::Outcome::Accepted as i32
+        );
+    }
+    let surges: Vec<String> = rules_by_record(&a)
+        .await
+        .into_iter()
+        .filter(|(_, rules)| rules.iter().any(|r| r == "CLINIC_FOREIGN_DONOR_SURGE"))
+        .map(|(record, _)| record)
+        .collect();
+    assert_eq!(
+        surges.len(),
+        1,
+        "exactly one record completes the surge, got {surges:?}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn records_in_one_stream_see_each_other() {
+    let app = spawn_app().await;
+    register_berlin(&app).await;
+    let requests = ["S-1", "S-2"].map(|id| pb::SubmitRecordsRequest {
+        record: Some(deceased_left_kidney(id, "STREAMDONOR")),
+    });
+    let mut acks = app
+        .ingest
+        .clone()
+        .submit_records(tokio_stream::iter(requests))
+        .await
+        .expect("stream")
+        .into_inner();
+    while let Some(ack) = acks.message().await.expect("ack") {
+        assert_eq!(ack.ack.expect("ack").outcome, pb::Outcome::Accepted as i32);
+    }
+    let flagged = rules_by_record(&app).await;
+    assert_eq!(flagged.get("S-1"), None);
+    assert_eq!(
+        flagged.get("S-2").map(Vec::as_slice),
+        Some(&["ANATOMICAL_MAXIMUM".to_owned()][..])
+    );
+    app.stop().await;
+}
