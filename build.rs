@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "proto/transplant_audit/v1/ingest.proto",
     "proto/transplant_audit/v1/registry.proto",
     "proto/transplant_audit/v1/audit.proto",
+    "proto/transplant_audit/v1/admin.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

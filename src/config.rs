@@ -21,12 +21,34 @@ pub struct Cli {
 }
 
 /// The commands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
     /// Apply migrations and serve gRPC until SIGTERM or SIGINT.
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Re-run rules over stored records, adding only flags that do not exist.
+    Rescan(RescanArgs),
+}
+
+/// What `rescan` evaluates.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct RescanArgs {
+    /// A rule id to evaluate (repeat for several); every enabled rule when omitted.
+    #[arg(long = "rule", value_name = "RULE_ID")]
+    pub rules: Vec<String>,
+    /// Only records transplanted at or after this instant (RFC 3339).
+    #[arg(long, value_name = "RFC3339")]
+    pub from: Option<String>,
+    /// Only records transplanted before this instant (RFC 3339).
+    #[arg(long, value_name = "RFC3339")]
+    pub until: Option<String>,
+    /// Write nothing; report what would be added and which flags would no longer be raised.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Continue an interrupted run by its id (its rules and range apply).
+    #[arg(long, value_name = "RUN_ID", conflicts_with_all = ["rules", "from", "until", "dry_run"])]
+    pub resume: Option<i64>,
 }
 
 /// How log lines are written.
@@ -253,6 +275,23 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.command, Some(Command::Migrate));
+        let cli = Cli::try_parse_from([
+            "transplant-audit",
+            "rescan",
+            "--rule",
+            "ABO_INCOMPATIBLE",
+            "--dry-run",
+        ])
+        .unwrap();
+        let Some(Command::Rescan(args)) = cli.command else {
+            panic!("not a rescan")
+        };
+        assert_eq!(args.rules, ["ABO_INCOMPATIBLE"]);
+        assert!(args.dry_run);
+        assert!(
+            Cli::try_parse_from(["transplant-audit", "rescan", "--resume", "3", "--dry-run"])
+                .is_err()
+        );
         assert_eq!(cli.settings.database_url.as_deref(), Some("postgres://x"));
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod domain;
 pub mod ingest;
 pub mod localdb;
+pub mod rescan;
 pub mod rules;
 pub mod server;
 pub mod store;

@@ -1,13 +1,17 @@
 //! The `transplant-audit` binary: parse configuration, connect, migrate, serve.
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
 
-use transplant_audit::config::{self, Cli, Command, Settings};
+use transplant_audit::config::{self, Cli, Command, RescanArgs, Settings};
 use transplant_audit::localdb::LocalPostgres;
-use transplant_audit::rules::{Engine, RulesConfig};
+use transplant_audit::rescan::{self, Progress, RescanRequest};
+use transplant_audit::rules::{Engine, RuleId, RulesConfig};
 use transplant_audit::server::{self, App, ServeOptions};
+use transplant_audit::store::rescan::TransplantRange;
 use transplant_audit::store::{self, PoolSettings, Store};
 use transplant_audit::telemetry;
 
@@ -15,14 +19,19 @@ use transplant_audit::telemetry;
 const LOCAL_DATABASE: &str = "transplant_audit";
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init_logging(cli.settings.log_format).context("installing the logger")?;
-    let result = run(&cli.settings, cli.command.unwrap_or(Command::Serve)).await;
-    if let Err(e) = &result {
-        tracing::error!("{e:#}");
+    if let Err(e) = telemetry::init_logging(cli.settings.log_format) {
+        eprintln!("error: installing the logger: {e}");
+        return ExitCode::FAILURE;
     }
-    result
+    match run(&cli.settings, cli.command.clone().unwrap_or(Command::Serve)).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
@@ -47,6 +56,7 @@ async fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
 
     let result = match command {
         Command::Migrate => Ok(()),
+        Command::Rescan(args) => rescan_command(&store, &engine, &args).await,
         Command::Serve => {
             let listener = TcpListener::bind(settings.listen_addr)
                 .await
@@ -88,4 +98,72 @@ async fn database(settings: &Settings) -> anyhow::Result<(String, Option<LocalPo
         .context("starting the local Postgres")?;
     store::create_database_if_missing(&pg.url("postgres"), LOCAL_DATABASE).await?;
     Ok((pg.url(LOCAL_DATABASE), Some(pg)))
+}
+
+/// `rescan`: re-runs rules, with a progress bar on a terminal, and prints the report.
+async fn rescan_command(store: &Store, engine: &Engine, args: &RescanArgs) -> anyhow::Result<()> {
+    let rules = args
+        .rules
+        .iter()
+        .map(|r| {
+            r.parse::<RuleId>()
+                .map_err(|e| anyhow::anyhow!("--rule: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let instant = |flag: &str, v: &Option<String>| -> anyhow::Result<_> {
+        v.as_deref()
+            .map(|t| chrono::DateTime::parse_from_rfc3339(t).map(|d| d.to_utc()))
+            .transpose()
+            .with_context(|| format!("--{flag} must be an RFC 3339 instant"))
+    };
+    let request = RescanRequest {
+        rules,
+        range: TransplantRange {
+            from: instant("from", &args.from)?,
+            until: instant("until", &args.until)?,
+        },
+        dry_run: args.dry_run,
+        resume: args.resume,
+        chunk_size: 0,
+    };
+    let started = std::time::Instant::now();
+    let report = rescan::rescan(store, engine, request, |p| {
+        show_progress(&p, started);
+        std::ops::ControlFlow::Continue(())
+    })
+    .await?;
+    eprintln!();
+    let seconds = started.elapsed().as_secs_f64();
+    print!("{}", report.render());
+    println!(
+        "{:.0} records/s over {seconds:.1} s.",
+        report.processed as f64 / seconds.max(1e-9)
+    );
+    Ok(())
+}
+
+/// A progress bar on a terminal; a line per chunk otherwise.
+fn show_progress(p: &Progress, started: std::time::Instant) {
+    use std::io::IsTerminal;
+    let rate = p.processed as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    let share = if p.total == 0 {
+        1.0
+    } else {
+        p.processed as f64 / p.total as f64
+    };
+    let line = format!(
+        "{}/{} records, {} flags added, {rate:.0} records/s",
+        p.processed, p.total, p.flags_added
+    );
+    if std::io::stderr().is_terminal() {
+        let filled = (share * 30.0).round() as usize;
+        eprint!(
+            "\r[{}{}] {:>3.0}% {line}",
+            "#".repeat(filled),
+            ".".repeat(30 - filled.min(30)),
+            share * 100.0
+        );
+    } else {
+        eprintln!("{line}");
+    }
 }

@@ -10,6 +10,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::api::admin::AdminApi;
 use crate::api::audit::AuditApi;
 use crate::api::ingest::IngestApi;
 use crate::api::pb;
@@ -32,13 +33,20 @@ pub struct App {
     pub store: Store,
     /// The ingest pipeline.
     pub ingestor: Ingestor,
+    /// The rules in force.
+    pub engine: Arc<Engine>,
 }
 
 impl App {
     /// Wires the services over `store`.
     pub fn new(store: Store, engine: Engine, key: FingerprintKey) -> Self {
-        let ingestor = Ingestor::new(store.clone(), Arc::new(engine), key);
-        Self { store, ingestor }
+        let engine = Arc::new(engine);
+        let ingestor = Ingestor::new(store.clone(), engine.clone(), key);
+        Self {
+            store,
+            ingestor,
+            engine,
+        }
     }
 }
 
@@ -85,6 +93,7 @@ const SERVICES: &[&str] = &[
     "transplant_audit.v1.IngestService",
     "transplant_audit.v1.RegistryService",
     "transplant_audit.v1.AuditService",
+    "transplant_audit.v1.AdminService",
 ];
 
 /// Serves on `listener` until `shutdown` resolves, then drains: health goes
@@ -117,6 +126,11 @@ pub async fn serve(
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let audit = pb::audit_service_server::AuditServiceServer::new(AuditApi::new(app.store.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let admin = pb::admin_service_server::AdminServiceServer::new(AdminApi::new(
+        app.store.clone(),
+        app.engine.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
     let router = Server::builder()
@@ -126,7 +140,8 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(ingest)
         .add_service(registry)
-        .add_service(audit);
+        .add_service(audit)
+        .add_service(admin);
     let incoming = TcpListenerStream::new(listener);
     let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = accepting_stopped.await;

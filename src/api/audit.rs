@@ -141,4 +141,34 @@ impl AuditService for AuditApi {
             flag: Some(flag_to_proto(&flag)),
         }))
     }
+
+    async fn get_rule_quality(
+        &self,
+        request: Request<pb::GetRuleQualityRequest>,
+    ) -> Result<Response<pb::GetRuleQualityResponse>, Status> {
+        let req = request.get_ref();
+        let mut v = Violations::default();
+        let after = instant(&mut v, "raised_after", req.raised_after.as_ref());
+        let before = instant(&mut v, "raised_before", req.raised_before.as_ref());
+        if !v.is_empty() {
+            return Err(invalid(v));
+        }
+        let triage = self.store.rule_triage(after, before).await?;
+        let rules = RuleId::ALL
+            .iter()
+            .map(|rule| {
+                let t = triage.get(rule.as_str()).cloned().unwrap_or_default();
+                let closed = t.confirmed + t.dismissed;
+                pb::RuleQuality {
+                    rule_id: rule.as_str().to_owned(),
+                    open: t.open,
+                    in_review: t.in_review,
+                    confirmed: t.confirmed,
+                    dismissed: t.dismissed,
+                    precision: (closed > 0).then(|| t.confirmed as f64 / closed as f64),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::GetRuleQualityResponse { rules }))
+    }
 }

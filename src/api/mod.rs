@@ -1,5 +1,6 @@
 //! The gRPC adapters: proto ⇄ domain, error mapping, the three services.
 
+pub mod admin;
 pub mod audit;
 pub mod convert;
 pub mod ingest;

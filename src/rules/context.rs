@@ -61,6 +61,11 @@ pub struct WindowSpec {
 }
 
 impl WindowSpec {
+    /// Whether any window must be loaded at all.
+    pub fn reads_any(&self) -> bool {
+        self.foreign_living || self.deceased
+    }
+
     /// The windows `record`'s enabled rules read: a clinic's foreign living
     /// donors only for a living transplant from a foreign donor, its
     /// deceased-donor counts only for a deceased-donor transplant to a foreign recipient.

@@ -387,3 +387,48 @@ impl Store {
         self.flag(step.flag_id).await?.ok_or(TriageError::NotFound)
     }
 }
+
+/// How one rule's flags stand in triage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleTriage {
+    /// Still open.
+    pub open: u64,
+    /// In review.
+    pub in_review: u64,
+    /// Confirmed.
+    pub confirmed: u64,
+    /// Dismissed.
+    pub dismissed: u64,
+}
+
+impl Store {
+    /// Flags per rule id and triage status, raised inside the range.
+    pub async fn rule_triage(
+        &self,
+        raised_after: Option<DateTime<Utc>>,
+        raised_before: Option<DateTime<Utc>>,
+    ) -> Result<std::collections::BTreeMap<String, RuleTriage>, StoreError> {
+        let rows = sqlx::query!(
+            r#"SELECT rule_id, status, count(*) AS "n!" FROM flags
+               WHERE ($1::timestamptz IS NULL OR raised_at >= $1)
+                 AND ($2::timestamptz IS NULL OR raised_at < $2)
+               GROUP BY rule_id, status"#,
+            raised_after,
+            raised_before,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_rule = std::collections::BTreeMap::<String, RuleTriage>::new();
+        for r in rows {
+            let entry = by_rule.entry(r.rule_id).or_default();
+            let n = u64::try_from(r.n).unwrap_or(0);
+            match parse::<FlagStatus>(&r.status)? {
+                FlagStatus::Open => entry.open += n,
+                FlagStatus::InReview => entry.in_review += n,
+                FlagStatus::Confirmed => entry.confirmed += n,
+                FlagStatus::Dismissed => entry.dismissed += n,
+            }
+        }
+        Ok(by_rule)
+    }
+}

@@ -9,7 +9,7 @@ use crate::domain::{Clinic, DonorKind, DonorType, Fingerprint, Record, RecordId,
 use crate::rules::{ClinicWindow, ContextKey, Finding, PriorDonation, WindowSpec};
 
 use super::body::{RecordBody, parse};
-use super::{Store, StoreError};
+use super::{Store, StoreError, context};
 
 /// A record already stored under a (hospital, external id).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,32 +160,7 @@ impl IngestTx {
         donor: &Fingerprint,
         before: RecordId,
     ) -> Result<Vec<PriorDonation>, StoreError> {
-        let rows = sqlx::query!(
-            "SELECT id, organ, laterality, donor_type, donor_relation, donor_death_at,
-                    donor_death_kind, procured_at
-             FROM records WHERE donor_fp = $1 AND id < $2 ORDER BY id",
-            donor.as_bytes().as_slice(),
-            before.0,
-        )
-        .fetch_all(&mut *self.tx)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                let kind = donor_kind(
-                    &r.donor_type,
-                    r.donor_relation,
-                    r.donor_death_at,
-                    r.donor_death_kind,
-                )?;
-                Ok(PriorDonation {
-                    record_id: RecordId(r.id),
-                    organ: parse(&r.organ)?,
-                    laterality: parse(&r.laterality)?,
-                    kind,
-                    procured_at: r.procured_at,
-                })
-            })
-            .collect()
+        context::donor_history(&mut self.tx, donor, before).await
     }
 
     /// The clinic's records stored before `before` inside the windows ending at `at`.
@@ -196,51 +171,7 @@ impl IngestTx {
         spec: WindowSpec,
         before: RecordId,
     ) -> Result<ClinicWindow, StoreError> {
-        let mut window = ClinicWindow::default();
-        if spec.foreign_living {
-            let since = at - spec.surge.max(spec.cluster);
-            let rows = sqlx::query!(
-                "SELECT id, transplanted_at, donor_relation, donor_nationality FROM records
-                 WHERE clinic_id = $1 AND donor_type = 'LIVING' AND donor_non_resident
-                   AND transplanted_at >= $2 AND transplanted_at <= $3 AND id < $4",
-                clinic_id,
-                since,
-                at,
-                before.0,
-            )
-            .fetch_all(&mut *self.tx)
-            .await?;
-            for r in rows {
-                let id = RecordId(r.id);
-                if r.transplanted_at >= at - spec.cluster {
-                    window
-                        .foreign_living_donors
-                        .push((id, parse(&r.donor_nationality)?));
-                }
-                if r.transplanted_at >= at - spec.surge
-                    && r.donor_relation.as_deref() == Some("UNRELATED_DIRECTED")
-                {
-                    window.foreign_unrelated_living.push(id);
-                }
-            }
-        }
-        if spec.deceased {
-            let counts = sqlx::query!(
-                r#"SELECT count(*) AS "total!", count(*) FILTER (WHERE recipient_non_resident) AS "non_resident!"
-                   FROM records
-                   WHERE clinic_id = $1 AND donor_type = 'DECEASED'
-                     AND transplanted_at >= $2 AND transplanted_at <= $3 AND id < $4"#,
-                clinic_id,
-                at - spec.share,
-                at,
-                before.0,
-            )
-            .fetch_one(&mut *self.tx)
-            .await?;
-            window.deceased_transplants = u64::try_from(counts.total).unwrap_or(0);
-            window.deceased_to_non_residents = u64::try_from(counts.non_resident).unwrap_or(0);
-        }
-        Ok(window)
+        context::clinic_window(&mut self.tx, clinic_id, at, spec, before).await
     }
 
     /// Stores a new record as version 1; `None` when a concurrent writer

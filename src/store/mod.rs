@@ -1,9 +1,11 @@
 //! All SQL: records, flags, the clinic registry and the triage trail in Postgres.
 
 mod body;
+mod context;
 pub mod flags;
 pub mod ingest;
 pub mod registry;
+pub mod rescan;
 
 use std::time::Duration;
 

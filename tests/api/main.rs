@@ -8,6 +8,7 @@ mod concurrency;
 mod ingest;
 mod privacy;
 mod registry;
+mod rescan;
 mod scenarios;
 mod server;
 mod validation;

@@ -1,0 +1,168 @@
+//! `AdminService`: re-running rules over history.
+
+use std::ops::ControlFlow;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::domain::Violations;
+use crate::rescan::{self, RescanError, RescanReport, RescanRequest};
+use crate::rules::{Engine, RuleId};
+use crate::store::Store;
+use crate::store::rescan::TransplantRange;
+
+use super::convert::instant;
+use super::pb;
+use super::pb::admin_service_server::AdminService;
+use super::status::invalid;
+
+/// Progress messages buffered ahead of a slow reader; older ones are dropped.
+const PROGRESS_BUFFER: usize = 16;
+
+/// The gRPC face of administration.
+#[derive(Clone, Debug)]
+pub struct AdminApi {
+    store: Store,
+    engine: Arc<Engine>,
+}
+
+impl AdminApi {
+    /// Serves administration of `store` under `engine`'s rules.
+    pub fn new(store: Store, engine: Arc<Engine>) -> Self {
+        Self { store, engine }
+    }
+}
+
+fn rescan_request(req: &pb::RescanRequest) -> Result<RescanRequest, Violations> {
+    let mut v = Violations::default();
+    let rules: Vec<RuleId> = req
+        .rule_ids
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| v.check(&format!("rule_ids[{i}]"), r.parse::<RuleId>()))
+        .collect();
+    let range = TransplantRange {
+        from: instant(&mut v, "transplanted_from", req.transplanted_from.as_ref()),
+        until: instant(
+            &mut v,
+            "transplanted_until",
+            req.transplanted_until.as_ref(),
+        ),
+    };
+    let resume = match req.resume_run_id.as_str() {
+        "" => None,
+        raw => {
+            let run = raw.parse::<i64>().ok().filter(|id| *id > 0);
+            if run.is_none() {
+                v.add("resume_run_id", "must be a run id this service returned");
+            }
+            let restated = !req.rule_ids.is_empty()
+                || req.transplanted_from.is_some()
+                || req.transplanted_until.is_some()
+                || req.dry_run;
+            if restated {
+                v.add(
+                    "resume_run_id",
+                    "a resumed run keeps its own rules and range; leave the other fields empty",
+                );
+            }
+            run
+        }
+    };
+    v.into_result(|| RescanRequest {
+        rules,
+        range,
+        dry_run: req.dry_run,
+        resume,
+        chunk_size: 0,
+    })
+}
+
+fn report_to_proto(report: &RescanReport) -> pb::RescanReport {
+    pb::RescanReport {
+        dry_run: report.dry_run,
+        processed: report.processed,
+        flags_added: report.flags_added,
+        rules: report
+            .rules
+            .iter()
+            .map(|(rule, c)| pb::RuleChange {
+                rule_id: rule.as_str().to_owned(),
+                added: c.added,
+                still_raised: c.still_raised,
+                no_longer_raised: c.no_longer_raised,
+                added_record_ids: c
+                    .added_examples
+                    .iter()
+                    .map(|(id, _)| id.0.to_string())
+                    .collect(),
+                no_longer_raised_flag_ids: c
+                    .no_longer_raised_examples
+                    .iter()
+                    .map(i64::to_string)
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+impl From<RescanError> for Status {
+    fn from(err: RescanError) -> Self {
+        match err {
+            RescanError::UnknownRun(_) => Status::not_found(err.to_string()),
+            RescanError::AlreadyFinished(_) | RescanError::UnknownRule { .. } => {
+                Status::failed_precondition(err.to_string())
+            }
+            RescanError::Store(e) => e.into(),
+        }
+    }
+}
+
+type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::RescanResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    type RescanStream = ProgressStream;
+
+    async fn rescan(
+        &self,
+        request: Request<pb::RescanRequest>,
+    ) -> Result<Response<Self::RescanStream>, Status> {
+        let rescan_request = rescan_request(request.get_ref()).map_err(invalid)?;
+        let (tx, rx) = mpsc::channel(PROGRESS_BUFFER);
+        let (store, engine) = (self.store.clone(), self.engine.clone());
+        tokio::spawn(async move {
+            let progress_tx = tx.clone();
+            let result = rescan::rescan(&store, &engine, rescan_request, |p| {
+                if progress_tx.is_closed() {
+                    tracing::info!(run_id = ?p.run_id, "rescan caller went away; stopping");
+                    return ControlFlow::Break(());
+                }
+                let message = pb::RescanResponse {
+                    run_id: p.run_id.map(|id| id.to_string()).unwrap_or_default(),
+                    processed: p.processed,
+                    total: p.total,
+                    flags_added: p.flags_added,
+                    report: None,
+                };
+                // A slow reader misses intermediate progress, never the report.
+                let _ = progress_tx.try_send(Ok(message));
+                ControlFlow::Continue(())
+            })
+            .await;
+            let last = result.map(|report| pb::RescanResponse {
+                run_id: report.run_id.map(|id| id.to_string()).unwrap_or_default(),
+                processed: report.processed,
+                total: report.processed,
+                flags_added: report.flags_added,
+                report: Some(report_to_proto(&report)),
+            });
+            let _ = tx.send(last.map_err(Status::from)).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

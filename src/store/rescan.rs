@@ -1,0 +1,465 @@
+//! What a rescan reads and writes: stored records in id order, their donors'
+//! histories in bulk, existing flags, and the run's cursor.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::{
+    Clinic, Donor, Fingerprint, HlaTyping, Person, Record, RecordId, TransplantRecord,
+};
+use crate::rules::{ClinicWindow, Finding, PriorDonation, WindowSpec};
+
+use super::body::parse;
+use super::ingest::{donor_kind, severity_to_db};
+use super::{Store, StoreError, context};
+
+/// A rescan's parameters and how far it got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RescanRun {
+    /// The run's id, to resume it.
+    pub id: i64,
+    /// The rule ids it evaluates.
+    pub rules: Vec<String>,
+    /// Only records transplanted at or after this instant.
+    pub transplanted_from: Option<DateTime<Utc>>,
+    /// Only records transplanted before this instant.
+    pub transplanted_until: Option<DateTime<Utc>>,
+    /// Every record up to this id has been evaluated.
+    pub cursor: RecordId,
+    /// Records evaluated so far.
+    pub processed: i64,
+    /// Flags added so far.
+    pub flags_added: i64,
+    /// When it completed, if it did.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A stored record with its id and current version.
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    /// Its id.
+    pub id: RecordId,
+    /// Its current version.
+    pub version: i32,
+    /// Its current content.
+    pub record: Record,
+}
+
+/// A flag that already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExistingFlag {
+    /// The flag.
+    pub flag_id: i64,
+    /// Its record.
+    pub record_id: RecordId,
+}
+
+/// A finding to store as a flag on a record version.
+#[derive(Debug, Clone)]
+pub struct NewFlag<'a> {
+    /// The record.
+    pub record: &'a StoredRecord,
+    /// What the rule found.
+    pub finding: &'a Finding,
+}
+
+/// The range a rescan covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransplantRange {
+    /// Inclusive start.
+    pub from: Option<DateTime<Utc>>,
+    /// Exclusive end.
+    pub until: Option<DateTime<Utc>>,
+}
+
+struct RecordRow {
+    id: i64,
+    version: i32,
+    hospital_id: String,
+    external_record_id: String,
+    clinic_id: String,
+    procedure_country: String,
+    organ: String,
+    laterality: String,
+    procured_at: DateTime<Utc>,
+    transplanted_at: DateTime<Utc>,
+    cold_ischemia_minutes: Option<i32>,
+    machine_perfusion: bool,
+    abo_exception: String,
+    donor_fp: Vec<u8>,
+    donor_type: String,
+    donor_relation: Option<String>,
+    donor_death_at: Option<DateTime<Utc>>,
+    donor_death_kind: Option<String>,
+    donor_nationality: String,
+    donor_residence: String,
+    donor_age: i16,
+    donor_sex: Option<String>,
+    donor_abo: String,
+    donor_rh: Option<String>,
+    donor_hla: Option<serde_json::Value>,
+    recipient_fp: Vec<u8>,
+    recipient_nationality: String,
+    recipient_residence: String,
+    recipient_age: i16,
+    recipient_sex: Option<String>,
+    recipient_abo: String,
+    recipient_rh: Option<String>,
+    recipient_hla: Option<serde_json::Value>,
+}
+
+fn fingerprint(bytes: &[u8]) -> Result<Fingerprint, StoreError> {
+    Fingerprint::from_slice(bytes).ok_or_else(|| StoreError::Corrupt("fingerprint length".into()))
+}
+
+fn hla(value: Option<serde_json::Value>) -> Result<Option<HlaTyping>, StoreError> {
+    let Some(value) = value else { return Ok(None) };
+    let locus = |k: &str| -> Vec<String> {
+        value[k]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Ok(Some(HlaTyping {
+        a: locus("a"),
+        b: locus("b"),
+        dr: locus("dr"),
+    }))
+}
+
+fn age(years: i16) -> Result<u8, StoreError> {
+    u8::try_from(years).map_err(|_| StoreError::Corrupt(format!("age {years}")))
+}
+
+impl RecordRow {
+    fn into_stored(self) -> Result<StoredRecord, StoreError> {
+        let kind = donor_kind(
+            &self.donor_type,
+            self.donor_relation,
+            self.donor_death_at,
+            self.donor_death_kind,
+        )?;
+        let record = TransplantRecord {
+            external_record_id: self.external_record_id,
+            hospital_id: self.hospital_id,
+            clinic_id: self.clinic_id,
+            procedure_country: parse(&self.procedure_country)?,
+            organ: parse(&self.organ)?,
+            laterality: parse(&self.laterality)?,
+            procured_at: self.procured_at,
+            transplanted_at: self.transplanted_at,
+            cold_ischemia_minutes: self
+                .cold_ischemia_minutes
+                .and_then(|m| u32::try_from(m).ok()),
+            machine_perfusion: self.machine_perfusion,
+            donor: Donor {
+                person: Person {
+                    identifier: fingerprint(&self.donor_fp)?,
+                    nationality: parse(&self.donor_nationality)?,
+                    country_of_residence: parse(&self.donor_residence)?,
+                    age_years: age(self.donor_age)?,
+                    sex: self.donor_sex.as_deref().map(parse).transpose()?,
+                    abo: parse(&self.donor_abo)?,
+                    rh: self.donor_rh.as_deref().map(parse).transpose()?,
+                    hla: hla(self.donor_hla)?,
+                },
+                kind,
+            },
+            recipient: Person {
+                identifier: fingerprint(&self.recipient_fp)?,
+                nationality: parse(&self.recipient_nationality)?,
+                country_of_residence: parse(&self.recipient_residence)?,
+                age_years: age(self.recipient_age)?,
+                sex: self.recipient_sex.as_deref().map(parse).transpose()?,
+                abo: parse(&self.recipient_abo)?,
+                rh: self.recipient_rh.as_deref().map(parse).transpose()?,
+                hla: hla(self.recipient_hla)?,
+            },
+            abo_exception: parse(&self.abo_exception)?,
+        };
+        Ok(StoredRecord {
+            id: RecordId(self.id),
+            version: self.version,
+            record,
+        })
+    }
+}
+
+struct RunRow {
+    id: i64,
+    rules: Vec<String>,
+    transplanted_from: Option<DateTime<Utc>>,
+    transplanted_until: Option<DateTime<Utc>>,
+    cursor_record_id: i64,
+    processed: i64,
+    flags_added: i64,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<RunRow> for RescanRun {
+    fn from(r: RunRow) -> Self {
+        RescanRun {
+            id: r.id,
+            rules: r.rules,
+            transplanted_from: r.transplanted_from,
+            transplanted_until: r.transplanted_until,
+            cursor: RecordId(r.cursor_record_id),
+            processed: r.processed,
+            flags_added: r.flags_added,
+            finished_at: r.finished_at,
+        }
+    }
+}
+
+impl Store {
+    /// Records a new rescan run.
+    pub async fn start_rescan(
+        &self,
+        rules: &[String],
+        range: TransplantRange,
+    ) -> Result<RescanRun, StoreError> {
+        let row = sqlx::query_as!(
+            RunRow,
+            "INSERT INTO rescans (rules, transplanted_from, transplanted_until) VALUES ($1, $2, $3)
+             RETURNING id, rules, transplanted_from, transplanted_until, cursor_record_id,
+                       processed, flags_added, finished_at",
+            rules,
+            range.from,
+            range.until,
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.into())
+    }
+
+    /// A rescan run by id.
+    pub async fn rescan_run(&self, id: i64) -> Result<Option<RescanRun>, StoreError> {
+        let row = sqlx::query_as!(
+            RunRow,
+            "SELECT id, rules, transplanted_from, transplanted_until, cursor_record_id,
+                    processed, flags_added, finished_at
+             FROM rescans WHERE id = $1",
+            id,
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(Into::into))
+    }
+
+    /// Marks a rescan run complete.
+    pub async fn finish_rescan(&self, id: i64) -> Result<(), StoreError> {
+        sqlx::query!(
+            "UPDATE rescans SET finished_at = now(), updated_at = now() WHERE id = $1",
+            id
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// How many records in `range` have ids above `after`.
+    pub async fn count_records(
+        &self,
+        range: TransplantRange,
+        after: RecordId,
+    ) -> Result<i64, StoreError> {
+        let n = sqlx::query_scalar!(
+            r#"SELECT count(*) AS "n!" FROM records
+               WHERE id > $1 AND ($2::timestamptz IS NULL OR transplanted_at >= $2)
+                 AND ($3::timestamptz IS NULL OR transplanted_at < $3)"#,
+            after.0,
+            range.from,
+            range.until,
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n)
+    }
+
+    /// Up to `limit` records in `range` with ids above `after`, in id order.
+    pub async fn records_after(
+        &self,
+        after: RecordId,
+        limit: i64,
+        range: TransplantRange,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        sqlx::query_as!(
+            RecordRow,
+            "SELECT id, version, hospital_id, external_record_id, clinic_id, procedure_country,
+                    organ, laterality, procured_at, transplanted_at, cold_ischemia_minutes,
+                    machine_perfusion, abo_exception, donor_fp, donor_type, donor_relation,
+                    donor_death_at, donor_death_kind, donor_nationality, donor_residence,
+                    donor_age, donor_sex, donor_abo, donor_rh, donor_hla, recipient_fp,
+                    recipient_nationality, recipient_residence, recipient_age, recipient_sex,
+                    recipient_abo, recipient_rh, recipient_hla
+             FROM records
+             WHERE id > $1 AND ($2::timestamptz IS NULL OR transplanted_at >= $2)
+               AND ($3::timestamptz IS NULL OR transplanted_at < $3)
+             ORDER BY id LIMIT $4",
+            after.0,
+            range.from,
+            range.until,
+            limit,
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(RecordRow::into_stored)
+        .collect()
+    }
+
+    /// Every record of these donors with an id below `before`, by donor, oldest first.
+    pub async fn donor_histories(
+        &self,
+        donors: &[Fingerprint],
+        before: RecordId,
+    ) -> Result<HashMap<Fingerprint, Vec<PriorDonation>>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        context::donor_histories(&mut conn, donors, before).await
+    }
+
+    /// A clinic's window context as it stood before record `before`.
+    pub async fn clinic_window(
+        &self,
+        clinic_id: &str,
+        at: DateTime<Utc>,
+        spec: WindowSpec,
+        before: RecordId,
+    ) -> Result<ClinicWindow, StoreError> {
+        if !spec.reads_any() {
+            return Ok(ClinicWindow::default());
+        }
+        let mut conn = self.pool.acquire().await?;
+        context::clinic_window(&mut conn, clinic_id, at, spec, before).await
+    }
+
+    /// The current entry of every registered clinic.
+    pub async fn all_clinics(&self) -> Result<HashMap<String, Clinic>, StoreError> {
+        let mut clinics = HashMap::new();
+        let mut after = None;
+        loop {
+            let page = self.list_clinics(None, after.as_deref(), 500).await?;
+            for v in page.clinics {
+                clinics.insert(v.clinic.clinic_id.clone(), v.clinic);
+            }
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => return Ok(clinics),
+            }
+        }
+    }
+
+    /// The flags of these rules on these records, keyed by (record, rule id).
+    pub async fn existing_flags(
+        &self,
+        records: &[RecordId],
+        rules: &[String],
+    ) -> Result<HashMap<(RecordId, String), ExistingFlag>, StoreError> {
+        let ids: Vec<i64> = records.iter().map(|r| r.0).collect();
+        let rows = sqlx::query!(
+            "SELECT id, record_id, rule_id FROM flags WHERE record_id = ANY($1) AND rule_id = ANY($2)",
+            &ids,
+            rules,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let record_id = RecordId(r.record_id);
+                (
+                    (record_id, r.rule_id),
+                    ExistingFlag {
+                        flag_id: r.id,
+                        record_id,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Stores new flags (never duplicating one) and, for a recorded run, moves
+    /// its cursor, in one transaction; returns how many flags were added.
+    pub async fn commit_rescan_chunk(
+        &self,
+        run: Option<i64>,
+        cursor: RecordId,
+        processed: i64,
+        flags: &[NewFlag<'_>],
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut added = 0;
+        if !flags.is_empty() {
+            let record_ids: Vec<i64> = flags.iter().map(|f| f.record.id.0).collect();
+            let rule_ids: Vec<&str> = flags.iter().map(|f| f.finding.rule.as_str()).collect();
+            let versions: Vec<i32> = flags.iter().map(|f| f.finding.rule.version()).collect();
+            let severities: Vec<i16> = flags
+                .iter()
+                .map(|f| severity_to_db(f.finding.severity))
+                .collect();
+            let explanations: Vec<&str> = flags
+                .iter()
+                .map(|f| f.finding.explanation.as_str())
+                .collect();
+            // Evidence lists differ in length, so they travel as array literals.
+            let evidence: Vec<String> = flags
+                .iter()
+                .map(|f| {
+                    let ids: Vec<String> =
+                        f.finding.evidence.iter().map(|r| r.0.to_string()).collect();
+                    format!("{{{}}}", ids.join(","))
+                })
+                .collect();
+            let hospitals: Vec<&str> = flags
+                .iter()
+                .map(|f| f.record.record.hospital_id.as_str())
+                .collect();
+            let clinics: Vec<&str> = flags
+                .iter()
+                .map(|f| f.record.record.clinic_id.as_str())
+                .collect();
+            let record_versions: Vec<i32> = flags.iter().map(|f| f.record.version).collect();
+            added = sqlx::query!(
+                "INSERT INTO flags (record_id, rule_id, rule_version, severity, explanation,
+                                    evidence_record_ids, hospital_id, clinic_id, record_version)
+                 SELECT r, rule, v, s, e, ev::bigint[], h, c, rv
+                 FROM unnest($1::bigint[], $2::text[], $3::int[], $4::smallint[], $5::text[],
+                             $6::text[], $7::text[], $8::text[], $9::int[])
+                      AS t(r, rule, v, s, e, ev, h, c, rv)
+                 ON CONFLICT ON CONSTRAINT flags_one_per_record_and_rule DO NOTHING",
+                &record_ids,
+                &rule_ids as &[&str],
+                &versions,
+                &severities,
+                &explanations as &[&str],
+                &evidence,
+                &hospitals as &[&str],
+                &clinics as &[&str],
+                &record_versions,
+            )
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        if let Some(run) = run {
+            sqlx::query!(
+                "UPDATE rescans SET cursor_record_id = $2, processed = processed + $3,
+                        flags_added = flags_added + $4, updated_at = now()
+                 WHERE id = $1",
+                run,
+                cursor.0,
+                processed,
+                i64::try_from(added).unwrap_or(i64::MAX),
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(added)
+    }
+}
