@@ -151,6 +151,7 @@ async fn identifiers_are_stored_nowhere() {
     const STREAM_RECIPIENTS: [&str; 2] = ["RTGH-5150-strm", "Lkjh-8264-Strm"];
     const REJECTED: &str = "bnmv-0042-rjct";
     const CONFLICT: &str = "Cvbn-5519-Cnfl";
+    const BAD_CHARACTER: &str = "Hjkl-4410-B@d";
 
     // SubmitRecord, flagged so that flags and explanations exist too.
     let first = accepted(
@@ -228,6 +229,19 @@ async fn identifiers_are_stored_nowhere() {
     assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
     assert_absent(&format!("{status:?}"), &[CONFLICT], "the conflict error");
 
+    // An identifier refused for a bad character is named by field, not echoed.
+    let bad = with_ids(kidney("PRIV-BAD-ID"), BAD_CHARACTER, "Tyui-6502-Good");
+    let status = submit(&app, bad)
+        .await
+        .expect_err("bad identifier character");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(violated_fields(&status), ["record.donor.identifier.value"]);
+    assert_absent(
+        &format!("{status:?}"),
+        &[BAD_CHARACTER, "Tyui-6502-Good"],
+        "the validation error",
+    );
+
     let all = [
         SUBMITTED_DONOR,
         SUBMITTED_RECIPIENT,
@@ -239,6 +253,8 @@ async fn identifiers_are_stored_nowhere() {
         STREAM_RECIPIENTS[1],
         REJECTED,
         CONFLICT,
+        BAD_CHARACTER,
+        "Tyui-6502-Good",
     ];
     let (text, tables) = dump(&app).await;
     // The dump must really hold the data, or finding nothing in it proves nothing.

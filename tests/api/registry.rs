@@ -218,6 +218,31 @@ async fn upserting_identical_content_stores_nothing() {
     assert_eq!(current_version(&app, "DE-BER-01").await, Some(1));
 }
 
+/// Timestamps finer than Postgres keeps (microseconds) must not make an
+/// unchanged entry look changed on every upsert.
+#[tokio::test]
+async fn upserting_identical_content_with_sub_microsecond_timestamps_stores_nothing() {
+    let app = spawn_app().await;
+    let mut entry = clinic("DE-BER-01", "DE");
+    entry.licence_valid_from = Some(prost_types::Timestamp {
+        seconds: 1_420_070_400,
+        nanos: 1,
+    });
+    let first = upserted(&app, entry.clone()).await;
+    assert!(first.changed);
+    let again = upserted(&app, entry.clone()).await;
+    assert!(
+        !again.changed,
+        "the same entry sent twice is no change, got version {:?}",
+        again.clinic.map(|c| c.version)
+    );
+    assert_eq!(
+        stored_versions(&app, "DE-BER-01").await.len(),
+        1,
+        "no second version row"
+    );
+}
+
 // ---------------------------------------------------------------- validation
 
 #[tokio::test]

@@ -371,3 +371,25 @@ async fn rule_quality_counts_triage_outcomes_and_precision() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_bad_rules_configuration_stops_start_up_naming_the_key() {
+    let database_url = fresh_database().await;
+    for (config, key) in [
+        ("[surge]\nmin_count = 0\n", "surge.min_count"),
+        ("[rules.NOT_A_RULE]\nenabled = false\n", "NOT_A_RULE"),
+        ("[cluster]\nwindow = 3\n", "window"),
+    ] {
+        let rules = tempfile_with(config);
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_transplant-audit"))
+            .args(["migrate"])
+            .env("DATABASE_URL", &database_url)
+            .env("FINGERPRINT_KEY", hex_key())
+            .env("RULES_CONFIG", rules.path())
+            .output()
+            .expect("run the binary");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "started with {config:?}");
+        assert!(stderr.contains(key), "{key} not named in: {stderr}");
+    }
+}
