@@ -789,7 +789,7 @@ async fn get_flag_returns_the_case_without_identifiers() {
     let flag = only_flag(&app, second, "ANATOMICAL_MAXIMUM").await;
     assert_eq!(
         flag.evidence_record_ids,
-        [first_id.clone()],
+        std::slice::from_ref(&first_id),
         "evidence of the flag"
     );
 

@@ -393,7 +393,7 @@ async fn the_same_person_gets_the_same_fingerprint_across_hospitals_and_spelling
     );
     assert_eq!(
         on_b[0].evidence_record_ids,
-        [a.clone()],
+        std::slice::from_ref(&a),
         "evidence is the other hospital's record"
     );
 }
