@@ -139,8 +139,13 @@ pub fn instant(
     ts: Option<&prost_types::Timestamp>,
 ) -> Option<DateTime<Utc>> {
     let ts = ts?;
-    let nanos = u32::try_from(ts.nanos).ok().filter(|n| *n < 1_000_000_000);
-    match nanos.and_then(|n| DateTime::from_timestamp(ts.seconds, n)) {
+    // Postgres keeps microseconds: truncating here makes what is stored equal
+    // to what was sent, so a resent entry compares equal to the stored one.
+    let micros = u32::try_from(ts.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)
+        .map(|n| n / 1_000 * 1_000);
+    match micros.and_then(|n| DateTime::from_timestamp(ts.seconds, n)) {
         Some(at) => Some(at),
         None => {
             v.add(field, "is not a valid timestamp");
@@ -418,11 +423,12 @@ pub fn clinic(raw: Option<&pb::Clinic>) -> Result<Clinic, Violations> {
     let mut organs = Vec::new();
     for (i, raw) in c.licensed_organs.iter().enumerate() {
         if let Some(o) = required::<Organ>(&mut v, &format!("clinic.licensed_organs[{i}]"), *raw) {
-            if !organs.contains(&o) {
-                organs.push(o);
-            }
+            organs.push(o);
         }
     }
+    // A licence is a set of organs: one order, no repeats.
+    organs.sort_unstable();
+    organs.dedup();
     let from = instant(
         &mut v,
         "clinic.licence_valid_from",

@@ -2,6 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
+use crate::domain::CountryCode;
 use crate::store::Store;
 
 use super::convert::{clinic, clinic_to_proto};
@@ -72,12 +73,25 @@ impl RegistryService for RegistryApi {
     ) -> Result<Response<pb::ListClinicsResponse>, Status> {
         let req = request.get_ref();
         let limit = page_size(req.page_size)?;
-        let filters = format!("country={}", req.country);
+        let country = match req.country.as_str() {
+            "" => None,
+            raw => Some(
+                raw.parse::<CountryCode>()
+                    .map_err(|e| invalid_field("country", e.to_string()))?,
+            ),
+        };
+        let filters = format!(
+            "country={}",
+            country.map(|c| c.to_string()).unwrap_or_default()
+        );
         let after = page_token::decode(&filters, &req.page_token)?;
-        let country = (!req.country.is_empty()).then(|| req.country.to_ascii_uppercase());
         let page = self
             .store
-            .list_clinics(country.as_deref(), after.as_deref(), limit)
+            .list_clinics(
+                country.as_ref().map(CountryCode::as_str),
+                after.as_deref(),
+                limit,
+            )
             .await?;
         Ok(Response::new(pb::ListClinicsResponse {
             clinics: page.clinics.iter().map(clinic_to_proto).collect(),

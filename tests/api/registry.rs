@@ -664,3 +664,46 @@ async fn an_unregistered_clinic_raises_clinic_unregistered_alone_and_registering
     let (_, rules) = rules_of(&app, later).await;
     assert_eq!(rules, ["CLINIC_COUNTRY_MISMATCH", "CLINIC_NOT_LICENSED"]);
 }
+
+#[tokio::test]
+async fn licensed_organs_are_a_set_and_country_filters_are_checked() {
+    let app = spawn_app().await;
+    let mut entry = clinic("DE-SET-01", "DE");
+    entry.licensed_organs = vec![pb::Organ::Liver as i32, pb::Organ::Kidney as i32];
+    upserted(&app, entry.clone()).await;
+    entry.licensed_organs = vec![
+        pb::Organ::Kidney as i32,
+        pb::Organ::Liver as i32,
+        pb::Organ::Kidney as i32,
+    ];
+    let again = upserted(&app, entry).await;
+    assert!(
+        !again.changed,
+        "the same organs in another order are the same licence"
+    );
+    assert_eq!(stored_versions(&app, "DE-SET-01").await.len(), 1);
+
+    let status = list(
+        &app,
+        pb::ListClinicsRequest {
+            country: "Germany".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect_err("not a country code");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&status), ["country"]);
+    let lower = list(
+        &app,
+        pb::ListClinicsRequest {
+            country: "de".into(),
+            page_size: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("lower case is a country");
+    assert_eq!(lower.clinics.len(), 1);
+    app.stop().await;
+}
