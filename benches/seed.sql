@@ -4,11 +4,23 @@
 --
 --   psql "$DATABASE_URL" -v n=1000000 -f benches/seed.sql
 --
--- Shape: 70% deceased donors giving three organs each (two kidneys and a
+-- Shape: 200 registered clinics; 70% deceased donors giving three organs each (two kidneys and a
 -- liver) at up to three clinics; 30% living donors; 3% foreign donors and
--- 2% foreign recipients; 200 clinics in 20 countries; 20 years of dates.
+-- 2% foreign recipients; 1% unrelated living donors; 20 countries; 20 years of dates.
 -- Keys are deterministic, so a second run with the same n conflicts and adds nothing.
 \set ON_ERROR_STOP on
+-- The 200 clinics, registered and licensed for every organ.
+INSERT INTO clinic_versions (clinic_id, version, name, country, licensed_organs,
+                             licence_valid_from, licence_valid_until, status)
+SELECT 'SEED-C' || c, 1, 'Seed clinic ' || c,
+       (ARRAY['DE','FR','ES','IT','NL','BE','AT','PL','CZ','SE','NO','DK','FI','PT','GR','HU','RO','TR','US','CA'])[1 + c % 20],
+       ARRAY['KIDNEY','LIVER','LIVER_SEGMENT','HEART','LUNG','LUNG_LOBE','PANCREAS','INTESTINE'],
+       '2000-01-01', '2040-01-01', 'ACTIVE'
+FROM generate_series(0, 199) AS c
+ON CONFLICT DO NOTHING;
+INSERT INTO clinics (clinic_id, current_version, country)
+SELECT clinic_id, 1, country FROM clinic_versions WHERE clinic_id LIKE 'SEED-C%'
+ON CONFLICT DO NOTHING;
 INSERT INTO records (
     hospital_id, external_record_id, content_hash, clinic_id, procedure_country,
     organ, laterality, procured_at, transplanted_at, cold_ischemia_minutes,
@@ -29,7 +41,7 @@ SELECT
     t - interval '6 hours', t, NULL, false, 'NONE',
     CASE WHEN living THEN sha256(('living' || g)::bytea) ELSE sha256(('deceased' || (g / 3))::bytea) END,
     CASE WHEN living THEN 'LIVING' ELSE 'DECEASED' END,
-    CASE WHEN living THEN (CASE WHEN g % 10 = 0 THEN 'UNRELATED_DIRECTED' ELSE 'SIBLING' END) END,
+    CASE WHEN living THEN (CASE WHEN g % 100 = 97 THEN 'UNRELATED_DIRECTED' ELSE 'SIBLING' END) END,
     CASE WHEN NOT living THEN t - interval '10 hours' END,
     CASE WHEN NOT living THEN 'DBD' END,
     CASE WHEN foreign_donor THEN 'MD' ELSE c.country END,
