@@ -29,6 +29,42 @@ pub enum Command {
     Migrate,
     /// Re-run rules over stored records, adding only flags that do not exist.
     Rescan(RescanArgs),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Recompute the audit trail's hash chains and name the first broken entry.
+    Verify,
+}
+
+/// `keys` subcommands.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it; it is shown only this once.
+    Create(CreateKeyArgs),
+    /// List every key (never the secrets).
+    List,
+    /// Revoke a key by its id.
+    Revoke {
+        /// The key id (the part after `ta_`, before the second `_`).
+        key_id: String,
+    },
+}
+
+/// What `keys create` makes.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct CreateKeyArgs {
+    /// hospital, auditor or admin.
+    #[arg(long, value_parser = ["hospital", "auditor", "admin"])]
+    pub role: String,
+    /// The hospital a hospital key submits for.
+    #[arg(long)]
+    pub hospital_id: Option<String>,
+    /// Who or what the key is for.
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// When the key stops working (RFC 3339); never when omitted.
+    #[arg(long, value_name = "RFC3339")]
+    pub expires_at: Option<String>,
 }
 
 /// What `rescan` evaluates.

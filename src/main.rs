@@ -6,7 +6,9 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
 
-use transplant_audit::config::{self, Cli, Command, RescanArgs, Settings};
+use transplant_audit::config::{self, Cli, Command, KeysCommand, RescanArgs, Settings};
+use transplant_audit::domain::access::{KeySpec, NewApiKey};
+use transplant_audit::domain::{ChainKey, Role};
 use transplant_audit::localdb::LocalPostgres;
 use transplant_audit::rescan::{self, Progress, RescanRequest};
 use transplant_audit::rules::{Engine, RuleId, RulesConfig};
@@ -50,13 +52,16 @@ async fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         max_connections: settings.db_max_connections,
         ..PoolSettings::default()
     };
-    let store = Store::connect(&database_url, &pool).context("database URL")?;
+    let store =
+        Store::connect(&database_url, &pool, ChainKey::derive(&key)).context("database URL")?;
     store.migrate().await.context("applying migrations")?;
     tracing::info!("database migrated");
 
     let result = match command {
         Command::Migrate => Ok(()),
         Command::Rescan(args) => rescan_command(&store, &engine, &args).await,
+        Command::Keys(keys) => keys_command(&store, &keys).await,
+        Command::Verify => verify_command(&store).await,
         Command::Serve => {
             let listener = TcpListener::bind(settings.listen_addr)
                 .await
@@ -110,17 +115,12 @@ async fn rescan_command(store: &Store, engine: &Engine, args: &RescanArgs) -> an
                 .map_err(|e| anyhow::anyhow!("--rule: {e}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let instant = |flag: &str, v: &Option<String>| -> anyhow::Result<_> {
-        v.as_deref()
-            .map(|t| chrono::DateTime::parse_from_rfc3339(t).map(|d| d.to_utc()))
-            .transpose()
-            .with_context(|| format!("--{flag} must be an RFC 3339 instant"))
-    };
+
     let request = RescanRequest {
         rules,
         range: TransplantRange {
-            from: instant("from", &args.from)?,
-            until: instant("until", &args.until)?,
+            from: parse_instant("from", &args.from)?,
+            until: parse_instant("until", &args.until)?,
         },
         dry_run: args.dry_run,
         resume: args.resume,
@@ -166,4 +166,102 @@ fn show_progress(p: &Progress, started: std::time::Instant) {
     } else {
         eprintln!("{line}");
     }
+}
+
+/// `keys create | list | revoke`.
+async fn keys_command(store: &Store, command: &KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Create(args) => {
+            let role: Role = args.role.to_ascii_uppercase().parse()?;
+            let expires_at = parse_instant("expires-at", &args.expires_at)?;
+            let spec = KeySpec::new(
+                role,
+                args.hospital_id.as_deref(),
+                &args.description,
+                expires_at,
+                chrono::Utc::now(),
+            )
+            .map_err(|v| {
+                let problems: Vec<String> =
+                    v.0.iter()
+                        .map(|f| format!("--{} {}", f.field.replace('_', "-"), f.description))
+                        .collect();
+                anyhow::anyhow!(problems.join("; "))
+            })?;
+            let new = NewApiKey::generate()?;
+            let key = store.create_key(&new, &spec).await?;
+            eprintln!(
+                "Created {} key {}; it is shown only this once:",
+                key.role, key.key_id
+            );
+            println!("{}", new.token);
+        }
+        KeysCommand::List => {
+            println!(
+                "{:<14} {:<9} {:<16} {:<25} {:<25} description",
+                "key id", "role", "hospital", "expires", "revoked"
+            );
+            for key in store.keys().await? {
+                let at = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                    t.map_or("-".into(), |t| t.to_rfc3339())
+                };
+                println!(
+                    "{:<14} {:<9} {:<16} {:<25} {:<25} {}",
+                    key.key_id,
+                    key.role,
+                    key.hospital_id.as_deref().unwrap_or("-"),
+                    at(key.expires_at),
+                    at(key.revoked_at),
+                    key.description
+                );
+            }
+        }
+        KeysCommand::Revoke { key_id } => {
+            let key = store
+                .revoke_key(key_id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no key {key_id}"))?;
+            println!("Revoked {} key {}.", key.role, key.key_id);
+        }
+    }
+    Ok(())
+}
+
+/// `verify`: exits non-zero when a chain is broken.
+async fn verify_command(store: &Store) -> anyhow::Result<()> {
+    let report = store.verify_chains().await?;
+    println!(
+        "Checked {} record versions and {} triage steps.",
+        report.record_versions, report.flag_events
+    );
+    match report.first_break {
+        None => {
+            println!("The audit trail is intact.");
+            Ok(())
+        }
+        Some(b) => anyhow::bail!(
+            "the audit trail is broken: {} entry {} of {} {}: {}",
+            b.table,
+            b.entry,
+            if b.table == "flag_events" {
+                "flag"
+            } else {
+                "record"
+            },
+            b.entity_id,
+            b.reason
+        ),
+    }
+}
+
+/// An optional RFC 3339 instant from a flag.
+fn parse_instant(
+    flag: &str,
+    value: &Option<String>,
+) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
+    value
+        .as_deref()
+        .map(|t| chrono::DateTime::parse_from_rfc3339(t).map(|d| d.to_utc()))
+        .transpose()
+        .with_context(|| format!("--{flag} must be an RFC 3339 instant"))
 }

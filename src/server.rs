@@ -12,6 +12,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::api::admin::AdminApi;
 use crate::api::audit::AuditApi;
+use crate::api::auth::{AuthLayer, Authenticator};
 use crate::api::ingest::IngestApi;
 use crate::api::pb;
 use crate::api::registry::RegistryApi;
@@ -126,15 +127,18 @@ pub async fn serve(
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let audit = pb::audit_service_server::AuditServiceServer::new(AuditApi::new(app.store.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let auth = Arc::new(Authenticator::new(app.store.clone()));
     let admin = pb::admin_service_server::AdminServiceServer::new(AdminApi::new(
         app.store.clone(),
         app.engine.clone(),
+        auth.clone(),
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
     let router = Server::builder()
         .timeout(options.request_timeout)
+        .layer(AuthLayer::new(auth))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

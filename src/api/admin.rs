@@ -9,16 +9,21 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::domain::Violations;
+use chrono::Utc;
+
+use crate::domain::access::{KeySpec, NewApiKey};
+use crate::domain::{Role, Violations};
 use crate::rescan::{self, RescanError, RescanReport, RescanRequest};
 use crate::rules::{Engine, RuleId};
 use crate::store::Store;
+use crate::store::keys::ApiKey;
 use crate::store::rescan::TransplantRange;
 
-use super::convert::instant;
+use super::auth::{Authenticator, caller};
+use super::convert::{ProtoEnum, instant, required, timestamp};
 use super::pb;
 use super::pb::admin_service_server::AdminService;
-use super::status::invalid;
+use super::status::{invalid, invalid_field};
 
 /// Progress messages buffered ahead of a slow reader; older ones are dropped.
 const PROGRESS_BUFFER: usize = 16;
@@ -28,12 +33,18 @@ const PROGRESS_BUFFER: usize = 16;
 pub struct AdminApi {
     store: Store,
     engine: Arc<Engine>,
+    auth: Arc<Authenticator>,
 }
 
 impl AdminApi {
-    /// Serves administration of `store` under `engine`'s rules.
-    pub fn new(store: Store, engine: Arc<Engine>) -> Self {
-        Self { store, engine }
+    /// Serves administration of `store` under `engine`'s rules; revocations
+    /// reach `auth` at once.
+    pub fn new(store: Store, engine: Arc<Engine>, auth: Arc<Authenticator>) -> Self {
+        Self {
+            store,
+            engine,
+            auth,
+        }
     }
 }
 
@@ -164,5 +175,98 @@ impl AdminService for AdminApi {
             let _ = tx.send(last.map_err(Status::from)).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn create_api_key(
+        &self,
+        request: Request<pb::CreateApiKeyRequest>,
+    ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
+        let admin = caller(&request)?.key_id.clone();
+        let req = request.get_ref();
+        let mut v = Violations::default();
+        let role: Option<Role> = required(&mut v, "role", req.role);
+        let expires_at = instant(&mut v, "expires_at", req.expires_at.as_ref());
+        let Some(role) = role.filter(|_| v.is_empty()) else {
+            return Err(invalid(v));
+        };
+        let spec = KeySpec::new(
+            role,
+            Some(&req.hospital_id),
+            &req.description,
+            expires_at,
+            Utc::now(),
+        )
+        .map_err(invalid)?;
+        let new = NewApiKey::generate().map_err(|_| Status::internal("no system randomness"))?;
+        let key = self.store.create_key(&new, &spec).await?;
+        tracing::info!(by = %admin, key_id = %key.key_id, role = %key.role, "API key created");
+        Ok(Response::new(pb::CreateApiKeyResponse {
+            key: Some(key_to_proto(&key)),
+            token: new.token,
+        }))
+    }
+
+    async fn list_api_keys(
+        &self,
+        _request: Request<pb::ListApiKeysRequest>,
+    ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
+        let keys = self.store.keys().await?;
+        Ok(Response::new(pb::ListApiKeysResponse {
+            keys: keys.iter().map(key_to_proto).collect(),
+        }))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<pb::RevokeApiKeyRequest>,
+    ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
+        let admin = caller(&request)?.key_id.clone();
+        let key_id = &request.get_ref().key_id;
+        if key_id.is_empty() {
+            return Err(invalid_field("key_id", "is required"));
+        }
+        let key = self
+            .store
+            .revoke_key(key_id)
+            .await?
+            .ok_or_else(|| Status::not_found("no such API key"))?;
+        self.auth.forget(&key.key_id);
+        tracing::info!(by = %admin, key_id = %key.key_id, "API key revoked");
+        Ok(Response::new(pb::RevokeApiKeyResponse {
+            key: Some(key_to_proto(&key)),
+        }))
+    }
+
+    async fn verify_audit_trail(
+        &self,
+        _request: Request<pb::VerifyAuditTrailRequest>,
+    ) -> Result<Response<pb::VerifyAuditTrailResponse>, Status> {
+        let report = self.store.verify_chains().await?;
+        if let Some(b) = &report.first_break {
+            tracing::error!(table = b.table, entity = b.entity_id, entry = b.entry, reason = %b.reason, "audit trail broken");
+        }
+        Ok(Response::new(pb::VerifyAuditTrailResponse {
+            record_versions_checked: report.record_versions,
+            flag_events_checked: report.flag_events,
+            intact: report.first_break.is_none(),
+            first_break: report.first_break.map(|b| pb::ChainBreak {
+                table: b.table.to_owned(),
+                entity_id: b.entity_id.to_string(),
+                entry: b.entry.to_string(),
+                reason: b.reason,
+            }),
+        }))
+    }
+}
+
+fn key_to_proto(key: &ApiKey) -> pb::ApiKey {
+    pb::ApiKey {
+        key_id: key.key_id.clone(),
+        role: key.role.to_proto(),
+        hospital_id: key.hospital_id.clone().unwrap_or_default(),
+        description: key.description.clone(),
+        created_at: Some(timestamp(key.created_at)),
+        expires_at: key.expires_at.map(timestamp),
+        revoked_at: key.revoked_at.map(timestamp),
     }
 }

@@ -6,14 +6,12 @@ use crate::domain::{FlagStatus, Violations};
 use crate::rules::RuleId;
 use crate::store::{FlagFilter, Store, TriageStep};
 
+use super::auth::caller;
 use super::convert::{event_to_proto, flag_to_proto, instant, optional, record_to_proto, required};
 use super::pb;
 use super::pb::audit_service_server::AuditService;
 use super::status::{invalid, page_size};
 use super::{page_token, trace_id};
-
-/// Who a triage step is recorded as until callers authenticate.
-const UNAUTHENTICATED_ACTOR: &str = "unauthenticated";
 
 /// The gRPC face of flags and triage.
 #[derive(Clone, Debug)]
@@ -92,6 +90,8 @@ impl AuditService for AuditApi {
         &self,
         request: Request<pb::GetFlagRequest>,
     ) -> Result<Response<pb::GetFlagResponse>, Status> {
+        let reader = caller(&request)?.key_id.clone();
+        let trace = trace_id(&request);
         let mut v = Violations::default();
         let id = parse_id(&mut v, "flag_id", &request.get_ref().flag_id);
         let id = id.ok_or_else(|| invalid(v))?;
@@ -100,7 +100,11 @@ impl AuditService for AuditApi {
             .flag_case(id)
             .await?
             .ok_or_else(|| Status::not_found("flag not found"))?;
-        tracing::info!(flag_id = id, "case opened");
+        // No case leaves the service without a record of who opened it.
+        self.store
+            .record_case_access(id, &reader, trace.as_deref())
+            .await?;
+        tracing::info!(flag_id = id, key_id = %reader, "case opened");
         Ok(Response::new(pb::GetFlagResponse {
             flag: Some(flag_to_proto(&case.flag)),
             record: Some(record_to_proto(&case.record)),
@@ -113,6 +117,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<pb::UpdateFlagStatusRequest>,
     ) -> Result<Response<pb::UpdateFlagStatusResponse>, Status> {
+        let actor = caller(&request)?.key_id.clone();
         let trace = trace_id(&request);
         let req = request.get_ref();
         let mut v = Violations::default();
@@ -132,7 +137,7 @@ impl AuditService for AuditApi {
                 to,
                 note: req.note.trim(),
                 expected_revision: revision,
-                actor: UNAUTHENTICATED_ACTOR,
+                actor: &actor,
                 trace_id: trace.as_deref(),
             })
             .await?;

@@ -7,7 +7,7 @@ use crate::domain::validation::{self, Violations, check_age, check_id};
 use crate::domain::{
     AboException, AboGroup, Clinic, ClinicStatus, CountryCode, DeathKind, Donor, DonorKind,
     DonorRelation, DonorType, FlagStatus, HlaTyping, IdentifierScheme, Laterality, Organ, Person,
-    PersonIdentifier, Record, RhFactor, Severity, Sex, Submission, TransplantRecord,
+    PersonIdentifier, Record, RhFactor, Role, Severity, Sex, Submission, TransplantRecord,
 };
 use crate::store::registry::ClinicVersion;
 use crate::store::{FlagEvent, FlagView, RecordView};
@@ -104,6 +104,7 @@ proto_enum!(
     [Open, InReview, Confirmed, Dismissed]
 );
 proto_enum!(ClinicStatus, ClinicStatus, [Active, Suspended, Revoked]);
+proto_enum!(Role, Role, [Hospital, Auditor, Admin]);
 
 /// A required enum field: unspecified is "missing", an undefined number is "unknown".
 pub fn required<T: ProtoEnum>(v: &mut Violations, field: &str, raw: i32) -> Option<T> {
@@ -536,6 +537,7 @@ pub fn flag_to_proto(f: &FlagView) -> pb::Flag {
         external_record_id: f.external_record_id.clone(),
         record_version: f.record_version,
         cleared_in_record_version: f.cleared_in_version,
+        dismissal_proposed_by: f.dismissal_proposed_by.clone().unwrap_or_default(),
     }
 }
 
@@ -548,6 +550,7 @@ pub fn event_to_proto(e: &FlagEvent) -> pb::FlagEvent {
         to_status: e.to.to_proto(),
         note: e.note.clone(),
         trace_id: e.trace_id.clone().unwrap_or_default(),
+        dismissal_proposal: e.dismissal_proposal,
     }
 }
 

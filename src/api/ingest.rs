@@ -8,8 +8,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::domain::{Caller, Submission, Violations};
 use crate::ingest::{Ack, Ingestor, Outcome};
 
+use super::auth::{caller, check_hospital};
 use super::convert::{submission, timestamp};
 use super::pb::ingest_service_server::IngestService;
 use super::pb::{self, RecordAck};
@@ -34,11 +36,33 @@ impl IngestApi {
     }
 
     /// Validates and stores one record.
-    async fn submit_one(&self, record: Option<&pb::TransplantRecord>) -> Result<RecordAck, Status> {
-        let submission = submission("record", record, Utc::now()).map_err(invalid)?;
+    async fn submit_one(
+        &self,
+        caller: &Caller,
+        record: Option<&pb::TransplantRecord>,
+    ) -> Result<RecordAck, Status> {
+        let parsed = submission("record", record, Utc::now());
+        authorize(caller, record, &parsed)?;
+        let submission = parsed.map_err(invalid)?;
         let external_record_id = submission.external_record_id.clone();
         let ack = self.ingestor.submit(submission).await?;
         Ok(ack_to_proto(external_record_id, &ack))
+    }
+}
+
+/// A record for another hospital is PERMISSION_DENIED whatever else is wrong
+/// with it; a malformed or missing hospital_id is left to validation.
+fn authorize(
+    caller: &Caller,
+    record: Option<&pb::TransplantRecord>,
+    parsed: &Result<Submission, Violations>,
+) -> Result<(), Status> {
+    let Some(r) = record else { return Ok(()) };
+    let malformed = matches!(parsed, Err(v) if v.0.iter().any(|f| f.field == "record.hospital_id"));
+    if malformed {
+        Ok(())
+    } else {
+        check_hospital(caller, &r.hospital_id)
     }
 }
 
@@ -73,7 +97,7 @@ fn rejected(record: Option<&pb::TransplantRecord>, status: &Status) -> RecordAck
 fn is_record_error(status: &Status) -> bool {
     matches!(
         status.code(),
-        tonic::Code::InvalidArgument | tonic::Code::AlreadyExists
+        tonic::Code::InvalidArgument | tonic::Code::AlreadyExists | tonic::Code::PermissionDenied
     )
 }
 
@@ -85,7 +109,9 @@ impl IngestService for IngestApi {
         &self,
         request: Request<pb::SubmitRecordRequest>,
     ) -> Result<Response<pb::SubmitRecordResponse>, Status> {
-        let ack = self.submit_one(request.get_ref().record.as_ref()).await?;
+        let ack = self
+            .submit_one(caller(&request)?, request.get_ref().record.as_ref())
+            .await?;
         Ok(Response::new(pb::SubmitRecordResponse { ack: Some(ack) }))
     }
 
@@ -95,6 +121,7 @@ impl IngestService for IngestApi {
         &self,
         request: Request<Streaming<pb::SubmitRecordsRequest>>,
     ) -> Result<Response<Self::SubmitRecordsStream>, Status> {
+        let caller = caller(&request)?.clone();
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(ACK_BUFFER);
         let api = self.clone();
@@ -110,7 +137,7 @@ impl IngestService for IngestApi {
                     }
                 };
                 let record = message.record.as_ref();
-                let ack = match api.submit_one(record).await {
+                let ack = match api.submit_one(&caller, record).await {
                     Ok(ack) => ack,
                     Err(status) if is_record_error(&status) => rejected(record, &status),
                     Err(status) => {
@@ -139,6 +166,7 @@ impl IngestService for IngestApi {
     ) -> Result<Response<pb::AmendRecordResponse>, Status> {
         let req = request.get_ref();
         let parsed = submission("record", req.record.as_ref(), Utc::now());
+        authorize(caller(&request)?, req.record.as_ref(), &parsed)?;
         let reason = req.reason.trim();
         let mut violations = parsed.as_ref().err().cloned().unwrap_or_default();
         if reason.is_empty() {

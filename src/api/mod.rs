@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod auth;
 pub mod convert;
 pub mod ingest;
 mod page_token;

@@ -66,7 +66,9 @@ impl From<TriageError> for Status {
         match err {
             TriageError::NotFound => Status::not_found(err.to_string()),
             TriageError::Stale { .. } => Status::aborted(err.to_string()),
-            TriageError::IllegalTransition { .. } => Status::failed_precondition(err.to_string()),
+            TriageError::IllegalTransition { .. } | TriageError::SecondAuditorRequired => {
+                Status::failed_precondition(err.to_string())
+            }
             TriageError::NoteRequired(_) => invalid_field("note", err.to_string()),
             TriageError::Store(e) => store(e),
         }

@@ -231,6 +231,15 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// What an API key may do: submit for one hospital, audit, or administer.
+    Role {
+        Hospital = "HOSPITAL",
+        Auditor = "AUDITOR",
+        Admin = "ADMIN",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

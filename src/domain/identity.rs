@@ -135,6 +135,16 @@ impl FingerprintKey {
     }
 }
 
+impl FingerprintKey {
+    /// A 32-byte subkey for another purpose, so that one configured secret
+    /// serves several uses without reusing the key itself.
+    pub fn derive(&self, purpose: &[u8]) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(hmac::sign(&self.0, purpose).as_ref());
+        out
+    }
+}
+
 impl fmt::Debug for FingerprintKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("FingerprintKey(<redacted>)")

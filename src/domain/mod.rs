@@ -1,5 +1,7 @@
 //! Plain, valid-by-construction types of the transplant domain. No I/O here.
 
+pub mod access;
+pub mod chain;
 pub mod clinic;
 pub mod country;
 pub mod enums;
@@ -8,6 +10,8 @@ pub mod identity;
 pub mod record;
 pub mod validation;
 
+pub use access::Caller;
+pub use chain::ChainKey;
 pub use clinic::Clinic;
 pub use country::CountryCode;
 pub use enums::*;

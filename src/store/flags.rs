@@ -6,8 +6,10 @@ use sqlx::{Postgres, QueryBuilder};
 use crate::domain::{FlagStatus, Record, RecordId, Severity};
 
 use super::body::{RecordBody, parse};
+use super::chain::{self, EventContent};
 use super::ingest::{severity_from_db, severity_to_db};
 use super::{Store, StoreError};
+use crate::domain::chain::GENESIS;
 
 /// A flag with what a listing shows of its record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +46,8 @@ pub struct FlagView {
     pub record_version: i32,
     /// The record version that no longer raises it, if any.
     pub cleared_in_version: Option<i32>,
+    /// The key id of the auditor who proposed dismissing this CRITICAL flag, awaiting a second.
+    pub dismissal_proposed_by: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -64,6 +68,7 @@ struct FlagRow {
     external_record_id: String,
     record_version: i32,
     cleared_in_version: Option<i32>,
+    dismissal_proposed_by: Option<String>,
 }
 
 impl FlagRow {
@@ -85,13 +90,14 @@ impl FlagRow {
             external_record_id: self.external_record_id,
             record_version: self.record_version,
             cleared_in_version: self.cleared_in_version,
+            dismissal_proposed_by: self.dismissal_proposed_by,
         })
     }
 }
 
 const FLAG_COLUMNS: &str = "SELECT f.id, f.record_id, f.rule_id, f.rule_version, f.severity,
     f.explanation, f.evidence_record_ids, f.status, f.revision, f.raised_at, f.updated_at,
-    f.hospital_id, f.clinic_id, r.external_record_id, f.record_version, f.cleared_in_version
+    f.hospital_id, f.clinic_id, r.external_record_id, f.record_version, f.cleared_in_version, f.dismissal_proposed_by
     FROM flags f JOIN records r ON r.id = f.record_id";
 
 /// Filters of a flag listing; `None` means any.
@@ -150,6 +156,8 @@ pub struct FlagEvent {
     pub note: String,
     /// Trace id of the call, if traced.
     pub trace_id: Option<String>,
+    /// Whether the step proposed dismissing a CRITICAL flag rather than moving it.
+    pub dismissal_proposal: bool,
 }
 
 /// A case: the flag, its record, the evidence and the triage history.
@@ -185,6 +193,9 @@ pub enum TriageError {
         /// Requested status.
         to: FlagStatus,
     },
+    /// The auditor who proposed dismissing a CRITICAL flag cannot also approve it.
+    #[error("dismissing a CRITICAL flag needs a second auditor to approve the proposal")]
+    SecondAuditorRequired,
     /// Closing a case needs a note.
     #[error("a note is required to move a flag to {0}")]
     NoteRequired(FlagStatus),
@@ -290,7 +301,7 @@ impl Store {
         };
         let record = records.remove(pos);
         let history = sqlx::query!(
-            "SELECT at, actor, from_status, to_status, note, trace_id
+            "SELECT at, actor, from_status, to_status, note, trace_id, kind
              FROM flag_events WHERE flag_id = $1 ORDER BY id",
             flag_id,
         )
@@ -305,6 +316,7 @@ impl Store {
                 to: parse(&e.to_status)?,
                 note: e.note,
                 trace_id: e.trace_id,
+                dismissal_proposal: e.kind == "DISMISSAL_PROPOSED",
             })
         })
         .collect::<Result<_, StoreError>>()?;
@@ -343,13 +355,16 @@ impl Store {
     }
 
     /// Applies one triage step, refusing stale revisions and illegal moves.
+    /// Dismissing a CRITICAL flag takes two auditors: the first call records
+    /// a proposal, a call by another auditor carries it out.
     pub async fn triage(&self, step: TriageStep<'_>) -> Result<FlagView, TriageError> {
         if step.to.needs_note() && step.note.trim().is_empty() {
             return Err(TriageError::NoteRequired(step.to));
         }
         let mut tx = self.pool.begin().await?;
         let current = sqlx::query!(
-            "SELECT status, revision FROM flags WHERE id = $1 FOR UPDATE",
+            "SELECT status, revision, severity, dismissal_proposed_by, chain_head
+             FROM flags WHERE id = $1 FOR UPDATE",
             step.flag_id,
         )
         .fetch_optional(&mut *tx)
@@ -364,27 +379,71 @@ impl Store {
         if !from.can_move_to(step.to) {
             return Err(TriageError::IllegalTransition { from, to: step.to });
         }
+        let two_person = step.to == FlagStatus::Dismissed
+            && severity_from_db(current.severity)? == Severity::Critical;
+        let (kind, to, proposed_by) = match current.dismissal_proposed_by.as_deref() {
+            _ if !two_person => ("TRANSITION", step.to, None),
+            None => ("DISMISSAL_PROPOSED", from, Some(step.actor)),
+            Some(proposer) if proposer == step.actor => {
+                return Err(TriageError::SecondAuditorRequired);
+            }
+            Some(_) => ("TRANSITION", step.to, None),
+        };
+        let at = chain::now();
+        let content = EventContent {
+            flag_id: step.flag_id,
+            at,
+            actor: step.actor,
+            from: from.as_str(),
+            to: to.as_str(),
+            note: step.note,
+            trace_id: step.trace_id,
+            kind,
+        };
+        let previous = current.chain_head.unwrap_or_else(|| GENESIS.to_vec());
+        let link = self.chain.link(&previous, &content.bytes());
         sqlx::query!(
-            "UPDATE flags SET status = $2, revision = revision + 1, updated_at = now() WHERE id = $1",
+            "WITH event AS (
+                INSERT INTO flag_events
+                    (flag_id, at, actor, from_status, to_status, note, trace_id, kind, chain_hash)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9))
+             UPDATE flags SET status = $5, revision = revision + 1, updated_at = $2,
+                              dismissal_proposed_by = $10, chain_head = $9
+             WHERE id = $1",
             step.flag_id,
-            step.to.as_str(),
-        )
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query!(
-            "INSERT INTO flag_events (flag_id, actor, from_status, to_status, note, trace_id)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-            step.flag_id,
+            at,
             step.actor,
             from.as_str(),
-            step.to.as_str(),
+            to.as_str(),
             step.note,
             step.trace_id,
+            kind,
+            &link[..],
+            proposed_by,
         )
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         self.flag(step.flag_id).await?.ok_or(TriageError::NotFound)
+    }
+
+    /// Records that `key_id` opened the case of a flag.
+    pub async fn record_case_access(
+        &self,
+        flag_id: i64,
+        key_id: &str,
+        trace_id: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query!(
+            "INSERT INTO case_access (flag_id, key_id, trace_id)
+             SELECT id, $2, $3 FROM flags WHERE id = $1",
+            flag_id,
+            key_id,
+            trace_id,
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 }
 

@@ -3,13 +3,18 @@
 
 use chrono::{DateTime, Utc};
 use ring::digest;
+use std::sync::Arc;
+
 use sqlx::{PgConnection, Postgres, Transaction};
 
-use crate::domain::{Clinic, DonorKind, DonorType, Fingerprint, Record, RecordId, Severity};
+use crate::domain::chain::GENESIS;
+use crate::domain::{
+    ChainKey, Clinic, DonorKind, DonorType, Fingerprint, Record, RecordId, Severity,
+};
 use crate::rules::{ClinicWindow, ContextKey, Finding, PriorDonation, WindowSpec};
 
 use super::body::{RecordBody, parse};
-use super::{Store, StoreError, context};
+use super::{Store, StoreError, chain, context};
 
 /// A record already stored under a (hospital, external id).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +56,7 @@ fn body_json(record: &Record) -> serde_json::Value {
 /// One open ingest transaction. Dropping it without `commit` rolls back.
 pub struct IngestTx {
     tx: Transaction<'static, Postgres>,
+    chain: Arc<ChainKey>,
 }
 
 impl Store {
@@ -58,6 +64,7 @@ impl Store {
     pub async fn begin_ingest(&self) -> Result<IngestTx, StoreError> {
         Ok(IngestTx {
             tx: self.pool.begin().await?,
+            chain: self.chain.clone(),
         })
     }
 
@@ -237,7 +244,8 @@ impl IngestTx {
         .await?;
         let Some(row) = row else { return Ok(None) };
         let id = RecordId(row.id);
-        self.insert_version(id, 1, &hash, record, None).await?;
+        self.insert_version(id, 1, &GENESIS, &hash, record, None)
+            .await?;
         Ok(Some(StoredAck {
             id,
             version: 1,
@@ -257,7 +265,7 @@ impl IngestTx {
         let (relation, death_at, death_kind) = kind_columns(&record.donor.kind);
         let d = &record.donor.person;
         let r = &record.recipient;
-        let version = sqlx::query_scalar!(
+        let amended = sqlx::query!(
             "UPDATE records SET
                 version = version + 1, amended_at = now(), content_hash = $2, clinic_id = $3,
                 procedure_country = $4, organ = $5, laterality = $6, procured_at = $7,
@@ -270,7 +278,7 @@ impl IngestTx {
                 recipient_sex = $29, recipient_abo = $30, recipient_rh = $31,
                 recipient_hla = $32, recipient_non_resident = $33
              WHERE id = $1
-             RETURNING version",
+             RETURNING version, chain_head",
             existing.id.0,
             hash,
             record.clinic_id,
@@ -309,7 +317,9 @@ impl IngestTx {
         )
         .fetch_one(&mut *self.tx)
         .await?;
-        self.insert_version(existing.id, version, &hash, record, Some(reason))
+        let version = amended.version;
+        let previous = amended.chain_head.unwrap_or_else(|| GENESIS.to_vec());
+        self.insert_version(existing.id, version, &previous, &hash, record, Some(reason))
             .await?;
         Ok(StoredAck {
             id: existing.id,
@@ -318,22 +328,35 @@ impl IngestTx {
         })
     }
 
+    /// Appends a version to the record's history, chained to `previous`,
+    /// and moves the record's chain head, in one statement.
     async fn insert_version(
         &mut self,
         id: RecordId,
         version: i32,
+        previous: &[u8],
         hash: &[u8],
         record: &Record,
         reason: Option<&str>,
     ) -> Result<(), StoreError> {
+        let recorded_at = chain::now();
+        let link = self.chain.link(
+            previous,
+            &chain::version_content(id.0, version, hash, reason, recorded_at),
+        );
         sqlx::query!(
-            "INSERT INTO record_versions (record_id, version, content_hash, body, reason)
-             VALUES ($1, $2, $3, $4, $5)",
+            "WITH version AS (
+                INSERT INTO record_versions
+                    (record_id, version, content_hash, body, reason, recorded_at, chain_hash)
+                VALUES ($1, $2, $3, $4, $5, $6, $7))
+             UPDATE records SET chain_head = $7 WHERE id = $1",
             id.0,
             version,
             hash,
             body_json(record),
             reason,
+            recorded_at,
+            &link[..],
         )
         .execute(&mut *self.tx)
         .await?;
@@ -341,8 +364,9 @@ impl IngestTx {
     }
 
     /// Stores the findings of one evaluation of record `ack` as flags. A rule
-    /// that already flagged the record keeps its flag (and its triage); one
-    /// that no longer fires on this version is marked cleared, never deleted.
+    /// that already flagged the record keeps its flag and its triage, with the
+    /// finding brought up to this version; one that no longer fires on this
+    /// version is marked cleared, never deleted.
     pub async fn save_flags(
         &mut self,
         ack: &StoredAck,
@@ -356,8 +380,11 @@ impl IngestTx {
                                     evidence_record_ids, hospital_id, clinic_id, record_version)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                  ON CONFLICT ON CONSTRAINT flags_one_per_record_and_rule
-                 DO UPDATE SET cleared_in_version = NULL
-                 WHERE flags.cleared_in_version IS NOT NULL",
+                 DO UPDATE SET rule_version = EXCLUDED.rule_version,
+                     severity = EXCLUDED.severity, explanation = EXCLUDED.explanation,
+                     evidence_record_ids = EXCLUDED.evidence_record_ids,
+                     clinic_id = EXCLUDED.clinic_id, record_version = EXCLUDED.record_version,
+                     cleared_in_version = NULL, updated_at = now()",
                 ack.id.0,
                 f.rule.as_str(),
                 f.rule.version(),
@@ -377,11 +404,13 @@ impl IngestTx {
                 .map(|f| f.rule.as_str().to_owned())
                 .collect();
             sqlx::query!(
-                "UPDATE flags SET cleared_in_version = $2, updated_at = now()
-                 WHERE record_id = $1 AND cleared_in_version IS NULL AND rule_id <> ALL($3)",
+                "UPDATE flags SET cleared_in_version = coalesce(cleared_in_version, $2),
+                                  clinic_id = $4, updated_at = now()
+                 WHERE record_id = $1 AND rule_id <> ALL($3)",
                 ack.id.0,
                 ack.version,
                 &still,
+                record.clinic_id,
             )
             .execute(&mut *self.tx)
             .await?;

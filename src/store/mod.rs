@@ -1,15 +1,20 @@
 //! All SQL: records, flags, the clinic registry and the triage trail in Postgres.
 
 mod body;
+pub mod chain;
 mod context;
 pub mod flags;
 pub mod ingest;
+pub mod keys;
 pub mod registry;
 pub mod rescan;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
+
+use crate::domain::ChainKey;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use flags::{
@@ -51,6 +56,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
+    chain: Arc<ChainKey>,
 }
 
 /// How to size and time the connection pool.
@@ -73,19 +79,22 @@ impl Default for PoolSettings {
 
 impl Store {
     /// Connects (lazily: the pool opens connections on demand, so start-up
-    /// survives a database that is still coming up).
-    pub fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
+    /// survives a database that is still coming up). History entries are
+    /// chained under `chain`.
+    pub fn connect(
+        url: &str,
+        settings: &PoolSettings,
+        chain: ChainKey,
+    ) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse()?;
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
             .connect_lazy_with(options.application_name("transplant-audit"));
-        Ok(Self { pool })
-    }
-
-    /// Wraps an existing pool.
-    pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Ok(Self {
+            pool,
+            chain: Arc::new(chain),
+        })
     }
 
     /// The underlying pool.

@@ -7,11 +7,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use tonic::Code;
-use tonic::transport::Channel;
 
 use transplant_audit::api::pb;
 use transplant_audit::api::pb::audit_service_client::AuditServiceClient;
-use transplant_audit::domain::Severity;
+use transplant_audit::domain::{Role, Severity};
 use transplant_audit::rules::config::RuleSettings;
 use transplant_audit::rules::{RuleId, RulesConfig};
 
@@ -1131,10 +1130,10 @@ async fn missing_garbage_and_stale_etags_are_refused() {
     );
 }
 
-async fn second_auditor(app: &TestApp) -> AuditServiceClient<Channel> {
-    AuditServiceClient::connect(format!("http://{}", app.addr))
-        .await
-        .expect("second connection")
+/// Another auditor, with a key of their own, on a connection of their own.
+async fn second_auditor(app: &TestApp) -> AuditServiceClient<Authed> {
+    let token = create_key(&app.store, Role::Auditor, None).await;
+    AuditServiceClient::new(second_connection(app, &token).await)
 }
 
 #[tokio::test]

@@ -1,19 +1,25 @@
 //! Spawning the real server against a fresh database, and test data.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::net::TcpListener;
-use tokio::sync::{OnceCell, oneshot};
+use tokio::sync::{Mutex, OnceCell, oneshot};
 use tokio::task::JoinHandle;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use transplant_audit::api::pb;
+use transplant_audit::api::pb::admin_service_client::AdminServiceClient;
 use transplant_audit::api::pb::audit_service_client::AuditServiceClient;
 use transplant_audit::api::pb::ingest_service_client::IngestServiceClient;
 use transplant_audit::api::pb::registry_service_client::RegistryServiceClient;
-use transplant_audit::domain::FingerprintKey;
+use transplant_audit::domain::access::{KeySpec, NewApiKey};
+use transplant_audit::domain::{ChainKey, FingerprintKey, Role};
 use transplant_audit::localdb::LocalPostgres;
 use transplant_audit::rules::{Engine, RulesConfig};
 use transplant_audit::server::{self, App, ServeOptions};
@@ -22,21 +28,98 @@ use transplant_audit::store::{self, PoolSettings, Store};
 /// The fingerprint key every test server uses (tests compare fingerprints).
 pub const TEST_KEY: [u8; 32] = [0x5a; 32];
 
-/// A running server on its own fresh database.
+/// Sends an API key with every call.
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<Ascii>);
+
+impl Bearer {
+    pub fn new(token: &str) -> Self {
+        Self(format!("Bearer {token}").parse().expect("ascii token"))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A channel that authenticates every call.
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// The hospital the default client (`app.ingest`) and `kidney()` records belong to.
+pub const DEFAULT_HOSPITAL: &str = "H-DE-001";
+
+/// A running server on its own fresh database, with clients holding real keys.
 pub struct TestApp {
     pub addr: SocketAddr,
-    pub ingest: IngestServiceClient<Channel>,
-    pub registry: RegistryServiceClient<Channel>,
-    pub audit: AuditServiceClient<Channel>,
+    /// A HOSPITAL key's client for [`DEFAULT_HOSPITAL`].
+    pub ingest: IngestServiceClient<Authed>,
+    /// An ADMIN key's client.
+    pub registry: RegistryServiceClient<Authed>,
+    /// An AUDITOR key's client.
+    pub audit: AuditServiceClient<Authed>,
+    /// An ADMIN key's client.
+    pub admin: AdminServiceClient<Authed>,
     pub channel: Channel,
     /// A direct connection pool to the server's database, to check what is stored.
     pub pool: PgPool,
     pub database_url: String,
+    /// The store, to create keys behind the API.
+    pub store: Store,
+    /// The tokens of the keys the clients above use.
+    pub admin_token: String,
+    pub auditor_token: String,
+    pub hospital_token: String,
+    hospitals: Mutex<HashMap<String, IngestServiceClient<Authed>>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
 
+/// A connection of its own to the app, authenticating with `token`.
+pub async fn second_connection(app: &TestApp, token: &str) -> Authed {
+    let channel = Channel::from_shared(format!("http://{}", app.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("second connection");
+    InterceptedService::new(channel, Bearer::new(token))
+}
+
+/// Creates a key straight in the store; returns its token.
+pub async fn create_key(store: &Store, role: Role, hospital_id: Option<&str>) -> String {
+    let new = NewApiKey::generate().expect("randomness");
+    let spec = KeySpec::new(role, hospital_id, "test", None, chrono::Utc::now()).expect("spec");
+    store.create_key(&new, &spec).await.expect("create key");
+    new.token
+}
+
 impl TestApp {
+    /// A client with this token.
+    pub fn authed(&self, token: &str) -> Authed {
+        InterceptedService::new(self.channel.clone(), Bearer::new(token))
+    }
+
+    /// An ingest client holding a HOSPITAL key for `hospital_id`, made on first use.
+    pub async fn ingest_for(&self, hospital_id: &str) -> IngestServiceClient<Authed> {
+        if let Some(client) = self.hospitals.lock().await.get(hospital_id) {
+            return client.clone();
+        }
+        let token = create_key(&self.store, Role::Hospital, Some(hospital_id)).await;
+        let client = IngestServiceClient::new(self.authed(&token));
+        self.hospitals
+            .lock()
+            .await
+            .insert(hospital_id.to_owned(), client.clone());
+        client
+    }
+
     /// Stops the server gracefully and waits until it has.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -158,10 +241,15 @@ pub async fn spawn_app_with(rules: RulesConfig) -> TestApp {
 
 /// A server with these rules on an existing database.
 pub async fn spawn_app_on(database_url: &str, rules: RulesConfig) -> TestApp {
-    let store = Store::connect(database_url, &PoolSettings::default()).expect("database url");
-    store.migrate().await.expect("migrate");
     let key = FingerprintKey::from_bytes(&TEST_KEY).expect("key");
-    let app = App::new(store, Engine::new(rules), key);
+    let store = Store::connect(
+        database_url,
+        &PoolSettings::default(),
+        ChainKey::derive(&key),
+    )
+    .expect("database url");
+    store.migrate().await.expect("migrate");
+    let app = App::new(store.clone(), Engine::new(rules), key);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel();
@@ -182,14 +270,28 @@ pub async fn spawn_app_on(database_url: &str, rules: RulesConfig) -> TestApp {
         .await
         .expect("connect to the test server");
     let pool = PgPool::connect(database_url).await.expect("test pool");
+    let admin_token = create_key(&store, Role::Admin, None).await;
+    let auditor_token = create_key(&store, Role::Auditor, None).await;
+    let hospital_token = create_key(&store, Role::Hospital, Some(DEFAULT_HOSPITAL)).await;
+    let with = |token: &str| InterceptedService::new(channel.clone(), Bearer::new(token));
+    let ingest = IngestServiceClient::new(with(&hospital_token));
     TestApp {
         addr,
-        ingest: IngestServiceClient::new(channel.clone()),
-        registry: RegistryServiceClient::new(channel.clone()),
-        audit: AuditServiceClient::new(channel.clone()),
+        hospitals: Mutex::new(HashMap::from([(
+            DEFAULT_HOSPITAL.to_owned(),
+            ingest.clone(),
+        )])),
+        ingest,
+        registry: RegistryServiceClient::new(with(&admin_token)),
+        audit: AuditServiceClient::new(with(&auditor_token)),
+        admin: AdminServiceClient::new(with(&admin_token)),
         channel,
         pool,
         database_url: database_url.to_owned(),
+        store,
+        admin_token,
+        auditor_token,
+        hospital_token,
         shutdown: Some(tx),
         server: Some(server),
     }
@@ -283,9 +385,18 @@ pub async fn submit(
     app: &TestApp,
     record: pb::TransplantRecord,
 ) -> Result<pb::RecordAck, tonic::Status> {
-    let response = app
-        .ingest
-        .clone()
+    // A malformed hospital_id cannot have a key: send it with the default one,
+    // for the server to reject.
+    let valid_hospital = !record.hospital_id.is_empty()
+        && record.hospital_id.len() <= 128
+        && record.hospital_id.trim() == record.hospital_id
+        && !record.hospital_id.chars().any(char::is_control);
+    let mut client = if valid_hospital {
+        app.ingest_for(&record.hospital_id).await
+    } else {
+        app.ingest.clone()
+    };
+    let response = client
         .submit_record(pb::SubmitRecordRequest {
             record: Some(record),
         })

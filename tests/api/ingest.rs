@@ -108,7 +108,7 @@ impl Decoder for RawDecoder {
 
 /// SubmitRecord, answering the encoded SubmitRecordResponse exactly as received.
 async fn submit_raw(app: &TestApp, record: pb::TransplantRecord) -> Vec<u8> {
-    let mut grpc = tonic::client::Grpc::new(app.channel.clone());
+    let mut grpc = tonic::client::Grpc::new(app.authed(&app.hospital_token));
     grpc.ready().await.expect("channel ready");
     let request = pb::SubmitRecordRequest {
         record: Some(record),
@@ -454,14 +454,14 @@ async fn a_stream_acknowledges_each_record_in_order() {
         Some(conflicting),             // 3 rejected: conflict with 0
         Some(abo_incompatible("S-2")), // 4 accepted (and flagged)
         None,                          // 5 rejected: no record
-        Some(other_hospital),          // 6 accepted: another hospital's S-1
+        Some(other_hospital),          // 6 rejected: this key's hospital is H-DE-001
         Some(abo_incompatible("S-2")), // 7 duplicate of 4
         Some(kidney("S-3")),           // 8 accepted
     ];
     let expected_ids = ["S-1", "S-BAD", "S-1", "S-1", "S-2", "", "S-1", "S-2", "S-3"];
     use pb::Outcome::{Accepted, Duplicate, Rejected};
     let expected = [
-        Accepted, Rejected, Duplicate, Rejected, Accepted, Rejected, Accepted, Duplicate, Accepted,
+        Accepted, Rejected, Duplicate, Rejected, Accepted, Rejected, Rejected, Duplicate, Accepted,
     ];
 
     let responses = stream_all(&app, records).await;
@@ -529,21 +529,23 @@ async fn a_stream_acknowledges_each_record_in_order() {
         acks[7].record_id, acks[4].record_id,
         "the duplicate names the original"
     );
-    assert_ne!(
-        acks[6].record_id, acks[0].record_id,
-        "another hospital's S-1 is another record"
+    let error = acks[6].error.as_ref().expect("ack 6 carries its error");
+    assert_eq!(
+        error.code,
+        Code::PermissionDenied as i32,
+        "another hospital's record: {error:?}"
     );
-    let ids: HashSet<_> = [0, 4, 6, 8]
+    let ids: HashSet<_> = [0, 4, 8]
         .iter()
         .map(|&i| acks[i].record_id.as_str())
         .collect();
-    assert_eq!(ids.len(), 4, "accepted records have distinct ids: {acks:?}");
+    assert_eq!(ids.len(), 3, "accepted records have distinct ids: {acks:?}");
     assert_eq!(
         app.count("records").await,
-        4,
-        "only the four accepted records are stored"
+        3,
+        "only the three accepted records are stored"
     );
-    assert_eq!(app.count("record_versions").await, 4);
+    assert_eq!(app.count("record_versions").await, 3);
     assert_eq!(
         flags_of(&app, "S-2")
             .await
@@ -688,8 +690,8 @@ async fn amend(
     reason: &str,
 ) -> Result<pb::RecordAck, Status> {
     let response = app
-        .ingest
-        .clone()
+        .ingest_for(&record.hospital_id)
+        .await
         .amend_record(pb::AmendRecordRequest {
             record: Some(record),
             reason: reason.into(),
@@ -714,10 +716,12 @@ async fn an_amendment_requires_a_reason() {
     submit(&app, kidney("AMEND-R")).await.expect("submit");
     let before = stored(&app).await;
 
-    for reason in ["", "   "] {
+    // Missing, blank, and absurdly long (over 2000 bytes) reasons.
+    let long = "x".repeat(2001);
+    for reason in ["", "   ", long.as_str()] {
         let status = amend(&app, abo_incompatible("AMEND-R"), reason)
             .await
-            .expect_err("no reason");
+            .expect_err("no usable reason");
         assert_eq!(
             status.code(),
             Code::InvalidArgument,
@@ -862,6 +866,29 @@ async fn amendments_keep_versions_and_clear_flags_without_deleting_them() {
         .find(|f| f.flag_id == flag_id)
         .expect("the flag is still there");
     assert_eq!(abo.cleared_in_record_version, Some(3), "{after:?}");
+
+    // Incompatible again: the same flag holds again (one flag per record and rule).
+    let v4 = amend(
+        &app,
+        abo_incompatible("AMEND-1"),
+        "the second typing was right",
+    )
+    .await
+    .expect("amend to v4");
+    assert_eq!(outcome(&v4), Ok(pb::Outcome::Accepted), "{v4:?}");
+    assert_eq!(v4.version, 4, "{v4:?}");
+    assert_eq!(versions_of(&app, &original.record_id).await, [1, 2, 3, 4]);
+    let flags = flags_of(&app, "AMEND-1").await;
+    let abo: Vec<_> = flags
+        .iter()
+        .filter(|f| f.rule_id == "ABO_INCOMPATIBLE")
+        .collect();
+    assert_eq!(abo.len(), 1, "still one ABO_INCOMPATIBLE flag: {flags:?}");
+    assert_eq!(abo[0].flag_id, flag_id, "the same flag: {flags:?}");
+    assert_eq!(
+        abo[0].cleared_in_record_version, None,
+        "no longer cleared: {flags:?}"
+    );
 }
 
 #[tokio::test]

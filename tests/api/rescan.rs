@@ -4,10 +4,8 @@
 use std::ops::ControlFlow;
 
 use transplant_audit::api::pb;
-use transplant_audit::api::pb::admin_service_client::AdminServiceClient;
 use transplant_audit::rescan::{self, RescanRequest};
 use transplant_audit::rules::{Engine, RuleId, RulesConfig};
-use transplant_audit::store::{PoolSettings, Store};
 
 use crate::helpers::*;
 
@@ -45,7 +43,9 @@ async fn five_foreign_donors() -> TestApp {
 }
 
 async fn run_rescan(app: &TestApp, request: pb::RescanRequest) -> pb::RescanResponse {
-    let mut stream = AdminServiceClient::new(app.channel.clone())
+    let mut stream = app
+        .admin
+        .clone()
         .rescan(request)
         .await
         .expect("rescan")
@@ -172,7 +172,7 @@ async fn a_higher_threshold_reports_flags_it_would_no_longer_raise_and_keeps_the
 #[tokio::test]
 async fn rescan_requests_are_validated() {
     let app = spawn_app().await;
-    let mut admin = AdminServiceClient::new(app.channel.clone());
+    let mut admin = app.admin.clone();
     let bad = [
         (
             pb::RescanRequest {
@@ -215,7 +215,7 @@ async fn rescan_requests_are_validated() {
 #[tokio::test]
 async fn an_interrupted_rescan_resumes_where_it_stopped() {
     let app = five_foreign_donors().await;
-    let store = Store::connect(&app.database_url, &PoolSettings::default()).expect("store");
+    let store = app.store.clone();
     let engine = Engine::new(surge_threshold(1));
     let request = RescanRequest {
         rules: vec![RuleId::ClinicForeignDonorSurge],

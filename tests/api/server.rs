@@ -22,7 +22,8 @@ const OUR_SERVICES: [&str; 3] = [
 #[tokio::test]
 async fn reflection_v1_lists_services_and_resolves_their_files() {
     let app = spawn_app().await;
-    let mut client = v1::server_reflection_client::ServerReflectionClient::new(app.channel.clone());
+    let mut client =
+        v1::server_reflection_client::ServerReflectionClient::new(app.authed(&app.auditor_token));
     let requests = vec![
         v1::ServerReflectionRequest {
             message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
@@ -107,8 +108,9 @@ fn single_file(
 #[tokio::test]
 async fn reflection_v1alpha_lists_services_for_older_clients() {
     let app = spawn_app().await;
-    let mut client =
-        v1alpha::server_reflection_client::ServerReflectionClient::new(app.channel.clone());
+    let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(
+        app.authed(&app.auditor_token),
+    );
     let request = v1alpha::ServerReflectionRequest {
         message_request: Some(
             v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
