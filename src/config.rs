@@ -311,6 +311,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.command, Some(Command::Migrate));
+        assert_eq!(cli.settings.database_url.as_deref(), Some("postgres://x"));
         let cli = Cli::try_parse_from([
             "transplant-audit",
             "rescan",
@@ -328,6 +329,5 @@ mod tests {
             Cli::try_parse_from(["transplant-audit", "rescan", "--resume", "3", "--dry-run"])
                 .is_err()
         );
-        assert_eq!(cli.settings.database_url.as_deref(), Some("postgres://x"));
     }
 }
