@@ -159,6 +159,33 @@ pub struct Settings {
     )]
     pub shutdown_timeout_secs: u64,
 
+    /// Calls in flight at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "MAX_CONCURRENT_CALLS",
+        default_value_t = 256,
+        global = true
+    )]
+    pub max_concurrent_calls: usize,
+
+    /// SubmitRecords streams open at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "MAX_CONCURRENT_STREAMS",
+        default_value_t = 32,
+        global = true
+    )]
+    pub max_concurrent_streams: usize,
+
+    /// Records one SubmitRecords stream may carry.
+    #[arg(
+        long,
+        env = "MAX_STREAM_RECORDS",
+        default_value_t = 1_000_000,
+        global = true
+    )]
+    pub max_stream_records: u64,
+
     /// Seconds a unary call may take before it is cancelled.
     #[arg(
         long,

@@ -71,6 +71,9 @@ async fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
                 request_timeout: settings.request_timeout(),
                 shutdown_grace: settings.shutdown_grace(),
                 shutdown_timeout: settings.shutdown_timeout(),
+                max_concurrent_calls: settings.max_concurrent_calls,
+                max_concurrent_streams: settings.max_concurrent_streams,
+                max_stream_records: settings.max_stream_records,
             };
             server::serve(
                 listener,

@@ -14,6 +14,7 @@ use crate::api::admin::AdminApi;
 use crate::api::audit::AuditApi;
 use crate::api::auth::{AuthLayer, Authenticator};
 use crate::api::ingest::IngestApi;
+use crate::api::limits::ConcurrencyCap;
 use crate::api::pb;
 use crate::api::registry::RegistryApi;
 use crate::domain::FingerprintKey;
@@ -60,6 +61,12 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
     /// How long in-flight calls may take to finish once the listener is closed.
     pub shutdown_timeout: Duration,
+    /// Calls in flight at once; more are refused with RESOURCE_EXHAUSTED.
+    pub max_concurrent_calls: usize,
+    /// `SubmitRecords` streams open at once.
+    pub max_concurrent_streams: usize,
+    /// Records one `SubmitRecords` stream may carry.
+    pub max_stream_records: u64,
 }
 
 impl Default for ServeOptions {
@@ -68,6 +75,9 @@ impl Default for ServeOptions {
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(30),
+            max_concurrent_calls: 256,
+            max_concurrent_streams: 32,
+            max_stream_records: 1_000_000,
         }
     }
 }
@@ -118,9 +128,12 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let ingest =
-        pb::ingest_service_server::IngestServiceServer::new(IngestApi::new(app.ingestor.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let ingest = pb::ingest_service_server::IngestServiceServer::new(IngestApi::new(
+        app.ingestor.clone(),
+        options.max_concurrent_streams,
+        options.max_stream_records,
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let registry = pb::registry_service_server::RegistryServiceServer::new(RegistryApi::new(
         app.store.clone(),
     ))
@@ -138,6 +151,7 @@ pub async fn serve(
     let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
     let router = Server::builder()
         .timeout(options.request_timeout)
+        .layer(ConcurrencyCap::new(options.max_concurrent_calls))
         .layer(AuthLayer::new(auth))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -1,10 +1,11 @@
 //! `IngestService`: hospitals submit and amend records.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use chrono::Utc;
 use futures::Stream;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -27,12 +28,19 @@ const MAX_REASON_LEN: usize = 2000;
 #[derive(Clone, Debug)]
 pub struct IngestApi {
     ingestor: Ingestor,
+    streams: Arc<Semaphore>,
+    max_stream_records: u64,
 }
 
 impl IngestApi {
-    /// Serves `ingestor`.
-    pub fn new(ingestor: Ingestor) -> Self {
-        Self { ingestor }
+    /// Serves `ingestor`, with at most `max_streams` open `SubmitRecords`
+    /// streams of at most `max_stream_records` records each.
+    pub fn new(ingestor: Ingestor, max_streams: usize, max_stream_records: u64) -> Self {
+        Self {
+            ingestor,
+            streams: Arc::new(Semaphore::new(max_streams)),
+            max_stream_records,
+        }
     }
 
     /// Validates and stores one record.
@@ -122,12 +130,25 @@ impl IngestService for IngestApi {
         request: Request<Streaming<pb::SubmitRecordsRequest>>,
     ) -> Result<Response<Self::SubmitRecordsStream>, Status> {
         let caller = caller(&request)?.clone();
+        let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
+            tracing::warn!(key_id = %caller.key_id, "stream refused: too many open streams");
+            Status::resource_exhausted("too many SubmitRecords streams are open; retry later")
+        })?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(ACK_BUFFER);
         let api = self.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let mut sequence = 0u64;
             loop {
+                if sequence == api.max_stream_records {
+                    let limit = api.max_stream_records;
+                    let status = Status::resource_exhausted(format!(
+                        "a stream carries at most {limit} records; send the rest on a new stream"
+                    ));
+                    let _ = tx.send(Err(status)).await;
+                    break;
+                }
                 let message = match inbound.message().await {
                     Ok(Some(m)) => m,
                     Ok(None) => break,

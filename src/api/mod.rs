@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod convert;
 pub mod ingest;
+pub mod limits;
 mod page_token;
 pub mod registry;
 pub mod status;

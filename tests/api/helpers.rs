@@ -241,6 +241,15 @@ pub async fn spawn_app_with(rules: RulesConfig) -> TestApp {
 
 /// A server with these rules on an existing database.
 pub async fn spawn_app_on(database_url: &str, rules: RulesConfig) -> TestApp {
+    spawn_app_configured(database_url, rules, ServeOptions::default()).await
+}
+
+/// A server with these rules and limits on an existing database.
+pub async fn spawn_app_configured(
+    database_url: &str,
+    rules: RulesConfig,
+    options: ServeOptions,
+) -> TestApp {
     let key = FingerprintKey::from_bytes(&TEST_KEY).expect("key");
     let store = Store::connect(
         database_url,
@@ -255,7 +264,7 @@ pub async fn spawn_app_on(database_url: &str, rules: RulesConfig) -> TestApp {
     let (tx, rx) = oneshot::channel();
     let options = ServeOptions {
         shutdown_grace: std::time::Duration::ZERO,
-        ..ServeOptions::default()
+        ..options
     };
     let server = tokio::spawn(async move {
         server::serve(listener, app, options, async {

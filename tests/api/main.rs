@@ -7,6 +7,7 @@ mod access;
 mod audit;
 mod concurrency;
 mod ingest;
+mod limits;
 mod privacy;
 mod registry;
 mod rescan;

@@ -1,0 +1,123 @@
+//! Overload protection: a cap on calls in flight across the server. A call
+//! over the cap is refused at once with RESOURCE_EXHAUSTED rather than queued,
+//! so a flood cannot grow memory or latency without bound. The health check
+//! is exempt, so probes still see the truth under load.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::Status;
+
+use super::auth::{Access, access_for};
+
+/// The layer capping calls in flight.
+#[derive(Clone, Debug)]
+pub struct ConcurrencyCap {
+    permits: Arc<Semaphore>,
+}
+
+impl ConcurrencyCap {
+    /// At most `max` calls in flight; a streaming call counts until its response ends.
+    pub fn new(max: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max)),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for ConcurrencyCap {
+    type Service = Capped<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Capped {
+            inner,
+            permits: self.permits.clone(),
+        }
+    }
+}
+
+/// The service [`ConcurrencyCap`] wraps.
+#[derive(Clone, Debug)]
+pub struct Capped<S> {
+    inner: S,
+    permits: Arc<Semaphore>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Capped<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let permit = if access_for(request.uri().path()) == Access::Open {
+            None
+        } else {
+            match self.permits.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    tracing::warn!(method = request.uri().path(), "overloaded: call refused");
+                    let refused = Status::resource_exhausted(
+                        "the server is at its limit of calls in flight; retry with backoff",
+                    );
+                    return Box::pin(async move { Ok(refused.into_http()) });
+                }
+            }
+        };
+        Box::pin(async move {
+            let response = inner.call(request).await?;
+            Ok(match permit {
+                // The permit lives as long as the response body, so a stream counts until it ends.
+                Some(permit) => response.map(|body| {
+                    tonic::body::Body::new(Holding {
+                        body,
+                        _permit: permit,
+                    })
+                }),
+                None => response,
+            })
+        })
+    }
+}
+
+/// A response body that keeps its call's permit until it is done.
+struct Holding {
+    body: tonic::body::Body,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Holding {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}

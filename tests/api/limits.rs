@@ -1,0 +1,164 @@
+//! Limits: calls in flight, open streams, records per stream, message size.
+//! Overload is refused with RESOURCE_EXHAUSTED, never a crash, and changes nothing.
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use transplant_audit::api::pb;
+use transplant_audit::rules::RulesConfig;
+use transplant_audit::server::ServeOptions;
+
+use crate::helpers::*;
+
+async fn app_with(options: ServeOptions) -> TestApp {
+    spawn_app_configured(&fresh_database().await, RulesConfig::default(), options).await
+}
+
+type Acks = tonic::Streaming<pb::SubmitRecordsResponse>;
+
+/// Opens a stream and has one record acknowledged on it, so it is surely open.
+async fn open_stream(app: &TestApp, id: &str) -> (mpsc::Sender<pb::SubmitRecordsRequest>, Acks) {
+    let (tx, rx) = mpsc::channel(4);
+    let mut acks = app
+        .ingest
+        .clone()
+        .submit_records(ReceiverStream::new(rx))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    tx.send(pb::SubmitRecordsRequest {
+        record: Some(kidney(id)),
+    })
+    .await
+    .expect("send");
+    acks.message().await.expect("ack").expect("an ack");
+    (tx, acks)
+}
+
+async fn close(tx: mpsc::Sender<pb::SubmitRecordsRequest>, mut acks: Acks) {
+    drop(tx);
+    while acks.message().await.expect("clean end").is_some() {}
+}
+
+#[tokio::test]
+async fn open_streams_are_capped_and_freed_when_they_end() {
+    let app = app_with(ServeOptions {
+        max_concurrent_streams: 1,
+        ..ServeOptions::default()
+    })
+    .await;
+    let (tx, acks) = open_stream(&app, "ST-1").await;
+    let second = app
+        .ingest
+        .clone()
+        .submit_records(tokio_stream::iter([pb::SubmitRecordsRequest {
+            record: Some(kidney("ST-2")),
+        }]))
+        .await;
+    let status = match second {
+        Err(status) => status,
+        Ok(response) => response.into_inner().message().await.expect_err("refused"),
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    close(tx, acks).await;
+    // The permit goes back when the first stream's task ends, just after its last ack.
+    let mut reopened = None;
+    for _ in 0..50 {
+        let (tx, rx) = mpsc::channel(1);
+        match app
+            .ingest
+            .clone()
+            .submit_records(ReceiverStream::new(rx))
+            .await
+        {
+            Ok(response) => {
+                reopened = Some((tx, response.into_inner()));
+                break;
+            }
+            Err(status) => assert_eq!(status.code(), Code::ResourceExhausted),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (tx, acks) = reopened.expect("a stream opens again once the first is closed");
+    close(tx, acks).await;
+    assert_eq!(
+        app.count("records").await,
+        1,
+        "the refused stream stored nothing"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_ends_with_resource_exhausted_past_its_record_cap() {
+    let app = app_with(ServeOptions {
+        max_stream_records: 3,
+        ..ServeOptions::default()
+    })
+    .await;
+    let requests: Vec<_> = (0..5)
+        .map(|i| pb::SubmitRecordsRequest {
+            record: Some(kidney(&format!("CAP-{i}"))),
+        })
+        .collect();
+    let mut acks = app
+        .ingest
+        .clone()
+        .submit_records(tokio_stream::iter(requests))
+        .await
+        .expect("stream")
+        .into_inner();
+    for i in 0..3 {
+        let ack = acks.message().await.expect("ack").expect("an ack");
+        assert_eq!(ack.sequence, i);
+    }
+    let status = acks.message().await.expect_err("the cap");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(
+        app.count("records").await,
+        3,
+        "exactly the acknowledged records are stored"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn calls_past_the_concurrency_cap_are_refused_and_health_still_answers() {
+    let app = app_with(ServeOptions {
+        max_concurrent_calls: 2,
+        ..ServeOptions::default()
+    })
+    .await;
+    let first = open_stream(&app, "CC-1").await;
+    let second = open_stream(&app, "CC-2").await;
+    let status = submit(&app, kidney("CC-3"))
+        .await
+        .expect_err("over the cap");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await;
+    assert!(health.is_ok(), "health is exempt: {health:?}");
+    close(first.0, first.1).await;
+    close(second.0, second.1).await;
+    assert_eq!(app.count("records").await, 2);
+    submit(&app, kidney("CC-4"))
+        .await
+        .expect("room again once the streams ended");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_message_is_refused_and_the_server_stays_up() {
+    let app = spawn_app().await;
+    let mut huge = kidney("HUGE");
+    huge.clinic_id = "X".repeat(2 * 1024 * 1024);
+    let status = submit(&app, huge).await.expect_err("too large");
+    assert!(
+        matches!(status.code(), Code::ResourceExhausted | Code::OutOfRange),
+        "{status:?}"
+    );
+    submit(&app, kidney("AFTER")).await.expect("still serving");
+    assert_eq!(app.count("records").await, 1);
+    app.stop().await;
+}
