@@ -8,6 +8,7 @@ mod audit;
 mod concurrency;
 mod ingest;
 mod limits;
+mod logs;
 mod privacy;
 mod registry;
 mod rescan;
