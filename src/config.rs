@@ -186,6 +186,10 @@ pub struct Settings {
     )]
     pub max_stream_records: u64,
 
+    /// Most records of a SubmitRecords stream stored in one transaction.
+    #[arg(long, env = "INGEST_BATCH_SIZE", default_value_t = 256, global = true)]
+    pub ingest_batch_size: usize,
+
     /// Seconds a unary call may take before it is cancelled.
     #[arg(
         long,

@@ -71,6 +71,7 @@ impl Ingestor {
     pub async fn submit(&self, submission: Submission) -> Result<Ack, IngestError> {
         let record = submission.pseudonymise(&self.key);
         let hash = content_hash(&record);
+        // A retry is answered without taking any lock.
         if let Some(existing) = self
             .store
             .find_existing(&record.hospital_id, &record.external_record_id)
@@ -80,22 +81,66 @@ impl Ingestor {
         }
         let mut tx = self.store.begin_ingest().await?;
         tx.lock_keys([&record]).await?;
-        let Some(stored) = tx.insert(&record).await? else {
-            // A concurrent submission of the same key won; judge against it.
-            drop(tx);
-            let existing = self
-                .store
+        let ack = self.ingest_in(&mut tx, &record, &hash).await?;
+        tx.commit().await?;
+        ack
+    }
+
+    /// Stores several records in one transaction, in order: each sees the
+    /// ones before it exactly as if they had been sent one by one, and every
+    /// acknowledgement holds only once the whole batch has committed. A
+    /// database failure fails the batch and stores none of it.
+    pub async fn submit_batch(
+        &self,
+        submissions: Vec<Submission>,
+    ) -> Result<Vec<Result<Ack, IngestError>>, StoreError> {
+        let records: Vec<Record> = submissions
+            .into_iter()
+            .map(|s| s.pseudonymise(&self.key))
+            .collect();
+        let mut tx = self.store.begin_ingest().await?;
+        tx.lock_keys(&records).await?;
+        let mut acks = Vec::with_capacity(records.len());
+        for record in &records {
+            let hash = content_hash(record);
+            match self.ingest_in(&mut tx, record, &hash).await? {
+                Err(IngestError::Store(e)) => return Err(e),
+                ack => acks.push(ack),
+            }
+        }
+        tx.commit().await?;
+        Ok(acks)
+    }
+
+    /// Inside a transaction holding the record's locks: the record stored
+    /// with its flags, a duplicate, or a conflict. The outer error is the
+    /// database's; the inner one is the record's.
+    async fn ingest_in(
+        &self,
+        tx: &mut IngestTx,
+        record: &Record,
+        hash: &[u8],
+    ) -> Result<Result<Ack, IngestError>, StoreError> {
+        let existing = tx
+            .find_existing(&record.hospital_id, &record.external_record_id)
+            .await?;
+        let stored = match existing {
+            Some(existing) => return Ok(duplicate_or_conflict(record, &existing, hash)),
+            None => tx.insert(record).await?,
+        };
+        let Some(stored) = stored else {
+            // A concurrent submission of the same key committed first.
+            let existing = tx
                 .find_existing(&record.hospital_id, &record.external_record_id)
                 .await?
                 .ok_or_else(|| StoreError::Corrupt("idempotency conflict without a row".into()))?;
-            return duplicate_or_conflict(&record, &existing, &hash);
+            return Ok(duplicate_or_conflict(record, &existing, hash));
         };
-        self.evaluate_and_flag(&mut tx, &stored, &record).await?;
-        tx.commit().await?;
-        Ok(Ack {
+        self.evaluate_and_flag(tx, &stored, record).await?;
+        Ok(Ok(Ack {
             outcome: Outcome::Accepted,
             stored,
-        })
+        }))
     }
 
     /// Replaces a stored record's content with a corrected version.

@@ -74,6 +74,7 @@ async fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
                 max_concurrent_calls: settings.max_concurrent_calls,
                 max_concurrent_streams: settings.max_concurrent_streams,
                 max_stream_records: settings.max_stream_records,
+                ingest_batch_size: settings.ingest_batch_size,
             };
             server::serve(
                 listener,

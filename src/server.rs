@@ -67,6 +67,8 @@ pub struct ServeOptions {
     pub max_concurrent_streams: usize,
     /// Records one `SubmitRecords` stream may carry.
     pub max_stream_records: u64,
+    /// Most records of a stream stored in one transaction.
+    pub ingest_batch_size: usize,
 }
 
 impl Default for ServeOptions {
@@ -78,6 +80,7 @@ impl Default for ServeOptions {
             max_concurrent_calls: 256,
             max_concurrent_streams: 32,
             max_stream_records: 1_000_000,
+            ingest_batch_size: 256,
         }
     }
 }
@@ -130,8 +133,7 @@ pub async fn serve(
 
     let ingest = pb::ingest_service_server::IngestServiceServer::new(IngestApi::new(
         app.ingestor.clone(),
-        options.max_concurrent_streams,
-        options.max_stream_records,
+        &options,
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let registry = pb::registry_service_server::RegistryServiceServer::new(RegistryApi::new(

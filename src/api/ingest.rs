@@ -4,13 +4,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use chrono::Utc;
-use futures::Stream;
+use futures::{FutureExt, Stream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::domain::{Caller, Submission, Violations};
 use crate::ingest::{Ack, Ingestor, Outcome};
+use crate::server::ServeOptions;
 
 use super::auth::{caller, check_hospital};
 use super::convert::{submission, timestamp};
@@ -30,16 +31,17 @@ pub struct IngestApi {
     ingestor: Ingestor,
     streams: Arc<Semaphore>,
     max_stream_records: u64,
+    batch_size: usize,
 }
 
 impl IngestApi {
-    /// Serves `ingestor`, with at most `max_streams` open `SubmitRecords`
-    /// streams of at most `max_stream_records` records each.
-    pub fn new(ingestor: Ingestor, max_streams: usize, max_stream_records: u64) -> Self {
+    /// Serves `ingestor` under the stream limits of `limits`.
+    pub fn new(ingestor: Ingestor, limits: &ServeOptions) -> Self {
         Self {
             ingestor,
-            streams: Arc::new(Semaphore::new(max_streams)),
-            max_stream_records,
+            streams: Arc::new(Semaphore::new(limits.max_concurrent_streams)),
+            max_stream_records: limits.max_stream_records,
+            batch_size: limits.ingest_batch_size.max(1),
         }
     }
 
@@ -56,6 +58,142 @@ impl IngestApi {
         let ack = self.ingestor.submit(submission).await?;
         Ok(ack_to_proto(external_record_id, &ack))
     }
+}
+
+impl IngestApi {
+    /// Reads a stream in batches of what has arrived (up to the batch size),
+    /// stores each batch in one transaction and acknowledges its records in
+    /// order once it has committed. A database failure ends the stream with
+    /// its status: nothing of that batch was stored, and the client resends
+    /// from its first unacknowledged record.
+    async fn serve_stream(
+        &self,
+        caller: &Caller,
+        inbound: &mut Streaming<pb::SubmitRecordsRequest>,
+        tx: &mpsc::Sender<Result<pb::SubmitRecordsResponse, Status>>,
+    ) {
+        let mut sequence = 0u64;
+        loop {
+            let (batch, end) = next_batch(inbound, self.batch_size).await;
+            let room = usize::try_from(self.max_stream_records - sequence).unwrap_or(usize::MAX);
+            let over_cap = batch.len() > room;
+            let batch = &batch[..batch.len().min(room)];
+            if !batch.is_empty() {
+                let acks = match self.submit_many(caller, batch).await {
+                    Ok(acks) => acks,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                for ack in acks {
+                    let response = pb::SubmitRecordsResponse {
+                        sequence,
+                        ack: Some(ack),
+                    };
+                    if tx.send(Ok(response)).await.is_err() {
+                        return; // the client went away
+                    }
+                    sequence += 1;
+                }
+            }
+            if over_cap {
+                let limit = self.max_stream_records;
+                let status = Status::resource_exhausted(format!(
+                    "a stream carries at most {limit} records; send the rest on a new stream"
+                ));
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+            match end {
+                StreamEnd::More => {}
+                StreamEnd::Closed => return,
+                StreamEnd::Failed(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Validates a batch, stores what is valid in one transaction, and
+    /// returns one acknowledgement per message, in order.
+    async fn submit_many(
+        &self,
+        caller: &Caller,
+        batch: &[pb::SubmitRecordsRequest],
+    ) -> Result<Vec<RecordAck>, Status> {
+        let now = Utc::now();
+        let mut valid = Vec::new();
+        let mut slots = Vec::with_capacity(batch.len());
+        for message in batch {
+            let record = message.record.as_ref();
+            let parsed = submission("record", record, now);
+            let checked = authorize(caller, record, &parsed).and_then(|()| parsed.map_err(invalid));
+            match checked {
+                Ok(s) => {
+                    slots.push(Err(valid.len()));
+                    valid.push(s);
+                }
+                Err(status) => slots.push(Ok(rejected(record, &status))),
+            }
+        }
+        let ids: Vec<String> = valid.iter().map(|s| s.external_record_id.clone()).collect();
+        let mut results = if valid.is_empty() {
+            Vec::new()
+        } else {
+            self.ingestor.submit_batch(valid).await?
+        }
+        .into_iter()
+        .zip(ids)
+        .map(|(result, id)| match result {
+            Ok(ack) => ack_to_proto(id, &ack),
+            Err(e) => rejected_id(id, &Status::from(e)),
+        })
+        .map(Some)
+        .collect::<Vec<_>>();
+        Ok(slots
+            .into_iter()
+            .map(|slot| match slot {
+                Ok(ack) => ack,
+                Err(i) => results[i].take().unwrap_or_default(),
+            })
+            .collect())
+    }
+}
+
+/// How reading a batch ended.
+enum StreamEnd {
+    /// The client may send more.
+    More,
+    /// The client closed its side.
+    Closed,
+    /// The stream broke (for example a message too large to decode).
+    Failed(Status),
+}
+
+/// Waits for one message, then takes whatever else has already arrived, up to `max`.
+async fn next_batch(
+    inbound: &mut Streaming<pb::SubmitRecordsRequest>,
+    max: usize,
+) -> (Vec<pb::SubmitRecordsRequest>, StreamEnd) {
+    let mut batch = Vec::new();
+    match inbound.message().await {
+        Ok(Some(m)) => batch.push(m),
+        Ok(None) => return (batch, StreamEnd::Closed),
+        Err(status) => return (batch, StreamEnd::Failed(status)),
+    }
+    while batch.len() < max {
+        // Polled once: `Streaming::message` keeps its state, so dropping a
+        // pending poll loses nothing.
+        match inbound.message().now_or_never() {
+            Some(Ok(Some(m))) => batch.push(m),
+            Some(Ok(None)) => return (batch, StreamEnd::Closed),
+            Some(Err(status)) => return (batch, StreamEnd::Failed(status)),
+            None => break,
+        }
+    }
+    (batch, StreamEnd::More)
 }
 
 /// A record for another hospital is PERMISSION_DENIED whatever else is wrong
@@ -89,23 +227,21 @@ fn ack_to_proto(external_record_id: String, ack: &Ack) -> RecordAck {
     }
 }
 
-fn rejected(record: Option<&pb::TransplantRecord>, status: &Status) -> RecordAck {
+fn rejected_id(external_record_id: String, status: &Status) -> RecordAck {
     RecordAck {
-        external_record_id: record
-            .map(|r| r.external_record_id.clone())
-            .unwrap_or_default(),
+        external_record_id,
         outcome: pb::Outcome::Rejected as i32,
         error: Some(to_rpc_status(status)),
         ..RecordAck::default()
     }
 }
 
-/// Whether a failure is about the record (acknowledged as rejected) rather
-/// than about the service (which ends the stream so the client retries).
-fn is_record_error(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::InvalidArgument | tonic::Code::AlreadyExists | tonic::Code::PermissionDenied
+fn rejected(record: Option<&pb::TransplantRecord>, status: &Status) -> RecordAck {
+    rejected_id(
+        record
+            .map(|r| r.external_record_id.clone())
+            .unwrap_or_default(),
+        status,
     )
 }
 
@@ -139,44 +275,7 @@ impl IngestService for IngestApi {
         let api = self.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let mut sequence = 0u64;
-            loop {
-                if sequence == api.max_stream_records {
-                    let limit = api.max_stream_records;
-                    let status = Status::resource_exhausted(format!(
-                        "a stream carries at most {limit} records; send the rest on a new stream"
-                    ));
-                    let _ = tx.send(Err(status)).await;
-                    break;
-                }
-                let message = match inbound.message().await {
-                    Ok(Some(m)) => m,
-                    Ok(None) => break,
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        break;
-                    }
-                };
-                let record = message.record.as_ref();
-                let ack = match api.submit_one(&caller, record).await {
-                    Ok(ack) => ack,
-                    Err(status) if is_record_error(&status) => rejected(record, &status),
-                    Err(status) => {
-                        // Nothing after this record was looked at: the client
-                        // resends from the first unacknowledged record.
-                        let _ = tx.send(Err(status)).await;
-                        break;
-                    }
-                };
-                let response = pb::SubmitRecordsResponse {
-                    sequence,
-                    ack: Some(ack),
-                };
-                if tx.send(Ok(response)).await.is_err() {
-                    break; // the client went away
-                }
-                sequence += 1;
-            }
+            api.serve_stream(&caller, &mut inbound, &tx).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -204,22 +303,5 @@ impl IngestService for IngestApi {
         Ok(Response::new(pb::AmendRecordResponse {
             ack: Some(ack_to_proto(external_record_id, &ack)),
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::status::invalid_field;
-
-    #[test]
-    fn only_record_errors_are_acknowledged_as_rejected() {
-        assert!(is_record_error(&invalid_field(
-            "record.organ",
-            "is required"
-        )));
-        assert!(is_record_error(&Status::already_exists("x")));
-        assert!(!is_record_error(&Status::unavailable("db down")));
-        assert!(!is_record_error(&Status::internal("x")));
     }
 }

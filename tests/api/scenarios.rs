@@ -219,7 +219,7 @@ fn to_toml(v: &Value, path: &str) -> String {
 }
 
 /// Loads one scenario, runs it through a fresh server and returns the mismatches.
-async fn run_scenario(path: &Path) -> Vec<String> {
+async fn run_scenario(path: &Path, path_mode: Mode) -> Vec<String> {
     let raw = std::fs::read_to_string(path).expect("read scenario");
     let scenario: Value = serde_json::from_str(&raw).expect("scenario JSON");
     let rules: RulesConfig = match scenario.get("rules_config") {
@@ -240,10 +240,27 @@ async fn run_scenario(path: &Path) -> Vec<String> {
             .expect("upsert scenario clinic");
     }
     let mut problems = Vec::new();
-    for r in scenario["records"].as_array().into_iter().flatten() {
-        let rec = record(r);
-        let id = rec.external_record_id.clone();
-        match submit(&app, rec).await {
+    let records: Vec<pb::TransplantRecord> = scenario["records"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(record)
+        .collect();
+    let acks = match path_mode {
+        Mode::OneByOne => {
+            let mut acks = Vec::new();
+            for rec in &records {
+                acks.push((
+                    rec.external_record_id.clone(),
+                    submit(&app, rec.clone()).await,
+                ));
+            }
+            acks
+        }
+        Mode::Streamed => streamed(&app, &records).await,
+    };
+    for (id, ack) in acks {
+        match ack {
             Ok(ack) if ack.outcome == pb::Outcome::Accepted as i32 => {}
             Ok(ack) => problems.push(format!("{id}: outcome {} instead of ACCEPTED", ack.outcome)),
             Err(status) => problems.push(format!("{id}: refused: {status:?}")),
@@ -295,13 +312,69 @@ async fn run_scenario(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// How a scenario's records reach the server.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// One SubmitRecord call per record.
+    OneByOne,
+    /// SubmitRecords streams, one per run of consecutive records of one
+    /// hospital, so the server stores them in batches.
+    Streamed,
+}
+
+/// Streams the records, each run of one hospital's consecutive records on
+/// its own stream (a key submits for one hospital), in order.
+async fn streamed(
+    app: &TestApp,
+    records: &[pb::TransplantRecord],
+) -> Vec<(String, Result<pb::RecordAck, tonic::Status>)> {
+    let mut acks = Vec::new();
+    for run in records.chunk_by(|a, b| a.hospital_id == b.hospital_id) {
+        let requests: Vec<_> = run
+            .iter()
+            .map(|r| pb::SubmitRecordsRequest {
+                record: Some(r.clone()),
+            })
+            .collect();
+        let mut stream = app
+            .ingest_for(&run[0].hospital_id)
+            .await
+            .submit_records(tokio_stream::iter(requests))
+            .await
+            .expect("stream")
+            .into_inner();
+        for r in run {
+            let ack = stream.message().await.and_then(|m| {
+                m.and_then(|m| m.ack)
+                    .ok_or_else(|| tonic::Status::data_loss("stream ended early"))
+            });
+            acks.push((r.external_record_id.clone(), ack));
+        }
+    }
+    acks
+}
+
 #[tokio::test]
-async fn public_scenarios_raise_exactly_the_expected_flags() {
+async fn scenarios_raise_exactly_the_expected_flags_one_by_one() {
     let files = scenario_files();
     assert!(files.len() >= 4, "scenario files missing: {files:?}");
     let mut problems = Vec::new();
     for file in &files {
-        problems.extend(run_scenario(file).await);
+        problems.extend(run_scenario(file, Mode::OneByOne).await);
+    }
+    assert!(
+        problems.is_empty(),
+        "scenario mismatches:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn scenarios_raise_the_same_flags_through_the_batched_stream() {
+    let files = scenario_files();
+    let mut problems = Vec::new();
+    for file in &files {
+        problems.extend(run_scenario(file, Mode::Streamed).await);
     }
     assert!(
         problems.is_empty(),
