@@ -134,6 +134,15 @@ impl fmt::Debug for PresentedKey {
 
 impl PresentedKey {
     /// Parses a `Bearer ta_<id>_<secret>` header value; `None` when malformed.
+    ///
+    /// ```
+    /// use transplant_audit::domain::access::{NewApiKey, PresentedKey};
+    ///
+    /// let key = NewApiKey::generate().unwrap();
+    /// let presented = PresentedKey::from_bearer(&format!("Bearer {}", key.token)).unwrap();
+    /// assert!(presented.matches(&key.secret_hash));
+    /// assert!(PresentedKey::from_bearer("Bearer nonsense").is_none());
+    /// ```
     pub fn from_bearer(header: &str) -> Option<Self> {
         let token = header
             .strip_prefix("Bearer ")

@@ -14,6 +14,14 @@ SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ
 UM US UY UZ VA VC VE VG VI VN VU WF WS XK YE YT ZA ZM ZW";
 
 /// An assigned ISO 3166-1 alpha-2 country code, always upper case.
+///
+/// ```
+/// use transplant_audit::domain::CountryCode;
+///
+/// let de: CountryCode = "de".parse().unwrap();
+/// assert_eq!(de.as_str(), "DE");
+/// assert!("XX".parse::<CountryCode>().is_err());
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CountryCode([u8; 2]);
 
