@@ -441,3 +441,91 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
         .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
         .unwrap_or_default()
 }
+
+/// The `transplant-audit` binary running as a child process, logging JSON.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub addr: String,
+    /// Every line it logged so far (see [`ServerProcess::drain`]).
+    pub log: Vec<String>,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+/// The fingerprint key the tests use, hex-encoded as the binary reads it.
+pub fn test_key_hex() -> String {
+    TEST_KEY.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl ServerProcess {
+    /// Starts the binary on `database_url` and a free port; returns once it serves.
+    pub async fn start(database_url: &str, rust_log: &str) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_transplant-audit"))
+            .env("DATABASE_URL", database_url)
+            .env("FINGERPRINT_KEY", test_key_hex())
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", rust_log)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the server");
+        let stderr = child.stderr.take().expect("stderr");
+        let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut log = Vec::new();
+        let addr = loop {
+            let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.recv())
+                .await
+                .expect("the server starts")
+                .expect("a log line");
+            log.push(line.clone());
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if entry["fields"]["message"] == "serving gRPC" {
+                break entry["fields"]["addr"].as_str().expect("addr").to_owned();
+            }
+        };
+        Self {
+            child,
+            addr,
+            log,
+            lines,
+        }
+    }
+
+    /// A client connection authenticating with `token`.
+    pub async fn connect(&self, token: &str) -> Authed {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        InterceptedService::new(channel, Bearer::new(token))
+    }
+
+    /// Sends `signal` (SIGTERM, SIGKILL) to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Waits for the process to exit and collects the rest of its log.
+    pub async fn drain(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let mut child = self.child;
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .expect("join")
+            .expect("exit");
+        while let Some(line) = self.lines.recv().await {
+            self.log.push(line);
+        }
+        (status, self.log)
+    }
+}

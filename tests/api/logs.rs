@@ -1,11 +1,6 @@
 //! The logs of a real run of the binary hold no identifier and no secret,
 //! and every denial names the key id.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
-use tonic::transport::Channel;
 use transplant_audit::api::pb;
 use transplant_audit::api::pb::ingest_service_client::IngestServiceClient;
 use transplant_audit::domain::Role;
@@ -33,50 +28,9 @@ async fn a_full_run_logs_no_identifier_and_no_secret() {
     let app = spawn_app_on(&database_url, Default::default()).await;
     let hospital = create_key(&app.store, Role::Hospital, Some(DEFAULT_HOSPITAL)).await;
     app.stop().await;
-    let key_hex: String = TEST_KEY.iter().map(|b| format!("{b:02x}")).collect();
-
-    let mut child = Command::new(env!("CARGO_BIN_EXE_transplant-audit"))
-        .env("DATABASE_URL", &database_url)
-        .env("FINGERPRINT_KEY", &key_hex)
-        .env("LISTEN_ADDR", "127.0.0.1:0")
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "debug")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the server");
-    let stderr = child.stderr.take().expect("stderr");
-    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut log = Vec::new();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.recv())
-            .await
-            .expect("the server starts")
-            .expect("a log line");
-        log.push(line.clone());
-        let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if entry["fields"]["message"] == "serving gRPC" {
-            break entry["fields"]["addr"].as_str().expect("addr").to_owned();
-        }
-    };
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect");
-    let mut ingest =
-        IngestServiceClient::new(tonic::service::interceptor::InterceptedService::new(
-            channel.clone(),
-            Bearer::new(&hospital),
-        ));
+    let key_hex = test_key_hex();
+    let server = ServerProcess::start(&database_url, "debug").await;
+    let mut ingest = IngestServiceClient::new(server.connect(&hospital).await);
     for request in [
         with_identifier("LOG-1", IDENTIFIER),
         with_identifier("LOG-1", IDENTIFIER),
@@ -96,9 +50,7 @@ async fn a_full_run_logs_no_identifier_and_no_secret() {
     let mut forged = hospital.clone();
     forged.pop();
     forged.push('x');
-    let mut intruder = IngestServiceClient::new(
-        tonic::service::interceptor::InterceptedService::new(channel, Bearer::new(&forged)),
-    );
+    let mut intruder = IngestServiceClient::new(server.connect(&forged).await);
     let refused = intruder
         .submit_record(pb::SubmitRecordRequest {
             record: Some(with_identifier("LOG-4", IDENTIFIER)),
@@ -110,16 +62,9 @@ async fn a_full_run_logs_no_identifier_and_no_secret() {
     );
 
     // SIGTERM, then read everything it logged until it exits.
-    // SAFETY: kill(2) on our own child's pid has no memory effects.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .expect("exit");
+    server.signal(libc::SIGTERM);
+    let (status, log) = server.drain().await;
     assert!(status.success(), "graceful exit: {status:?}");
-    while let Some(line) = lines.recv().await {
-        log.push(line);
-    }
     let text = log.join("\n");
     let secret = hospital.rsplit('_').next().expect("secret");
     let password = database_url

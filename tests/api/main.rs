@@ -6,6 +6,7 @@ mod helpers;
 mod access;
 mod audit;
 mod concurrency;
+mod faults;
 mod ingest;
 mod limits;
 mod logs;
