@@ -461,6 +461,9 @@ mod tests {
         assert!(report.missed_a_target());
         assert_eq!(report.errors(), 1);
         let table = report.render();
-        assert!(table.contains("FAIL") && table.contains("note: a note"), "{table}");
+        assert!(
+            table.contains("FAIL") && table.contains("note: a note"),
+            "{table}"
+        );
     }
 }
