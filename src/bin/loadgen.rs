@@ -44,7 +44,7 @@ use transplant_audit::api::pb::registry_service_client::RegistryServiceClient;
 
 use baseline::{BATCH_ROWS, Baseline, Row};
 use grpc::Bearer;
-use probe::{CpuSnapshot, RssSampler};
+use probe::{CpuSnapshot, RssSampler, Watch};
 use report::{Outcome, Phase, PhaseKind, Report};
 use rng::Rng;
 use synth::{Mix, Settings, Synth};
@@ -160,17 +160,21 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     eprintln!("registering {} clinics", synth.clinics().len());
     grpc::register_clinics(&mut registry, synth.clinics()).await?;
 
+    let watch = Watch {
+        server: args.server_pid,
+        database: args.database_url.as_deref().and_then(database_name),
+    };
     let sampler = args.server_pid.map(RssSampler::start).transpose()?;
     let mut phases = Vec::new();
     if let Some(records) = &unary_records {
         let work = grpc::unary(&ingest, records.clone(), concurrency);
         let label = format!("unary SubmitRecord x{concurrency}");
-        phases.push(measured(PhaseKind::Unary, label, n, args.server_pid, work).await?);
+        phases.push(measured(PhaseKind::Unary, label, n, &watch, work).await?);
     }
     if let Some(records) = &stream_records {
         let work = grpc::stream(&ingest, records.clone());
         let label = "stream SubmitRecords x1".to_owned();
-        phases.push(measured(PhaseKind::Stream, label, n, args.server_pid, work).await?);
+        phases.push(measured(PhaseKind::Stream, label, n, &watch, work).await?);
     }
     let server_rss = sampler.map(RssSampler::finish);
     if let Some(url) = &args.database_url {
@@ -178,7 +182,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             rows(unary_records.as_deref())?,
             rows(stream_records.as_deref())?,
         );
-        phases.extend(baselines(url, &run_id, concurrency, unary_rows, stream_rows).await?);
+        let watch = Watch {
+            server: None,
+            ..watch
+        };
+        let rows = (unary_rows, stream_rows);
+        phases.extend(baselines(url, &run_id, concurrency, rows, &watch).await?);
     }
 
     let mut report = Report {
@@ -213,13 +222,13 @@ async fn measured(
     kind: PhaseKind,
     label: String,
     records: usize,
-    server_pid: Option<u32>,
+    watch: &Watch,
     work: impl Future<Output = anyhow::Result<Outcome>>,
 ) -> anyhow::Result<Phase> {
     eprintln!("{label}: {records} records");
-    let before = CpuSnapshot::take(server_pid);
+    let before = CpuSnapshot::take(watch);
     let outcome = work.await.with_context(|| label.clone())?;
-    let cpu = before.until(&CpuSnapshot::take(server_pid));
+    let cpu = before.until(&CpuSnapshot::take(watch));
     let phase = Phase::new(kind, label, records, outcome, Some(cpu));
     eprintln!(
         "  {:.0} records/s over {:.1} s, {} errors",
@@ -233,8 +242,8 @@ async fn baselines(
     database_url: &str,
     run_id: &str,
     concurrency: usize,
-    unary_rows: Option<Vec<Row>>,
-    stream_rows: Option<Vec<Row>>,
+    (unary_rows, stream_rows): (Option<Vec<Row>>, Option<Vec<Row>>),
+    watch: &Watch,
 ) -> anyhow::Result<Vec<Phase>> {
     let connections = if unary_rows.is_some() { concurrency } else { 1 };
     let baseline = Baseline::open(database_url, run_id, connections as u32).await?;
@@ -244,12 +253,12 @@ async fn baselines(
             let n = rows.len();
             let work = baseline.one_per_transaction(Arc::new(rows), concurrency);
             let label = format!("raw 1 row/tx x{concurrency}");
-            phases.push(measured(PhaseKind::RawOnePerTransaction, label, n, None, work).await?);
+            phases.push(measured(PhaseKind::RawOnePerTransaction, label, n, watch, work).await?);
         }
         if let Some(rows) = stream_rows {
             let work = baseline.batched(&rows);
             let label = format!("raw batched {BATCH_ROWS}/stmt x1");
-            phases.push(measured(PhaseKind::RawBatched, label, rows.len(), None, work).await?);
+            phases.push(measured(PhaseKind::RawBatched, label, rows.len(), watch, work).await?);
         }
         anyhow::Ok(phases)
     }
@@ -279,6 +288,12 @@ fn rows(records: Option<&Vec<pb::TransplantRecord>>) -> anyhow::Result<Option<Ve
 /// so runs on one day get the same dates.
 fn latest_transplant() -> DateTime<Utc> {
     Utc::now().date_naive().and_time(NaiveTime::MIN).and_utc() - Duration::days(7)
+}
+
+/// The database a Postgres URL names, for telling its backends from others.
+fn database_name(url: &str) -> Option<String> {
+    let options: sqlx::postgres::PgConnectOptions = url.parse().ok()?;
+    options.get_database().map(str::to_owned)
 }
 
 fn unix_time() -> String {

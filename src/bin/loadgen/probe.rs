@@ -89,6 +89,16 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
+/// Which processes' CPU to count.
+#[derive(Debug, Clone, Default)]
+pub struct Watch {
+    /// The server's pid.
+    pub server: Option<u32>,
+    /// Count only the backends of this database (plus Postgres's shared
+    /// background processes); every `postgres` process when unset.
+    pub database: Option<String>,
+}
+
 /// Cumulative CPU counters at one instant.
 #[derive(Debug, Clone)]
 pub struct CpuSnapshot {
@@ -104,7 +114,7 @@ pub struct CpuSnapshot {
 pub struct CpuUsage {
     /// The server process, when its pid is known.
     pub server: Option<f64>,
-    /// Every process named `postgres` on this machine.
+    /// Postgres: the watched database's backends and the shared background processes.
     pub postgres: f64,
     /// This tool.
     pub loadgen: Option<f64>,
@@ -113,14 +123,15 @@ pub struct CpuUsage {
 }
 
 impl CpuSnapshot {
-    /// Reads the counters now; `server` is the server's pid, if known.
-    pub fn take(server: Option<u32>) -> Self {
+    /// Reads the counters of the watched processes now.
+    pub fn take(watch: &Watch) -> Self {
         Self {
             at: Instant::now(),
-            server: server
+            server: watch
+                .server
                 .and_then(|pid| process_ticks(&format!("/proc/{pid}/stat")).map(|(_, t)| t)),
             loadgen: process_ticks("/proc/self/stat").map(|(_, t)| t),
-            postgres: postgres_ticks(),
+            postgres: postgres_ticks(watch.database.as_deref()),
             machine: machine_ticks(),
         }
     }
@@ -165,8 +176,8 @@ fn process_ticks(path: &str) -> Option<(String, u64)> {
     Some((name, utime + stime))
 }
 
-/// CPU ticks of every live `postgres` process, by pid.
-fn postgres_ticks() -> HashMap<u32, u64> {
+/// CPU ticks of the live `postgres` processes that serve `database`, by pid.
+fn postgres_ticks(database: Option<&str>) -> HashMap<u32, u64> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return HashMap::new();
     };
@@ -175,9 +186,27 @@ fn postgres_ticks() -> HashMap<u32, u64> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| {
             let (name, ticks) = process_ticks(&format!("/proc/{pid}/stat"))?;
-            (name == "postgres").then_some((pid, ticks))
+            if name != "postgres" {
+                return None;
+            }
+            let title = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            serves(&String::from_utf8_lossy(&title), database).then_some((pid, ticks))
         })
         .collect()
+}
+
+/// Whether a Postgres process, by its title, works for `database`: a client
+/// backend (`postgres: [cluster: ]user db host(port) activity`) only for its
+/// own database, any other process (postmaster, WAL writer, checkpointer…) always.
+fn serves(title: &str, database: Option<&str>) -> bool {
+    let words: Vec<&str> = title.split([' ', '\0']).filter(|w| !w.is_empty()).collect();
+    let client = words
+        .iter()
+        .any(|w| *w == "[local]" || (w.contains('(') && w.ends_with(')')));
+    match database {
+        Some(db) if client => words.contains(&db),
+        _ => true,
+    }
 }
 
 /// (busy, total) ticks of all cores from /proc/stat.
@@ -202,13 +231,34 @@ mod tests {
         let (name, _) = process_ticks("/proc/self/stat").expect("own stat");
         assert!(!name.is_empty());
         assert!(status_kib(std::process::id(), "VmRSS:").is_some_and(|k| k > 0));
-        let before = CpuSnapshot::take(Some(std::process::id()));
+        let watch = Watch {
+            server: Some(std::process::id()),
+            database: None,
+        };
+        let before = CpuSnapshot::take(&watch);
         let mut x = 0u64;
         for i in 0..5_000_000u64 {
             x = x.wrapping_add(std::hint::black_box(i));
         }
         std::hint::black_box(x);
-        let used = before.until(&CpuSnapshot::take(Some(std::process::id())));
+        let used = before.until(&CpuSnapshot::take(&watch));
         assert!(used.server.is_some() && used.loadgen.is_some(), "{used:?}");
+    }
+
+    #[test]
+    fn postgres_processes_count_for_their_own_database_only() {
+        let backend = "postgres: 15/main: postgres lg_scratch 127.0.0.1(37900) idle";
+        assert!(serves(backend, Some("lg_scratch")));
+        assert!(!serves(backend, Some("other")));
+        assert!(!serves(
+            "postgres: app other [local] SELECT",
+            Some("lg_scratch")
+        ));
+        assert!(serves("postgres: 15/main: walwriter ", Some("lg_scratch")));
+        assert!(serves(
+            "/usr/lib/postgresql/15/bin/postgres\0-D\0/var/lib",
+            Some("x")
+        ));
+        assert!(serves(backend, None));
     }
 }
