@@ -112,6 +112,20 @@ pub struct Settings {
     )]
     pub listen_addr: SocketAddr,
 
+    /// Address of the Prometheus endpoint (`GET /metrics`).
+    #[arg(
+        long,
+        env = "METRICS_ADDR",
+        default_value = "127.0.0.1:9464",
+        global = true
+    )]
+    pub metrics_addr: SocketAddr,
+
+    /// Address of a plaintext listener serving only gRPC health checks, for
+    /// probes that cannot speak TLS; none when unset.
+    #[arg(long, env = "HEALTH_ADDR", global = true)]
+    pub health_addr: Option<SocketAddr>,
+
     /// Secret key for identifier fingerprints: at least 32 bytes, hex-encoded.
     #[arg(long, env = "FINGERPRINT_KEY", hide_env_values = true, global = true)]
     pub fingerprint_key: Option<String>,

@@ -190,7 +190,7 @@ impl Ingestor {
             donor_history: &donor_history,
             clinic_window: &clinic_window,
         };
-        let findings = self.engine.evaluate(record, &ctx);
+        let findings = self.engine.evaluate_traced(record, &ctx);
         tx.save_flags(stored, record, &findings).await
     }
 }

@@ -12,10 +12,10 @@ use transplant_audit::domain::{ChainKey, Role};
 use transplant_audit::localdb::LocalPostgres;
 use transplant_audit::rescan::{self, Progress, RescanRequest};
 use transplant_audit::rules::{Engine, RuleId, RulesConfig};
-use transplant_audit::server::{self, App, ServeOptions};
+use transplant_audit::server::{self, App, Listeners, ServeOptions};
 use transplant_audit::store::rescan::TransplantRange;
 use transplant_audit::store::{self, PoolSettings, Store};
-use transplant_audit::telemetry;
+use transplant_audit::telemetry::{self, Telemetry};
 
 /// The database the local default keeps its data in.
 const LOCAL_DATABASE: &str = "transplant_audit";
@@ -23,17 +23,22 @@ const LOCAL_DATABASE: &str = "transplant_audit";
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = telemetry::init_logging(cli.settings.log_format) {
-        eprintln!("error: installing the logger: {e}");
-        return ExitCode::FAILURE;
-    }
-    match run(&cli.settings, cli.command.clone().unwrap_or(Command::Serve)).await {
+    let telemetry = match Telemetry::init(cli.settings.log_format) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match run(&cli.settings, cli.command.clone().unwrap_or(Command::Serve)).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }
 
 async fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
@@ -62,29 +67,7 @@ async fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Rescan(args) => rescan_command(&store, &engine, &args).await,
         Command::Keys(keys) => keys_command(&store, &keys).await,
         Command::Verify => verify_command(&store).await,
-        Command::Serve => {
-            let listener = TcpListener::bind(settings.listen_addr)
-                .await
-                .with_context(|| format!("binding {}", settings.listen_addr))?;
-            tracing::info!(addr = %listener.local_addr()?, "serving gRPC");
-            let options = ServeOptions {
-                request_timeout: settings.request_timeout(),
-                shutdown_grace: settings.shutdown_grace(),
-                shutdown_timeout: settings.shutdown_timeout(),
-                max_concurrent_calls: settings.max_concurrent_calls,
-                max_concurrent_streams: settings.max_concurrent_streams,
-                max_stream_records: settings.max_stream_records,
-                ingest_batch_size: settings.ingest_batch_size,
-            };
-            server::serve(
-                listener,
-                App::new(store.clone(), engine, key),
-                options,
-                server::shutdown_signal(),
-            )
-            .await
-            .map_err(anyhow::Error::from)
-        }
+        Command::Serve => serve_command(settings, App::new(store.clone(), engine, key)).await,
     };
     store.pool().close().await;
     if let Some(pg) = local.filter(LocalPostgres::started_here) {
@@ -93,6 +76,49 @@ async fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         tracing::info!("local Postgres stopped");
     }
     result
+}
+
+/// Binds `addr`, naming it in the error.
+async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
+}
+
+/// `serve`: metrics, then gRPC until SIGTERM or SIGINT.
+async fn serve_command(settings: &Settings, app: App) -> anyhow::Result<()> {
+    let metrics = telemetry::metrics::install()?;
+    let metrics_listener = bind(settings.metrics_addr).await?;
+    tracing::info!(addr = %metrics_listener.local_addr()?, "serving metrics");
+    let metrics = tokio::spawn(telemetry::metrics::serve(metrics_listener, metrics));
+    let health = match settings.health_addr {
+        Some(addr) => {
+            let listener = bind(addr).await?;
+            tracing::info!(addr = %listener.local_addr()?, "serving gRPC health");
+            Some(listener)
+        }
+        None => None,
+    };
+    let grpc = bind(settings.listen_addr).await?;
+    tracing::info!(addr = %grpc.local_addr()?, "serving gRPC");
+    let options = ServeOptions {
+        request_timeout: settings.request_timeout(),
+        shutdown_grace: settings.shutdown_grace(),
+        shutdown_timeout: settings.shutdown_timeout(),
+        max_concurrent_calls: settings.max_concurrent_calls,
+        max_concurrent_streams: settings.max_concurrent_streams,
+        max_stream_records: settings.max_stream_records,
+        ingest_batch_size: settings.ingest_batch_size,
+    };
+    let served = server::serve(
+        Listeners { grpc, health },
+        app,
+        options,
+        server::shutdown_signal(),
+    )
+    .await;
+    metrics.abort();
+    Ok(served?)
 }
 
 /// The configured database, or the local default's (started if needed).

@@ -15,17 +15,19 @@ use crate::api::audit::AuditApi;
 use crate::api::auth::{AuthLayer, Authenticator};
 use crate::api::ingest::IngestApi;
 use crate::api::limits::ConcurrencyCap;
+use crate::api::observe::ObserveLayer;
 use crate::api::pb;
 use crate::api::registry::RegistryApi;
 use crate::domain::FingerprintKey;
 use crate::ingest::Ingestor;
 use crate::rules::Engine;
 use crate::store::Store;
+use crate::telemetry::metrics;
 
 /// The largest request message accepted; a record is a few kilobytes.
 const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
-/// How often health checks that the database answers.
+/// How often health checks that the database answers (and pool metrics are sampled).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Everything the services share.
@@ -85,6 +87,23 @@ impl Default for ServeOptions {
     }
 }
 
+/// The sockets the server answers on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Every service.
+    pub grpc: TcpListener,
+    /// Only `grpc.health.v1`, in plaintext, for orchestrators' probes
+    /// (Kubernetes' gRPC probes cannot speak TLS).
+    pub health: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Every service on `grpc`, and no separate health listener.
+    pub fn grpc(grpc: TcpListener) -> Self {
+        Self { grpc, health: None }
+    }
+}
+
 /// Why serving stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -110,11 +129,11 @@ const SERVICES: &[&str] = &[
     "transplant_audit.v1.AdminService",
 ];
 
-/// Serves on `listener` until `shutdown` resolves, then drains: health goes
-/// NOT_SERVING, the listener closes after the grace period, and in-flight
+/// Serves on `listeners` until `shutdown` resolves, then drains: health goes
+/// NOT_SERVING, the listeners close after the grace period, and in-flight
 /// calls get `shutdown_timeout` to finish.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     app: App,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -150,9 +169,20 @@ pub async fn serve(
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
-    let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop_accepting, accepting_stopped) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let health_only = listeners.health.map(|listener| {
+        let router = Server::builder().add_service(health_service.clone());
+        tokio::spawn(router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            stopped(accepting_stopped.clone()),
+        ))
+    });
     let router = Server::builder()
         .timeout(options.request_timeout)
+        .layer(ObserveLayer)
         .layer(ConcurrencyCap::new(options.max_concurrent_calls))
         .layer(AuthLayer::new(auth))
         .add_service(health_service)
@@ -162,27 +192,28 @@ pub async fn serve(
         .add_service(registry)
         .add_service(audit)
         .add_service(admin);
-    let incoming = TcpListenerStream::new(listener);
-    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
-        let _ = accepting_stopped.await;
-    }));
+    let incoming = TcpListenerStream::new(listeners.grpc);
+    let mut server =
+        tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped(accepting_stopped)));
 
-    tokio::select! {
-        result = &mut server => {
-            watcher.abort();
-            return Ok(result??);
+    let result = tokio::select! {
+        result = &mut server => result.map_err(ServeError::from).and_then(|r| Ok(r?)),
+        () = shutdown => {
+            tracing::info!("shutting down: health NOT_SERVING, draining calls");
+            set_all(&health, ServingStatus::NotServing).await;
+            tokio::time::sleep(options.shutdown_grace).await;
+            let _ = stop_accepting.send(true);
+            match tokio::time::timeout(options.shutdown_timeout, server).await {
+                Ok(result) => result.map_err(ServeError::from).and_then(|r| Ok(r?)),
+                Err(_) => Err(ServeError::DrainTimeout),
+            }
         }
-        () = shutdown => {}
-    }
-    tracing::info!("shutting down: health NOT_SERVING, draining calls");
+    };
     watcher.abort();
-    set_all(&health, ServingStatus::NotServing).await;
-    tokio::time::sleep(options.shutdown_grace).await;
-    let _ = stop_accepting.send(());
-    match tokio::time::timeout(options.shutdown_timeout, server).await {
-        Ok(result) => Ok(result??),
-        Err(_) => Err(ServeError::DrainTimeout),
+    if let Some(health_only) = health_only {
+        health_only.abort();
     }
+    result
 }
 
 async fn set_all(health: &HealthReporter, status: ServingStatus) {
@@ -196,7 +227,11 @@ async fn set_all(health: &HealthReporter, status: ServingStatus) {
 async fn watch_database(store: Store, health: HealthReporter) {
     let mut last = None;
     loop {
-        let status = if store.ping().await {
+        let up = store.ping().await;
+        metrics::database_up(up);
+        let (open, idle, max) = store.pool_shape();
+        metrics::pool_state(open, idle, max);
+        let status = if up {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing

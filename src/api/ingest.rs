@@ -8,10 +8,12 @@ use futures::{FutureExt, Stream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::domain::{Caller, Submission, Violations};
 use crate::ingest::{Ack, Ingestor, Outcome};
 use crate::server::ServeOptions;
+use crate::telemetry::metrics;
 
 use super::auth::{caller, check_hospital};
 use super::convert::{submission, timestamp};
@@ -51,12 +53,23 @@ impl IngestApi {
         caller: &Caller,
         record: Option<&pb::TransplantRecord>,
     ) -> Result<RecordAck, Status> {
-        let parsed = submission("record", record, Utc::now());
-        authorize(caller, record, &parsed)?;
-        let submission = parsed.map_err(invalid)?;
-        let external_record_id = submission.external_record_id.clone();
-        let ack = self.ingestor.submit(submission).await?;
-        Ok(ack_to_proto(external_record_id, &ack))
+        let result: Result<RecordAck, Status> = async {
+            let parsed = validate_span().in_scope(|| submission("record", record, Utc::now()));
+            authorize(caller, record, &parsed)?;
+            let submission = parsed.map_err(invalid)?;
+            let external_record_id = submission.external_record_id.clone();
+            let ack = self.ingestor.submit(submission).await?;
+            Ok(ack_to_proto(external_record_id, &ack))
+        }
+        .await;
+        match &result {
+            Ok(ack) => count_outcomes(caller, std::slice::from_ref(ack)),
+            Err(status) if is_rejection(status.code()) => {
+                metrics::records_ingested("rejected", hospital_label(caller), 1);
+            }
+            Err(_) => {}
+        }
+        result
     }
 }
 
@@ -80,7 +93,10 @@ impl IngestApi {
             let batch = &batch[..batch.len().min(room)];
             if !batch.is_empty() {
                 let acks = match self.submit_many(caller, batch).await {
-                    Ok(acks) => acks,
+                    Ok(acks) => {
+                        count_outcomes(caller, &acks);
+                        acks
+                    }
                     Err(status) => {
                         let _ = tx.send(Err(status)).await;
                         return;
@@ -126,18 +142,21 @@ impl IngestApi {
         let now = Utc::now();
         let mut valid = Vec::new();
         let mut slots = Vec::with_capacity(batch.len());
-        for message in batch {
-            let record = message.record.as_ref();
-            let parsed = submission("record", record, now);
-            let checked = authorize(caller, record, &parsed).and_then(|()| parsed.map_err(invalid));
-            match checked {
-                Ok(s) => {
-                    slots.push(Err(valid.len()));
-                    valid.push(s);
+        validate_span().in_scope(|| {
+            for message in batch {
+                let record = message.record.as_ref();
+                let parsed = submission("record", record, now);
+                let checked =
+                    authorize(caller, record, &parsed).and_then(|()| parsed.map_err(invalid));
+                match checked {
+                    Ok(s) => {
+                        slots.push(Err(valid.len()));
+                        valid.push(s);
+                    }
+                    Err(status) => slots.push(Ok(rejected(record, &status))),
                 }
-                Err(status) => slots.push(Ok(rejected(record, &status))),
             }
-        }
+        });
         let ids: Vec<String> = valid.iter().map(|s| s.external_record_id.clone()).collect();
         let mut results = if valid.is_empty() {
             Vec::new()
@@ -194,6 +213,36 @@ async fn next_batch(
         }
     }
     (batch, StreamEnd::More)
+}
+
+/// The span of checking submitted records, the pipeline's first step.
+fn validate_span() -> tracing::Span {
+    tracing::info_span!("validate")
+}
+
+/// Whether a call failed because of the record rather than the service.
+fn is_rejection(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::InvalidArgument | tonic::Code::AlreadyExists | tonic::Code::PermissionDenied
+    )
+}
+
+/// The hospital label of the caller's records (keys other than HOSPITAL keys have none).
+fn hospital_label(caller: &Caller) -> &str {
+    caller.hospital_id.as_deref().unwrap_or("")
+}
+
+/// Counts acknowledged records by outcome.
+fn count_outcomes(caller: &Caller, acks: &[RecordAck]) {
+    for (outcome, label) in [
+        (pb::Outcome::Accepted, "accepted"),
+        (pb::Outcome::Duplicate, "duplicate"),
+        (pb::Outcome::Rejected, "rejected"),
+    ] {
+        let count = acks.iter().filter(|a| a.outcome == outcome as i32).count();
+        metrics::records_ingested(label, hospital_label(caller), count as u64);
+    }
 }
 
 /// A record for another hospital is PERMISSION_DENIED whatever else is wrong
@@ -273,10 +322,13 @@ impl IngestService for IngestApi {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(ACK_BUFFER);
         let api = self.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            api.serve_stream(&caller, &mut inbound, &tx).await;
-        });
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                api.serve_stream(&caller, &mut inbound, &tx).await;
+            }
+            .instrument(tracing::Span::current()),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod convert;
 pub mod ingest;
 pub mod limits;
+pub mod observe;
 mod page_token;
 pub mod registry;
 pub mod status;
@@ -20,8 +21,12 @@ pub mod pb {
         tonic::include_file_descriptor_set!("transplant_audit_descriptor");
 }
 
-/// The W3C trace id of a call, when the caller sent a valid `traceparent`.
+/// The trace id of a call: its span's, or, when nothing traces the server
+/// (tests running it in-process), the caller's valid `traceparent`.
 pub(crate) fn trace_id<T>(req: &tonic::Request<T>) -> Option<String> {
+    if let Some(id) = crate::telemetry::propagation::trace_id(&tracing::Span::current()) {
+        return Some(id.to_string());
+    }
     let value = req.metadata().get("traceparent")?.to_str().ok()?;
     let mut parts = value.split('-');
     let (_version, trace) = (parts.next()?, parts.next()?);

@@ -81,6 +81,31 @@ impl Engine {
             .collect()
     }
 
+    /// [`Engine::evaluate`] with a span per rule family, for one record in a
+    /// traced call (a rescan of millions of records uses the untraced one).
+    pub fn evaluate_traced(&self, record: &Record, ctx: &RuleContext<'_>) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        let mut family: Option<(&str, tracing::span::EnteredSpan)> = None;
+        for rule in self.config.enabled_rules() {
+            if family.as_ref().map(|(name, _)| *name) != Some(rule.family()) {
+                // Leave the previous family's span before entering the next,
+                // so that they are siblings.
+                drop(family.take());
+                let span = tracing::info_span!(
+                    "rule_family",
+                    otel.name = %format_args!("rules.{}", rule.family()),
+                    family = rule.family(),
+                );
+                family = Some((rule.family(), span.entered()));
+            }
+            if let Some(hit) = run(rule, record, ctx, &self.config) {
+                findings.push(self.finding(rule, hit));
+            }
+        }
+        drop(family);
+        findings
+    }
+
     fn finding(&self, rule: RuleId, hit: Hit) -> Finding {
         let severity = self
             .config
@@ -220,6 +245,28 @@ mod tests {
         for f in &found {
             assert_eq!(f.severity, f.rule.default_severity(), "{}", f.rule);
         }
+    }
+
+    #[test]
+    fn the_traced_evaluation_finds_the_same() {
+        let c = clinic_de();
+        let window = ClinicWindow::default();
+        let engine = Engine::default();
+        for (record, clinic) in [(troubled(), None), (deceased(), Some(&c))] {
+            let context = ctx(clinic, &[], &window);
+            assert_eq!(
+                engine.evaluate_traced(&record, &context),
+                engine.evaluate(&record, &context)
+            );
+        }
+        assert_eq!(
+            rules_of(&engine.evaluate_traced(&troubled(), &ctx(None, &[], &window))),
+            [
+                RuleId::AboIncompatible,
+                RuleId::IschemiaImplausible,
+                RuleId::ClinicUnregistered
+            ]
+        );
     }
 
     #[test]

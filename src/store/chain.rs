@@ -150,7 +150,7 @@ impl Store {
              WHERE NOT EXISTS (SELECT 1 FROM record_versions v WHERE v.record_id = r.id)
              ORDER BY r.id LIMIT 1"
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.acquire().await?)
         .await?;
         if let Some(id) = record {
             return Ok(Some(ChainBreak {
@@ -166,7 +166,7 @@ impl Store {
                AND NOT EXISTS (SELECT 1 FROM flag_events e WHERE e.flag_id = f.id)
              ORDER BY f.id LIMIT 1"
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.acquire().await?)
         .await?;
         Ok(flag.map(|id| ChainBreak {
             table: "flag_events",
@@ -195,7 +195,7 @@ impl Store {
                 after_version,
                 PAGE,
             )
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.acquire().await?)
             .await?;
             let Some(last) = rows.last() else {
                 return Ok(None);
@@ -257,7 +257,7 @@ impl Store {
                 after.1,
                 PAGE,
             )
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.acquire().await?)
             .await?;
             let Some(last) = rows.last() else {
                 return Ok(None);

@@ -262,7 +262,10 @@ impl Store {
             q.push(" AND f.id < ").push_bind(before);
         }
         q.push(" ORDER BY f.id DESC LIMIT ").push_bind(limit + 1);
-        let rows: Vec<FlagRow> = q.build_query_as().fetch_all(&self.pool).await?;
+        let rows: Vec<FlagRow> = q
+            .build_query_as()
+            .fetch_all(&mut *self.acquire().await?)
+            .await?;
         let mut flags: Vec<FlagView> = rows
             .into_iter()
             .map(FlagRow::into_view)
@@ -281,7 +284,7 @@ impl Store {
         let sql = format!("{FLAG_COLUMNS} WHERE f.id = $1");
         let row: Option<FlagRow> = sqlx::query_as(&sql)
             .bind(flag_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.acquire().await?)
             .await?;
         row.map(FlagRow::into_view).transpose()
     }
@@ -305,7 +308,7 @@ impl Store {
              FROM flag_events WHERE flag_id = $1 ORDER BY id",
             flag_id,
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.acquire().await?)
         .await?
         .into_iter()
         .map(|e| {
@@ -338,7 +341,7 @@ impl Store {
              ORDER BY want.n",
             ids,
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.acquire().await?)
         .await?;
         rows.into_iter()
             .map(|r| {
@@ -361,7 +364,7 @@ impl Store {
         if step.to.needs_note() && step.note.trim().is_empty() {
             return Err(TriageError::NoteRequired(step.to));
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let current = sqlx::query!(
             "SELECT status, revision, severity, dismissal_proposed_by, chain_head
              FROM flags WHERE id = $1 FOR UPDATE",
@@ -441,7 +444,7 @@ impl Store {
             key_id,
             trace_id,
         )
-        .execute(&self.pool)
+        .execute(&mut *self.acquire().await?)
         .await?;
         Ok(())
     }
@@ -475,7 +478,7 @@ impl Store {
             raised_after,
             raised_before,
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.acquire().await?)
         .await?;
         let mut by_rule = std::collections::BTreeMap::<String, RuleTriage>::new();
         for r in rows {

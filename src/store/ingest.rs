@@ -63,7 +63,7 @@ impl Store {
     /// Opens an ingest transaction.
     pub async fn begin_ingest(&self) -> Result<IngestTx, StoreError> {
         Ok(IngestTx {
-            tx: self.pool.begin().await?,
+            tx: self.begin().await?,
             chain: self.chain.clone(),
         })
     }
@@ -74,7 +74,7 @@ impl Store {
         hospital_id: &str,
         external_record_id: &str,
     ) -> Result<Option<ExistingRecord>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.acquire().await?;
         find_existing(&mut conn, hospital_id, external_record_id).await
     }
 }

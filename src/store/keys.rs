@@ -87,7 +87,7 @@ impl Store {
             spec.description,
             spec.expires_at,
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.acquire().await?)
         .await?;
         Ok(row.into_stored()?.key)
     }
@@ -101,7 +101,7 @@ impl Store {
              FROM api_keys WHERE key_id = $1",
             key_id,
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.acquire().await?)
         .await?
         .map(KeyRow::into_stored)
         .transpose()
@@ -115,7 +115,7 @@ impl Store {
                     revoked_at
              FROM api_keys ORDER BY id DESC",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.acquire().await?)
         .await?
         .into_iter()
         .map(|r| r.into_stored().map(|s| s.key))
@@ -131,7 +131,7 @@ impl Store {
                        expires_at, revoked_at",
             key_id,
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.acquire().await?)
         .await?
         .map(|r| r.into_stored().map(|s| s.key))
         .transpose()

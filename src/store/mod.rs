@@ -10,11 +10,13 @@ pub mod registry;
 pub mod rescan;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::domain::ChainKey;
+use crate::telemetry::metrics;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use flags::{
@@ -100,6 +102,31 @@ impl Store {
     /// The underlying pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// A pooled connection; the wait is measured.
+    pub(crate) async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        let started = Instant::now();
+        let conn = self.pool.acquire().await;
+        metrics::pool_wait(started.elapsed());
+        conn
+    }
+
+    /// A transaction on a pooled connection; the wait is measured.
+    pub(crate) async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        let started = Instant::now();
+        let tx = self.pool.begin().await;
+        metrics::pool_wait(started.elapsed());
+        tx
+    }
+
+    /// Connections open, of which idle, and the most the pool opens.
+    pub fn pool_shape(&self) -> (u32, usize, u32) {
+        (
+            self.pool.size(),
+            self.pool.num_idle(),
+            self.pool.options().get_max_connections(),
+        )
     }
 
     /// Applies every pending migration.

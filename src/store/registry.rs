@@ -100,7 +100,7 @@ impl Store {
         &self,
         clinic: &Clinic,
     ) -> Result<(ClinicVersion, bool), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         // Serialises writers of one clinic so version numbers never collide.
         sqlx::query!(
             r#"SELECT 1 AS "locked!" FROM pg_advisory_xact_lock(hashtext('clinic-registry:' || $1)::bigint)"#,
@@ -158,7 +158,7 @@ impl Store {
 
     /// The current entry of a clinic.
     pub async fn clinic(&self, clinic_id: &str) -> Result<Option<ClinicVersion>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.acquire().await?;
         current_version(&mut conn, clinic_id).await
     }
 
@@ -171,7 +171,7 @@ impl Store {
              FROM clinic_versions WHERE clinic_id = $1 ORDER BY version DESC",
             clinic_id,
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.acquire().await?)
         .await?
         .into_iter()
         .map(Row::into_version)
@@ -199,7 +199,7 @@ impl Store {
             after,
             limit + 1,
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.acquire().await?)
         .await?;
         let mut clinics: Vec<ClinicVersion> = rows
             .into_iter()

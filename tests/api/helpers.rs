@@ -22,7 +22,7 @@ use transplant_audit::domain::access::{KeySpec, NewApiKey};
 use transplant_audit::domain::{ChainKey, FingerprintKey, Role};
 use transplant_audit::localdb::LocalPostgres;
 use transplant_audit::rules::{Engine, RulesConfig};
-use transplant_audit::server::{self, App, ServeOptions};
+use transplant_audit::server::{self, App, Listeners, ServeOptions};
 use transplant_audit::store::{self, PoolSettings, Store};
 
 /// The fingerprint key every test server uses (tests compare fingerprints).
@@ -267,7 +267,7 @@ pub async fn spawn_app_configured(
         ..options
     };
     let server = tokio::spawn(async move {
-        server::serve(listener, app, options, async {
+        server::serve(Listeners::grpc(listener), app, options, async {
             let _ = rx.await;
         })
         .await
@@ -446,6 +446,8 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
 pub struct ServerProcess {
     pub child: std::process::Child,
     pub addr: String,
+    /// Where it serves Prometheus metrics.
+    pub metrics_addr: String,
     /// Every line it logged so far (see [`ServerProcess::drain`]).
     pub log: Vec<String>,
     lines: tokio::sync::mpsc::UnboundedReceiver<String>,
@@ -457,15 +459,22 @@ pub fn test_key_hex() -> String {
 }
 
 impl ServerProcess {
-    /// Starts the binary on `database_url` and a free port; returns once it serves.
+    /// Starts the binary on `database_url` and free ports; returns once it serves.
     pub async fn start(database_url: &str, rust_log: &str) -> Self {
+        Self::start_with(database_url, rust_log, &[]).await
+    }
+
+    /// [`ServerProcess::start`] with more environment variables.
+    pub async fn start_with(database_url: &str, rust_log: &str, env: &[(&str, &str)]) -> Self {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_transplant-audit"))
             .env("DATABASE_URL", database_url)
             .env("FINGERPRINT_KEY", test_key_hex())
             .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("METRICS_ADDR", "127.0.0.1:0")
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", rust_log)
+            .envs(env.iter().copied())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start the server");
@@ -479,6 +488,7 @@ impl ServerProcess {
             }
         });
         let mut log = Vec::new();
+        let mut metrics_addr = String::new();
         let addr = loop {
             let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.recv())
                 .await
@@ -488,13 +498,17 @@ impl ServerProcess {
             let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
-            if entry["fields"]["message"] == "serving gRPC" {
-                break entry["fields"]["addr"].as_str().expect("addr").to_owned();
+            let addr = entry["fields"]["addr"].as_str().unwrap_or_default();
+            match entry["fields"]["message"].as_str() {
+                Some("serving gRPC") => break addr.to_owned(),
+                Some("serving metrics") => metrics_addr = addr.to_owned(),
+                _ => {}
             }
         };
         Self {
             child,
             addr,
+            metrics_addr,
             log,
             lines,
         }

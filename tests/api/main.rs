@@ -15,4 +15,5 @@ mod registry;
 mod rescan;
 mod scenarios;
 mod server;
+mod telemetry;
 mod validation;
