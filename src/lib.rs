@@ -8,6 +8,7 @@
 pub mod api;
 pub mod config;
 pub mod domain;
+pub mod feed;
 pub mod ingest;
 pub mod localdb;
 pub mod rescan;

@@ -19,6 +19,7 @@ use crate::api::observe::ObserveLayer;
 use crate::api::pb;
 use crate::api::registry::RegistryApi;
 use crate::domain::FingerprintKey;
+use crate::feed::FlagFeed;
 use crate::ingest::Ingestor;
 use crate::rules::Engine;
 use crate::store::Store;
@@ -159,8 +160,10 @@ pub async fn serve(
         app.store.clone(),
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let audit = pb::audit_service_server::AuditServiceServer::new(AuditApi::new(app.store.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let (feed, feed_handle) = FlagFeed::start(app.store.clone());
+    let audit =
+        pb::audit_service_server::AuditServiceServer::new(AuditApi::new(app.store.clone(), feed))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let auth = Arc::new(Authenticator::new(app.store.clone()));
     let admin = pb::admin_service_server::AdminServiceServer::new(AdminApi::new(
         app.store.clone(),
@@ -203,6 +206,8 @@ pub async fn serve(
             set_all(&health, ServingStatus::NotServing).await;
             tokio::time::sleep(options.shutdown_grace).await;
             let _ = stop_accepting.send(true);
+            // Watch streams never end by themselves.
+            feed_handle.close();
             match tokio::time::timeout(options.shutdown_timeout, server).await {
                 Ok(result) => result.map_err(ServeError::from).and_then(|r| Ok(r?)),
                 Err(_) => Err(ServeError::DrainTimeout),

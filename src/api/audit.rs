@@ -3,7 +3,9 @@
 use tonic::{Request, Response, Status};
 
 use crate::domain::{FlagStatus, Violations};
+use crate::feed::FlagFeed;
 use crate::rules::RuleId;
+use crate::store::feed::FeedCursor;
 use crate::store::{FlagFilter, Store, TriageStep};
 
 use super::auth::caller;
@@ -11,28 +13,62 @@ use super::convert::{event_to_proto, flag_to_proto, instant, optional, record_to
 use super::pb;
 use super::pb::audit_service_server::AuditService;
 use super::status::{invalid, page_size};
+use super::watch::{FlagStream, watch};
 use super::{page_token, trace_id};
 
 /// The gRPC face of flags and triage.
 #[derive(Clone, Debug)]
 pub struct AuditApi {
     store: Store,
+    feed: FlagFeed,
 }
 
 impl AuditApi {
-    /// Serves the flags kept in `store`.
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    /// Serves the flags kept in `store`, waking watchers from `feed`.
+    pub fn new(store: Store, feed: FlagFeed) -> Self {
+        Self { store, feed }
     }
+}
+
+/// Empty text as "any".
+fn text(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+/// A rule id filter, checked against the catalogue.
+fn rule_filter(v: &mut Violations, raw: &str) -> Option<String> {
+    let rule_id = text(raw);
+    if let Some(rule) = &rule_id {
+        v.check("rule_id", rule.parse::<RuleId>());
+    }
+    rule_id
+}
+
+fn watch_filter(
+    req: &pb::WatchFlagsRequest,
+) -> Result<(FlagFilter, Option<FeedCursor>), Violations> {
+    let mut v = Violations::default();
+    let filter = FlagFilter {
+        min_severity: optional(&mut v, "min_severity", req.min_severity),
+        rule_id: rule_filter(&mut v, &req.rule_id),
+        clinic_id: text(&req.clinic_id),
+        hospital_id: text(&req.hospital_id),
+        ..FlagFilter::default()
+    };
+    let after = match text(&req.after) {
+        Some(raw) => v.check(
+            "after",
+            raw.parse::<FeedCursor>()
+                .map_err(|_| "is not a cursor WatchFlags returned"),
+        ),
+        None => None,
+    };
+    v.into_result(|| (filter, after))
 }
 
 fn filter(req: &pb::ListFlagsRequest) -> Result<FlagFilter, Violations> {
     let mut v = Violations::default();
-    let text = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-    let rule_id = text(&req.rule_id);
-    if let Some(rule) = &rule_id {
-        v.check("rule_id", rule.parse::<RuleId>());
-    }
+    let rule_id = rule_filter(&mut v, &req.rule_id);
     let filter = FlagFilter {
         status: optional(&mut v, "status", req.status),
         min_severity: optional(&mut v, "min_severity", req.min_severity),
@@ -62,6 +98,25 @@ fn parse_id(v: &mut Violations, field: &str, raw: &str) -> Option<i64> {
 
 #[tonic::async_trait]
 impl AuditService for AuditApi {
+    type WatchFlagsStream = FlagStream;
+
+    async fn watch_flags(
+        &self,
+        request: Request<pb::WatchFlagsRequest>,
+    ) -> Result<Response<Self::WatchFlagsStream>, Status> {
+        let (filter, after) = watch_filter(request.get_ref()).map_err(invalid)?;
+        let cursor = match after {
+            Some(cursor) => cursor,
+            None => self.store.feed_start().await?,
+        };
+        Ok(Response::new(watch(
+            self.store.clone(),
+            &self.feed,
+            filter,
+            cursor,
+        )))
+    }
+
     async fn list_flags(
         &self,
         request: Request<pb::ListFlagsRequest>,

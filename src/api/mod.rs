@@ -10,6 +10,7 @@ pub mod observe;
 mod page_token;
 pub mod registry;
 pub mod status;
+pub mod watch;
 
 /// Code generated from `proto/transplant_audit/v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -51,7 +51,7 @@ pub struct FlagView {
 }
 
 #[derive(sqlx::FromRow)]
-struct FlagRow {
+pub(super) struct FlagRow {
     id: i64,
     record_id: i64,
     rule_id: String,
@@ -72,7 +72,7 @@ struct FlagRow {
 }
 
 impl FlagRow {
-    fn into_view(self) -> Result<FlagView, StoreError> {
+    pub(super) fn into_view(self) -> Result<FlagView, StoreError> {
         Ok(FlagView {
             id: self.id,
             record_id: RecordId(self.record_id),
@@ -95,7 +95,7 @@ impl FlagRow {
     }
 }
 
-const FLAG_COLUMNS: &str = "SELECT f.id, f.record_id, f.rule_id, f.rule_version, f.severity,
+pub(super) const FLAG_COLUMNS: &str = "SELECT f.id, f.record_id, f.rule_id, f.rule_version, f.severity,
     f.explanation, f.evidence_record_ids, f.status, f.revision, f.raised_at, f.updated_at,
     f.hospital_id, f.clinic_id, r.external_record_id, f.record_version, f.cleared_in_version, f.dismissal_proposed_by
     FROM flags f JOIN records r ON r.id = f.record_id";
@@ -117,6 +117,32 @@ pub struct FlagFilter {
     pub raised_after: Option<DateTime<Utc>>,
     /// Raised before.
     pub raised_before: Option<DateTime<Utc>>,
+}
+
+/// Adds `WHERE` conditions selecting the flags `filter` lets through.
+pub(super) fn push_filter(q: &mut QueryBuilder<'_, Postgres>, filter: &FlagFilter) {
+    q.push(" WHERE true");
+    if let Some(status) = filter.status {
+        q.push(" AND f.status = ").push_bind(status.as_str());
+    }
+    if let Some(min) = filter.min_severity {
+        q.push(" AND f.severity >= ").push_bind(severity_to_db(min));
+    }
+    if let Some(rule) = &filter.rule_id {
+        q.push(" AND f.rule_id = ").push_bind(rule.clone());
+    }
+    if let Some(clinic) = &filter.clinic_id {
+        q.push(" AND f.clinic_id = ").push_bind(clinic.clone());
+    }
+    if let Some(hospital) = &filter.hospital_id {
+        q.push(" AND f.hospital_id = ").push_bind(hospital.clone());
+    }
+    if let Some(after) = filter.raised_after {
+        q.push(" AND f.raised_at >= ").push_bind(after);
+    }
+    if let Some(until) = filter.raised_before {
+        q.push(" AND f.raised_at < ").push_bind(until);
+    }
 }
 
 /// One page of a flag listing, newest first.
@@ -236,28 +262,7 @@ impl Store {
         limit: i64,
     ) -> Result<FlagPage, StoreError> {
         let mut q: QueryBuilder<Postgres> = QueryBuilder::new(FLAG_COLUMNS);
-        q.push(" WHERE true");
-        if let Some(status) = filter.status {
-            q.push(" AND f.status = ").push_bind(status.as_str());
-        }
-        if let Some(min) = filter.min_severity {
-            q.push(" AND f.severity >= ").push_bind(severity_to_db(min));
-        }
-        if let Some(rule) = &filter.rule_id {
-            q.push(" AND f.rule_id = ").push_bind(rule.clone());
-        }
-        if let Some(clinic) = &filter.clinic_id {
-            q.push(" AND f.clinic_id = ").push_bind(clinic.clone());
-        }
-        if let Some(hospital) = &filter.hospital_id {
-            q.push(" AND f.hospital_id = ").push_bind(hospital.clone());
-        }
-        if let Some(after) = filter.raised_after {
-            q.push(" AND f.raised_at >= ").push_bind(after);
-        }
-        if let Some(until) = filter.raised_before {
-            q.push(" AND f.raised_at < ").push_bind(until);
-        }
+        push_filter(&mut q, filter);
         if let Some(before) = before {
             q.push(" AND f.id < ").push_bind(before);
         }

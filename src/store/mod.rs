@@ -3,6 +3,7 @@
 mod body;
 pub mod chain;
 mod context;
+pub mod feed;
 pub mod flags;
 pub mod ingest;
 pub mod keys;

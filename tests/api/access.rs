@@ -24,6 +24,7 @@ const METHODS: &[&str] = &[
     "GetFlag",
     "UpdateFlagStatus",
     "GetRuleQuality",
+    "WatchFlags",
     "Rescan",
     "CreateApiKey",
     "ListApiKeys",
@@ -111,6 +112,12 @@ async fn call(channel: Authed, method: &str) -> Code {
                 .await
                 .map(drop),
         ),
+        "WatchFlags" => code(
+            audit
+                .watch_flags(pb::WatchFlagsRequest::default())
+                .await
+                .map(drop),
+        ),
         "Rescan" => code(
             admin
                 .rescan(pb::RescanRequest {
@@ -162,6 +169,7 @@ fn allowed(role: Role, method: &str) -> bool {
                     | "GetFlag"
                     | "UpdateFlagStatus"
                     | "GetRuleQuality"
+                    | "WatchFlags"
             )
         }
         Role::Admin => matches!(

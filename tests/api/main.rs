@@ -17,3 +17,4 @@ mod scenarios;
 mod server;
 mod telemetry;
 mod validation;
+mod watch;
