@@ -204,6 +204,35 @@ pub struct Settings {
     #[arg(long, env = "INGEST_BATCH_SIZE", default_value_t = 256, global = true)]
     pub ingest_batch_size: usize,
 
+    /// PEM certificate chain of the gRPC listener; with TLS_KEY_FILE, turns TLS on.
+    #[arg(long, env = "TLS_CERT_FILE", global = true, requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of the gRPC listener.
+    #[arg(long, env = "TLS_KEY_FILE", global = true, requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// PEM certificates of the CA that signs client certificates: turns on
+    /// mutual TLS, and a hospital key is then accepted only with a client
+    /// certificate whose subjectAltName carries DNS:<its hospital id>.
+    #[arg(
+        long,
+        env = "TLS_CLIENT_CA_FILE",
+        global = true,
+        requires = "tls_cert_file"
+    )]
+    pub tls_client_ca_file: Option<PathBuf>,
+
+    /// Serve plaintext gRPC on an address other than loopback (a private
+    /// network only; a warning is logged).
+    #[arg(
+        long,
+        env = "INSECURE_PLAINTEXT",
+        global = true,
+        conflicts_with = "tls_cert_file"
+    )]
+    pub insecure_plaintext: bool,
+
     /// Seconds a unary call may take before it is cancelled.
     #[arg(
         long,
@@ -231,9 +260,77 @@ impl Settings {
     }
 }
 
+/// How the gRPC listener protects its traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// TLS, and mutual TLS when a client CA is given.
+    Tls(TlsPem),
+    /// Plaintext on a loopback address: for use on this machine only.
+    PlaintextLoopback,
+    /// Plaintext elsewhere, because INSECURE_PLAINTEXT said so.
+    PlaintextInsecure,
+}
+
+/// The TLS material, read from the configured files.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsPem {
+    /// The server's certificate chain.
+    pub cert: Vec<u8>,
+    /// The server's private key.
+    pub key: Vec<u8>,
+    /// The CA that signs client certificates, for mutual TLS.
+    pub client_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the private key.
+        f.debug_struct("TlsPem")
+            .field("mutual", &self.client_ca.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settings {
+    /// How the gRPC listener is to run: TLS when configured; plaintext on
+    /// loopback; plaintext elsewhere only when explicitly allowed.
+    pub fn transport(&self) -> Result<Transport, ConfigError> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|source| ConfigError::TlsFile {
+                path: path.clone(),
+                source,
+            })
+        };
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Ok(Transport::Tls(TlsPem {
+                cert: read(cert)?,
+                key: read(key)?,
+                client_ca: self.tls_client_ca_file.as_ref().map(read).transpose()?,
+            })),
+            _ if self.listen_addr.ip().is_loopback() => Ok(Transport::PlaintextLoopback),
+            _ if self.insecure_plaintext => Ok(Transport::PlaintextInsecure),
+            _ => Err(ConfigError::PlaintextRefused(self.listen_addr)),
+        }
+    }
+}
+
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// Plaintext asked for on a reachable address without saying so.
+    #[error(
+        "refusing plaintext gRPC on {0}: set TLS_CERT_FILE and TLS_KEY_FILE, or \
+         INSECURE_PLAINTEXT=true on a private network"
+    )]
+    PlaintextRefused(SocketAddr),
+    /// A TLS file could not be read.
+    #[error("TLS file {path}: {source}")]
+    TlsFile {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
     /// No key configured outside the local default.
     #[error(
         "no fingerprint key: set FINGERPRINT_KEY (or FINGERPRINT_KEY_FILE) to at least {MIN_KEY_LEN} \
@@ -341,6 +438,100 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    fn settings(args: &[&str]) -> Result<Settings, clap::Error> {
+        Cli::try_parse_from(std::iter::once("transplant-audit").chain(args.iter().copied()))
+            .map(|cli| cli.settings)
+    }
+
+    #[test]
+    fn plaintext_only_on_loopback_or_when_asked() {
+        let local = settings(&[]).unwrap();
+        assert_eq!(local.transport().unwrap(), Transport::PlaintextLoopback);
+        let open = settings(&["--listen-addr", "0.0.0.0:50051"]).unwrap();
+        let refused = open.transport().unwrap_err();
+        assert!(matches!(refused, ConfigError::PlaintextRefused(_)));
+        assert!(refused.to_string().contains("TLS_CERT_FILE"), "{refused}");
+        let asked = settings(&["--listen-addr", "0.0.0.0:50051", "--insecure-plaintext"]).unwrap();
+        assert_eq!(asked.transport().unwrap(), Transport::PlaintextInsecure);
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, name).unwrap();
+            p.to_str().unwrap().to_owned()
+        };
+        let (cert, key, ca) = (path("cert.pem"), path("key.pem"), path("ca.pem"));
+        assert!(
+            settings(&["--tls-cert-file", &cert]).is_err(),
+            "key missing"
+        );
+        assert!(settings(&["--tls-client-ca-file", &ca]).is_err(), "no TLS");
+        assert!(
+            settings(&[
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--insecure-plaintext"
+            ])
+            .is_err()
+        );
+        let tls = settings(&[
+            "--listen-addr",
+            "0.0.0.0:1",
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+        ])
+        .unwrap()
+        .transport()
+        .unwrap();
+        let Transport::Tls(pem) = tls else {
+            panic!("TLS")
+        };
+        assert_eq!(
+            (pem.cert.as_slice(), pem.key.as_slice()),
+            (&b"cert.pem"[..], &b"key.pem"[..])
+        );
+        assert_eq!(pem.client_ca, None);
+        assert!(
+            !format!("{pem:?}").contains("key.pem"),
+            "the key is never printed"
+        );
+        let mutual = settings(&[
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-client-ca-file",
+            &ca,
+        ])
+        .unwrap()
+        .transport()
+        .unwrap();
+        assert!(matches!(
+            mutual,
+            Transport::Tls(TlsPem {
+                client_ca: Some(_),
+                ..
+            })
+        ));
+        let missing = settings(&[
+            "--tls-cert-file",
+            "/nonexistent.pem",
+            "--tls-key-file",
+            &key,
+        ])
+        .unwrap()
+        .transport()
+        .unwrap_err();
+        assert!(matches!(missing, ConfigError::TlsFile { .. }), "{missing}");
     }
 
     #[test]

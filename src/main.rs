@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
 
-use transplant_audit::config::{self, Cli, Command, KeysCommand, RescanArgs, Settings};
+use transplant_audit::config::{self, Cli, Command, KeysCommand, RescanArgs, Settings, Transport};
 use transplant_audit::domain::access::{KeySpec, NewApiKey};
 use transplant_audit::domain::{ChainKey, Role};
 use transplant_audit::localdb::LocalPostgres;
@@ -87,6 +87,20 @@ async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
 
 /// `serve`: metrics, then gRPC until SIGTERM or SIGINT.
 async fn serve_command(settings: &Settings, app: App) -> anyhow::Result<()> {
+    let tls = match settings.transport()? {
+        Transport::Tls(pem) => Some(pem),
+        Transport::PlaintextLoopback => {
+            tracing::warn!("gRPC in plaintext on loopback: for use on this machine only");
+            None
+        }
+        Transport::PlaintextInsecure => {
+            tracing::warn!(
+                addr = %settings.listen_addr,
+                "gRPC in plaintext (INSECURE_PLAINTEXT): keys and records cross the network unencrypted"
+            );
+            None
+        }
+    };
     let metrics = telemetry::metrics::install()?;
     let metrics_listener = bind(settings.metrics_addr).await?;
     tracing::info!(addr = %metrics_listener.local_addr()?, "serving metrics");
@@ -100,7 +114,12 @@ async fn serve_command(settings: &Settings, app: App) -> anyhow::Result<()> {
         None => None,
     };
     let grpc = bind(settings.listen_addr).await?;
-    tracing::info!(addr = %grpc.local_addr()?, "serving gRPC");
+    tracing::info!(
+        addr = %grpc.local_addr()?,
+        tls = tls.is_some(),
+        mutual_tls = tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        "serving gRPC"
+    );
     let options = ServeOptions {
         request_timeout: settings.request_timeout(),
         shutdown_grace: settings.shutdown_grace(),
@@ -111,7 +130,7 @@ async fn serve_command(settings: &Settings, app: App) -> anyhow::Result<()> {
         ingest_batch_size: settings.ingest_batch_size,
     };
     let served = server::serve(
-        Listeners { grpc, health },
+        Listeners { grpc, tls, health },
         app,
         options,
         server::shutdown_signal(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -18,6 +18,7 @@ use crate::api::limits::ConcurrencyCap;
 use crate::api::observe::ObserveLayer;
 use crate::api::pb;
 use crate::api::registry::RegistryApi;
+use crate::config::TlsPem;
 use crate::domain::FingerprintKey;
 use crate::feed::FlagFeed;
 use crate::ingest::Ingestor;
@@ -93,15 +94,30 @@ impl Default for ServeOptions {
 pub struct Listeners {
     /// Every service.
     pub grpc: TcpListener,
+    /// TLS on `grpc` (mutual when it names a client CA); plaintext when `None`.
+    pub tls: Option<TlsPem>,
     /// Only `grpc.health.v1`, in plaintext, for orchestrators' probes
     /// (Kubernetes' gRPC probes cannot speak TLS).
     pub health: Option<TcpListener>,
 }
 
 impl Listeners {
-    /// Every service on `grpc`, and no separate health listener.
+    /// Every service on `grpc` in plaintext, and no separate health listener.
     pub fn grpc(grpc: TcpListener) -> Self {
-        Self { grpc, health: None }
+        Self {
+            grpc,
+            tls: None,
+            health: None,
+        }
+    }
+}
+
+/// The server's TLS settings from the PEM files.
+fn tls_config(pem: &TlsPem) -> ServerTlsConfig {
+    let tls = ServerTlsConfig::new().identity(Identity::from_pem(&pem.cert, &pem.key));
+    match &pem.client_ca {
+        Some(ca) => tls.client_ca_root(Certificate::from_pem(ca)),
+        None => tls,
     }
 }
 
@@ -165,6 +181,14 @@ pub async fn serve(
         pb::audit_service_server::AuditServiceServer::new(AuditApi::new(app.store.clone(), feed))
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let auth = Arc::new(Authenticator::new(app.store.clone()));
+    let mutual_tls = listeners
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.client_ca.is_some());
+    let mut builder = Server::builder();
+    if let Some(tls) = &listeners.tls {
+        builder = builder.tls_config(tls_config(tls))?;
+    }
     let admin = pb::admin_service_server::AdminServiceServer::new(AdminApi::new(
         app.store.clone(),
         app.engine.clone(),
@@ -183,11 +207,11 @@ pub async fn serve(
             stopped(accepting_stopped.clone()),
         ))
     });
-    let router = Server::builder()
+    let router = builder
         .timeout(options.request_timeout)
         .layer(ObserveLayer)
         .layer(ConcurrencyCap::new(options.max_concurrent_calls))
-        .layer(AuthLayer::new(auth))
+        .layer(AuthLayer::new(auth, mutual_tls))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

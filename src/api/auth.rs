@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use tonic::Status;
 
+use super::client_cert;
 use crate::domain::access::PresentedKey;
 use crate::domain::{Caller, Role};
 use crate::store::Store;
@@ -182,12 +183,17 @@ pub fn check_hospital(caller: &Caller, hospital_id: &str) -> Result<(), Status> 
 #[derive(Clone, Debug)]
 pub struct AuthLayer {
     auth: Arc<Authenticator>,
+    bind_client_certs: bool,
 }
 
 impl AuthLayer {
-    /// Admits calls with `auth`.
-    pub fn new(auth: Arc<Authenticator>) -> Self {
-        Self { auth }
+    /// Admits calls with `auth`; with `bind_client_certs` (mutual TLS), a
+    /// hospital key only on a connection with its hospital's certificate.
+    pub fn new(auth: Arc<Authenticator>, bind_client_certs: bool) -> Self {
+        Self {
+            auth,
+            bind_client_certs,
+        }
     }
 }
 
@@ -198,6 +204,7 @@ impl<S> tower::Layer<S> for AuthLayer {
         AuthService {
             inner,
             auth: self.auth.clone(),
+            bind_client_certs: self.bind_client_certs,
         }
     }
 }
@@ -207,6 +214,26 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     auth: Arc<Authenticator>,
+    bind_client_certs: bool,
+}
+
+/// Refuses a hospital key used without its hospital's client certificate.
+fn check_client_cert<B>(request: &http::Request<B>, caller: &Caller) -> Result<(), Status> {
+    let Some(hospital) = caller.hospital_id.as_deref() else {
+        return Ok(());
+    };
+    let bound = client_cert::presented(request)
+        .is_some_and(|cert| client_cert::names_hospital(&cert, hospital));
+    if bound {
+        return Ok(());
+    }
+    tracing::warn!(
+        key_id = %caller.key_id,
+        "hospital key refused: the client certificate is not its hospital's"
+    );
+    Err(Status::permission_denied(
+        "a hospital key is accepted only with a client certificate naming its hospital",
+    ))
 }
 
 impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
@@ -231,12 +258,22 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
+        let bind_client_certs = self.bind_client_certs;
         Box::pin(async move {
             let header = request
                 .headers()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok());
-            match auth.admit(request.uri().path(), header).await {
+            let admitted = auth
+                .admit(request.uri().path(), header)
+                .await
+                .and_then(|caller| match caller {
+                    Some(caller) if bind_client_certs => {
+                        check_client_cert(&request, &caller).map(|()| Some(caller))
+                    }
+                    caller => Ok(caller),
+                });
+            match admitted {
                 Ok(caller) => {
                     if let Some(caller) = caller {
                         request.extensions_mut().insert(caller);

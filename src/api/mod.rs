@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod client_cert;
 pub mod convert;
 pub mod ingest;
 pub mod limits;

@@ -16,5 +16,6 @@ mod rescan;
 mod scenarios;
 mod server;
 mod telemetry;
+mod tls;
 mod validation;
 mod watch;
