@@ -34,6 +34,20 @@ pub enum Command {
     Keys(KeysCommand),
     /// Recompute the audit trail's hash chains and name the first broken entry.
     Verify,
+    /// Load an NDJSON back-fill through the ingest pipeline, resuming an
+    /// interrupted run of the same file.
+    Import(ImportArgs),
+}
+
+/// What `import` loads.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct ImportArgs {
+    /// The file: one record per line, in the field names of the proto, enum
+    /// values without their prefix (KIDNEY), instants in RFC 3339.
+    pub file: PathBuf,
+    /// Start from the first line even if an earlier run of this file got further.
+    #[arg(long)]
+    pub restart: bool,
 }
 
 /// `keys` subcommands.

@@ -9,6 +9,7 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod feed;
+pub mod import;
 pub mod ingest;
 pub mod localdb;
 pub mod rescan;

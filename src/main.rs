@@ -1,16 +1,21 @@
 //! The `transplant-audit` binary: parse configuration, connect, migrate, serve.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
 
-use transplant_audit::config::{self, Cli, Command, KeysCommand, RescanArgs, Settings, Transport};
+use transplant_audit::config::{
+    self, Cli, Command, ImportArgs, KeysCommand, RescanArgs, Settings, Transport,
+};
 use transplant_audit::domain::access::{KeySpec, NewApiKey};
 use transplant_audit::domain::{ChainKey, Role};
+use transplant_audit::import::{self, ImportOptions};
+use transplant_audit::ingest::Ingestor;
 use transplant_audit::localdb::LocalPostgres;
-use transplant_audit::rescan::{self, Progress, RescanRequest};
+use transplant_audit::rescan::{self, RescanRequest};
 use transplant_audit::rules::{Engine, RuleId, RulesConfig};
 use transplant_audit::server::{self, App, Listeners, ServeOptions};
 use transplant_audit::store::rescan::TransplantRange;
@@ -67,6 +72,10 @@ async fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Rescan(args) => rescan_command(&store, &engine, &args).await,
         Command::Keys(keys) => keys_command(&store, &keys).await,
         Command::Verify => verify_command(&store).await,
+        Command::Import(args) => {
+            let ingestor = Ingestor::new(store.clone(), Arc::new(engine), key);
+            import_command(&store, &ingestor, &args, settings.ingest_batch_size).await
+        }
         Command::Serve => serve_command(settings, App::new(store.clone(), engine, key)).await,
     };
     store.pool().close().await;
@@ -177,7 +186,12 @@ async fn rescan_command(store: &Store, engine: &Engine, args: &RescanArgs) -> an
     };
     let started = std::time::Instant::now();
     let report = rescan::rescan(store, engine, request, |p| {
-        show_progress(&p, started);
+        show_progress(
+            p.processed,
+            p.total,
+            &format!("records, {} flags added", p.flags_added),
+            started,
+        );
         std::ops::ControlFlow::Continue(())
     })
     .await?;
@@ -191,19 +205,74 @@ async fn rescan_command(store: &Store, engine: &Engine, args: &RescanArgs) -> an
     Ok(())
 }
 
-/// A progress bar on a terminal; a line per chunk otherwise.
-fn show_progress(p: &Progress, started: std::time::Instant) {
+/// `import`: a back-fill with a progress bar; refused records on stderr.
+async fn import_command(
+    store: &Store,
+    ingestor: &Ingestor,
+    args: &ImportArgs,
+    batch_size: usize,
+) -> anyhow::Result<()> {
+    let options = ImportOptions {
+        batch_size,
+        restart: args.restart,
+    };
+    let started = std::time::Instant::now();
+    let report = import::import(
+        store,
+        ingestor,
+        &args.file,
+        options,
+        |r| {
+            let detail = format!(
+                "lines: {} accepted, {} duplicates, {} refused",
+                r.accepted, r.duplicates, r.rejected
+            );
+            show_progress(r.lines_done, r.lines_total, &detail, started);
+        },
+        |refused| {
+            eprintln!(
+                "\nline {} ({:?}) refused: {}",
+                refused.line, refused.external_record_id, refused.reason
+            );
+        },
+    )
+    .await?;
+    eprintln!();
+    if report.already_done {
+        println!(
+            "{} was imported before; nothing to do.",
+            args.file.display()
+        );
+    } else if let Some(line) = report.resumed_after {
+        println!("Resumed after line {line}.");
+    }
+    println!(
+        "{} lines: {} records accepted, {} duplicates, {} refused ({:.1} s).",
+        report.lines_total,
+        report.accepted,
+        report.duplicates,
+        report.rejected,
+        started.elapsed().as_secs_f64()
+    );
+    if report.rejected > 0 {
+        anyhow::bail!(
+            "{} records were refused; correct them and import them again",
+            report.rejected
+        );
+    }
+    Ok(())
+}
+
+/// A progress bar on a terminal; a line per step otherwise.
+fn show_progress(done: u64, total: u64, detail: &str, started: std::time::Instant) {
     use std::io::IsTerminal;
-    let rate = p.processed as f64 / started.elapsed().as_secs_f64().max(1e-9);
-    let share = if p.total == 0 {
+    let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    let share = if total == 0 {
         1.0
     } else {
-        p.processed as f64 / p.total as f64
+        done as f64 / total as f64
     };
-    let line = format!(
-        "{}/{} records, {} flags added, {rate:.0} records/s",
-        p.processed, p.total, p.flags_added
-    );
+    let line = format!("{done}/{total} {detail}, {rate:.0}/s");
     if std::io::stderr().is_terminal() {
         let filled = (share * 30.0).round() as usize;
         eprint!(

@@ -5,6 +5,7 @@ pub mod chain;
 mod context;
 pub mod feed;
 pub mod flags;
+pub mod imports;
 pub mod ingest;
 pub mod keys;
 pub mod registry;
@@ -43,12 +44,20 @@ pub enum StoreError {
 impl StoreError {
     /// True when the database is unreachable or overloaded rather than the query wrong.
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
+        match self {
             StoreError::Database(
-                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
-            )
-        )
+                sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::WorkerCrashed,
+            ) => true,
+            // Connection exceptions (08), insufficient resources (53) and
+            // operator intervention such as a shutdown (57): retry later.
+            StoreError::Database(sqlx::Error::Database(e)) => e
+                .code()
+                .is_some_and(|code| ["08", "53", "57"].iter().any(|c| code.starts_with(c))),
+            _ => false,
+        }
     }
 }
 

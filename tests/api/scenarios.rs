@@ -229,6 +229,12 @@ async fn run_scenario(path: &Path, path_mode: Mode) -> Vec<String> {
         }
         _ => RulesConfig::default(),
     };
+    let rules_toml = to_toml(
+        scenario
+            .get("rules_config")
+            .unwrap_or(&Value::Object(Default::default())),
+        "",
+    );
     let app = spawn_app_with(rules).await;
     for c in scenario["clinics"].as_array().into_iter().flatten() {
         app.registry
@@ -258,6 +264,7 @@ async fn run_scenario(path: &Path, path_mode: Mode) -> Vec<String> {
             acks
         }
         Mode::Streamed => streamed(&app, &records).await,
+        Mode::Imported => imported(&app, &scenario, &rules_toml).await,
     };
     for (id, ack) in acks {
         match ack {
@@ -320,6 +327,50 @@ enum Mode {
     /// SubmitRecords streams, one per run of consecutive records of one
     /// hospital, so the server stores them in batches.
     Streamed,
+    /// The `import` command, from an NDJSON file of the scenario's records.
+    Imported,
+}
+
+/// Imports the scenario's records with the binary, in batches of two so that
+/// batches span records of different hospitals; every record must be accepted.
+async fn imported(
+    app: &TestApp,
+    scenario: &Value,
+    rules_toml: &str,
+) -> Vec<(String, Result<pb::RecordAck, tonic::Status>)> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("records.ndjson");
+    let records = scenario["records"].as_array().cloned().unwrap_or_default();
+    let lines: Vec<String> = records.iter().map(Value::to_string).collect();
+    std::fs::write(&file, lines.join("\n")).expect("write");
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, rules_toml).expect("write rules");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_transplant-audit"))
+        .arg("import")
+        .arg(&file)
+        .env("DATABASE_URL", &app.database_url)
+        .env("FINGERPRINT_KEY", test_key_hex())
+        .env("RULES_CONFIG", &rules)
+        .env("INGEST_BATCH_SIZE", "2")
+        .output()
+        .expect("run import");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let accepted = format!(
+        "{} records accepted, 0 duplicates, 0 refused",
+        records.len()
+    );
+    let outcome = if output.status.success() && stdout.contains(&accepted) {
+        Ok(pb::RecordAck {
+            outcome: pb::Outcome::Accepted as i32,
+            ..Default::default()
+        })
+    } else {
+        Err(tonic::Status::internal(format!(
+            "import: {stdout} {}",
+            String::from_utf8_lossy(&output.stderr)
+        )))
+    };
+    vec![("import".to_owned(), outcome)]
 }
 
 /// Streams the records, each run of one hospital's consecutive records on
@@ -375,6 +426,20 @@ async fn scenarios_raise_the_same_flags_through_the_batched_stream() {
     let mut problems = Vec::new();
     for file in &files {
         problems.extend(run_scenario(file, Mode::Streamed).await);
+    }
+    assert!(
+        problems.is_empty(),
+        "scenario mismatches:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn scenarios_raise_the_same_flags_through_an_import() {
+    let files = scenario_files();
+    let mut problems = Vec::new();
+    for file in &files {
+        problems.extend(run_scenario(file, Mode::Imported).await);
     }
     assert!(
         problems.is_empty(),
