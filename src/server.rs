@@ -138,6 +138,10 @@ pub enum ServeError {
     Join(#[from] tokio::task::JoinError),
 }
 
+/// The health entry for liveness probes: SERVING while the process runs,
+/// whatever the database does (restarting replicas would not bring it back).
+pub const LIVENESS: &str = "liveness";
+
 /// The service names health reports on, besides the overall "" entry.
 const SERVICES: &[&str] = &[
     "transplant_audit.v1.IngestService",
@@ -156,6 +160,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(LIVENESS, ServingStatus::Serving)
+        .await;
     let watcher = tokio::spawn(watch_database(app.store.clone(), health.clone()));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()

@@ -171,6 +171,19 @@ async fn postgres_stopped_under_load_turns_health_and_calls_unavailable_and_reco
     });
     stopped.await.unwrap().expect("stop postgres");
     wait_for_health(&app, ServingStatus::NotServing).await;
+    let alive = tonic_health::pb::health_client::HealthClient::new(app.channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "liveness".into(),
+        })
+        .await
+        .expect("liveness answers")
+        .into_inner()
+        .status;
+    assert_eq!(
+        alive,
+        ServingStatus::Serving as i32,
+        "liveness stays SERVING: restarting would not bring the database back"
+    );
     let status = submit(&app, kidney("DURING"))
         .await
         .expect_err("no database");

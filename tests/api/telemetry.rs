@@ -431,6 +431,15 @@ async fn the_health_listener_serves_health_and_nothing_else() {
         .into_inner()
         .status;
     assert_eq!(status, 1, "SERVING");
+    let alive = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "liveness".into(),
+        })
+        .await
+        .expect("liveness answers")
+        .into_inner()
+        .status;
+    assert_eq!(alive, 1, "alive");
     let other = IngestServiceClient::new(tonic::service::interceptor::InterceptedService::new(
         channel,
         Bearer::new(&hospital),
