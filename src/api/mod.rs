@@ -4,7 +4,10 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod client_cert;
+pub mod codec;
 pub mod convert;
+#[cfg(test)]
+mod hostile_input;
 pub mod ingest;
 pub mod limits;
 pub mod observe;

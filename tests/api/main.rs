@@ -7,6 +7,7 @@ mod access;
 mod audit;
 mod concurrency;
 mod faults;
+mod hostile;
 mod import;
 mod ingest;
 mod limits;
