@@ -2,11 +2,16 @@
 //! persist, one transaction per record.
 
 use std::sync::Arc;
+use std::time::Instant;
 
+use tracing::{Instrument, info_span};
+
+use crate::domain::Severity;
 use crate::domain::{FingerprintKey, Record, RecordId, Submission};
-use crate::rules::{Engine, RuleContext, WindowSpec};
+use crate::rules::{Engine, RuleContext, RuleId, WindowSpec};
 use crate::store::ingest::content_hash;
 use crate::store::{ExistingRecord, IngestTx, Store, StoreError, StoredAck};
+use crate::telemetry::metrics;
 
 /// What became of a record that was not refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,9 +85,13 @@ impl Ingestor {
             return duplicate_or_conflict(&record, &existing, &hash);
         }
         let mut tx = self.store.begin_ingest().await?;
-        tx.lock_keys([&record]).await?;
-        let ack = self.ingest_in(&mut tx, &record, &hash).await?;
-        tx.commit().await?;
+        tx.lock_keys([&record])
+            .instrument(info_span!("lock"))
+            .await?;
+        let mut raised = Vec::new();
+        let ack = self.ingest_in(&mut tx, &record, &hash, &mut raised).await?;
+        tx.commit().instrument(info_span!("persist")).await?;
+        count_raised(&raised);
         ack
     }
 
@@ -99,16 +108,20 @@ impl Ingestor {
             .map(|s| s.pseudonymise(&self.key))
             .collect();
         let mut tx = self.store.begin_ingest().await?;
-        tx.lock_keys(&records).await?;
+        tx.lock_keys(&records)
+            .instrument(info_span!("lock"))
+            .await?;
         let mut acks = Vec::with_capacity(records.len());
+        let mut raised = Vec::new();
         for record in &records {
             let hash = content_hash(record);
-            match self.ingest_in(&mut tx, record, &hash).await? {
+            match self.ingest_in(&mut tx, record, &hash, &mut raised).await? {
                 Err(IngestError::Store(e)) => return Err(e),
                 ack => acks.push(ack),
             }
         }
-        tx.commit().await?;
+        tx.commit().instrument(info_span!("persist")).await?;
+        count_raised(&raised);
         Ok(acks)
     }
 
@@ -120,13 +133,15 @@ impl Ingestor {
         tx: &mut IngestTx,
         record: &Record,
         hash: &[u8],
+        raised: &mut Vec<(RuleId, Severity)>,
     ) -> Result<Result<Ack, IngestError>, StoreError> {
         let existing = tx
             .find_existing(&record.hospital_id, &record.external_record_id)
+            .instrument(info_span!("context"))
             .await?;
         let stored = match existing {
             Some(existing) => return Ok(duplicate_or_conflict(record, &existing, hash)),
-            None => tx.insert(record).await?,
+            None => tx.insert(record).instrument(info_span!("persist")).await?,
         };
         let Some(stored) = stored else {
             // A concurrent submission of the same key committed first.
@@ -136,7 +151,8 @@ impl Ingestor {
                 .ok_or_else(|| StoreError::Corrupt("idempotency conflict without a row".into()))?;
             return Ok(duplicate_or_conflict(record, &existing, hash));
         };
-        self.evaluate_and_flag(tx, &stored, record).await?;
+        let findings = self.evaluate_and_flag(tx, &stored, record).await?;
+        raised.extend(findings);
         Ok(Ok(Ack {
             outcome: Outcome::Accepted,
             stored,
@@ -148,7 +164,9 @@ impl Ingestor {
         let record = submission.pseudonymise(&self.key);
         let hash = content_hash(&record);
         let mut tx = self.store.begin_ingest().await?;
-        tx.lock_keys([&record]).await?;
+        tx.lock_keys([&record])
+            .instrument(info_span!("lock"))
+            .await?;
         let existing = tx
             .find_existing(&record.hospital_id, &record.external_record_id)
             .await?
@@ -159,9 +177,12 @@ impl Ingestor {
         if existing.content_hash == hash {
             return Ok(duplicate(&existing));
         }
-        let stored = tx.amend(&existing, &record, reason).await?;
+        let stored = tx
+            .amend(&existing, &record, reason)
+            .instrument(info_span!("persist"))
+            .await?;
         self.evaluate_and_flag(&mut tx, &stored, &record).await?;
-        tx.commit().await?;
+        tx.commit().instrument(info_span!("persist")).await?;
         Ok(Ack {
             outcome: Outcome::Accepted,
             stored,
@@ -169,29 +190,46 @@ impl Ingestor {
     }
 
     /// Loads the rules' context as it stood before `stored`, runs the rules
-    /// and stores their findings, all inside `tx`.
+    /// and stores their findings, all inside `tx`; returns what was found.
     async fn evaluate_and_flag(
         &self,
         tx: &mut IngestTx,
         stored: &StoredAck,
         record: &Record,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<(RuleId, Severity)>, StoreError> {
         let before: RecordId = stored.id;
-        let clinic = tx.clinic(&record.clinic_id).await?;
-        let donor_history = tx
-            .donor_history(&record.donor.person.identifier, before)
-            .await?;
         let spec = WindowSpec::for_record(record, self.engine.config());
-        let clinic_window = tx
-            .clinic_window(&record.clinic_id, record.transplanted_at, spec, before)
-            .await?;
+        let (clinic, donor_history, clinic_window) = async {
+            let clinic = tx.clinic(&record.clinic_id).await?;
+            let donor_history = tx
+                .donor_history(&record.donor.person.identifier, before)
+                .await?;
+            let clinic_window = tx
+                .clinic_window(&record.clinic_id, record.transplanted_at, spec, before)
+                .await?;
+            Ok::<_, StoreError>((clinic, donor_history, clinic_window))
+        }
+        .instrument(info_span!("context"))
+        .await?;
         let ctx = RuleContext {
             clinic: clinic.as_ref(),
             donor_history: &donor_history,
             clinic_window: &clinic_window,
         };
-        let findings = self.engine.evaluate_traced(record, &ctx);
-        tx.save_flags(stored, record, &findings).await
+        let started = Instant::now();
+        let findings = info_span!("rules").in_scope(|| self.engine.evaluate_traced(record, &ctx));
+        metrics::rule_evaluation(started.elapsed());
+        tx.save_flags(stored, record, &findings)
+            .instrument(info_span!("persist"))
+            .await?;
+        Ok(findings.iter().map(|f| (f.rule, f.severity)).collect())
+    }
+}
+
+/// Counts the flags of newly stored records, once they are committed.
+fn count_raised(raised: &[(RuleId, Severity)]) {
+    for (rule, severity) in raised {
+        metrics::flag_raised(rule.as_str(), severity.as_str());
     }
 }
 

@@ -91,7 +91,10 @@ fn describe() {
         RECORDS_INGESTED,
         "Records submitted, by outcome (accepted, duplicate, rejected) and hospital"
     );
-    describe_counter!(FLAGS_RAISED, "Flags raised, by rule and severity");
+    describe_counter!(
+        FLAGS_RAISED,
+        "Flags raised on newly stored records, by rule and severity"
+    );
     describe_histogram!(
         RULE_EVALUATION,
         Unit::Seconds,

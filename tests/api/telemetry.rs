@@ -116,6 +116,10 @@ fn with_traceparent<T>(message: T) -> tonic::Request<T> {
 /// The spans of the pipeline every accepted record goes through.
 const PIPELINE: &[&str] = &[
     "validate",
+    "lock",
+    "context",
+    "rules",
+    "persist",
     "rules.pairing",
     "rules.repeat_donor",
     "rules.clinic",
@@ -371,6 +375,25 @@ async fn the_metrics_endpoint_counts_what_was_sent() {
     assert!(
         text.contains("rpc_server_call_duration_seconds_bucket{"),
         "latency is a histogram"
+    );
+    // The default clinic is not in the registry: each stored record raised one flag.
+    assert_eq!(
+        sample(
+            &text,
+            "transplant_audit_flags_raised_total",
+            &[("rule", "CLINIC_UNREGISTERED"), ("severity", "HIGH")]
+        ),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "transplant_audit_rule_evaluation_duration_seconds_count",
+            &[]
+        ),
+        Some(5.0),
+        "the rules ran once per stored record"
     );
     assert_eq!(sample(&text, "db_client_connection_max", &[]), Some(16.0));
     assert_eq!(
