@@ -135,16 +135,11 @@ impl Ingestor {
         hash: &[u8],
         raised: &mut Vec<(RuleId, Severity)>,
     ) -> Result<Result<Ack, IngestError>, StoreError> {
-        let existing = tx
-            .find_existing(&record.hospital_id, &record.external_record_id)
-            .instrument(info_span!("context"))
-            .await?;
-        let stored = match existing {
-            Some(existing) => return Ok(duplicate_or_conflict(record, &existing, hash)),
-            None => tx.insert(record).instrument(info_span!("persist")).await?,
-        };
+        // The insert is the idempotency check: it stores nothing when the key
+        // is taken, whether by an earlier record, one earlier in this batch,
+        // or a concurrent submission that committed first.
+        let stored = tx.insert(record).instrument(info_span!("persist")).await?;
         let Some(stored) = stored else {
-            // A concurrent submission of the same key committed first.
             let existing = tx
                 .find_existing(&record.hospital_id, &record.external_record_id)
                 .await?
