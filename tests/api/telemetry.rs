@@ -102,6 +102,22 @@ async fn database_with_hospital_key() -> (String, String) {
     (database_url, hospital)
 }
 
+/// A server process exporting its spans to a receiver of the test's own.
+async fn traced_server() -> (ServerProcess, String, mpsc::UnboundedReceiver<Exported>) {
+    let (database_url, hospital) = database_with_hospital_key().await;
+    let (endpoint, spans) = otlp_receiver().await;
+    let server = ServerProcess::start_with(
+        &database_url,
+        "info",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+    (server, hospital, spans)
+}
+
 fn with_traceparent<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert(
@@ -128,17 +144,7 @@ const PIPELINE: &[&str] = &[
 
 #[tokio::test]
 async fn a_submitted_record_is_traced_under_the_callers_trace() {
-    let (database_url, hospital) = database_with_hospital_key().await;
-    let (endpoint, mut spans) = otlp_receiver().await;
-    let server = ServerProcess::start_with(
-        &database_url,
-        "info",
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    )
-    .await;
+    let (server, hospital, mut spans) = traced_server().await;
     let record = kidney("TRACE-1");
     let identifier = record
         .donor
@@ -216,17 +222,7 @@ async fn a_submitted_record_is_traced_under_the_callers_trace() {
 
 #[tokio::test]
 async fn a_call_without_traceparent_starts_its_own_trace() {
-    let (database_url, hospital) = database_with_hospital_key().await;
-    let (endpoint, mut spans) = otlp_receiver().await;
-    let server = ServerProcess::start_with(
-        &database_url,
-        "info",
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    )
-    .await;
+    let (server, hospital, mut spans) = traced_server().await;
     let mut ingest = IngestServiceClient::new(server.connect(&hospital).await);
     ingest
         .submit_record(pb::SubmitRecordRequest {
@@ -280,21 +276,6 @@ async fn json_logs_inside_a_call_carry_its_trace_id() {
             .collect();
         assert_eq!(trace_ids, [TRACE_ID], "{entry}");
     }
-}
-
-/// `GET /metrics` of a server, as Prometheus would scrape it.
-async fn scrape(metrics_addr: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(metrics_addr)
-        .await
-        .expect("connect to metrics");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
 }
 
 /// The value of the sample of `name` whose labels include all of `labels`.

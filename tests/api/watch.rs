@@ -142,7 +142,7 @@ async fn a_watcher_on_one_server_sees_flags_raised_through_another_across_reconn
     assert!(nothing_more.is_err(), "no repeats: {nothing_more:?}");
 
     // A's metrics count the open watcher.
-    let metrics = reqwest_free_scrape(&a.metrics_addr).await;
+    let metrics = scrape(&a.metrics_addr).await;
     assert!(
         metrics.contains("transplant_audit_flag_watchers 1"),
         "{metrics}"
@@ -152,19 +152,6 @@ async fn a_watcher_on_one_server_sees_flags_raised_through_another_across_reconn
         let (status, _) = server.drain().await;
         assert!(status.success());
     }
-}
-
-/// The text of `GET /metrics`.
-async fn reqwest_free_scrape(addr: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("send");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.expect("read");
-    text
 }
 
 #[tokio::test]

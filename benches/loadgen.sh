@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Reproduces the ingest figures of README "Performance" in one command: a
+# fresh database on the Postgres at ADMIN_URL (default 127.0.0.1:5432), the
+# release server on it, a warm-up run, ANALYZE and a server restart (so plans
+# fit the data even where autovacuum is off), then the measured loadgen run
+# with its raw-Postgres baselines. Extra arguments go to loadgen.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+admin=${ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+db=ta_loadgen
+export DATABASE_URL=${admin%/*}/$db
+export FINGERPRINT_KEY=${FINGERPRINT_KEY:-$(openssl rand -hex 32)}
+export METRICS_ADDR=127.0.0.1:0 LISTEN_ADDR=127.0.0.1:50051 RUST_LOG=warn
+
+cargo build --release --quiet --bin transplant-audit --bin loadgen
+psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
+bin=target/release/transplant-audit
+$bin migrate
+admin_key=$($bin keys create --role admin)
+hospital_key=$($bin keys create --role hospital --hospital-id H-DE-001)
+
+server=
+serve() {
+  $bin serve & server=$!
+  for _ in $(seq 50); do
+    (exec 3<>/dev/tcp/127.0.0.1/50051) 2>/dev/null && return
+    sleep 0.1
+  done
+  echo "the server did not start" >&2; exit 1
+}
+trap '[[ -n $server ]] && kill $server 2>/dev/null; true' EXIT
+
+run() {
+  target/release/loadgen --api-key "$hospital_key" --admin-key "$admin_key" \
+    --hospital-id H-DE-001 --server-pid "$server" --database-url "$DATABASE_URL" "$@"
+}
+serve
+run --records 5000 --mode both >/dev/null 2>&1   # warm-up: the tables have rows
+kill "$server"; wait "$server" || true
+psql "$DATABASE_URL" -qc "ANALYZE"
+serve
+run --records 20000 --concurrency 64 "$@"
