@@ -438,14 +438,16 @@ pub fn clinic(raw: Option<&pb::Clinic>) -> Result<Clinic, Violations> {
     let name = check_id(&mut v, "clinic.name", &c.name);
     let country = country(&mut v, "clinic.country", &c.country);
     let mut organs = Vec::new();
-    if c.licensed_organs.len() > MAX_LICENSED_ORGANS {
+    let listed = if c.licensed_organs.len() > MAX_LICENSED_ORGANS {
         v.add(
             "clinic.licensed_organs",
             format!("must list at most {MAX_LICENSED_ORGANS} organs"),
         );
-    }
-    let listed = c.licensed_organs.iter().take(MAX_LICENSED_ORGANS);
-    for (i, raw) in listed.enumerate() {
+        &[][..]
+    } else {
+        &c.licensed_organs[..]
+    };
+    for (i, raw) in listed.iter().enumerate() {
         if let Some(o) = required::<Organ>(&mut v, &format!("clinic.licensed_organs[{i}]"), *raw) {
             organs.push(o);
         }
