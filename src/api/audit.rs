@@ -66,7 +66,8 @@ fn watch_filter(
     v.into_result(|| (filter, after))
 }
 
-fn filter(req: &pb::ListFlagsRequest) -> Result<FlagFilter, Violations> {
+/// The filters of a ListFlags request, or every field that is not one.
+pub fn filter(req: &pb::ListFlagsRequest) -> Result<FlagFilter, Violations> {
     let mut v = Violations::default();
     let rule_id = rule_filter(&mut v, &req.rule_id);
     let filter = FlagFilter {

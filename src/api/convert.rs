@@ -133,6 +133,11 @@ pub fn optional<T: ProtoEnum>(v: &mut Violations, field: &str, raw: i32) -> Opti
     }
 }
 
+/// The seconds a `google.protobuf.Timestamp` may hold: 0001-01-01T00:00:00Z
+/// to 9999-12-31T23:59:59Z. Outside it the message is malformed (and
+/// Postgres cannot store years before 4713 BC).
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
 /// A timestamp as an instant, if it is one.
 pub fn instant(
     v: &mut Violations,
@@ -146,10 +151,17 @@ pub fn instant(
         .ok()
         .filter(|n| *n < 1_000_000_000)
         .map(|n| n / 1_000 * 1_000);
-    match micros.and_then(|n| DateTime::from_timestamp(ts.seconds, n)) {
+    let seconds = Some(ts.seconds).filter(|s| TIMESTAMP_SECONDS.contains(s));
+    match seconds
+        .zip(micros)
+        .and_then(|(s, n)| DateTime::from_timestamp(s, n))
+    {
         Some(at) => Some(at),
         None => {
-            v.add(field, "is not a valid timestamp");
+            v.add(
+                field,
+                "is not a valid timestamp (from 0001-01-01 to 9999-12-31, nanos 0 to 999999999)",
+            );
             None
         }
     }
@@ -411,6 +423,10 @@ fn recipient(
     )
 }
 
+/// The longest licence list read: every organ twice over. A longer one is
+/// refused as a whole rather than with one violation per entry.
+const MAX_LICENSED_ORGANS: usize = 16;
+
 /// Proto to domain: a registry entry, or every reason it is not one.
 pub fn clinic(raw: Option<&pb::Clinic>) -> Result<Clinic, Violations> {
     let mut v = Violations::default();
@@ -422,7 +438,16 @@ pub fn clinic(raw: Option<&pb::Clinic>) -> Result<Clinic, Violations> {
     let name = check_id(&mut v, "clinic.name", &c.name);
     let country = country(&mut v, "clinic.country", &c.country);
     let mut organs = Vec::new();
-    for (i, raw) in c.licensed_organs.iter().enumerate() {
+    let listed = if c.licensed_organs.len() > MAX_LICENSED_ORGANS {
+        v.add(
+            "clinic.licensed_organs",
+            format!("must list at most {MAX_LICENSED_ORGANS} organs"),
+        );
+        &[][..]
+    } else {
+        &c.licensed_organs[..]
+    };
+    for (i, raw) in listed.iter().enumerate() {
         if let Some(o) = required::<Organ>(&mut v, &format!("clinic.licensed_organs[{i}]"), *raw) {
             organs.push(o);
         }

@@ -11,17 +11,56 @@ use crate::domain::Violations;
 use crate::ingest::IngestError;
 use crate::store::{StoreError, TriageError};
 
-/// INVALID_ARGUMENT with one `google.rpc.BadRequest` field violation per bad field.
+/// The most field violations one status carries. A record has fewer fields;
+/// the bound keeps a hostile request's answer inside HTTP/2 trailer limits
+/// (16 KiB by default), past which the client sees a protocol error instead.
+pub(crate) const MAX_REPORTED_VIOLATIONS: usize = 48;
+
+/// The most field names the summary message lists.
+const MAX_SUMMARY_FIELDS: usize = 10;
+
+/// The longest description carried, in bytes (some echo the input).
+const MAX_DESCRIPTION_BYTES: usize = 120;
+
+/// `text` cut to at most `max` bytes on a character boundary, marked when cut.
+fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let end = (0..=max)
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
+    format!("{}…", &text[..end])
+}
+
+/// INVALID_ARGUMENT with one `google.rpc.BadRequest` field violation per bad
+/// field (the first [`MAX_REPORTED_VIOLATIONS`] of them).
 pub fn invalid(violations: Violations) -> Status {
     let mut details = ErrorDetails::new();
-    for v in &violations.0 {
-        details.add_bad_request_violation(v.field.clone(), v.description.clone());
+    for v in violations.0.iter().take(MAX_REPORTED_VIOLATIONS) {
+        details.add_bad_request_violation(
+            v.field.clone(),
+            bounded(&v.description, MAX_DESCRIPTION_BYTES),
+        );
     }
     let summary = match violations.0.as_slice() {
-        [one] => format!("invalid {}: {}", one.field, one.description),
+        [one] => format!(
+            "invalid {}: {}",
+            one.field,
+            bounded(&one.description, MAX_DESCRIPTION_BYTES)
+        ),
         many => {
-            let fields: Vec<&str> = many.iter().map(|v| v.field.as_str()).collect();
-            format!("{} invalid fields: {}", many.len(), fields.join(", "))
+            let fields: Vec<&str> = many
+                .iter()
+                .take(MAX_SUMMARY_FIELDS)
+                .map(|v| v.field.as_str())
+                .collect();
+            let more = match many.len().saturating_sub(MAX_SUMMARY_FIELDS) {
+                0 => String::new(),
+                n => format!(" and {n} more"),
+            };
+            format!("{} invalid fields: {}{more}", many.len(), fields.join(", "))
         }
     };
     Status::with_error_details(Code::InvalidArgument, summary, details)
@@ -122,6 +161,31 @@ mod tests {
         let rpc = to_rpc_status(&status);
         assert_eq!(rpc.code, Code::InvalidArgument as i32);
         assert_eq!(rpc.details.len(), 1);
+    }
+
+    #[test]
+    fn a_flood_of_violations_answers_a_bounded_status() {
+        let mut v = Violations::default();
+        for i in 0..100_000 {
+            v.add(format!("clinic.licensed_organs[{i}]"), "é".repeat(10_000));
+        }
+        let status = invalid(v);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().len() < 1024, "{}", status.message());
+        assert!(status.message().ends_with("and 99990 more"));
+        // Sent base64-encoded in a trailer, with the message, under 16 KiB.
+        assert!(
+            status.details().len() < 8 * 1024,
+            "{}",
+            status.details().len()
+        );
+        let details = status.get_error_details();
+        let bad = details.bad_request().expect("a BadRequest detail");
+        assert_eq!(bad.field_violations.len(), MAX_REPORTED_VIOLATIONS);
+        assert_eq!(bad.field_violations[0].field, "clinic.licensed_organs[0]");
+        let cut = &bad.field_violations[0].description;
+        assert!(cut.len() <= MAX_DESCRIPTION_BYTES + '…'.len_utf8(), "{cut}");
+        assert!(cut.starts_with("éé") && cut.ends_with('…'), "{cut}");
     }
 
     #[test]
