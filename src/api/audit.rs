@@ -30,14 +30,15 @@ impl AuditApi {
     }
 }
 
-/// Empty text as "any".
-fn text(s: &str) -> Option<String> {
+/// A text filter: empty means "any".
+fn text(v: &mut Violations, field: &str, s: &str) -> Option<String> {
+    v.check_storable(field, s);
     (!s.is_empty()).then(|| s.to_owned())
 }
 
 /// A rule id filter, checked against the catalogue.
 fn rule_filter(v: &mut Violations, raw: &str) -> Option<String> {
-    let rule_id = text(raw);
+    let rule_id = text(v, "rule_id", raw);
     if let Some(rule) = &rule_id {
         v.check("rule_id", rule.parse::<RuleId>());
     }
@@ -51,11 +52,11 @@ fn watch_filter(
     let filter = FlagFilter {
         min_severity: optional(&mut v, "min_severity", req.min_severity),
         rule_id: rule_filter(&mut v, &req.rule_id),
-        clinic_id: text(&req.clinic_id),
-        hospital_id: text(&req.hospital_id),
+        clinic_id: text(&mut v, "clinic_id", &req.clinic_id),
+        hospital_id: text(&mut v, "hospital_id", &req.hospital_id),
         ..FlagFilter::default()
     };
-    let after = match text(&req.after) {
+    let after = match text(&mut v, "after", &req.after) {
         Some(raw) => v.check(
             "after",
             raw.parse::<FeedCursor>()
@@ -74,8 +75,8 @@ pub fn filter(req: &pb::ListFlagsRequest) -> Result<FlagFilter, Violations> {
         status: optional(&mut v, "status", req.status),
         min_severity: optional(&mut v, "min_severity", req.min_severity),
         rule_id,
-        clinic_id: text(&req.clinic_id),
-        hospital_id: text(&req.hospital_id),
+        clinic_id: text(&mut v, "clinic_id", &req.clinic_id),
+        hospital_id: text(&mut v, "hospital_id", &req.hospital_id),
         raised_after: instant(&mut v, "raised_after", req.raised_after.as_ref()),
         raised_before: instant(&mut v, "raised_before", req.raised_before.as_ref()),
     };
@@ -183,6 +184,7 @@ impl AuditService for AuditApi {
         if req.note.len() > 4000 {
             v.add("note", "must be at most 4000 bytes");
         }
+        v.check_storable("note", &req.note);
         let (Some(id), Some(to), Some(revision), true) = (id, to, revision, v.is_empty()) else {
             return Err(invalid(v));
         };

@@ -346,6 +346,7 @@ impl IngestService for IngestApi {
         } else if reason.len() > MAX_REASON_LEN {
             violations.add("reason", format!("must be at most {MAX_REASON_LEN} bytes"));
         }
+        violations.check_storable("reason", reason);
         let submission = match parsed {
             Ok(s) if violations.is_empty() => s,
             _ => return Err(invalid(violations)),

@@ -47,6 +47,12 @@ impl RegistryService for RegistryApi {
         if req.clinic_id.is_empty() {
             return Err(invalid_field("clinic_id", "is required"));
         }
+        if req.clinic_id.contains('\0') {
+            return Err(invalid_field(
+                "clinic_id",
+                "must not contain the NUL character",
+            ));
+        }
         let current = self.store.clinic(&req.clinic_id).await?.ok_or_else(|| {
             Status::not_found(format!("clinic {:?} is not registered", req.clinic_id))
         })?;

@@ -66,6 +66,7 @@ impl KeySpec {
         if description.len() > 200 {
             v.add("description", "must be at most 200 bytes");
         }
+        v.check_storable("description", description);
         if expires_at.is_some_and(|e| e <= now) {
             v.add("expires_at", "must be in the future");
         }

@@ -34,6 +34,14 @@ impl Violations {
         r.map_err(|e| self.add(field, e.to_string())).ok()
     }
 
+    /// Refuses the NUL character, which Postgres text cannot hold; free text
+    /// (reasons, notes, descriptions, filters) may otherwise hold anything.
+    pub fn check_storable(&mut self, field: &str, text: &str) {
+        if text.contains('\0') {
+            self.add(field, "must not contain the NUL character");
+        }
+    }
+
     /// Records a missing required field.
     pub fn missing(&mut self, field: &str) {
         self.add(field, "is required");

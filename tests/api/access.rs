@@ -342,7 +342,7 @@ async fn admins_create_list_and_revoke_keys_and_revocation_is_immediate() {
         .fetch_all(&app.pool)
         .await
         .unwrap();
-    let secret = created.token.rsplit('_').next().expect("secret");
+    let secret = created.token.splitn(3, '_').nth(2).expect("secret");
     let dump: String =
         sqlx::query_scalar("SELECT string_agg(row_to_json(k)::text, ' ') FROM api_keys k")
             .fetch_one(&app.pool)

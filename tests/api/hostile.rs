@@ -851,7 +851,6 @@ async fn a_message_over_the_cap_ends_a_stream_keeping_what_was_acknowledged() {
 }
 
 #[tokio::test]
-#[ignore = "known bug: U+0000 in free text reaches Postgres, which refuses it, and answers INTERNAL"]
 async fn text_postgres_cannot_hold_is_refused_by_field() {
     let app = seeded_app(ServeOptions::default()).await;
     let before = snapshot(&app).await;

@@ -66,7 +66,8 @@ async fn a_full_run_logs_no_identifier_and_no_secret() {
     let (status, log) = server.drain().await;
     assert!(status.success(), "graceful exit: {status:?}");
     let text = log.join("\n");
-    let secret = hospital.rsplit('_').next().expect("secret");
+    // The secret is everything after the key id; it may itself contain '_'.
+    let secret = hospital.splitn(3, '_').nth(2).expect("secret");
     let password = database_url
         .split('@')
         .next()

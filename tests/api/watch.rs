@@ -35,7 +35,8 @@ fn abo_flags(after: &str) -> pb::WatchFlagsRequest {
 async fn take(stream: &mut Streaming<pb::WatchFlagsResponse>, n: usize) -> Vec<(String, String)> {
     let mut got = Vec::new();
     while got.len() < n {
-        let message = tokio::time::timeout(Duration::from_secs(15), stream.message())
+        // Generous: a flag waits for every older write transaction of the cluster.
+        let message = tokio::time::timeout(Duration::from_secs(30), stream.message())
             .await
             .unwrap_or_else(|_| panic!("flag {} of {n} in time; got {got:?}", got.len() + 1))
             .expect("stream healthy")
