@@ -92,10 +92,12 @@ fn list_flags(req: &pb::ListFlagsRequest) -> Result<FlagFilter, Status> {
 }
 
 /// The ListFlags fields a refusal may name.
-const LIST_FLAGS_FIELDS: [&str; 7] = [
+const LIST_FLAGS_FIELDS: [&str; 9] = [
     "status",
     "min_severity",
     "rule_id",
+    "clinic_id",
+    "hospital_id",
     "raised_after",
     "raised_before",
     "page_size",
