@@ -73,10 +73,14 @@ async fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         Command::Keys(keys) => keys_command(&store, &keys).await,
         Command::Verify => verify_command(&store).await,
         Command::Import(args) => {
-            let ingestor = Ingestor::new(store.clone(), Arc::new(engine), key);
+            let batch = settings.ingest_batch_size;
+            let ingestor = Ingestor::new(store.clone(), Arc::new(engine), key, batch);
             import_command(&store, &ingestor, &args, settings.ingest_batch_size).await
         }
-        Command::Serve => serve_command(settings, App::new(store.clone(), engine, key)).await,
+        Command::Serve => {
+            let app = App::new(store.clone(), engine, key, settings.ingest_batch_size);
+            serve_command(settings, app).await
+        }
     };
     store.pool().close().await;
     if let Some(pg) = local.filter(LocalPostgres::started_here) {

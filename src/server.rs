@@ -44,10 +44,11 @@ pub struct App {
 }
 
 impl App {
-    /// Wires the services over `store`.
-    pub fn new(store: Store, engine: Engine, key: FingerprintKey) -> Self {
+    /// Wires the services over `store`, storing at most `batch_size`
+    /// records per ingest transaction.
+    pub fn new(store: Store, engine: Engine, key: FingerprintKey, batch_size: usize) -> Self {
         let engine = Arc::new(engine);
-        let ingestor = Ingestor::new(store.clone(), engine.clone(), key);
+        let ingestor = Ingestor::new(store.clone(), engine.clone(), key, batch_size);
         Self {
             store,
             ingestor,
@@ -71,7 +72,8 @@ pub struct ServeOptions {
     pub max_concurrent_streams: usize,
     /// Records one `SubmitRecords` stream may carry.
     pub max_stream_records: u64,
-    /// Most records of a stream stored in one transaction.
+    /// Most records of a stream (or of concurrent single submissions)
+    /// stored in one transaction.
     pub ingest_batch_size: usize,
 }
 

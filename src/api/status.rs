@@ -73,9 +73,12 @@ pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
     invalid(v)
 }
 
-/// UNAVAILABLE for a database that cannot be reached; INTERNAL otherwise.
+/// UNAVAILABLE for a database that cannot be reached, ABORTED for writers
+/// that kept colliding; INTERNAL otherwise.
 pub fn store(err: StoreError) -> Status {
-    if err.is_unavailable() {
+    if matches!(err, StoreError::Contended) {
+        Status::aborted(err.to_string())
+    } else if err.is_unavailable() {
         tracing::warn!(error = %err, "database unavailable");
         Status::unavailable("the database is unavailable; retry later")
     } else {

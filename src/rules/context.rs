@@ -44,6 +44,60 @@ pub struct ClinicWindow {
     pub deceased_to_non_residents: u64,
 }
 
+impl ClinicWindow {
+    /// Counts an earlier living transplant from a non-resident donor at the
+    /// clinic, transplanted at `at` (in the windows ending at `until` when it falls in them).
+    pub fn add_foreign_living(
+        &mut self,
+        spec: &WindowSpec,
+        until: DateTime<Utc>,
+        earlier: ForeignLivingTransplant,
+    ) {
+        let at = earlier.transplanted_at;
+        if at > until {
+            return;
+        }
+        if at >= until - spec.cluster {
+            self.foreign_living_donors
+                .push((earlier.record_id, earlier.donor_nationality));
+        }
+        if at >= until - spec.surge && earlier.unrelated_directed {
+            self.foreign_unrelated_living.push(earlier.record_id);
+        }
+    }
+
+    /// Counts an earlier deceased-donor transplant at the clinic when it
+    /// falls in the share window ending at `until`.
+    pub fn add_deceased(
+        &mut self,
+        spec: &WindowSpec,
+        until: DateTime<Utc>,
+        transplanted_at: DateTime<Utc>,
+        to_non_resident: bool,
+    ) {
+        if transplanted_at > until || transplanted_at < until - spec.share {
+            return;
+        }
+        self.deceased_transplants += 1;
+        if to_non_resident {
+            self.deceased_to_non_residents += 1;
+        }
+    }
+}
+
+/// An earlier living transplant from a non-resident donor, as the clinic windows read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForeignLivingTransplant {
+    /// Its record.
+    pub record_id: RecordId,
+    /// When it was transplanted.
+    pub transplanted_at: DateTime<Utc>,
+    /// The donor's nationality.
+    pub donor_nationality: CountryCode,
+    /// Whether the donor is an unrelated directed donor.
+    pub unrelated_directed: bool,
+}
+
 /// Which clinic windows a record's rules read, and how long each is, so the
 /// store loads only what will be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,5 +166,63 @@ impl<'a> ContextKey<'a> {
         ]
         .into_iter()
         .flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+
+    use super::super::fixtures::{at, country};
+    use super::*;
+
+    fn spec() -> WindowSpec {
+        WindowSpec {
+            foreign_living: true,
+            deceased: true,
+            surge: Duration::days(30),
+            cluster: Duration::days(90),
+            share: Duration::days(365),
+        }
+    }
+
+    fn living(id: i64, transplanted_at: DateTime<Utc>, unrelated: bool) -> ForeignLivingTransplant {
+        ForeignLivingTransplant {
+            record_id: RecordId(id),
+            transplanted_at,
+            donor_nationality: country("NP"),
+            unrelated_directed: unrelated,
+        }
+    }
+
+    #[test]
+    fn a_foreign_living_transplant_counts_in_each_window_it_falls_in() {
+        let until = at(6, 30, 12, 0);
+        let mut w = ClinicWindow::default();
+        w.add_foreign_living(&spec(), until, living(1, until, true));
+        w.add_foreign_living(&spec(), until, living(2, until - Duration::days(30), true));
+        w.add_foreign_living(&spec(), until, living(3, until - Duration::days(31), true));
+        w.add_foreign_living(&spec(), until, living(4, until - Duration::days(90), false));
+        w.add_foreign_living(&spec(), until, living(5, until - Duration::days(91), true));
+        w.add_foreign_living(
+            &spec(),
+            until,
+            living(6, until + Duration::seconds(1), true),
+        );
+        assert_eq!(w.foreign_unrelated_living, vec![RecordId(1), RecordId(2)]);
+        let cluster: Vec<i64> = w.foreign_living_donors.iter().map(|(id, _)| id.0).collect();
+        assert_eq!(cluster, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_deceased_transplant_counts_only_inside_the_share_window() {
+        let until = at(6, 30, 12, 0);
+        let mut w = ClinicWindow::default();
+        w.add_deceased(&spec(), until, until, true);
+        w.add_deceased(&spec(), until, until - Duration::days(365), false);
+        w.add_deceased(&spec(), until, until - Duration::days(366), true);
+        w.add_deceased(&spec(), until, until + Duration::seconds(1), true);
+        assert_eq!(w.deceased_transplants, 2);
+        assert_eq!(w.deceased_to_non_residents, 1);
     }
 }

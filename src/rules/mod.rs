@@ -19,7 +19,9 @@ pub(crate) mod fixtures;
 
 pub use catalogue::RuleId;
 pub use config::{ConfigError, RulesConfig};
-pub use context::{ClinicWindow, ContextKey, PriorDonation, RuleContext, WindowSpec};
+pub use context::{
+    ClinicWindow, ContextKey, ForeignLivingTransplant, PriorDonation, RuleContext, WindowSpec,
+};
 pub use engine::Engine;
 
 use crate::domain::{RecordId, Severity};

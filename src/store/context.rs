@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use crate::domain::{Fingerprint, RecordId};
-use crate::rules::{ClinicWindow, PriorDonation, WindowSpec};
+use crate::rules::{ClinicWindow, ForeignLivingTransplant, PriorDonation, WindowSpec};
 
 use super::StoreError;
 use super::body::parse;
@@ -32,51 +32,151 @@ pub(super) async fn clinic_window(
     spec: WindowSpec,
     before: RecordId,
 ) -> Result<ClinicWindow, StoreError> {
-    let mut window = ClinicWindow::default();
-    if spec.foreign_living {
-        let since = at - spec.surge.max(spec.cluster);
+    let request = WindowRequest {
+        clinic_id,
+        until: at,
+        spec,
+        before,
+    };
+    let mut windows = clinic_windows(conn, std::slice::from_ref(&request)).await?;
+    Ok(windows.pop().unwrap_or_default())
+}
+
+/// The clinic windows one record's rules read: its clinic's records stored
+/// before `before`, in the windows ending at `until`.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowRequest<'a> {
+    /// The clinic.
+    pub clinic_id: &'a str,
+    /// The end of every window (the record's transplant time).
+    pub until: DateTime<Utc>,
+    /// Which windows, and how long.
+    pub spec: WindowSpec,
+    /// Only records with a lower id count.
+    pub before: RecordId,
+}
+
+/// The windows of several records, in the order asked, with two statements
+/// at most (one per kind of window), each probing its partial index once
+/// per request. Records in a window come in id order.
+pub(super) async fn clinic_windows(
+    conn: &mut PgConnection,
+    requests: &[WindowRequest<'_>],
+) -> Result<Vec<ClinicWindow>, StoreError> {
+    let mut windows = vec![ClinicWindow::default(); requests.len()];
+    let living = Probes::of(requests, |spec| {
+        spec.foreign_living.then_some(spec.surge.max(spec.cluster))
+    });
+    if !living.is_empty() {
         let rows = sqlx::query!(
-            "SELECT id, transplanted_at, donor_relation, donor_nationality FROM records
-             WHERE clinic_id = $1 AND donor_type = 'LIVING' AND donor_non_resident
-               AND transplanted_at >= $2 AND transplanted_at <= $3 AND id < $4",
-            clinic_id,
-            since,
-            at,
-            before.0,
+            r#"SELECT q.n AS "n!", r.id AS "id!", r.transplanted_at AS "transplanted_at!",
+                      r.donor_relation, r.donor_nationality AS "donor_nationality!"
+               FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::bigint[],
+                           $5::bigint[]) AS q(clinic_id, since, until, before, n)
+               CROSS JOIN LATERAL (
+                   SELECT id, transplanted_at, donor_relation, donor_nationality FROM records
+                   WHERE clinic_id = q.clinic_id AND donor_type = 'LIVING' AND donor_non_resident
+                     AND transplanted_at >= q.since AND transplanted_at <= q.until
+                     AND id < q.before) r
+               ORDER BY q.n, r.id"#,
+            &living.clinic_ids as &[&str],
+            &living.since,
+            &living.until,
+            &living.before,
+            &living.index,
         )
         .fetch_all(&mut *conn)
         .await?;
         for r in rows {
-            let id = RecordId(r.id);
-            if r.transplanted_at >= at - spec.cluster {
-                window
-                    .foreign_living_donors
-                    .push((id, parse(&r.donor_nationality)?));
-            }
-            if r.transplanted_at >= at - spec.surge
-                && r.donor_relation.as_deref() == Some("UNRELATED_DIRECTED")
-            {
-                window.foreign_unrelated_living.push(id);
-            }
+            let request = answered(requests, r.n)?;
+            windows[request].add_foreign_living(
+                &requests[request].spec,
+                requests[request].until,
+                ForeignLivingTransplant {
+                    record_id: RecordId(r.id),
+                    transplanted_at: r.transplanted_at,
+                    donor_nationality: parse(&r.donor_nationality)?,
+                    unrelated_directed: r.donor_relation.as_deref() == Some("UNRELATED_DIRECTED"),
+                },
+            );
         }
     }
-    if spec.deceased {
-        let counts = sqlx::query!(
-            r#"SELECT count(*) AS "total!", count(*) FILTER (WHERE recipient_non_resident) AS "non_resident!"
-               FROM records
-               WHERE clinic_id = $1 AND donor_type = 'DECEASED'
-                 AND transplanted_at >= $2 AND transplanted_at <= $3 AND id < $4"#,
-            clinic_id,
-            at - spec.share,
-            at,
-            before.0,
+    let deceased = Probes::of(requests, |spec| spec.deceased.then_some(spec.share));
+    if !deceased.is_empty() {
+        let rows = sqlx::query!(
+            r#"SELECT q.n AS "n!", c.total AS "total!", c.non_resident AS "non_resident!"
+               FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::bigint[],
+                           $5::bigint[]) AS q(clinic_id, since, until, before, n)
+               CROSS JOIN LATERAL (
+                   SELECT count(*) AS total,
+                          count(*) FILTER (WHERE recipient_non_resident) AS non_resident
+                   FROM records
+                   WHERE clinic_id = q.clinic_id AND donor_type = 'DECEASED'
+                     AND transplanted_at >= q.since AND transplanted_at <= q.until
+                     AND id < q.before) c"#,
+            &deceased.clinic_ids as &[&str],
+            &deceased.since,
+            &deceased.until,
+            &deceased.before,
+            &deceased.index,
         )
-        .fetch_one(&mut *conn)
+        .fetch_all(&mut *conn)
         .await?;
-        window.deceased_transplants = u64::try_from(counts.total).unwrap_or(0);
-        window.deceased_to_non_residents = u64::try_from(counts.non_resident).unwrap_or(0);
+        for r in rows {
+            let window = &mut windows[answered(requests, r.n)?];
+            window.deceased_transplants = u64::try_from(r.total).unwrap_or(0);
+            window.deceased_to_non_residents = u64::try_from(r.non_resident).unwrap_or(0);
+        }
     }
-    Ok(window)
+    Ok(windows)
+}
+
+/// One window query's parameters, column-wise: the requests that read the
+/// window, each with its window's start.
+struct Probes<'a> {
+    clinic_ids: Vec<&'a str>,
+    since: Vec<DateTime<Utc>>,
+    until: Vec<DateTime<Utc>>,
+    before: Vec<i64>,
+    index: Vec<i64>,
+}
+
+impl<'a> Probes<'a> {
+    /// The requests for which `length` gives a window length.
+    fn of(
+        requests: &[WindowRequest<'a>],
+        length: impl Fn(&WindowSpec) -> Option<chrono::Duration>,
+    ) -> Self {
+        let mut probes = Probes {
+            clinic_ids: Vec::new(),
+            since: Vec::new(),
+            until: Vec::new(),
+            before: Vec::new(),
+            index: Vec::new(),
+        };
+        for (i, r) in requests.iter().enumerate() {
+            if let Some(length) = length(&r.spec) {
+                probes.clinic_ids.push(r.clinic_id);
+                probes.since.push(r.until - length);
+                probes.until.push(r.until);
+                probes.before.push(r.before.0);
+                probes.index.push(i as i64);
+            }
+        }
+        probes
+    }
+
+    fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+}
+
+/// The request a returned window row answers, checked against the requests asked.
+fn answered(requests: &[WindowRequest<'_>], n: i64) -> Result<usize, StoreError> {
+    usize::try_from(n)
+        .ok()
+        .filter(|&i| i < requests.len())
+        .ok_or_else(|| StoreError::Corrupt(format!("window row for request {n}")))
 }
 
 /// Every record of these donors with an id below `before`, by donor, oldest first.

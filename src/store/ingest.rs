@@ -42,21 +42,18 @@ pub struct StoredAck {
 
 /// The content hash of a pseudonymised record: SHA-256 of its stored body.
 pub fn content_hash(record: &Record) -> Vec<u8> {
-    let body = body_json(record);
-    digest::digest(&digest::SHA256, body.to_string().as_bytes())
-        .as_ref()
-        .to_vec()
+    super::batch::StoredForm::of(record).hash
 }
 
-fn body_json(record: &Record) -> serde_json::Value {
+pub(super) fn body_json(record: &Record) -> serde_json::Value {
     // A struct of strings, numbers and timestamps always serialises.
     serde_json::to_value(RecordBody::from_record(record)).unwrap_or(serde_json::Value::Null)
 }
 
 /// One open ingest transaction. Dropping it without `commit` rolls back.
 pub struct IngestTx {
-    tx: Transaction<'static, Postgres>,
-    chain: Arc<ChainKey>,
+    pub(super) tx: Transaction<'static, Postgres>,
+    pub(super) chain: Arc<ChainKey>,
 }
 
 impl Store {
@@ -66,16 +63,6 @@ impl Store {
             tx: self.begin().await?,
             chain: self.chain.clone(),
         })
-    }
-
-    /// Looks a record up by its idempotency key, outside any transaction.
-    pub async fn find_existing(
-        &self,
-        hospital_id: &str,
-        external_record_id: &str,
-    ) -> Result<Option<ExistingRecord>, StoreError> {
-        let mut conn = self.acquire().await?;
-        find_existing(&mut conn, hospital_id, external_record_id).await
     }
 }
 
@@ -179,78 +166,6 @@ impl IngestTx {
         before: RecordId,
     ) -> Result<ClinicWindow, StoreError> {
         context::clinic_window(&mut self.tx, clinic_id, at, spec, before).await
-    }
-
-    /// Stores a new record as version 1; `None` when a concurrent writer
-    /// stored the same idempotency key first.
-    pub async fn insert(&mut self, record: &Record) -> Result<Option<StoredAck>, StoreError> {
-        let hash = content_hash(record);
-        let (relation, death_at, death_kind) = kind_columns(&record.donor.kind);
-        let d = &record.donor.person;
-        let r = &record.recipient;
-        let row = sqlx::query!(
-            "INSERT INTO records (
-                hospital_id, external_record_id, content_hash, clinic_id, procedure_country,
-                organ, laterality, procured_at, transplanted_at, cold_ischemia_minutes,
-                machine_perfusion, abo_exception,
-                donor_fp, donor_type, donor_relation, donor_death_at, donor_death_kind,
-                donor_nationality, donor_residence, donor_age, donor_sex, donor_abo, donor_rh,
-                donor_hla, donor_non_resident,
-                recipient_fp, recipient_nationality, recipient_residence, recipient_age,
-                recipient_sex, recipient_abo, recipient_rh, recipient_hla, recipient_non_resident)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                     $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32,
-                     $33, $34)
-             ON CONFLICT ON CONSTRAINT records_idempotency DO NOTHING
-             RETURNING id, received_at",
-            record.hospital_id,
-            record.external_record_id,
-            hash,
-            record.clinic_id,
-            record.procedure_country.as_str(),
-            record.organ.as_str(),
-            record.laterality.as_str(),
-            record.procured_at,
-            record.transplanted_at,
-            record
-                .cold_ischemia_minutes
-                .map(|m| i32::try_from(m).unwrap_or(i32::MAX)),
-            record.machine_perfusion,
-            record.abo_exception.as_str(),
-            d.identifier.as_bytes().as_slice(),
-            record.donor.kind.donor_type().as_str(),
-            relation,
-            death_at,
-            death_kind,
-            d.nationality.as_str(),
-            d.country_of_residence.as_str(),
-            i16::from(d.age_years),
-            d.sex.map(|s| s.as_str()),
-            d.abo.as_str(),
-            d.rh.map(|x| x.as_str()),
-            hla_json(d.hla.as_ref()),
-            record.donor_is_foreign(),
-            r.identifier.as_bytes().as_slice(),
-            r.nationality.as_str(),
-            r.country_of_residence.as_str(),
-            i16::from(r.age_years),
-            r.sex.map(|s| s.as_str()),
-            r.abo.as_str(),
-            r.rh.map(|x| x.as_str()),
-            hla_json(r.hla.as_ref()),
-            record.recipient_is_foreign(),
-        )
-        .fetch_optional(&mut *self.tx)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let id = RecordId(row.id);
-        self.insert_version(id, 1, &GENESIS, &hash, record, None)
-            .await?;
-        Ok(Some(StoredAck {
-            id,
-            version: 1,
-            received_at: row.received_at,
-        }))
     }
 
     /// Replaces the current content of record `id` by `record` as a new
@@ -425,7 +340,7 @@ impl IngestTx {
     }
 }
 
-fn kind_columns(
+pub(super) fn kind_columns(
     kind: &DonorKind,
 ) -> (
     Option<&'static str>,
@@ -441,7 +356,7 @@ fn kind_columns(
     }
 }
 
-fn hla_json(hla: Option<&crate::domain::HlaTyping>) -> Option<serde_json::Value> {
+pub(super) fn hla_json(hla: Option<&crate::domain::HlaTyping>) -> Option<serde_json::Value> {
     hla.map(|h| serde_json::json!({ "a": h.a, "b": h.b, "dr": h.dr }))
 }
 

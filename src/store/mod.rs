@@ -1,5 +1,6 @@
 //! All SQL: records, flags, the clinic registry and the triage trail in Postgres.
 
+pub mod batch;
 mod body;
 pub mod chain;
 mod context;
@@ -21,6 +22,7 @@ use crate::domain::ChainKey;
 use crate::telemetry::metrics;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+pub use context::WindowRequest;
 pub use flags::{
     FlagCase, FlagEvent, FlagFilter, FlagPage, FlagView, RecordView, TriageError, TriageStep,
 };
@@ -36,6 +38,10 @@ pub enum StoreError {
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Concurrent writers kept taking this batch's idempotency keys first;
+    /// retrying the batch resolves it.
+    #[error("concurrent submissions of the same records kept colliding; retry")]
+    Contended,
     /// A stored row holds something the code cannot read.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

@@ -1,5 +1,7 @@
 //! The clinic registry: versions are appended, never overwritten.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
@@ -71,6 +73,32 @@ pub(super) async fn current_clinic(
     clinic_id: &str,
 ) -> Result<Option<Clinic>, StoreError> {
     Ok(current_version(conn, clinic_id).await?.map(|v| v.clinic))
+}
+
+/// The current entries of these clinics, read on `conn`; unregistered ones are absent.
+pub(super) async fn current_clinics(
+    conn: &mut PgConnection,
+    clinic_ids: &[&str],
+) -> Result<HashMap<String, Clinic>, StoreError> {
+    let ids: Vec<String> = clinic_ids.iter().map(|&id| id.to_owned()).collect();
+    let rows = sqlx::query_as!(
+        Row,
+        "SELECT v.clinic_id, v.version, v.name, v.country, v.licensed_organs,
+                v.licence_valid_from, v.licence_valid_until, v.status,
+                v.status_effective_from, v.recorded_at
+         FROM clinics c
+         JOIN clinic_versions v ON v.clinic_id = c.clinic_id AND v.version = c.current_version
+         WHERE c.clinic_id = ANY($1)",
+        &ids,
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let clinic = row.into_version()?.clinic;
+            Ok((clinic.clinic_id.clone(), clinic))
+        })
+        .collect()
 }
 
 async fn current_version(

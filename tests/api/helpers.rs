@@ -258,7 +258,12 @@ pub async fn spawn_app_configured(
     )
     .expect("database url");
     store.migrate().await.expect("migrate");
-    let app = App::new(store.clone(), Engine::new(rules), key);
+    let app = App::new(
+        store.clone(),
+        Engine::new(rules),
+        key,
+        options.ingest_batch_size,
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel();

@@ -1,5 +1,8 @@
 //! The ingest pipeline: pseudonymise → lock keys → load context → rules →
-//! persist, one transaction per record.
+//! persist, a batch of records per transaction.
+
+mod batch;
+mod group;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,6 +12,7 @@ use tracing::{Instrument, info_span};
 use crate::domain::Severity;
 use crate::domain::{FingerprintKey, Record, RecordId, Submission};
 use crate::rules::{Engine, RuleContext, RuleId, WindowSpec};
+use crate::store::batch::StoredForm;
 use crate::store::ingest::content_hash;
 use crate::store::{ExistingRecord, IngestTx, Store, StoreError, StoredAck};
 use crate::telemetry::metrics;
@@ -58,41 +62,37 @@ pub enum IngestError {
     Store(#[from] StoreError),
 }
 
+/// Attempts at a batch whose idempotency keys concurrent writers keep taking.
+const MAX_ATTEMPTS: usize = 5;
+
 /// Runs records through the pipeline.
 #[derive(Clone, Debug)]
 pub struct Ingestor {
     store: Store,
     engine: Arc<Engine>,
     key: FingerprintKey,
+    group: Arc<group::Committer>,
 }
 
 impl Ingestor {
-    /// A pipeline over `store`, evaluating with `engine`, fingerprinting with `key`.
-    pub fn new(store: Store, engine: Arc<Engine>, key: FingerprintKey) -> Self {
-        Self { store, engine, key }
+    /// A pipeline over `store`, evaluating with `engine`, fingerprinting
+    /// with `key`; concurrent single submissions are committed in groups of
+    /// at most `max_group` records.
+    pub fn new(store: Store, engine: Arc<Engine>, key: FingerprintKey, max_group: usize) -> Self {
+        Self {
+            store,
+            engine,
+            key,
+            group: Arc::new(group::Committer::new(max_group)),
+        }
     }
 
-    /// Stores a new record with its flags, or recognises a retry.
+    /// Stores a new record with its flags, or recognises a retry. Concurrent
+    /// calls are committed together (see [`group`]); the answer holds once
+    /// the record's transaction has committed.
     pub async fn submit(&self, submission: Submission) -> Result<Ack, IngestError> {
         let record = submission.pseudonymise(&self.key);
-        let hash = content_hash(&record);
-        // A retry is answered without taking any lock.
-        if let Some(existing) = self
-            .store
-            .find_existing(&record.hospital_id, &record.external_record_id)
-            .await?
-        {
-            return duplicate_or_conflict(&record, &existing, &hash);
-        }
-        let mut tx = self.store.begin_ingest().await?;
-        tx.lock_keys([&record])
-            .instrument(info_span!("lock"))
-            .await?;
-        let mut raised = Vec::new();
-        let ack = self.ingest_in(&mut tx, &record, &hash, &mut raised).await?;
-        tx.commit().instrument(info_span!("persist")).await?;
-        count_raised(&raised);
-        ack
+        group::submit(self, record).await
     }
 
     /// Stores several records in one transaction, in order: each sees the
@@ -107,51 +107,29 @@ impl Ingestor {
             .into_iter()
             .map(|s| s.pseudonymise(&self.key))
             .collect();
-        let mut tx = self.store.begin_ingest().await?;
-        tx.lock_keys(&records)
-            .instrument(info_span!("lock"))
-            .await?;
-        let mut acks = Vec::with_capacity(records.len());
-        let mut raised = Vec::new();
-        for record in &records {
-            let hash = content_hash(record);
-            match self.ingest_in(&mut tx, record, &hash, &mut raised).await? {
-                Err(IngestError::Store(e)) => return Err(e),
-                ack => acks.push(ack),
-            }
-        }
-        tx.commit().instrument(info_span!("persist")).await?;
-        count_raised(&raised);
-        Ok(acks)
+        self.store_batch(&records).await
     }
 
-    /// Inside a transaction holding the record's locks: the record stored
-    /// with its flags, a duplicate, or a conflict. The outer error is the
-    /// database's; the inner one is the record's.
-    async fn ingest_in(
+    /// Stores pseudonymised records in one transaction (see [`Self::submit_batch`]).
+    async fn store_batch(
         &self,
-        tx: &mut IngestTx,
-        record: &Record,
-        hash: &[u8],
-        raised: &mut Vec<(RuleId, Severity)>,
-    ) -> Result<Result<Ack, IngestError>, StoreError> {
-        // The insert is the idempotency check: it stores nothing when the key
-        // is taken, whether by an earlier record, one earlier in this batch,
-        // or a concurrent submission that committed first.
-        let stored = tx.insert(record).instrument(info_span!("persist")).await?;
-        let Some(stored) = stored else {
-            let existing = tx
-                .find_existing(&record.hospital_id, &record.external_record_id)
-                .await?
-                .ok_or_else(|| StoreError::Corrupt("idempotency conflict without a row".into()))?;
-            return Ok(duplicate_or_conflict(record, &existing, hash));
-        };
-        let findings = self.evaluate_and_flag(tx, &stored, record).await?;
-        raised.extend(findings);
-        Ok(Ok(Ack {
-            outcome: Outcome::Accepted,
-            stored,
-        }))
+        records: &[Record],
+    ) -> Result<Vec<Result<Ack, IngestError>>, StoreError> {
+        let forms: Vec<StoredForm> = records.iter().map(StoredForm::of).collect();
+        for _ in 0..MAX_ATTEMPTS {
+            let mut tx = self.store.begin_ingest().await?;
+            tx.lock_keys(records).instrument(info_span!("lock")).await?;
+            let Some(stored) = batch::store_in(&mut tx, &self.engine, records, &forms).await?
+            else {
+                // A concurrent writer committed one of these keys first; the
+                // next attempt sees it as stored.
+                continue;
+            };
+            tx.commit().instrument(info_span!("persist")).await?;
+            count_raised(&stored.raised);
+            return Ok(stored.answers);
+        }
+        Err(StoreError::Contended)
     }
 
     /// Replaces a stored record's content with a corrected version.

@@ -1,0 +1,291 @@
+//! A batch of new records through the pipeline in a fixed number of
+//! statements, whatever its size. Each record sees the stored records and
+//! the batch's earlier records exactly as if it had been sent alone after them.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use tracing::{Instrument, info_span};
+
+use crate::domain::{Clinic, DonorKind, DonorRelation, Fingerprint, Record, RecordId, Severity};
+use crate::rules::{
+    ClinicWindow, Engine, Finding, ForeignLivingTransplant, PriorDonation, RuleContext, RuleId,
+    WindowSpec,
+};
+use crate::store::batch::{NewFlag, NewRecord, StoredForm};
+use crate::store::{ExistingRecord, IngestTx, StoreError, StoredAck, WindowRequest};
+use crate::telemetry::metrics;
+
+use super::{Ack, IngestError, Outcome, duplicate_or_conflict};
+
+/// How a batch went: each record's answer, in order, and the flags raised.
+pub(super) struct Stored {
+    pub(super) answers: Vec<Result<Ack, IngestError>>,
+    pub(super) raised: Vec<(RuleId, Severity)>,
+}
+
+/// What the batch holds at one position.
+enum Slot<'e> {
+    /// Stored before: a retry or a conflict.
+    Existing(&'e ExistingRecord),
+    /// The first record of the batch with its key: stored now, as `new[k]`.
+    New(usize),
+    /// A later record with the key of the one at this earlier position.
+    Repeat(usize),
+}
+
+/// Runs `records` (pseudonymised, with their stored forms) through the
+/// pipeline inside `tx`, which holds their keys' locks. `None` when a
+/// concurrent writer took one of their idempotency keys between the lookup
+/// and the insert: the caller must roll back and try again.
+pub(super) async fn store_in(
+    tx: &mut IngestTx,
+    engine: &Engine,
+    records: &[Record],
+    forms: &[StoredForm],
+) -> Result<Option<Stored>, StoreError> {
+    let keys: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| (r.hospital_id.as_str(), r.external_record_id.as_str()))
+        .collect();
+    let existing = tx.find_existing_many(&keys).await?;
+    let mut first_at: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut new: Vec<usize> = Vec::new();
+    let slots: Vec<Slot<'_>> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, &(hospital, external))| {
+            if let Some(e) = existing.get(&(hospital.to_owned(), external.to_owned())) {
+                Slot::Existing(e)
+            } else if let Some(&first) = first_at.get(&(hospital, external)) {
+                Slot::Repeat(first)
+            } else {
+                first_at.insert((hospital, external), i);
+                new.push(i);
+                Slot::New(new.len() - 1)
+            }
+        })
+        .collect();
+
+    let mut acks: Vec<StoredAck> = Vec::new();
+    let mut raised = Vec::new();
+    if !new.is_empty() {
+        let ids = tx.allocate_record_ids(new.len()).await?;
+        let fresh: Vec<NewRecord<'_>> = new
+            .iter()
+            .zip(&ids)
+            .map(|(&i, &id)| NewRecord {
+                id,
+                record: &records[i],
+                form: &forms[i],
+            })
+            .collect();
+        let context = Context::load(tx, engine, &fresh)
+            .instrument(info_span!("context"))
+            .await?;
+        let findings = info_span!("rules").in_scope(|| context.evaluate(engine, &fresh));
+        let flags: Vec<NewFlag<'_>> = fresh
+            .iter()
+            .zip(&findings)
+            .flat_map(|(n, found)| {
+                found.iter().map(|finding| NewFlag {
+                    record_id: n.id,
+                    record: n.record,
+                    finding,
+                })
+            })
+            .collect();
+        let persisted = async {
+            let Some(stored) = tx.insert_new(&fresh).await? else {
+                return Ok(None);
+            };
+            tx.insert_flags(&flags).await?;
+            Ok::<_, StoreError>(Some(stored))
+        }
+        .instrument(info_span!("persist"))
+        .await?;
+        let Some(stored) = persisted else {
+            return Ok(None);
+        };
+        acks = stored;
+        raised = flags
+            .iter()
+            .map(|f| (f.finding.rule, f.finding.severity))
+            .collect();
+    }
+
+    let answers = slots
+        .iter()
+        .enumerate()
+        .map(|(i, slot)| match *slot {
+            Slot::Existing(e) => duplicate_or_conflict(&records[i], e, &forms[i].hash),
+            Slot::New(k) => Ok(Ack {
+                outcome: Outcome::Accepted,
+                stored: acks[k],
+            }),
+            Slot::Repeat(first) => {
+                let Slot::New(k) = slots[first] else {
+                    unreachable!("a repeat points at the first record with its key")
+                };
+                let earlier = ExistingRecord {
+                    id: acks[k].id,
+                    version: acks[k].version,
+                    content_hash: forms[first].hash.clone(),
+                    received_at: acks[k].received_at,
+                };
+                duplicate_or_conflict(&records[i], &earlier, &forms[i].hash)
+            }
+        })
+        .collect();
+    Ok(Some(Stored { answers, raised }))
+}
+
+/// What the rules read for a batch's new records, as stored before the batch.
+struct Context {
+    clinics: HashMap<String, Clinic>,
+    donors: HashMap<Fingerprint, Vec<PriorDonation>>,
+    /// One per new record, in order.
+    specs: Vec<WindowSpec>,
+    /// One per new record whose rules read a clinic window, with its index.
+    windows: HashMap<usize, ClinicWindow>,
+}
+
+impl Context {
+    /// Three statements at most: clinics, donor histories, clinic windows.
+    async fn load(
+        tx: &mut IngestTx,
+        engine: &Engine,
+        fresh: &[NewRecord<'_>],
+    ) -> Result<Self, StoreError> {
+        let mut clinic_ids: Vec<&str> = fresh.iter().map(|n| n.record.clinic_id.as_str()).collect();
+        clinic_ids.sort_unstable();
+        clinic_ids.dedup();
+        let clinics = tx.clinics(&clinic_ids).await?;
+
+        let mut donors: Vec<Fingerprint> = fresh
+            .iter()
+            .map(|n| n.record.donor.person.identifier)
+            .collect();
+        donors.sort_unstable();
+        donors.dedup();
+        let first = fresh[0].id;
+        let donors = tx.donor_histories(&donors, first).await?;
+
+        let specs: Vec<WindowSpec> = fresh
+            .iter()
+            .map(|n| WindowSpec::for_record(n.record, engine.config()))
+            .collect();
+        let (reading, requests): (Vec<usize>, Vec<WindowRequest<'_>>) = fresh
+            .iter()
+            .zip(&specs)
+            .enumerate()
+            .filter(|(_, (_, spec))| spec.reads_any())
+            .map(|(k, (n, &spec))| {
+                let request = WindowRequest {
+                    clinic_id: &n.record.clinic_id,
+                    until: n.record.transplanted_at,
+                    spec,
+                    before: n.id,
+                };
+                (k, request)
+            })
+            .unzip();
+        let windows = if requests.is_empty() {
+            HashMap::new()
+        } else {
+            let loaded = tx.clinic_windows(&requests).await?;
+            reading.into_iter().zip(loaded).collect()
+        };
+        Ok(Self {
+            clinics,
+            donors,
+            specs,
+            windows,
+        })
+    }
+
+    /// Evaluates every new record in order, each with the batch's earlier
+    /// new records added to what was stored before.
+    fn evaluate(&self, engine: &Engine, fresh: &[NewRecord<'_>]) -> Vec<Vec<Finding>> {
+        let mut donations: HashMap<&Fingerprint, Vec<PriorDonation>> = HashMap::new();
+        let mut at_clinic: HashMap<&str, Vec<(RecordId, &Record)>> = HashMap::new();
+        let mut findings = Vec::with_capacity(fresh.len());
+        for (k, n) in fresh.iter().enumerate() {
+            let record = n.record;
+            let donor = &record.donor.person.identifier;
+            let earlier_donations = donations.entry(donor).or_default();
+            let donor_history: Vec<PriorDonation> = self
+                .donors
+                .get(donor)
+                .into_iter()
+                .flatten()
+                .chain(earlier_donations.iter())
+                .cloned()
+                .collect();
+            let spec = &self.specs[k];
+            let mut window = self.windows.get(&k).cloned().unwrap_or_default();
+            if spec.reads_any() {
+                let earlier = at_clinic.get(record.clinic_id.as_str());
+                for &(id, e) in earlier.into_iter().flatten() {
+                    add_to_window(&mut window, spec, record, e, id);
+                }
+            }
+            let ctx = RuleContext {
+                clinic: self.clinics.get(&record.clinic_id),
+                donor_history: &donor_history,
+                clinic_window: &window,
+            };
+            let started = Instant::now();
+            findings.push(engine.evaluate_traced(record, &ctx));
+            metrics::rule_evaluation(started.elapsed());
+
+            earlier_donations.push(PriorDonation {
+                record_id: n.id,
+                organ: record.organ,
+                laterality: record.laterality,
+                kind: record.donor.kind,
+                procured_at: record.procured_at,
+            });
+            at_clinic
+                .entry(&record.clinic_id)
+                .or_default()
+                .push((n.id, record));
+        }
+        findings
+    }
+}
+
+/// Counts `earlier` (a record of the batch stored before `record`, at the
+/// same clinic) in the windows `record`'s rules read.
+fn add_to_window(
+    window: &mut ClinicWindow,
+    spec: &WindowSpec,
+    record: &Record,
+    earlier: &Record,
+    earlier_id: RecordId,
+) {
+    let until = record.transplanted_at;
+    match earlier.donor.kind {
+        DonorKind::Living { relation } if spec.foreign_living && earlier.donor_is_foreign() => {
+            window.add_foreign_living(
+                spec,
+                until,
+                ForeignLivingTransplant {
+                    record_id: earlier_id,
+                    transplanted_at: earlier.transplanted_at,
+                    donor_nationality: earlier.donor.person.nationality,
+                    unrelated_directed: relation == DonorRelation::UnrelatedDirected,
+                },
+            );
+        }
+        DonorKind::Deceased { .. } if spec.deceased => {
+            window.add_deceased(
+                spec,
+                until,
+                earlier.transplanted_at,
+                earlier.recipient_is_foreign(),
+            );
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,378 @@
+//! Batch ingest in a few statements, whatever the batch's size: its
+//! idempotency lookups, its record ids, its records with their first
+//! versions, and its flags each take one round trip.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::chain::GENESIS;
+use crate::domain::{Clinic, Fingerprint, Person, Record, RecordId};
+use crate::rules::{ClinicWindow, Finding, PriorDonation};
+
+use super::context::{self, WindowRequest};
+use super::ingest::{ExistingRecord, IngestTx, StoredAck, hla_json, kind_columns, severity_to_db};
+use super::{StoreError, chain};
+
+/// A record's stored form: the pseudonymised body as JSON text, and its
+/// SHA-256, the record's content hash.
+#[derive(Debug, Clone)]
+pub struct StoredForm {
+    /// The body as stored in `record_versions`.
+    pub body: String,
+    /// SHA-256 of `body`.
+    pub hash: Vec<u8>,
+}
+
+impl StoredForm {
+    /// The stored form of a pseudonymised record.
+    pub fn of(record: &Record) -> Self {
+        let body = super::ingest::body_json(record).to_string();
+        let hash = ring::digest::digest(&ring::digest::SHA256, body.as_bytes())
+            .as_ref()
+            .to_vec();
+        Self { body, hash }
+    }
+}
+
+/// A record to store as version 1 under an id allocated for it.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRecord<'a> {
+    /// Its allocated id.
+    pub id: RecordId,
+    /// The pseudonymised record.
+    pub record: &'a Record,
+    /// Its stored form.
+    pub form: &'a StoredForm,
+}
+
+/// A finding to store as a flag of a record stored in this transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct NewFlag<'a> {
+    /// The flagged record's id.
+    pub record_id: RecordId,
+    /// The flagged record.
+    pub record: &'a Record,
+    /// What the rule found.
+    pub finding: &'a Finding,
+}
+
+impl IngestTx {
+    /// The stored records under these idempotency keys (hospital, record id).
+    pub async fn find_existing_many(
+        &mut self,
+        keys: &[(&str, &str)],
+    ) -> Result<HashMap<(String, String), ExistingRecord>, StoreError> {
+        let (hospitals, externals): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+        let rows = sqlx::query!(
+            "SELECT r.hospital_id, r.external_record_id, r.id, r.version, r.content_hash,
+                    r.received_at
+             FROM unnest($1::text[], $2::text[]) AS k(hospital_id, external_record_id)
+             JOIN records r USING (hospital_id, external_record_id)",
+            &hospitals as &[&str],
+            &externals as &[&str],
+        )
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let existing = ExistingRecord {
+                    id: RecordId(r.id),
+                    version: r.version,
+                    content_hash: r.content_hash,
+                    received_at: r.received_at,
+                };
+                ((r.hospital_id, r.external_record_id), existing)
+            })
+            .collect())
+    }
+
+    /// Takes `n` new record ids, ascending. Allocated after the batch's
+    /// locks are held, they are above every id of a record the batch's
+    /// rules read: any writer of those keys has committed already.
+    pub async fn allocate_record_ids(&mut self, n: usize) -> Result<Vec<RecordId>, StoreError> {
+        let n = i32::try_from(n).map_err(|_| StoreError::Corrupt("batch too large".into()))?;
+        let mut ids = sqlx::query_scalar!(
+            r#"SELECT nextval(pg_get_serial_sequence('records', 'id')) AS "id!"
+               FROM generate_series(1, $1)"#,
+            n,
+        )
+        .fetch_all(&mut *self.tx)
+        .await?;
+        ids.sort_unstable();
+        Ok(ids.into_iter().map(RecordId).collect())
+    }
+
+    /// The current registry entries of these clinics; unregistered ones are absent.
+    pub async fn clinics(
+        &mut self,
+        clinic_ids: &[&str],
+    ) -> Result<HashMap<String, Clinic>, StoreError> {
+        super::registry::current_clinics(&mut self.tx, clinic_ids).await
+    }
+
+    /// Every record of these donors with an id below `before`, by donor, oldest first.
+    pub async fn donor_histories(
+        &mut self,
+        donors: &[Fingerprint],
+        before: RecordId,
+    ) -> Result<HashMap<Fingerprint, Vec<PriorDonation>>, StoreError> {
+        context::donor_histories(&mut self.tx, donors, before).await
+    }
+
+    /// The clinic windows of several records, in the order asked.
+    pub async fn clinic_windows(
+        &mut self,
+        requests: &[WindowRequest<'_>],
+    ) -> Result<Vec<ClinicWindow>, StoreError> {
+        context::clinic_windows(&mut self.tx, requests).await
+    }
+
+    /// Stores `records` as version 1, each with its first chained version
+    /// entry, in one statement. `None` when a concurrent writer took one of
+    /// their idempotency keys first: the transaction must then be rolled
+    /// back, because the batch's rules counted that record as new.
+    pub async fn insert_new(
+        &mut self,
+        records: &[NewRecord<'_>],
+    ) -> Result<Option<Vec<StoredAck>>, StoreError> {
+        let recorded_at = chain::now();
+        let c = Columns::of(records, |id, form| {
+            self.chain.link(
+                &GENESIS,
+                &chain::version_content(id.0, 1, &form.hash, None, recorded_at),
+            )
+        });
+        let rows = sqlx::query!(
+            r#"WITH stored AS (
+                   INSERT INTO records (
+                       id, chain_head, content_hash, hospital_id, external_record_id, clinic_id,
+                       procedure_country, organ, laterality, procured_at, transplanted_at,
+                       cold_ischemia_minutes, machine_perfusion, abo_exception,
+                       donor_fp, donor_type, donor_relation, donor_death_at, donor_death_kind,
+                       donor_nationality, donor_residence, donor_age, donor_sex, donor_abo,
+                       donor_rh, donor_hla, donor_non_resident,
+                       recipient_fp, recipient_nationality, recipient_residence, recipient_age,
+                       recipient_sex, recipient_abo, recipient_rh, recipient_hla,
+                       recipient_non_resident)
+                   OVERRIDING SYSTEM VALUE
+                   SELECT * FROM unnest(
+                       $1::bigint[], $2::bytea[], $3::bytea[], $4::text[], $5::text[],
+                       $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
+                       $11::timestamptz[], $12::int[], $13::bool[], $14::text[],
+                       $15::bytea[], $16::text[], $17::text[], $18::timestamptz[], $19::text[],
+                       $20::text[], $21::text[], $22::smallint[], $23::text[], $24::text[],
+                       $25::text[], $26::jsonb[], $27::bool[],
+                       $28::bytea[], $29::text[], $30::text[], $31::smallint[],
+                       $32::text[], $33::text[], $34::text[], $35::jsonb[], $36::bool[])
+                   ON CONFLICT ON CONSTRAINT records_idempotency DO NOTHING
+                   RETURNING id, received_at, content_hash, chain_head
+               ), versions AS (
+                   INSERT INTO record_versions
+                       (record_id, version, content_hash, body, recorded_at, chain_hash)
+                   SELECT stored.id, 1, stored.content_hash, b.body::jsonb, $38, stored.chain_head
+                   FROM stored JOIN unnest($1::bigint[], $37::text[]) AS b(id, body) USING (id)
+               )
+               SELECT id AS "id!", received_at AS "received_at!" FROM stored"#,
+            &c.id,
+            &c.chain_head,
+            &c.content_hash as &[&[u8]],
+            &c.hospital_id as &[&str],
+            &c.external_record_id as &[&str],
+            &c.clinic_id as &[&str],
+            &c.procedure_country as &[&str],
+            &c.organ as &[&str],
+            &c.laterality as &[&str],
+            &c.procured_at,
+            &c.transplanted_at,
+            &c.cold_ischemia_minutes as &[Option<i32>],
+            &c.machine_perfusion,
+            &c.abo_exception as &[&str],
+            &c.donor.fp as &[&[u8]],
+            &c.donor_type as &[&str],
+            &c.donor_relation as &[Option<&str>],
+            &c.donor_death_at as &[Option<DateTime<Utc>>],
+            &c.donor_death_kind as &[Option<&str>],
+            &c.donor.nationality as &[&str],
+            &c.donor.residence as &[&str],
+            &c.donor.age,
+            &c.donor.sex as &[Option<&str>],
+            &c.donor.abo as &[&str],
+            &c.donor.rh as &[Option<&str>],
+            &c.donor.hla as &[Option<serde_json::Value>],
+            &c.donor.non_resident,
+            &c.recipient.fp as &[&[u8]],
+            &c.recipient.nationality as &[&str],
+            &c.recipient.residence as &[&str],
+            &c.recipient.age,
+            &c.recipient.sex as &[Option<&str>],
+            &c.recipient.abo as &[&str],
+            &c.recipient.rh as &[Option<&str>],
+            &c.recipient.hla as &[Option<serde_json::Value>],
+            &c.recipient.non_resident,
+            &c.body as &[&str],
+            recorded_at,
+        )
+        .fetch_all(&mut *self.tx)
+        .await?;
+        if rows.len() != records.len() {
+            return Ok(None);
+        }
+        let mut acks: Vec<StoredAck> = rows
+            .into_iter()
+            .map(|r| StoredAck {
+                id: RecordId(r.id),
+                version: 1,
+                received_at: r.received_at,
+            })
+            .collect();
+        acks.sort_unstable_by_key(|a| a.id);
+        Ok(Some(acks))
+    }
+
+    /// Stores findings on records stored in this transaction as new flags,
+    /// in one statement.
+    pub async fn insert_flags(&mut self, flags: &[NewFlag<'_>]) -> Result<(), StoreError> {
+        if flags.is_empty() {
+            // The insert trigger wakes every watcher, so only real flags may fire it.
+            return Ok(());
+        }
+        let mut record_id = Vec::with_capacity(flags.len());
+        let mut rule_id = Vec::with_capacity(flags.len());
+        let mut rule_version = Vec::with_capacity(flags.len());
+        let mut severity = Vec::with_capacity(flags.len());
+        let mut explanation = Vec::with_capacity(flags.len());
+        let mut evidence = Vec::with_capacity(flags.len());
+        let mut hospital_id = Vec::with_capacity(flags.len());
+        let mut clinic_id = Vec::with_capacity(flags.len());
+        for f in flags {
+            record_id.push(f.record_id.0);
+            rule_id.push(f.finding.rule.as_str());
+            rule_version.push(f.finding.rule.version());
+            severity.push(severity_to_db(f.finding.severity));
+            explanation.push(f.finding.explanation.as_str());
+            evidence.push(array_literal(&f.finding.evidence));
+            hospital_id.push(f.record.hospital_id.as_str());
+            clinic_id.push(f.record.clinic_id.as_str());
+        }
+        sqlx::query!(
+            "INSERT INTO flags (record_id, rule_id, rule_version, severity, explanation,
+                                evidence_record_ids, hospital_id, clinic_id, record_version)
+             SELECT f.record_id, f.rule_id, f.rule_version, f.severity, f.explanation,
+                    f.evidence::bigint[], f.hospital_id, f.clinic_id, 1
+             FROM unnest($1::bigint[], $2::text[], $3::int[], $4::smallint[], $5::text[],
+                         $6::text[], $7::text[], $8::text[])
+                  AS f(record_id, rule_id, rule_version, severity, explanation, evidence,
+                       hospital_id, clinic_id)",
+            &record_id,
+            &rule_id as &[&str],
+            &rule_version,
+            &severity,
+            &explanation as &[&str],
+            &evidence,
+            &hospital_id as &[&str],
+            &clinic_id as &[&str],
+        )
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Record ids as a Postgres array literal (`{1,2,3}`): a flag's evidence is
+/// an array, and arrays of arrays of different lengths cannot be bound.
+fn array_literal(ids: &[RecordId]) -> String {
+    let inner: Vec<String> = ids.iter().map(|id| id.0.to_string()).collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+/// A person's columns, one array per column.
+#[derive(Default)]
+struct PersonColumns<'a> {
+    fp: Vec<&'a [u8]>,
+    nationality: Vec<&'a str>,
+    residence: Vec<&'a str>,
+    age: Vec<i16>,
+    sex: Vec<Option<&'a str>>,
+    abo: Vec<&'a str>,
+    rh: Vec<Option<&'a str>>,
+    hla: Vec<Option<serde_json::Value>>,
+    non_resident: Vec<bool>,
+}
+
+impl<'a> PersonColumns<'a> {
+    fn push(&mut self, p: &'a Person<Fingerprint>, non_resident: bool) {
+        self.fp.push(p.identifier.as_bytes().as_slice());
+        self.nationality.push(p.nationality.as_str());
+        self.residence.push(p.country_of_residence.as_str());
+        self.age.push(i16::from(p.age_years));
+        self.sex.push(p.sex.map(|s| s.as_str()));
+        self.abo.push(p.abo.as_str());
+        self.rh.push(p.rh.map(|x| x.as_str()));
+        self.hla.push(hla_json(p.hla.as_ref()));
+        self.non_resident.push(non_resident);
+    }
+}
+
+/// A batch of new records, one array per column, for `UNNEST`.
+#[derive(Default)]
+struct Columns<'a> {
+    id: Vec<i64>,
+    chain_head: Vec<Vec<u8>>,
+    content_hash: Vec<&'a [u8]>,
+    body: Vec<&'a str>,
+    hospital_id: Vec<&'a str>,
+    external_record_id: Vec<&'a str>,
+    clinic_id: Vec<&'a str>,
+    procedure_country: Vec<&'a str>,
+    organ: Vec<&'a str>,
+    laterality: Vec<&'a str>,
+    procured_at: Vec<DateTime<Utc>>,
+    transplanted_at: Vec<DateTime<Utc>>,
+    cold_ischemia_minutes: Vec<Option<i32>>,
+    machine_perfusion: Vec<bool>,
+    abo_exception: Vec<&'a str>,
+    donor_type: Vec<&'a str>,
+    donor_relation: Vec<Option<&'a str>>,
+    donor_death_at: Vec<Option<DateTime<Utc>>>,
+    donor_death_kind: Vec<Option<&'a str>>,
+    donor: PersonColumns<'a>,
+    recipient: PersonColumns<'a>,
+}
+
+impl<'a> Columns<'a> {
+    /// The columns of `records`, with each one's first chain link from `link`.
+    fn of(records: &[NewRecord<'a>], link: impl Fn(RecordId, &StoredForm) -> [u8; 32]) -> Self {
+        let mut c = Columns::default();
+        for n in records {
+            let r = n.record;
+            let (relation, death_at, death_kind) = kind_columns(&r.donor.kind);
+            c.id.push(n.id.0);
+            c.chain_head.push(link(n.id, n.form).to_vec());
+            c.content_hash.push(&n.form.hash);
+            c.body.push(&n.form.body);
+            c.hospital_id.push(&r.hospital_id);
+            c.external_record_id.push(&r.external_record_id);
+            c.clinic_id.push(&r.clinic_id);
+            c.procedure_country.push(r.procedure_country.as_str());
+            c.organ.push(r.organ.as_str());
+            c.laterality.push(r.laterality.as_str());
+            c.procured_at.push(r.procured_at);
+            c.transplanted_at.push(r.transplanted_at);
+            c.cold_ischemia_minutes.push(
+                r.cold_ischemia_minutes
+                    .map(|m| i32::try_from(m).unwrap_or(i32::MAX)),
+            );
+            c.machine_perfusion.push(r.machine_perfusion);
+            c.abo_exception.push(r.abo_exception.as_str());
+            c.donor_type.push(r.donor.kind.donor_type().as_str());
+            c.donor_relation.push(relation);
+            c.donor_death_at.push(death_at);
+            c.donor_death_kind.push(death_kind);
+            c.donor.push(&r.donor.person, r.donor_is_foreign());
+            c.recipient.push(&r.recipient, r.recipient_is_foreign());
+        }
+        c
+    }
+}
