@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::domain::{Caller, Submission, Violations};
-use crate::ingest::{Ack, Ingestor, Outcome};
+use crate::ingest::{Ack, Ingestor, Outcome, Prepared};
 use crate::server::ServeOptions;
 use crate::telemetry::metrics;
 
@@ -76,7 +76,8 @@ impl IngestApi {
 impl IngestApi {
     /// Reads a stream in batches of what has arrived (up to the batch size),
     /// stores each batch in one transaction and acknowledges its records in
-    /// order once it has committed. A database failure ends the stream with
+    /// order once it has committed. Reading and checking the next batch
+    /// overlaps storing this one. A database failure ends the stream with
     /// its status: nothing of that batch was stored, and the client resends
     /// from its first unacknowledged record.
     async fn serve_stream(
@@ -85,14 +86,50 @@ impl IngestApi {
         inbound: &mut Streaming<pb::SubmitRecordsRequest>,
         tx: &mpsc::Sender<Result<pb::SubmitRecordsResponse, Status>>,
     ) {
-        let mut sequence = 0u64;
-        loop {
-            let (batch, end) = next_batch(inbound, self.batch_size).await;
-            let room = usize::try_from(self.max_stream_records - sequence).unwrap_or(usize::MAX);
-            let over_cap = batch.len() > room;
-            let batch = &batch[..batch.len().min(room)];
-            if !batch.is_empty() {
-                let acks = match self.submit_many(caller, batch).await {
+        // One checked batch waits while another is stored.
+        let (steps_tx, mut steps) = mpsc::channel::<Step>(1);
+        let read = async {
+            let mut read = 0u64;
+            let end = loop {
+                let (batch, end) = next_batch(inbound, self.batch_size).await;
+                let room = usize::try_from(self.max_stream_records - read).unwrap_or(usize::MAX);
+                let over_cap = batch.len() > room;
+                let batch = &batch[..batch.len().min(room)];
+                read += batch.len() as u64;
+                if !batch.is_empty() {
+                    let checked = self.check(caller, batch);
+                    if steps_tx.send(Step::Batch(checked)).await.is_err() {
+                        break None;
+                    }
+                }
+                if over_cap {
+                    let limit = self.max_stream_records;
+                    break Some(Status::resource_exhausted(format!(
+                        "a stream carries at most {limit} records; send the rest on a new stream"
+                    )));
+                }
+                match end {
+                    StreamEnd::More => {}
+                    StreamEnd::Closed => break None,
+                    StreamEnd::Failed(status) => break Some(status),
+                }
+            };
+            let _ = steps_tx.send(Step::End(end)).await;
+            // Done reading; the writer decides when the call ends.
+            std::future::pending::<()>().await
+        };
+        let write = async {
+            let mut sequence = 0u64;
+            while let Some(step) = steps.recv().await {
+                let checked = match step {
+                    Step::Batch(checked) => checked,
+                    Step::End(None) => return,
+                    Step::End(Some(status)) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let acks = match self.store_checked(checked).await {
                     Ok(acks) => {
                         count_outcomes(caller, &acks);
                         acks
@@ -113,32 +150,15 @@ impl IngestApi {
                     sequence += 1;
                 }
             }
-            if over_cap {
-                let limit = self.max_stream_records;
-                let status = Status::resource_exhausted(format!(
-                    "a stream carries at most {limit} records; send the rest on a new stream"
-                ));
-                let _ = tx.send(Err(status)).await;
-                return;
-            }
-            match end {
-                StreamEnd::More => {}
-                StreamEnd::Closed => return,
-                StreamEnd::Failed(status) => {
-                    let _ = tx.send(Err(status)).await;
-                    return;
-                }
-            }
+        };
+        tokio::select! {
+            () = write => {}
+            () = read => {}
         }
     }
 
-    /// Validates a batch, stores what is valid in one transaction, and
-    /// returns one acknowledgement per message, in order.
-    async fn submit_many(
-        &self,
-        caller: &Caller,
-        batch: &[pb::SubmitRecordsRequest],
-    ) -> Result<Vec<RecordAck>, Status> {
+    /// Validates a batch and prepares what is valid for storing.
+    fn check(&self, caller: &Caller, batch: &[pb::SubmitRecordsRequest]) -> Checked {
         let now = Utc::now();
         let mut valid = Vec::new();
         let mut slots = Vec::with_capacity(batch.len());
@@ -157,11 +177,26 @@ impl IngestApi {
                 }
             }
         });
-        let ids: Vec<String> = valid.iter().map(|s| s.external_record_id.clone()).collect();
-        let mut results = if valid.is_empty() {
+        let ids = valid.iter().map(|s| s.external_record_id.clone()).collect();
+        Checked {
+            slots,
+            ids,
+            prepared: self.ingestor.prepare(valid),
+        }
+    }
+
+    /// Stores a checked batch in one transaction and returns one
+    /// acknowledgement per message, in order.
+    async fn store_checked(&self, checked: Checked) -> Result<Vec<RecordAck>, Status> {
+        let Checked {
+            slots,
+            ids,
+            prepared,
+        } = checked;
+        let mut results = if prepared.is_empty() {
             Vec::new()
         } else {
-            self.ingestor.submit_batch(valid).await?
+            self.ingestor.store(&prepared).await?
         }
         .into_iter()
         .zip(ids)
@@ -179,6 +214,22 @@ impl IngestApi {
             })
             .collect())
     }
+}
+
+/// What the reader of a stream hands its writer.
+enum Step {
+    /// A checked batch to store and acknowledge.
+    Batch(Checked),
+    /// The stream ended, cleanly or with this status.
+    End(Option<Status>),
+}
+
+/// A batch of a stream, checked: each message's refusal or its place among
+/// the valid records, which are ready to store.
+struct Checked {
+    slots: Vec<Result<RecordAck, usize>>,
+    ids: Vec<String>,
+    prepared: Prepared,
 }
 
 /// How reading a batch ended.

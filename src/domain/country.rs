@@ -22,6 +22,24 @@ UM US UY UZ VA VC VE VG VI VN VU WF WS XK YE YT ZA ZM ZW";
 /// assert_eq!(de.as_str(), "DE");
 /// assert!("XX".parse::<CountryCode>().is_err());
 /// ```
+/// Whether each pair of letters is assigned, by [`table_index`]: parsing is
+/// on every record's path, so it must not search the list.
+const IS_ASSIGNED: [bool; 26 * 26] = {
+    let list = ASSIGNED.as_bytes();
+    let mut table = [false; 26 * 26];
+    let mut i = 0;
+    while i + 1 < list.len() {
+        table[table_index([list[i], list[i + 1]])] = true;
+        i += 3;
+    }
+    table
+};
+
+/// The table slot of two upper-case ASCII letters.
+const fn table_index(code: [u8; 2]) -> usize {
+    (code[0] - b'A') as usize * 26 + (code[1] - b'A') as usize
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CountryCode([u8; 2]);
 
@@ -47,8 +65,7 @@ impl FromStr for CountryCode {
             return Err(InvalidCountry);
         }
         let code = [bytes[0].to_ascii_uppercase(), bytes[1].to_ascii_uppercase()];
-        let text = std::str::from_utf8(&code).map_err(|_| InvalidCountry)?;
-        if ASSIGNED.split(' ').any(|c| c == text) {
+        if IS_ASSIGNED[table_index(code)] {
             Ok(Self(code))
         } else {
             Err(InvalidCountry)

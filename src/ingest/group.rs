@@ -13,8 +13,9 @@ use tracing::Instrument;
 
 use crate::domain::Record;
 use crate::store::StoreError;
+use crate::store::batch::StoredForm;
 
-use super::{Ack, IngestError, Ingestor};
+use super::{Ack, IngestError, Ingestor, Prepared};
 
 /// Groups committed at once. Two keep the database busy while the next
 /// group gathers (one commits while the other evaluates); more would only
@@ -35,6 +36,7 @@ pub(super) struct Committer {
 struct Pending {
     ticket: u64,
     record: Record,
+    form: StoredForm,
     reply: oneshot::Sender<Result<Ack, IngestError>>,
     span: tracing::Span,
 }
@@ -79,13 +81,18 @@ impl Drop for Withdraw<'_> {
 }
 
 /// Stores `record` in the next group and answers once that group committed.
-pub(super) async fn submit(ingestor: &Ingestor, record: Record) -> Result<Ack, IngestError> {
+pub(super) async fn submit(
+    ingestor: &Ingestor,
+    record: Record,
+    form: StoredForm,
+) -> Result<Ack, IngestError> {
     let committer = &*ingestor.group;
     let ticket = committer.tickets.fetch_add(1, Ordering::Relaxed);
     let (reply, mut answer) = oneshot::channel();
     committer.queue().push_back(Pending {
         ticket,
         record,
+        form,
         reply,
         span: tracing::Span::current(),
     });
@@ -117,32 +124,38 @@ pub(super) async fn submit(ingestor: &Ingestor, record: Record) -> Result<Ack, I
 /// record can fail another's.
 async fn commit(ingestor: &Ingestor, group: Vec<Pending>) {
     let here = tracing::Span::current();
-    let (records, replies): (Vec<Record>, Vec<_>) = group
-        .into_iter()
-        .map(|p| {
-            // A span following itself would deadlock the OpenTelemetry layer.
-            if p.span.id() != here.id() {
-                here.follows_from(&p.span);
-            }
-            (p.record, p.reply)
-        })
-        .unzip();
+    let mut batch = Prepared::default();
+    let mut replies = Vec::with_capacity(group.len());
+    for p in group {
+        // A span following itself would deadlock the OpenTelemetry layer.
+        if p.span.id() != here.id() {
+            here.follows_from(&p.span);
+        }
+        batch.records.push(p.record);
+        batch.forms.push(p.form);
+        replies.push(p.reply);
+    }
     // A caller that went away needs no answer, so failed sends are ignored.
-    match ingestor.store_batch(&records).await {
+    match ingestor.store(&batch).await {
         Ok(answers) => {
             for (reply, answer) in replies.into_iter().zip(answers) {
                 let _ = reply.send(answer);
             }
         }
-        Err(e) if records.len() == 1 => {
+        Err(e) if replies.len() == 1 => {
             if let Some(reply) = replies.into_iter().next() {
                 let _ = reply.send(Err(IngestError::Store(e)));
             }
         }
         Err(_) => {
-            for (record, reply) in records.iter().zip(replies) {
+            let one_by_one = batch.records.into_iter().zip(batch.forms);
+            for ((record, form), reply) in one_by_one.zip(replies) {
+                let alone = Prepared {
+                    records: vec![record],
+                    forms: vec![form],
+                };
                 let answer = ingestor
-                    .store_batch(std::slice::from_ref(record))
+                    .store(&alone)
                     .await
                     .map_err(IngestError::Store)
                     .and_then(|mut answers| answers.pop().unwrap_or_else(|| Err(lost())));

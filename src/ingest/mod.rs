@@ -62,6 +62,25 @@ pub enum IngestError {
     Store(#[from] StoreError),
 }
 
+/// Records ready to store: pseudonymised, each with its stored form.
+#[derive(Debug, Clone, Default)]
+pub struct Prepared {
+    records: Vec<Record>,
+    forms: Vec<StoredForm>,
+}
+
+impl Prepared {
+    /// How many records it holds.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
 /// Attempts at a batch whose idempotency keys concurrent writers keep taking.
 const MAX_ATTEMPTS: usize = 5;
 
@@ -92,7 +111,8 @@ impl Ingestor {
     /// the record's transaction has committed.
     pub async fn submit(&self, submission: Submission) -> Result<Ack, IngestError> {
         let record = submission.pseudonymise(&self.key);
-        group::submit(self, record).await
+        let form = StoredForm::of(&record);
+        group::submit(self, record, form).await
     }
 
     /// Stores several records in one transaction, in order: each sees the
@@ -103,24 +123,30 @@ impl Ingestor {
         &self,
         submissions: Vec<Submission>,
     ) -> Result<Vec<Result<Ack, IngestError>>, StoreError> {
+        self.store(&self.prepare(submissions)).await
+    }
+
+    /// Pseudonymises records and computes their stored forms: the part of
+    /// a batch's work that needs no database, so it can overlap another's.
+    pub fn prepare(&self, submissions: Vec<Submission>) -> Prepared {
         let records: Vec<Record> = submissions
             .into_iter()
             .map(|s| s.pseudonymise(&self.key))
             .collect();
-        self.store_batch(&records).await
+        let forms = records.iter().map(StoredForm::of).collect();
+        Prepared { records, forms }
     }
 
-    /// Stores pseudonymised records in one transaction (see [`Self::submit_batch`]).
-    async fn store_batch(
+    /// Stores prepared records in one transaction (see [`Self::submit_batch`]).
+    pub async fn store(
         &self,
-        records: &[Record],
+        batch: &Prepared,
     ) -> Result<Vec<Result<Ack, IngestError>>, StoreError> {
-        let forms: Vec<StoredForm> = records.iter().map(StoredForm::of).collect();
+        let Prepared { records, forms } = batch;
         for _ in 0..MAX_ATTEMPTS {
             let mut tx = self.store.begin_ingest().await?;
             tx.lock_keys(records).instrument(info_span!("lock")).await?;
-            let Some(stored) = batch::store_in(&mut tx, &self.engine, records, &forms).await?
-            else {
+            let Some(stored) = batch::store_in(&mut tx, &self.engine, records, forms).await? else {
                 // A concurrent writer committed one of these keys first; the
                 // next attempt sees it as stored.
                 continue;

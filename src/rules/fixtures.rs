@@ -57,7 +57,7 @@ pub(super) fn foreigner(p: Person<Fingerprint>, code: &str) -> Person<Fingerprin
 }
 
 /// A left kidney from a living donor to a recipient, both German residents, in Germany.
-pub(super) fn living(relation: DonorRelation) -> Record {
+pub(crate) fn living(relation: DonorRelation) -> Record {
     TransplantRecord {
         external_record_id: "H-DE-001-1".into(),
         hospital_id: "H-DE-001".into(),
@@ -87,7 +87,7 @@ pub(super) fn death() -> DonorKind {
 }
 
 /// [`living`], but from a deceased (DBD) donor and transplanted 12 h after procurement.
-pub(super) fn deceased() -> Record {
+pub(crate) fn deceased() -> Record {
     let mut r = living(DonorRelation::Sibling);
     r.donor.kind = death();
     r.transplanted_at = procured() + Duration::hours(12);

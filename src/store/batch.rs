@@ -27,7 +27,7 @@ pub struct StoredForm {
 impl StoredForm {
     /// The stored form of a pseudonymised record.
     pub fn of(record: &Record) -> Self {
-        let body = super::ingest::body_json(record).to_string();
+        let body = super::body::RecordBody::text(record);
         let hash = ring::digest::digest(&ring::digest::SHA256, body.as_bytes())
             .as_ref()
             .to_vec();

@@ -1,7 +1,9 @@
 //! The stored form of a record version: pseudonymised JSON.
 //!
-//! Its bytes are also the content hash's input, so a field's order or name
-//! here must never change for stored versions (add fields only with defaults).
+//! Its bytes are also the content hash's input, so a field's name here must
+//! never change for stored versions (add fields only with defaults), and
+//! fields stay in byte order of their names: the text is that of a JSON
+//! object with sorted keys.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -12,37 +14,40 @@ use crate::domain::{
 
 use super::StoreError;
 
+// Fields in byte order of their names: serialised directly, the text is
+// the same as a sorted JSON object's, which content hashes were taken over.
 #[derive(Serialize, Deserialize)]
 pub(super) struct RecordBody {
-    external_record_id: String,
-    hospital_id: String,
-    clinic_id: String,
-    procedure_country: String,
-    organ: String,
-    laterality: String,
-    procured_at: DateTime<Utc>,
-    transplanted_at: DateTime<Utc>,
-    cold_ischemia_minutes: Option<u32>,
-    machine_perfusion: bool,
     abo_exception: String,
-    donor: PersonBody,
-    donor_type: String,
-    relation_to_recipient: Option<String>,
+    clinic_id: String,
+    cold_ischemia_minutes: Option<u32>,
     death_at: Option<DateTime<Utc>>,
     death_kind: Option<String>,
+    donor: PersonBody,
+    donor_type: String,
+    external_record_id: String,
+    hospital_id: String,
+    laterality: String,
+    machine_perfusion: bool,
+    organ: String,
+    procedure_country: String,
+    procured_at: DateTime<Utc>,
     recipient: PersonBody,
+    relation_to_recipient: Option<String>,
+    transplanted_at: DateTime<Utc>,
 }
 
+// Fields in byte order of their names, as in `RecordBody`.
 #[derive(Serialize, Deserialize)]
 pub(super) struct PersonBody {
-    fingerprint: String,
-    nationality: String,
-    country_of_residence: String,
-    age_years: u8,
-    sex: Option<String>,
     abo: String,
-    rh: Option<String>,
+    age_years: u8,
+    country_of_residence: String,
+    fingerprint: String,
     hla: Option<HlaBody>,
+    nationality: String,
+    rh: Option<String>,
+    sex: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -53,6 +58,12 @@ pub(super) struct HlaBody {
 }
 
 impl RecordBody {
+    /// The stored text of a pseudonymised record.
+    pub(super) fn text(r: &Record) -> String {
+        // Strings, numbers and timestamps always serialise.
+        serde_json::to_string(&Self::from_record(r)).unwrap_or_default()
+    }
+
     pub(super) fn from_record(r: &Record) -> Self {
         let (relation, death_at, death_kind) = match r.donor.kind {
             DonorKind::Living { relation } => (Some(relation.to_string()), None, None),
@@ -162,4 +173,29 @@ impl PersonBody {
 pub(super) fn parse<T: std::str::FromStr>(text: &str) -> Result<T, StoreError> {
     text.parse()
         .map_err(|_| StoreError::Corrupt(format!("unexpected stored value {text:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{DonorRelation, Sex};
+    use crate::rules::fixtures::{deceased, living};
+
+    #[test]
+    fn the_stored_text_is_the_sorted_json_object_hashes_were_taken_over() {
+        let mut typed = living(DonorRelation::UnrelatedDirected);
+        typed.cold_ischemia_minutes = Some(45);
+        typed.recipient.sex = Some(Sex::Female);
+        typed.donor.person.hla = Some(HlaTyping {
+            a: vec!["A*02".into()],
+            b: vec![],
+            dr: vec!["DR4".into(), "DR7".into()],
+        });
+        for record in [living(DonorRelation::Sibling), deceased(), typed] {
+            let sorted = serde_json::to_value(RecordBody::from_record(&record))
+                .expect("serialises")
+                .to_string();
+            assert_eq!(RecordBody::text(&record), sorted);
+        }
+    }
 }
