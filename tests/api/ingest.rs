@@ -386,6 +386,54 @@ async fn concurrent_identical_submissions_store_one_record() {
     );
 }
 
+#[tokio::test]
+async fn a_record_the_database_refuses_fails_alone_not_the_others_committed_with_it() {
+    let app = spawn_app().await;
+    // Something only the database refuses (validation lets it through), so
+    // that concurrent submissions grouped with it would fail with it.
+    sqlx::query(
+        "ALTER TABLE records ADD CONSTRAINT test_refuses_poison \
+         CHECK (external_record_id NOT LIKE 'POISON%')",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("add the constraint");
+    const ROUNDS: usize = 5;
+    const CONCURRENCY: usize = 16;
+    for round in 0..ROUNDS {
+        let calls = (0..CONCURRENCY).map(|i| {
+            let id = if i == CONCURRENCY / 2 {
+                format!("POISON-{round}")
+            } else {
+                format!("GOOD-{round}-{i}")
+            };
+            let mut client = app.ingest.clone();
+            tokio::spawn(async move {
+                let request = pb::SubmitRecordRequest {
+                    record: Some(kidney(&id)),
+                };
+                (id, client.submit_record(request).await)
+            })
+        });
+        for call in futures::future::join_all(calls).await {
+            let (id, answer) = call.expect("task");
+            if id.starts_with("POISON") {
+                let status = answer.expect_err("the database refuses it");
+                assert_eq!(status.code(), Code::Internal, "{id}: {status:?}");
+            } else {
+                let ack = answer
+                    .unwrap_or_else(|s| panic!("{id}: {s:?}"))
+                    .into_inner();
+                let ack = ack.ack.expect("an ack");
+                assert_eq!(outcome(&ack), Ok(pb::Outcome::Accepted), "{id}");
+            }
+        }
+    }
+    let good = (ROUNDS * (CONCURRENCY - 1)) as i64;
+    assert_eq!(app.count("records").await, good);
+    assert_eq!(app.count("record_versions").await, good);
+}
+
 // ---- the SubmitRecords stream ------------------------------------------------------------
 
 /// Opens a SubmitRecords stream fed from the returned sender.
