@@ -4,8 +4,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use chrono::Utc;
+use futures::stream::FuturesOrdered;
 use futures::{FutureExt, Stream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
@@ -23,6 +25,10 @@ use super::status::{invalid, to_rpc_status};
 
 /// The most acknowledgements buffered ahead of a slow reader.
 const ACK_BUFFER: usize = 64;
+
+/// Batches of one stream stored at once: one commits while the next
+/// evaluates, each on its own connection.
+const STREAM_BATCHES_AT_ONCE: usize = 2;
 
 /// The longest amendment reason accepted.
 const MAX_REASON_LEN: usize = 2000;
@@ -120,34 +126,58 @@ impl IngestApi {
         };
         let write = async {
             let mut sequence = 0u64;
-            while let Some(step) = steps.recv().await {
-                let checked = match step {
-                    Step::Batch(checked) => checked,
-                    Step::End(None) => return,
-                    Step::End(Some(status)) => {
+            // Batches being stored, oldest first, and the newest one's
+            // signal that it holds its locks and record ids: the next may
+            // start only then, so that it is stored after it.
+            let mut storing = FuturesOrdered::new();
+            let mut ordering: Option<oneshot::Receiver<()>> = None;
+            let mut ended: Option<Option<Status>> = None;
+            loop {
+                if let (Some(end), true) = (&mut ended, storing.is_empty()) {
+                    if let Some(status) = end.take() {
                         let _ = tx.send(Err(status)).await;
-                        return;
                     }
-                };
-                let acks = match self.store_checked(checked).await {
-                    Ok(acks) => {
+                    return;
+                }
+                let may_start =
+                    ended.is_none() && ordering.is_none() && storing.len() < STREAM_BATCHES_AT_ONCE;
+                tokio::select! {
+                    step = steps.recv(), if may_start => match step {
+                        Some(Step::Batch(checked)) => {
+                            let (ordered, order) = oneshot::channel();
+                            ordering = Some(order);
+                            storing.push_back(self.store_checked(checked, ordered));
+                        }
+                        Some(Step::End(end)) => ended = Some(end),
+                        None => ended = Some(None),
+                    },
+                    () = async {
+                        match ordering.as_mut() {
+                            // Sent, or dropped by a batch that failed first.
+                            Some(order) => drop(order.await),
+                            None => std::future::pending().await,
+                        }
+                    } => ordering = None,
+                    Some(stored) = storing.next() => {
+                        let acks = match stored {
+                            Ok(acks) => acks,
+                            Err(status) => {
+                                let _ = tx.send(Err(status)).await;
+                                return;
+                            }
+                        };
                         count_outcomes(caller, &acks);
-                        acks
+                        for ack in acks {
+                            let response = pb::SubmitRecordsResponse {
+                                sequence,
+                                ack: Some(ack),
+                            };
+                            if tx.send(Ok(response)).await.is_err() {
+                                return; // the client went away
+                            }
+                            sequence += 1;
+                        }
                     }
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
-                    }
-                };
-                for ack in acks {
-                    let response = pb::SubmitRecordsResponse {
-                        sequence,
-                        ack: Some(ack),
-                    };
-                    if tx.send(Ok(response)).await.is_err() {
-                        return; // the client went away
-                    }
-                    sequence += 1;
                 }
             }
         };
@@ -185,9 +215,14 @@ impl IngestApi {
         }
     }
 
-    /// Stores a checked batch in one transaction and returns one
-    /// acknowledgement per message, in order.
-    async fn store_checked(&self, checked: Checked) -> Result<Vec<RecordAck>, Status> {
+    /// Stores a checked batch in one transaction (telling `ordered` once it
+    /// holds its locks and record ids) and returns one acknowledgement per
+    /// message, in order.
+    async fn store_checked(
+        &self,
+        checked: Checked,
+        ordered: oneshot::Sender<()>,
+    ) -> Result<Vec<RecordAck>, Status> {
         let Checked {
             slots,
             ids,
@@ -196,7 +231,9 @@ impl IngestApi {
         let mut results = if prepared.is_empty() {
             Vec::new()
         } else {
-            self.ingestor.store(&prepared).await?
+            self.ingestor
+                .store_ordered(&prepared, Some(ordered))
+                .await?
         }
         .into_iter()
         .zip(ids)

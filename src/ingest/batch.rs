@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use tokio::sync::oneshot;
+
 use tracing::{Instrument, info_span};
 
 use crate::domain::{Clinic, DonorKind, DonorRelation, Fingerprint, Record, RecordId, Severity};
@@ -35,7 +37,8 @@ enum Slot<'e> {
 }
 
 /// Runs `records` (pseudonymised, with their stored forms) through the
-/// pipeline inside `tx`, which holds their keys' locks. `None` when a
+/// pipeline inside `tx`, which holds their keys' locks, telling `ordered`
+/// once their record ids are taken. `None` when a
 /// concurrent writer took one of their idempotency keys between the lookup
 /// and the insert: the caller must roll back and try again.
 pub(super) async fn store_in(
@@ -43,6 +46,7 @@ pub(super) async fn store_in(
     engine: &Engine,
     records: &[Record],
     forms: &[StoredForm],
+    ordered: &mut Option<oneshot::Sender<()>>,
 ) -> Result<Option<Stored>, StoreError> {
     let keys: Vec<(&str, &str)> = records
         .iter()
@@ -67,10 +71,18 @@ pub(super) async fn store_in(
         })
         .collect();
 
+    let ids = if new.is_empty() {
+        Vec::new()
+    } else {
+        tx.allocate_record_ids(new.len()).await?
+    };
+    if let Some(ordered) = ordered.take() {
+        // Whoever waits may have gone; the batch goes on regardless.
+        let _ = ordered.send(());
+    }
     let mut acks: Vec<StoredAck> = Vec::new();
     let mut raised = Vec::new();
     if !new.is_empty() {
-        let ids = tx.allocate_record_ids(new.len()).await?;
         let fresh: Vec<NewRecord<'_>> = new
             .iter()
             .zip(&ids)

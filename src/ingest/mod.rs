@@ -7,6 +7,7 @@ mod group;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::sync::oneshot;
 use tracing::{Instrument, info_span};
 
 use crate::domain::Severity;
@@ -142,11 +143,25 @@ impl Ingestor {
         &self,
         batch: &Prepared,
     ) -> Result<Vec<Result<Ack, IngestError>>, StoreError> {
+        self.store_ordered(batch, None).await
+    }
+
+    /// [`Self::store`], telling `ordered` once the batch holds its keys'
+    /// locks and its record ids: a batch begun after that is stored after
+    /// this one and sees its records wherever their keys meet, so the two
+    /// may run at once.
+    pub async fn store_ordered(
+        &self,
+        batch: &Prepared,
+        mut ordered: Option<oneshot::Sender<()>>,
+    ) -> Result<Vec<Result<Ack, IngestError>>, StoreError> {
         let Prepared { records, forms } = batch;
         for _ in 0..MAX_ATTEMPTS {
             let mut tx = self.store.begin_ingest().await?;
             tx.lock_keys(records).instrument(info_span!("lock")).await?;
-            let Some(stored) = batch::store_in(&mut tx, &self.engine, records, forms).await? else {
+            let stored =
+                batch::store_in(&mut tx, &self.engine, records, forms, &mut ordered).await?;
+            let Some(stored) = stored else {
                 // A concurrent writer committed one of these keys first; the
                 // next attempt sees it as stored.
                 continue;

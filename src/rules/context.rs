@@ -154,15 +154,21 @@ pub enum ContextKey<'a> {
 }
 
 impl<'a> ContextKey<'a> {
-    /// The keys `record` is read under or counted in.
-    pub fn of(record: &'a crate::domain::Record) -> impl Iterator<Item = ContextKey<'a>> {
+    /// The keys `record` is read under or counted in, each with whether
+    /// `record` reads it: a reader must exclude every other writer of the
+    /// key, while records that are only counted in it exclude only readers.
+    pub fn of(record: &'a crate::domain::Record) -> impl Iterator<Item = (ContextKey<'a>, bool)> {
         let living = matches!(record.donor.kind, crate::domain::DonorKind::Living { .. });
         let clinic = record.clinic_id.as_str();
         [
-            Some(ContextKey::Donor(&record.donor.person.identifier)),
+            Some((ContextKey::Donor(&record.donor.person.identifier), true)),
             (living && record.donor_is_foreign())
-                .then_some(ContextKey::ClinicForeignLiving(clinic)),
-            (!living).then_some(ContextKey::ClinicDeceased(clinic)),
+                .then_some((ContextKey::ClinicForeignLiving(clinic), true)),
+            // The share window is read only for a non-resident recipient.
+            (!living).then_some((
+                ContextKey::ClinicDeceased(clinic),
+                record.recipient_is_foreign(),
+            )),
         ]
         .into_iter()
         .flatten()

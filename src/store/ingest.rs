@@ -123,20 +123,28 @@ impl IngestTx {
 
     /// Takes the transaction-scoped locks on every key the rules read for
     /// these records (donors, clinic windows), in one fixed order so that
-    /// concurrent writers never deadlock.
+    /// concurrent writers never deadlock: exclusively where a record reads
+    /// the key, shared where records are only counted in it, so that
+    /// writers which read nothing of each other's do not queue.
     pub async fn lock_keys<'r>(
         &mut self,
         records: impl IntoIterator<Item = &'r Record>,
     ) -> Result<(), StoreError> {
-        let mut keys: Vec<i64> = records
+        let mut wanted: Vec<(i64, bool)> = records
             .into_iter()
-            .flat_map(|r| ContextKey::of(r).map(|k| lock_number(&k)))
+            .flat_map(|r| ContextKey::of(r).map(|(k, reads)| (lock_number(&k), reads)))
             .collect();
-        keys.sort_unstable();
-        keys.dedup();
+        // Exclusive before shared for one key, so that dedup keeps it.
+        wanted.sort_unstable_by_key(|&(key, reads)| (key, !reads));
+        wanted.dedup_by_key(|&mut (key, _)| key);
+        let (keys, exclusive): (Vec<i64>, Vec<bool>) = wanted.into_iter().unzip();
         sqlx::query!(
-            r#"SELECT count(*) AS "locked!" FROM unnest($1::bigint[]) AS k, pg_advisory_xact_lock(k)"#,
+            r#"SELECT count(*) AS "locked!"
+               FROM unnest($1::bigint[], $2::bool[]) AS k(key, exclusive),
+                    LATERAL (SELECT CASE WHEN k.exclusive THEN pg_advisory_xact_lock(k.key)
+                                         ELSE pg_advisory_xact_lock_shared(k.key) END) AS l"#,
             &keys,
+            &exclusive,
         )
         .fetch_one(&mut *self.tx)
         .await?;

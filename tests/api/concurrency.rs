@@ -152,3 +152,67 @@ async fn records_in_one_stream_see_each_other() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_writers_that_are_only_counted_never_hide_from_a_reader() {
+    // Deceased-donor transplants to residents are only counted in the
+    // clinic's share window (their writers share its lock); those to
+    // non-residents read it (and take the lock alone). Whatever the
+    // interleaving, each reader must count exactly the records stored
+    // before it.
+    let rules = RulesConfig::from_toml_str(
+        "[non_resident_share]\nwindow_days = 365\nmin_transplants = 1\nmax_share = 0.3\n",
+    )
+    .expect("rules");
+    let database_url = fresh_database().await;
+    let a = spawn_app_on(&database_url, rules.clone()).await;
+    let b = spawn_app_on(&database_url, rules).await;
+    register_berlin(&a).await;
+    let calls = (0..60).map(|i| {
+        let mut record = deceased_left_kidney(&format!("S-{i}"), &format!("SHAREDONOR{i}"));
+        if i % 3 == 0 {
+            let recipient = record.recipient.as_mut().expect("recipient");
+            recipient.nationality = "MD".into();
+            recipient.country_of_residence = "MD".into();
+        }
+        submit(if i % 2 == 0 { &a } else { &b }, record)
+    });
+    for result in join_all(calls).await {
+        assert_eq!(
+            result.expect("accepted").outcome,
+            pb::Outcome::Accepted as i32
+        );
+    }
+
+    let stored: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT external_record_id, recipient_non_resident FROM records ORDER BY id",
+    )
+    .fetch_all(&a.pool)
+    .await
+    .expect("records");
+    let mut expected = Vec::new();
+    let mut non_residents = 0u32;
+    for (total, (id, non_resident)) in (1u32..).zip(&stored) {
+        if *non_resident {
+            non_residents += 1;
+            if f64::from(non_residents) / f64::from(total) > 0.3 {
+                expected.push(id.clone());
+            }
+        }
+    }
+    let flagged: Vec<String> = rules_by_record(&a)
+        .await
+        .into_iter()
+        .filter(|(_, rules)| rules.iter().any(|r| r == "CLINIC_NON_RESIDENT_SHARE"))
+        .map(|(record, _)| record)
+        .collect();
+    let mut expected_sorted = expected.clone();
+    expected_sorted.sort();
+    assert_eq!(
+        flagged, expected_sorted,
+        "flags as one by one in storage order"
+    );
+    assert!(!expected.is_empty(), "the share is crossed somewhere");
+    a.stop().await;
+    b.stop().await;
+}
