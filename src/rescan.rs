@@ -3,16 +3,24 @@
 //! auditor's work, resumes after an interruption, and as a dry run reports
 //! what a change would add and which existing flags it would no longer raise.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::ControlFlow;
 
 use crate::domain::{Fingerprint, RecordId};
-use crate::rules::{Engine, RuleContext, RuleId, WindowSpec};
-use crate::store::rescan::{NewFlag, RescanRun, TransplantRange};
+use crate::rules::{
+    ClinicWindow, Engine, PriorDonation, RuleContext, RuleId, RulesConfig, WindowSpec,
+};
+use crate::store::rescan::{
+    ExistingFlag, NewFlag, RescanRun, StoredRecord, TransplantRange, WindowProbe,
+};
 use crate::store::{Store, StoreError};
 
+mod deceased;
+
+use deceased::DeceasedCache;
+
 /// Records evaluated per transaction.
-pub const DEFAULT_CHUNK: i64 = 2_000;
+pub const DEFAULT_CHUNK: i64 = 5_000;
 
 /// Examples kept per rule and kind of change.
 pub const DEFAULT_EXAMPLES: usize = 5;
@@ -99,6 +107,10 @@ pub enum RescanError {
 
 /// Runs a rescan, calling `progress` after every chunk; `progress` may stop
 /// it with `ControlFlow::Break`, which leaves a recorded run resumable.
+///
+/// While one chunk is evaluated and its flags written, the next is read (its
+/// records, donors' histories, clinic windows and existing flags) on other
+/// connections, so the database and the rules work side by side.
 pub async fn rescan(
     store: &Store,
     engine: &Engine,
@@ -107,7 +119,7 @@ pub async fn rescan(
 ) -> Result<RescanReport, RescanError> {
     let (run, rules, range) = prepare(store, engine, &request).await?;
     let rule_ids: Vec<String> = rules.iter().map(|r| r.as_str().to_owned()).collect();
-    let mut cursor = run.as_ref().map_or(RecordId(0), |r| r.cursor);
+    let cursor = run.as_ref().map_or(RecordId(0), |r| r.cursor);
     let total = u64::try_from(store.count_records(range, cursor).await?).unwrap_or(0);
     let clinics = store.all_clinics().await?;
     let chunk_size = if request.chunk_size > 0 {
@@ -121,44 +133,59 @@ pub async fn rescan(
         rules: rules.iter().map(|r| (*r, RuleChange::default())).collect(),
         ..RescanReport::default()
     };
+    let reader = Reader {
+        store: store.clone(),
+        config: engine.config().clone(),
+        range,
+        chunk_size,
+        rule_ids,
+        deceased: DeceasedCache::default(),
+        // Only a rescan that reads every record from the first one knows
+        // every donor below its cursor.
+        donors_seen: (cursor == RecordId(0) && range == TransplantRange::default())
+            .then(DonorFilter::new),
+    };
+    let mut pending = Prefetch::start(reader, cursor);
     loop {
-        let chunk = store.records_after(cursor, chunk_size, range).await?;
-        let Some(last) = chunk.last() else { break };
-        let last_id = last.id;
-        let ids: Vec<RecordId> = chunk.iter().map(|r| r.id).collect();
-        let donors: Vec<Fingerprint> = chunk
-            .iter()
-            .map(|r| r.record.donor.person.identifier)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let histories = store.donor_histories(&donors, last_id).await?;
-        let existing = store.existing_flags(&ids, &rule_ids).await?;
+        let (reader, loaded) = pending.finish().await;
+        let Some(loaded) = loaded? else { break };
+        let Loaded {
+            chunk,
+            histories,
+            windows,
+            existing,
+        } = loaded;
+        let Some(last_id) = chunk.last().map(|r| r.id) else {
+            break;
+        };
+        // Read the next chunk while this one is evaluated and written.
+        pending = Prefetch::start(reader, last_id);
         let mut findings = Vec::with_capacity(chunk.len());
-        for stored in &chunk {
+        for (stored, window) in chunk.iter().zip(&windows) {
             let record = &stored.record;
             let history = histories
                 .get(&record.donor.person.identifier)
                 .map_or(&[][..], |h| {
                     &h[..h.partition_point(|p| p.record_id < stored.id)]
                 });
-            let spec = WindowSpec::for_record(record, engine.config());
-            let window = store
-                .clinic_window(&record.clinic_id, record.transplanted_at, spec, stored.id)
-                .await?;
             let ctx = RuleContext {
                 clinic: clinics.get(&record.clinic_id),
                 donor_history: history,
-                clinic_window: &window,
+                clinic_window: window,
             };
             findings.push(engine.evaluate_only(record, &ctx, &rules));
         }
+        let flagged: HashSet<RecordId> = existing.keys().map(|(id, _)| *id).collect();
         let mut new_flags = Vec::new();
         for (stored, found) in chunk.iter().zip(&findings) {
+            if found.is_empty() && !flagged.contains(&stored.id) {
+                // Nothing raised and nothing to compare with: no change to count.
+                continue;
+            }
             let fired: HashSet<RuleId> = found.iter().map(|f| f.rule).collect();
             for rule in &rules {
                 let change = report.rules.entry(*rule).or_default();
-                let flag = existing.get(&(stored.id, rule.as_str().to_owned()));
+                let flag = existing.get(&(stored.id, *rule));
                 match (fired.contains(rule), flag) {
                     (true, Some(_)) => change.still_raised += 1,
                     (true, None) => {
@@ -181,7 +208,7 @@ pub async fn rescan(
             new_flags.extend(
                 found
                     .iter()
-                    .filter(|f| !existing.contains_key(&(stored.id, f.rule.as_str().to_owned())))
+                    .filter(|f| !existing.contains_key(&(stored.id, f.rule)))
                     .map(|finding| NewFlag {
                         record: stored,
                         finding,
@@ -196,7 +223,6 @@ pub async fn rescan(
                 .await?;
         }
         report.processed += processed;
-        cursor = last_id;
         let step = Progress {
             run_id: report.run_id,
             processed: report.processed,
@@ -204,6 +230,7 @@ pub async fn rescan(
             flags_added: report.flags_added,
         };
         if progress(step).is_break() {
+            // Dropping `pending` abandons the read ahead; it wrote nothing.
             return Ok(report);
         }
     }
@@ -211,6 +238,289 @@ pub async fn rescan(
         store.finish_rescan(run).await?;
     }
     Ok(report)
+}
+
+/// A chunk with everything its rules read besides the registry.
+struct Loaded {
+    /// The records, in id order.
+    chunk: Vec<StoredRecord>,
+    /// The chunk's donors' records stored before the chunk's last record.
+    histories: HashMap<Fingerprint, Vec<PriorDonation>>,
+    /// Each record's clinic window, in chunk order.
+    windows: Vec<ClinicWindow>,
+    /// Flags of the rescanned rules already on the chunk's records.
+    existing: HashMap<(RecordId, RuleId), ExistingFlag>,
+}
+
+/// Reads chunks in id order; owns what it carries from one chunk to the next.
+struct Reader {
+    store: Store,
+    config: RulesConfig,
+    range: TransplantRange,
+    chunk_size: i64,
+    rule_ids: Vec<String>,
+    deceased: DeceasedCache,
+    /// The donors of every record read so far, when that is every record
+    /// below the cursor (a whole rescan from the first record).
+    donors_seen: Option<DonorFilter>,
+}
+
+impl Reader {
+    /// The chunk after `after`, or `None` past the last record.
+    async fn read(&mut self, after: RecordId) -> Result<Option<Loaded>, StoreError> {
+        let ids = self
+            .store
+            .record_ids_after(after, self.chunk_size, self.range)
+            .await?;
+        let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else {
+            return Ok(None);
+        };
+        // Two halves on two connections, decoded on two threads.
+        let mid = ids[(ids.len() - 1) / 2];
+        let chunk = if mid < last {
+            let (store, range) = (self.store.clone(), self.range);
+            let head = tokio::spawn(async move { store.records_between(first, mid, range).await });
+            let tail = self
+                .store
+                .records_between(RecordId(mid.0 + 1), last, self.range)
+                .await?;
+            let mut chunk = match head.await {
+                Ok(head) => head?,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => unreachable!("rescan read cancelled: {e}"),
+            };
+            chunk.extend(tail);
+            chunk
+        } else {
+            self.store.records_between(first, last, self.range).await?
+        };
+        let Some(last_id) = chunk.last().map(|r| r.id) else {
+            return Ok(None);
+        };
+        let ids: Vec<RecordId> = chunk.iter().map(|r| r.id).collect();
+        // Without a range the chunk holds every record from `after` to its
+        // last: their donations come from the chunk itself, and only earlier
+        // ones from the database (and, when every earlier record has been
+        // read, only for donors seen before). With a range, records outside
+        // it may lie between the chunk's, so the database gives all of them.
+        let whole_span = self.range.from.is_none() && self.range.until.is_none();
+        let history_before = if whole_span {
+            RecordId(after.0.saturating_add(1))
+        } else {
+            last_id
+        };
+        let donors: Vec<Fingerprint> = chunk
+            .iter()
+            .map(|r| r.record.donor.person.identifier)
+            .filter(|fp| {
+                self.donors_seen
+                    .as_ref()
+                    .is_none_or(|seen| seen.may_contain(fp))
+            })
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if let Some(seen) = &mut self.donors_seen {
+            for stored in &chunk {
+                seen.insert(&stored.record.donor.person.identifier);
+            }
+        }
+        let mut living = Vec::new();
+        let mut deceased = Vec::new();
+        for (i, stored) in chunk.iter().enumerate() {
+            let record = &stored.record;
+            let spec = WindowSpec::for_record(record, &self.config);
+            let at = record.transplanted_at;
+            if spec.foreign_living {
+                let probe = WindowProbe {
+                    clinic_id: record.clinic_id.clone(),
+                    since: at - spec.surge.max(spec.cluster),
+                    at,
+                    before: stored.id,
+                };
+                living.push((i, spec, probe));
+            }
+            if spec.deceased {
+                let probe = WindowProbe {
+                    clinic_id: record.clinic_id.clone(),
+                    since: at - spec.share,
+                    at,
+                    before: stored.id,
+                };
+                deceased.push((i, probe));
+            }
+        }
+        let living_probes: Vec<WindowProbe> = living.iter().map(|(_, _, p)| p.clone()).collect();
+        let deceased_probes: Vec<WindowProbe> = deceased.iter().map(|(_, p)| p.clone()).collect();
+        let store = &self.store;
+        let (mut histories, existing, living_rows, deceased_counts) = tokio::try_join!(
+            store.donor_histories(&donors, history_before),
+            store.existing_flags(&ids, &self.rule_ids),
+            store.foreign_living_windows(&living_probes),
+            self.deceased.counts(store, &deceased_probes),
+        )?;
+        if whole_span {
+            // Every record but the last is an earlier donation to the ones after it.
+            for stored in &chunk[..chunk.len() - 1] {
+                let record = &stored.record;
+                histories
+                    .entry(record.donor.person.identifier)
+                    .or_default()
+                    .push(PriorDonation {
+                        record_id: stored.id,
+                        organ: record.organ,
+                        laterality: record.laterality,
+                        kind: record.donor.kind,
+                        procured_at: record.procured_at,
+                    });
+            }
+        }
+        let existing = existing
+            .into_iter()
+            .filter_map(|((record, rule), flag)| Some(((record, rule.parse().ok()?), flag)))
+            .collect();
+        let mut windows = vec![ClinicWindow::default(); chunk.len()];
+        for ((i, spec, probe), rows) in living.iter().zip(living_rows) {
+            let window = &mut windows[*i];
+            for row in rows {
+                if row.transplanted_at >= probe.at - spec.cluster {
+                    window.foreign_living_donors.push((row.id, row.nationality));
+                }
+                if row.transplanted_at >= probe.at - spec.surge && row.unrelated {
+                    window.foreign_unrelated_living.push(row.id);
+                }
+            }
+        }
+        for ((i, _), (total, non_resident)) in deceased.iter().zip(deceased_counts) {
+            windows[*i].deceased_transplants = total;
+            windows[*i].deceased_to_non_residents = non_resident;
+        }
+        Ok(Some(Loaded {
+            chunk,
+            histories,
+            windows,
+            existing,
+        }))
+    }
+}
+
+/// A Bloom filter of donor fingerprints, of fixed size: "no" means the donor
+/// has no record among those inserted, so its history need not be asked
+/// for; "maybe" (now and then wrongly) means it must be. Fingerprints are
+/// HMAC outputs, uniformly distributed, so their bytes serve as the hashes.
+pub(crate) struct DonorFilter {
+    bits: Vec<u64>,
+}
+
+impl DonorFilter {
+    /// 2^25 bits (4 MiB): about one false "maybe" in 4,000 at 10^6 donors.
+    const BITS_LOG2: u32 = 25;
+    const HASHES: usize = 3;
+
+    pub(crate) fn new() -> Self {
+        Self {
+            bits: vec![0; 1 << (Self::BITS_LOG2 - 6)],
+        }
+    }
+
+    fn positions(fp: &Fingerprint) -> impl Iterator<Item = usize> + '_ {
+        let mask = (1_u64 << Self::BITS_LOG2) - 1;
+        fp.as_bytes()
+            .chunks_exact(8)
+            .take(Self::HASHES)
+            .map(move |b| {
+                let word: [u8; 8] = b.try_into().unwrap_or_default();
+                // The mask keeps the value below 2^25, which fits any usize.
+                usize::try_from(u64::from_le_bytes(word) & mask).unwrap_or_default()
+            })
+    }
+
+    pub(crate) fn insert(&mut self, fp: &Fingerprint) {
+        for bit in Self::positions(fp) {
+            self.bits[bit / 64] |= 1 << (bit % 64);
+        }
+    }
+
+    pub(crate) fn may_contain(&self, fp: &Fingerprint) -> bool {
+        Self::positions(fp).all(|bit| self.bits[bit / 64] & (1 << (bit % 64)) != 0)
+    }
+}
+
+/// A chunk being read on another task; dropping it abandons the read.
+struct Prefetch(tokio::task::JoinHandle<(Reader, Result<Option<Loaded>, StoreError>)>);
+
+impl Prefetch {
+    fn start(mut reader: Reader, after: RecordId) -> Self {
+        Self(tokio::spawn(async move {
+            let loaded = reader.read(after).await;
+            (reader, loaded)
+        }))
+    }
+
+    async fn finish(&mut self) -> (Reader, Result<Option<Loaded>, StoreError>) {
+        match (&mut self.0).await {
+            Ok(done) => done,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only `Drop` aborts the task, and that consumes `self`.
+            Err(e) => unreachable!("rescan read cancelled: {e}"),
+        }
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What the rules of one record read in a rescan besides the record and the
+/// registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordContext {
+    /// The record.
+    pub id: RecordId,
+    /// Its clinic window.
+    pub window: ClinicWindow,
+    /// Its donor's records stored before it, oldest first.
+    pub donor_history: Vec<PriorDonation>,
+}
+
+/// The context a whole rescan in chunks of `chunk_size` gives every record,
+/// in id order, to check what it loads in bulk against the per-record
+/// queries of ingest.
+pub async fn record_contexts(
+    store: &Store,
+    engine: &Engine,
+    chunk_size: i64,
+) -> Result<Vec<RecordContext>, StoreError> {
+    let mut reader = Reader {
+        store: store.clone(),
+        config: engine.config().clone(),
+        range: TransplantRange::default(),
+        chunk_size,
+        rule_ids: Vec::new(),
+        deceased: DeceasedCache::default(),
+        donors_seen: Some(DonorFilter::new()),
+    };
+    let mut contexts = Vec::new();
+    let mut cursor = RecordId(0);
+    while let Some(loaded) = reader.read(cursor).await? {
+        for (stored, window) in loaded.chunk.iter().zip(loaded.windows) {
+            let history = loaded
+                .histories
+                .get(&stored.record.donor.person.identifier)
+                .map_or(&[][..], |h| {
+                    &h[..h.partition_point(|p| p.record_id < stored.id)]
+                });
+            contexts.push(RecordContext {
+                id: stored.id,
+                window,
+                donor_history: history.to_vec(),
+            });
+            cursor = stored.id;
+        }
+    }
+    Ok(contexts)
 }
 
 /// The run to record (none for a dry run), its rules and its range.

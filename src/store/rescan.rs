@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Clinic, Donor, Fingerprint, HlaTyping, Person, Record, RecordId, TransplantRecord,
+    Clinic, CountryCode, Donor, Fingerprint, HlaTyping, Person, Record, RecordId, TransplantRecord,
 };
 use crate::rules::{ClinicWindow, Finding, PriorDonation, WindowSpec};
 
@@ -71,6 +71,55 @@ pub struct TransplantRange {
     pub from: Option<DateTime<Utc>>,
     /// Exclusive end.
     pub until: Option<DateTime<Utc>>,
+}
+
+/// One record's clinic window to load: the clinic's records transplanted in
+/// `[since, at]` and stored before `before`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowProbe {
+    /// The clinic.
+    pub clinic_id: String,
+    /// The window's first instant.
+    pub since: DateTime<Utc>,
+    /// The window's last instant (included): the record's transplant.
+    pub at: DateTime<Utc>,
+    /// Only records with a lower id count.
+    pub before: RecordId,
+}
+
+/// A clinic's living transplant from a non-resident donor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignLivingTransplant {
+    /// The record.
+    pub id: RecordId,
+    /// When it was transplanted.
+    pub transplanted_at: DateTime<Utc>,
+    /// Whether the donor is `UNRELATED_DIRECTED`.
+    pub unrelated: bool,
+    /// The donor's nationality.
+    pub nationality: CountryCode,
+}
+
+/// A clinic's deceased-donor transplant, as the non-resident share counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DeceasedTransplant {
+    /// When it was transplanted.
+    pub transplanted_at: DateTime<Utc>,
+    /// The record.
+    pub id: RecordId,
+    /// Whether the recipient is a non-resident.
+    pub to_non_resident: bool,
+}
+
+/// A clinic and a half-open span of transplant instants, `[from, until)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClinicSpan {
+    /// The clinic.
+    pub clinic_id: String,
+    /// First instant included.
+    pub from: DateTime<Utc>,
+    /// First instant excluded.
+    pub until: DateTime<Utc>,
 }
 
 struct RecordRow {
@@ -281,11 +330,34 @@ impl Store {
         Ok(n)
     }
 
-    /// Up to `limit` records in `range` with ids above `after`, in id order.
-    pub async fn records_after(
+    /// The ids of up to `limit` records in `range` above `after`, in order.
+    pub async fn record_ids_after(
         &self,
         after: RecordId,
         limit: i64,
+        range: TransplantRange,
+    ) -> Result<Vec<RecordId>, StoreError> {
+        let ids = sqlx::query_scalar!(
+            "SELECT id FROM records
+             WHERE id > $1 AND ($2::timestamptz IS NULL OR transplanted_at >= $2)
+               AND ($3::timestamptz IS NULL OR transplanted_at < $3)
+             ORDER BY id LIMIT $4",
+            after.0,
+            range.from,
+            range.until,
+            limit,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(RecordId).collect())
+    }
+
+    /// The records in `range` with ids from `first` to `last` (both
+    /// included), in id order.
+    pub async fn records_between(
+        &self,
+        first: RecordId,
+        last: RecordId,
         range: TransplantRange,
     ) -> Result<Vec<StoredRecord>, StoreError> {
         sqlx::query_as!(
@@ -298,13 +370,13 @@ impl Store {
                     recipient_nationality, recipient_residence, recipient_age, recipient_sex,
                     recipient_abo, recipient_rh, recipient_hla
              FROM records
-             WHERE id > $1 AND ($2::timestamptz IS NULL OR transplanted_at >= $2)
-               AND ($3::timestamptz IS NULL OR transplanted_at < $3)
-             ORDER BY id LIMIT $4",
-            after.0,
+             WHERE id >= $1 AND id <= $2 AND ($3::timestamptz IS NULL OR transplanted_at >= $3)
+               AND ($4::timestamptz IS NULL OR transplanted_at < $4)
+             ORDER BY id",
+            first.0,
+            last.0,
             range.from,
             range.until,
-            limit,
         )
         .fetch_all(&self.pool)
         .await?
@@ -461,5 +533,140 @@ impl Store {
         }
         tx.commit().await?;
         Ok(added)
+    }
+
+    /// For each probe, the clinic's living transplants from non-resident
+    /// donors in its window, in one query for all (the per-record query is
+    /// `context::clinic_window`).
+    pub async fn foreign_living_windows(
+        &self,
+        probes: &[WindowProbe],
+    ) -> Result<Vec<Vec<ForeignLivingTransplant>>, StoreError> {
+        let mut windows = vec![Vec::new(); probes.len()];
+        if probes.is_empty() {
+            return Ok(windows);
+        }
+        let clinics: Vec<&str> = probes.iter().map(|p| p.clinic_id.as_str()).collect();
+        let since: Vec<DateTime<Utc>> = probes.iter().map(|p| p.since).collect();
+        let at: Vec<DateTime<Utc>> = probes.iter().map(|p| p.at).collect();
+        let before: Vec<i64> = probes.iter().map(|p| p.before.0).collect();
+        let rows = sqlx::query!(
+            r#"SELECT w.ord AS "ord!", r.id AS "id!", r.transplanted_at AS "transplanted_at!",
+                      r.donor_relation, r.donor_nationality AS "donor_nationality!"
+               FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::bigint[])
+                    WITH ORDINALITY AS w(clinic, since, at, lim, ord)
+               CROSS JOIN LATERAL (
+                   SELECT id, transplanted_at, donor_relation, donor_nationality FROM records
+                   WHERE clinic_id = w.clinic AND donor_type = 'LIVING' AND donor_non_resident
+                     AND transplanted_at >= w.since AND transplanted_at <= w.at AND id < w.lim
+               ) r"#,
+            &clinics as &[&str],
+            &since,
+            &at,
+            &before,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for r in rows {
+            let slot = usize::try_from(r.ord - 1)
+                .ok()
+                .and_then(|i| windows.get_mut(i))
+                .ok_or_else(|| StoreError::Corrupt(format!("window ordinal {}", r.ord)))?;
+            slot.push(ForeignLivingTransplant {
+                id: RecordId(r.id),
+                transplanted_at: r.transplanted_at,
+                unrelated: r.donor_relation.as_deref() == Some("UNRELATED_DIRECTED"),
+                nationality: parse(&r.donor_nationality)?,
+            });
+        }
+        Ok(windows)
+    }
+
+    /// For each probe, the clinic's deceased-donor transplants in its window
+    /// and how many of them went to non-residents, in one query for all.
+    pub async fn deceased_windows(
+        &self,
+        probes: &[WindowProbe],
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        let mut counts = vec![(0, 0); probes.len()];
+        if probes.is_empty() {
+            return Ok(counts);
+        }
+        let clinics: Vec<&str> = probes.iter().map(|p| p.clinic_id.as_str()).collect();
+        let since: Vec<DateTime<Utc>> = probes.iter().map(|p| p.since).collect();
+        let at: Vec<DateTime<Utc>> = probes.iter().map(|p| p.at).collect();
+        let before: Vec<i64> = probes.iter().map(|p| p.before.0).collect();
+        let rows = sqlx::query!(
+            r#"SELECT w.ord AS "ord!", c.total AS "total!", c.non_resident AS "non_resident!"
+               FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::bigint[])
+                    WITH ORDINALITY AS w(clinic, since, at, lim, ord)
+               CROSS JOIN LATERAL (
+                   SELECT count(*) AS total,
+                          count(*) FILTER (WHERE recipient_non_resident) AS non_resident
+                   FROM records
+                   WHERE clinic_id = w.clinic AND donor_type = 'DECEASED'
+                     AND transplanted_at >= w.since AND transplanted_at <= w.at AND id < w.lim
+               ) c"#,
+            &clinics as &[&str],
+            &since,
+            &at,
+            &before,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for r in rows {
+            let slot = usize::try_from(r.ord - 1)
+                .ok()
+                .and_then(|i| counts.get_mut(i))
+                .ok_or_else(|| StoreError::Corrupt(format!("window ordinal {}", r.ord)))?;
+            *slot = (
+                u64::try_from(r.total).unwrap_or(0),
+                u64::try_from(r.non_resident).unwrap_or(0),
+            );
+        }
+        Ok(counts)
+    }
+
+    /// Every deceased-donor transplant (whatever its id) at each span's
+    /// clinic inside the span, by span, in one query for all.
+    pub async fn deceased_transplants(
+        &self,
+        spans: &[ClinicSpan],
+    ) -> Result<Vec<Vec<DeceasedTransplant>>, StoreError> {
+        let mut by_span = vec![Vec::new(); spans.len()];
+        if spans.is_empty() {
+            return Ok(by_span);
+        }
+        let clinics: Vec<&str> = spans.iter().map(|s| s.clinic_id.as_str()).collect();
+        let from: Vec<DateTime<Utc>> = spans.iter().map(|s| s.from).collect();
+        let until: Vec<DateTime<Utc>> = spans.iter().map(|s| s.until).collect();
+        let rows = sqlx::query!(
+            r#"SELECT w.ord AS "ord!", r.id AS "id!", r.transplanted_at AS "transplanted_at!",
+                      r.recipient_non_resident AS "recipient_non_resident!"
+               FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[])
+                    WITH ORDINALITY AS w(clinic, since, until, ord)
+               CROSS JOIN LATERAL (
+                   SELECT id, transplanted_at, recipient_non_resident FROM records
+                   WHERE clinic_id = w.clinic AND donor_type = 'DECEASED'
+                     AND transplanted_at >= w.since AND transplanted_at < w.until
+               ) r"#,
+            &clinics as &[&str],
+            &from,
+            &until,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for r in rows {
+            let slot = usize::try_from(r.ord - 1)
+                .ok()
+                .and_then(|i| by_span.get_mut(i))
+                .ok_or_else(|| StoreError::Corrupt(format!("span ordinal {}", r.ord)))?;
+            slot.push(DeceasedTransplant {
+                transplanted_at: r.transplanted_at,
+                id: RecordId(r.id),
+                to_non_resident: r.recipient_non_resident,
+            });
+        }
+        Ok(by_span)
     }
 }

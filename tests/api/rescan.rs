@@ -4,8 +4,10 @@
 use std::ops::ControlFlow;
 
 use transplant_audit::api::pb;
+use transplant_audit::domain::RecordId;
 use transplant_audit::rescan::{self, RescanRequest};
-use transplant_audit::rules::{Engine, RuleId, RulesConfig};
+use transplant_audit::rules::{ClinicWindow, Engine, RuleId, RulesConfig, WindowSpec};
+use transplant_audit::store::rescan::TransplantRange;
 
 use crate::helpers::*;
 
@@ -391,5 +393,126 @@ async fn a_bad_rules_configuration_stops_start_up_naming_the_key() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "started with {config:?}");
         assert!(stderr.contains(key), "{key} not named in: {stderr}");
+    }
+}
+
+/// A record of the window test: deceased donors to residents and to
+/// non-residents, and foreign living donors related or not, at two clinics,
+/// mostly in time order with some back-filled years earlier, and donors who
+/// come back.
+fn window_record(i: usize) -> pb::TransplantRecord {
+    let mut r = kidney(&format!("W-{i:03}"));
+    let day = if i % 13 == 5 {
+        i as i64 * 3 - 900
+    } else {
+        i as i64 * 3
+    };
+    let at = chrono::DateTime::parse_from_rfc3339("2021-01-01T10:00:00Z").expect("instant")
+        + chrono::Duration::days(day)
+        + chrono::Duration::hours((i % 3) as i64);
+    let stamp = |t: chrono::DateTime<chrono::FixedOffset>| prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: 0,
+    };
+    r.transplanted_at = Some(stamp(at));
+    r.procured_at = Some(stamp(at - chrono::Duration::hours(2)));
+    if i % 2 == 1 {
+        r.clinic_id = "DE-HAM-01".into();
+    }
+    r.laterality = if i % 4 < 2 {
+        pb::Laterality::Left
+    } else {
+        pb::Laterality::Right
+    } as i32;
+    let donor = r.donor.as_mut().expect("donor");
+    donor.identifier.as_mut().expect("identifier").value = format!("WD{}", i % 23);
+    match i % 3 {
+        0 | 2 => {
+            donor.donor_type = pb::DonorType::Deceased as i32;
+            donor.relation_to_recipient = 0;
+            donor.death_at = Some(stamp(at - chrono::Duration::hours(5)));
+            donor.death_kind = pb::DeathKind::Dbd as i32;
+            if i % 3 == 0 {
+                let recipient = r.recipient.as_mut().expect("recipient");
+                recipient.nationality = "IL".into();
+                recipient.country_of_residence = "IL".into();
+            }
+        }
+        _ => {
+            donor.nationality = if i % 4 == 1 { "MD" } else { "UA" }.into();
+            donor.country_of_residence = donor.nationality.clone();
+            donor.relation_to_recipient = if i % 5 == 0 {
+                pb::DonorRelation::Sibling
+            } else {
+                pb::DonorRelation::UnrelatedDirected
+            } as i32;
+        }
+    }
+    r
+}
+
+fn sorted(mut window: ClinicWindow) -> ClinicWindow {
+    window.foreign_unrelated_living.sort();
+    window.foreign_living_donors.sort();
+    window
+}
+
+#[tokio::test]
+async fn a_rescan_loads_the_same_context_as_the_per_record_queries() {
+    let app = spawn_app().await;
+    for (id, country) in [("DE-BER-01", "DE"), ("DE-HAM-01", "DE")] {
+        app.registry
+            .clone()
+            .upsert_clinic(pb::UpsertClinicRequest {
+                clinic: Some(clinic(id, country)),
+            })
+            .await
+            .expect("clinic");
+    }
+    for i in 0..90 {
+        submit(&app, window_record(i)).await.expect("accepted");
+    }
+    let engine = Engine::default();
+    let stored = app
+        .store
+        .records_between(RecordId(0), RecordId(i64::MAX), TransplantRange::default())
+        .await
+        .expect("records");
+    assert_eq!(stored.len(), 90);
+    let mut expected = Vec::new();
+    for s in &stored {
+        let record = &s.record;
+        let spec = WindowSpec::for_record(record, engine.config());
+        let window = app
+            .store
+            .clinic_window(&record.clinic_id, record.transplanted_at, spec, s.id)
+            .await
+            .expect("window");
+        let history = app
+            .store
+            .donor_histories(&[record.donor.person.identifier], s.id)
+            .await
+            .expect("history")
+            .remove(&record.donor.person.identifier)
+            .unwrap_or_default();
+        expected.push((s.id, sorted(window), history));
+    }
+    let count = |f: fn(&ClinicWindow) -> bool| expected.iter().filter(|(_, w, _)| f(w)).count();
+    assert!(count(|w| w.deceased_transplants > 1) > 10);
+    assert!(count(|w| w.deceased_to_non_residents > 1) > 10);
+    assert!(count(|w| w.foreign_living_donors.len() > 1) > 10);
+    assert!(count(|w| !w.foreign_unrelated_living.is_empty()) > 10);
+    assert!(expected.iter().any(|(_, _, h)| h.len() > 2));
+    // One chunk (every clinic's span too wide to cache), chunks whose spans
+    // the cache follows, and chunks of one.
+    for chunk_size in [1_000, 9, 4, 1] {
+        let contexts = rescan::record_contexts(&app.store, &engine, chunk_size)
+            .await
+            .expect("contexts");
+        let got: Vec<_> = contexts
+            .into_iter()
+            .map(|c| (c.id, sorted(c.window), c.donor_history))
+            .collect();
+        assert_eq!(got, expected, "chunks of {chunk_size}");
     }
 }
