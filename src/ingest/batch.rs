@@ -32,15 +32,15 @@ enum Slot<'e> {
     Existing(&'e ExistingRecord),
     /// The first record of the batch with its key: stored now, as `new[k]`.
     New(usize),
-    /// A later record with the key of the one at this earlier position.
-    Repeat(usize),
+    /// A later record with the key of the one at position `first`, stored now as `new[k]`.
+    Repeat { first: usize, k: usize },
 }
 
 /// Runs `records` (pseudonymised, with their stored forms) through the
 /// pipeline inside `tx`, which holds their keys' locks, telling `ordered`
-/// once their record ids are taken. `None` when a
-/// concurrent writer took one of their idempotency keys between the lookup
-/// and the insert: the caller must roll back and try again.
+/// once their record ids are taken. `None` when a concurrent writer took
+/// one of their idempotency keys between the lookup and the insert: the
+/// caller must roll back and try again.
 pub(super) async fn store_in(
     tx: &mut IngestTx,
     engine: &Engine,
@@ -53,7 +53,7 @@ pub(super) async fn store_in(
         .map(|r| (r.hospital_id.as_str(), r.external_record_id.as_str()))
         .collect();
     let existing = tx.find_existing_many(&keys).await?;
-    let mut first_at: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut first_at: HashMap<(&str, &str), (usize, usize)> = HashMap::new();
     let mut new: Vec<usize> = Vec::new();
     let slots: Vec<Slot<'_>> = keys
         .iter()
@@ -61,10 +61,10 @@ pub(super) async fn store_in(
         .map(|(i, &(hospital, external))| {
             if let Some(e) = existing.get(&(hospital.to_owned(), external.to_owned())) {
                 Slot::Existing(e)
-            } else if let Some(&first) = first_at.get(&(hospital, external)) {
-                Slot::Repeat(first)
+            } else if let Some(&(first, k)) = first_at.get(&(hospital, external)) {
+                Slot::Repeat { first, k }
             } else {
-                first_at.insert((hospital, external), i);
+                first_at.insert((hospital, external), (i, new.len()));
                 new.push(i);
                 Slot::New(new.len() - 1)
             }
@@ -135,10 +135,7 @@ pub(super) async fn store_in(
                 outcome: Outcome::Accepted,
                 stored: acks[k],
             }),
-            Slot::Repeat(first) => {
-                let Slot::New(k) = slots[first] else {
-                    unreachable!("a repeat points at the first record with its key")
-                };
+            Slot::Repeat { first, k } => {
                 let earlier = ExistingRecord {
                     id: acks[k].id,
                     version: acks[k].version,
