@@ -29,6 +29,14 @@ use crate::telemetry::metrics;
 /// The largest request message accepted; a record is a few kilobytes.
 const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
+/// HTTP/2 flow-control windows. A `SubmitRecords` client may send this much
+/// ahead of what the server has read: HTTP/2's default of 64 KiB holds about
+/// a hundred records, which would cap a stream's batches far below
+/// INGEST_BATCH_SIZE. The connection window bounds what all of a
+/// connection's streams may have buffered at once.
+const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
+const CONNECTION_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
+
 /// How often health checks that the database answers (and pool metrics are sampled).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -194,7 +202,9 @@ pub async fn serve(
         .tls
         .as_ref()
         .is_some_and(|t| t.client_ca.is_some());
-    let mut builder = Server::builder();
+    let mut builder = Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
     if let Some(tls) = &listeners.tls {
         builder = builder.tls_config(tls_config(tls))?;
     }

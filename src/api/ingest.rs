@@ -82,108 +82,87 @@ impl IngestApi {
 impl IngestApi {
     /// Reads a stream in batches of what has arrived (up to the batch size),
     /// stores each batch in one transaction and acknowledges its records in
-    /// order once it has committed. Reading and checking the next batch
-    /// overlaps storing this one. A database failure ends the stream with
-    /// its status: nothing of that batch was stored, and the client resends
-    /// from its first unacknowledged record.
+    /// order once it has committed. A batch is read once the one before it
+    /// holds its locks and record ids, so two are stored at once and the
+    /// records that arrive meanwhile make the next batch. A database failure
+    /// ends the stream with its status: nothing of that batch was stored,
+    /// and the client resends from its first unacknowledged record.
     async fn serve_stream(
         &self,
         caller: &Caller,
         inbound: &mut Streaming<pb::SubmitRecordsRequest>,
         tx: &mpsc::Sender<Result<pb::SubmitRecordsResponse, Status>>,
     ) {
-        // One checked batch waits while another is stored.
-        let (steps_tx, mut steps) = mpsc::channel::<Step>(1);
-        let read = async {
-            let mut read = 0u64;
-            let end = loop {
-                let (batch, end) = next_batch(inbound, self.batch_size).await;
-                let room = usize::try_from(self.max_stream_records - read).unwrap_or(usize::MAX);
-                let over_cap = batch.len() > room;
-                let batch = &batch[..batch.len().min(room)];
-                read += batch.len() as u64;
-                if !batch.is_empty() {
-                    let checked = self.check(caller, batch);
-                    if steps_tx.send(Step::Batch(checked)).await.is_err() {
-                        break None;
+        let mut read = 0u64;
+        let mut sequence = 0u64;
+        // Batches being stored, oldest first, and the newest one's signal
+        // that it holds its locks and record ids.
+        let mut storing = FuturesOrdered::new();
+        let mut ordering: Option<oneshot::Receiver<()>> = None;
+        // Set once the client is done: how the call then ends.
+        let mut ended: Option<Option<Status>> = None;
+        loop {
+            if let (Some(end), true) = (&mut ended, storing.is_empty()) {
+                if let Some(status) = end.take() {
+                    let _ = tx.send(Err(status)).await;
+                }
+                return;
+            }
+            let may_read =
+                ended.is_none() && ordering.is_none() && storing.len() < STREAM_BATCHES_AT_ONCE;
+            tokio::select! {
+                // Cancel-safe: `next_batch` finishes in the poll that gets its first message.
+                (batch, end) = next_batch(inbound, self.batch_size), if may_read => {
+                    let room = usize::try_from(self.max_stream_records - read).unwrap_or(usize::MAX);
+                    let over_cap = batch.len() > room;
+                    let batch = &batch[..batch.len().min(room)];
+                    read += batch.len() as u64;
+                    if !batch.is_empty() {
+                        let (ordered, order) = oneshot::channel();
+                        ordering = Some(order);
+                        storing.push_back(self.store_checked(self.check(caller, batch), ordered));
+                    }
+                    if over_cap {
+                        let limit = self.max_stream_records;
+                        ended = Some(Some(Status::resource_exhausted(format!(
+                            "a stream carries at most {limit} records; send the rest on a new stream"
+                        ))));
+                    } else {
+                        match end {
+                            StreamEnd::More => {}
+                            StreamEnd::Closed => ended = Some(None),
+                            StreamEnd::Failed(status) => ended = Some(Some(status)),
+                        }
                     }
                 }
-                if over_cap {
-                    let limit = self.max_stream_records;
-                    break Some(Status::resource_exhausted(format!(
-                        "a stream carries at most {limit} records; send the rest on a new stream"
-                    )));
-                }
-                match end {
-                    StreamEnd::More => {}
-                    StreamEnd::Closed => break None,
-                    StreamEnd::Failed(status) => break Some(status),
-                }
-            };
-            let _ = steps_tx.send(Step::End(end)).await;
-            // Done reading; the writer decides when the call ends.
-            std::future::pending::<()>().await
-        };
-        let write = async {
-            let mut sequence = 0u64;
-            // Batches being stored, oldest first, and the newest one's
-            // signal that it holds its locks and record ids: the next may
-            // start only then, so that it is stored after it.
-            let mut storing = FuturesOrdered::new();
-            let mut ordering: Option<oneshot::Receiver<()>> = None;
-            let mut ended: Option<Option<Status>> = None;
-            loop {
-                if let (Some(end), true) = (&mut ended, storing.is_empty()) {
-                    if let Some(status) = end.take() {
-                        let _ = tx.send(Err(status)).await;
+                () = async {
+                    match ordering.as_mut() {
+                        // Sent, or dropped by a batch that failed first.
+                        Some(order) => drop(order.await),
+                        None => std::future::pending().await,
                     }
-                    return;
-                }
-                let may_start =
-                    ended.is_none() && ordering.is_none() && storing.len() < STREAM_BATCHES_AT_ONCE;
-                tokio::select! {
-                    step = steps.recv(), if may_start => match step {
-                        Some(Step::Batch(checked)) => {
-                            let (ordered, order) = oneshot::channel();
-                            ordering = Some(order);
-                            storing.push_back(self.store_checked(checked, ordered));
+                } => ordering = None,
+                Some(stored) = storing.next() => {
+                    let acks = match stored {
+                        Ok(acks) => acks,
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
                         }
-                        Some(Step::End(end)) => ended = Some(end),
-                        None => ended = Some(None),
-                    },
-                    () = async {
-                        match ordering.as_mut() {
-                            // Sent, or dropped by a batch that failed first.
-                            Some(order) => drop(order.await),
-                            None => std::future::pending().await,
-                        }
-                    } => ordering = None,
-                    Some(stored) = storing.next() => {
-                        let acks = match stored {
-                            Ok(acks) => acks,
-                            Err(status) => {
-                                let _ = tx.send(Err(status)).await;
-                                return;
-                            }
+                    };
+                    count_outcomes(caller, &acks);
+                    for ack in acks {
+                        let response = pb::SubmitRecordsResponse {
+                            sequence,
+                            ack: Some(ack),
                         };
-                        count_outcomes(caller, &acks);
-                        for ack in acks {
-                            let response = pb::SubmitRecordsResponse {
-                                sequence,
-                                ack: Some(ack),
-                            };
-                            if tx.send(Ok(response)).await.is_err() {
-                                return; // the client went away
-                            }
-                            sequence += 1;
+                        if tx.send(Ok(response)).await.is_err() {
+                            return; // the client went away
                         }
+                        sequence += 1;
                     }
                 }
             }
-        };
-        tokio::select! {
-            () = write => {}
-            () = read => {}
         }
     }
 
@@ -253,14 +232,6 @@ impl IngestApi {
     }
 }
 
-/// What the reader of a stream hands its writer.
-enum Step {
-    /// A checked batch to store and acknowledge.
-    Batch(Checked),
-    /// The stream ended, cleanly or with this status.
-    End(Option<Status>),
-}
-
 /// A batch of a stream, checked: each message's refusal or its place among
 /// the valid records, which are ready to store.
 struct Checked {
@@ -292,8 +263,10 @@ async fn next_batch(
     }
     while batch.len() < max {
         // Polled once: `Streaming::message` keeps its state, so dropping a
-        // pending poll loses nothing.
-        match inbound.message().now_or_never() {
+        // pending poll loses nothing. Unconstrained by Tokio's cooperative
+        // budget, which would otherwise report data already received as
+        // pending after about a hundred messages and cut every batch there.
+        match tokio::task::unconstrained(inbound.message()).now_or_never() {
             Some(Ok(Some(m))) => batch.push(m),
             Some(Ok(None)) => return (batch, StreamEnd::Closed),
             Some(Err(status)) => return (batch, StreamEnd::Failed(status)),
