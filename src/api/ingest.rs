@@ -117,6 +117,7 @@ impl IngestApi {
                     let over_cap = batch.len() > room;
                     let batch = &batch[..batch.len().min(room)];
                     read += batch.len() as u64;
+                    tracing::debug!(records = batch.len(), "stream batch read");
                     if !batch.is_empty() {
                         let (ordered, order) = oneshot::channel();
                         ordering = Some(order);
