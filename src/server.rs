@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -238,7 +239,9 @@ pub async fn serve(
         .add_service(registry)
         .add_service(audit)
         .add_service(admin);
-    let incoming = TcpListenerStream::new(listeners.grpc);
+    // Without TCP_NODELAY a response's header and data frames wait on the
+    // peer's delayed ACK (40 ms on Linux) whenever they leave as separate writes.
+    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
     let mut server =
         tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped(accepting_stopped)));
 
