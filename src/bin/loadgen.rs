@@ -15,6 +15,11 @@
 //! Prints a table (or, with `--json`, one JSON line) with records/s, p50/p99
 //! latency, CPU per process, the server's peak RSS and the target ratios.
 //! Exits 1 when any record was not accepted (or, with `--strict`, a target was missed).
+//!
+//! `--mode list-flags` measures the auditors' side instead, with an AUDITOR
+//! key: ListFlags first and next pages for a few common filters, `--rounds`
+//! times each, p50/p99 per filter and page against a p99 target of 5 ms
+//! (see `loadgen/listing.rs`); nothing is written.
 
 // A binary's root looks for modules beside it (in src/bin/), where Cargo
 // would take each file for a binary of its own; they live in src/bin/loadgen/.
@@ -22,6 +27,8 @@
 mod baseline;
 #[path = "loadgen/grpc.rs"]
 mod grpc;
+#[path = "loadgen/listing.rs"]
+mod listing;
 #[path = "loadgen/probe.rs"]
 mod probe;
 #[path = "loadgen/report.rs"]
@@ -58,6 +65,8 @@ enum Mode {
     Stream,
     /// Unary, then stream.
     Both,
+    /// ListFlags first and next pages for common filters (an AUDITOR key); no ingest.
+    ListFlags,
 }
 
 /// Load generator for transplant-audit: synthetic records over gRPC, measured
@@ -68,7 +77,8 @@ struct Args {
     /// The server's gRPC endpoint.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     endpoint: String,
-    /// API key sent as `authorization: Bearer <key>` on every call (a HOSPITAL key for ingest).
+    /// API key sent as `authorization: Bearer <key>` on every call (a HOSPITAL key for
+    /// ingest, an AUDITOR key for list-flags).
     #[arg(long, env = "TRANSPLANT_AUDIT_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// API key for registering the clinics (an ADMIN key); --api-key when unset.
@@ -87,6 +97,12 @@ struct Args {
     /// Which gRPC phases to run.
     #[arg(long, value_enum, default_value_t = Mode::Both)]
     mode: Mode,
+    /// list-flags: first-and-next-page pairs measured per filter.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    rounds: u32,
+    /// list-flags: flags per page.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i32).range(1..=500))]
+    page_size: i32,
     /// The server's database, for the raw-insert baselines (a scratch table is created and dropped).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
@@ -123,6 +139,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.mode == Mode::ListFlags {
+        return list_flags(&args).await;
+    }
     let run_id = args.run_id.clone().unwrap_or_else(unix_time);
     let n = args.records as usize;
     let concurrency = args.concurrency as usize;
@@ -203,6 +222,29 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         notes,
     };
     report.judge();
+    if args.json {
+        eprint!("{}", report.render());
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    let failed = report.errors() > 0 || (args.strict && report.missed_a_target());
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The list-flags mode: ListFlags latencies, judged on the p99 target.
+async fn list_flags(args: &Args) -> anyhow::Result<ExitCode> {
+    let channel = grpc::connect(&args.endpoint).await?;
+    let settings = listing::Settings {
+        endpoint: args.endpoint.clone(),
+        rounds: args.rounds as usize,
+        page_size: args.page_size,
+    };
+    let report = listing::run(channel, args.api_key.as_deref(), &settings).await?;
     if args.json {
         eprint!("{}", report.render());
         println!("{}", serde_json::to_string(&report)?);
@@ -337,11 +379,19 @@ mod tests {
             (10, 64, Mode::Stream)
         );
         assert_eq!(args.endpoint, "http://127.0.0.1:50051");
+        let args = Args::try_parse_from(["loadgen", "--mode", "list-flags", "--rounds", "5"])
+            .expect("valid");
+        assert_eq!(
+            (args.mode, args.rounds, args.page_size),
+            (Mode::ListFlags, 5, 50)
+        );
         for bad in [
             vec!["loadgen", "--records", "0"],
             vec!["loadgen", "--concurrency", "0"],
             vec!["loadgen", "--run-id", "-x"],
             vec!["loadgen", "--run-id", "a b"],
+            vec!["loadgen", "--rounds", "0"],
+            vec!["loadgen", "--page-size", "501"],
         ] {
             assert!(Args::try_parse_from(&bad).is_err(), "{bad:?}");
         }
