@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Postgres, QueryBuilder};
 
 use crate::domain::{FlagStatus, Record, RecordId, Severity};
+use crate::rules::RuleId;
 
 use super::body::{RecordBody, parse};
 use super::chain::{self, EventContent};
@@ -126,10 +127,19 @@ pub(super) fn push_filter(q: &mut QueryBuilder<'_, Postgres>, filter: &FlagFilte
         q.push(" AND f.status = ").push_bind(status.as_str());
     }
     if let Some(min) = filter.min_severity {
-        q.push(" AND f.severity >= ").push_bind(severity_to_db(min));
+        // A literal (one of four), so that every plan, generic ones included,
+        // can use the partial index of CRITICAL flags (flags_critical).
+        q.push(format_args!(" AND f.severity >= {}", severity_to_db(min)));
     }
     if let Some(rule) = &filter.rule_id {
-        q.push(" AND f.rule_id = ").push_bind(rule.clone());
+        // A catalogue rule id goes in as a literal: rules differ in how many
+        // flags they raise (some a hundredth of others), so the plan depends
+        // on the rule, and a prepared statement's generic plan (used after
+        // five runs) would otherwise be one plan for all of them.
+        match rule.parse::<RuleId>() {
+            Ok(known) => q.push(format_args!(" AND f.rule_id = '{}'", known.as_str())),
+            Err(_) => q.push(" AND f.rule_id = ").push_bind(rule.clone()),
+        };
     }
     if let Some(clinic) = &filter.clinic_id {
         q.push(" AND f.clinic_id = ").push_bind(clinic.clone());
@@ -266,7 +276,9 @@ impl Store {
         if let Some(before) = before {
             q.push(" AND f.id < ").push_bind(before);
         }
-        q.push(" ORDER BY f.id DESC LIMIT ").push_bind(limit + 1);
+        // The page size as a literal too: a generic plan with `LIMIT $n`
+        // assumes a tenth of the table is wanted, and scans it in parallel.
+        q.push(format_args!(" ORDER BY f.id DESC LIMIT {}", limit + 1));
         let rows: Vec<FlagRow> = q
             .build_query_as()
             .fetch_all(&mut *self.acquire().await?)
@@ -497,5 +509,38 @@ impl Store {
             }
         }
         Ok(by_rule)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closed_set_filters_are_literals_and_text_is_bound() {
+        let filter = FlagFilter {
+            status: Some(FlagStatus::Open),
+            min_severity: Some(Severity::Critical),
+            rule_id: Some("SAME_PERSON".into()),
+            clinic_id: Some("C'1".into()),
+            ..FlagFilter::default()
+        };
+        let mut q: QueryBuilder<Postgres> = QueryBuilder::new("SELECT 1 FROM flags f");
+        push_filter(&mut q, &filter);
+        assert_eq!(
+            q.sql(),
+            "SELECT 1 FROM flags f WHERE true AND f.status = $1 AND f.severity >= 4 \
+             AND f.rule_id = 'SAME_PERSON' AND f.clinic_id = $2"
+        );
+        let unknown = FlagFilter {
+            rule_id: Some("x' OR true --".into()),
+            ..FlagFilter::default()
+        };
+        let mut q: QueryBuilder<Postgres> = QueryBuilder::new("SELECT 1 FROM flags f");
+        push_filter(&mut q, &unknown);
+        assert_eq!(
+            q.sql(),
+            "SELECT 1 FROM flags f WHERE true AND f.rule_id = $1"
+        );
     }
 }
