@@ -367,8 +367,8 @@ BEGIN { printf "%-24s %-8s %12s  %-8s %s\n", "statement", "plan", "execution", "
   if (how ~ /Bitmap Index Scan/) { how = how " on " table; table = "" }
   if (how !~ /Function Scan/) scans = scans (scans == "" ? "" : ", ") (table == "" ? "" : table ": ") how
   big = (table ~ /^(records|flags|record_versions)$/)
-  if (big && how ~ /^Seq Scan/) bad = bad " seq-scan(" table ")"
-  if (big && how ~ /^Index (Only )?Scan/) { pending = table " " how; cond = 0 }
+  if (big && how ~ /Seq Scan/) bad = bad " seq-scan(" table ")"
+  if (big && how ~ /^(Parallel )?Index (Only )?Scan/) { pending = table " " how; cond = 0 }
 }
 END { flush(); exit failed }
 ' "$log" && status=0 || status=$?
