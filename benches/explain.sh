@@ -61,12 +61,16 @@ SELECT quote_nullable(array_agg(clinic_id ORDER BY n)) AS w_clinics,
        quote_nullable(array_agg(:max_id + 1 + n ORDER BY n)) AS w_before,
        quote_nullable(array_agg(n ORDER BY n)) AS w_n
 FROM sample \gset
--- Advisory-lock numbers: one per donor and two per clinic.
-SELECT quote_nullable(array_agg(k ORDER BY k)) AS lock_keys FROM (
-    SELECT DISTINCT ('x' || left(encode(sha256(v), 'hex'), 16))::bit(64)::bigint AS k
-    FROM (SELECT donor_fp FROM sample
-          UNION ALL SELECT convert_to('clinic-foreign-living' || clinic_id, 'UTF8') FROM sample
-          UNION ALL SELECT convert_to('clinic-deceased' || clinic_id, 'UTF8') FROM sample) s(v)
+-- Advisory-lock numbers: one per donor (exclusive) and two per clinic (shared).
+SELECT quote_nullable(array_agg(k ORDER BY k)) AS lock_keys,
+       quote_nullable(array_agg(exclusive ORDER BY k)) AS lock_exclusive FROM (
+    SELECT DISTINCT ON (k) k, exclusive FROM (
+        SELECT ('x' || left(encode(sha256(v), 'hex'), 16))::bit(64)::bigint AS k, exclusive
+        FROM (SELECT donor_fp, true FROM sample
+              UNION ALL SELECT convert_to('clinic-foreign-living' || clinic_id, 'UTF8'), false FROM sample
+              UNION ALL SELECT convert_to('clinic-deceased' || clinic_id, 'UTF8'), false FROM sample
+             ) s(v, exclusive)) h
+    ORDER BY k, exclusive DESC
 ) k \gset
 -- The batch's new records: the sample's rows under new keys and new ids.
 SELECT quote_nullable(array_agg(:max_id + 1 + n ORDER BY n)) AS c_id,
@@ -193,8 +197,11 @@ CROSS JOIN LATERAL (
       AND transplanted_at >= q.since AND transplanted_at <= q.until
       AND id < q.before) c;
 
-PREPARE lock_keys(bigint[]) AS
-SELECT count(*) AS "locked!" FROM unnest($1::bigint[]) AS k, pg_advisory_xact_lock(k);
+PREPARE lock_keys(bigint[], bool[]) AS
+SELECT count(*) AS "locked!"
+FROM unnest($1::bigint[], $2::bool[]) AS k(key, exclusive),
+     LATERAL (SELECT CASE WHEN k.exclusive THEN pg_advisory_xact_lock(k.key)
+                          ELSE pg_advisory_xact_lock_shared(k.key) END) AS l;
 
 PREPARE find_existing(text, text) AS
 SELECT id, version, content_hash, received_at FROM records
@@ -305,7 +312,7 @@ statements=(
   "donor_histories||:donors, :before"
   "clinic_windows_living||:w_clinics, :w_living_since, :w_until, :w_before, :w_n"
   "clinic_windows_deceased||:w_clinics, :w_deceased_since, :w_until, :w_before, :w_n"
-  "lock_keys||:lock_keys"
+  "lock_keys||:lock_keys, :lock_exclusive"
   "find_existing||:one_hospital, :one_external"
   "insert_new||$new_records"
   "insert_flags|EXECUTE insert_new($new_records);|:f_record, :f_rule, :f_version, :f_severity, :f_explanation, :f_evidence, :f_hospital, :f_clinic"
