@@ -80,8 +80,26 @@ pub(super) async fn current_clinics(
     conn: &mut PgConnection,
     clinic_ids: &[&str],
 ) -> Result<HashMap<String, Clinic>, StoreError> {
+    Ok(current_versions(conn, clinic_ids)
+        .await?
+        .into_iter()
+        .map(|v| (v.clinic.clinic_id.clone(), v.clinic))
+        .collect())
+}
+
+async fn current_version(
+    conn: &mut PgConnection,
+    clinic_id: &str,
+) -> Result<Option<ClinicVersion>, StoreError> {
+    Ok(current_versions(conn, &[clinic_id]).await?.pop())
+}
+
+async fn current_versions(
+    conn: &mut PgConnection,
+    clinic_ids: &[&str],
+) -> Result<Vec<ClinicVersion>, StoreError> {
     let ids: Vec<String> = clinic_ids.iter().map(|&id| id.to_owned()).collect();
-    let rows = sqlx::query_as!(
+    sqlx::query_as!(
         Row,
         "SELECT v.clinic_id, v.version, v.name, v.country, v.licensed_organs,
                 v.licence_valid_from, v.licence_valid_until, v.status,
@@ -92,33 +110,10 @@ pub(super) async fn current_clinics(
         &ids,
     )
     .fetch_all(conn)
-    .await?;
-    rows.into_iter()
-        .map(|row| {
-            let clinic = row.into_version()?.clinic;
-            Ok((clinic.clinic_id.clone(), clinic))
-        })
-        .collect()
-}
-
-async fn current_version(
-    conn: &mut PgConnection,
-    clinic_id: &str,
-) -> Result<Option<ClinicVersion>, StoreError> {
-    sqlx::query_as!(
-        Row,
-        "SELECT v.clinic_id, v.version, v.name, v.country, v.licensed_organs,
-                v.licence_valid_from, v.licence_valid_until, v.status,
-                v.status_effective_from, v.recorded_at
-         FROM clinics c
-         JOIN clinic_versions v ON v.clinic_id = c.clinic_id AND v.version = c.current_version
-         WHERE c.clinic_id = $1",
-        clinic_id,
-    )
-    .fetch_optional(conn)
     .await?
+    .into_iter()
     .map(Row::into_version)
-    .transpose()
+    .collect()
 }
 
 impl Store {
