@@ -112,16 +112,16 @@ impl IngestApi {
                 ended.is_none() && ordering.is_none() && storing.len() < STREAM_BATCHES_AT_ONCE;
             tokio::select! {
                 // Cancel-safe: `next_batch` finishes in the poll that gets its first message.
-                (batch, end) = next_batch(inbound, self.batch_size), if may_read => {
+                (mut batch, end) = next_batch(inbound, self.batch_size), if may_read => {
                     let room = usize::try_from(self.max_stream_records - read).unwrap_or(usize::MAX);
                     let over_cap = batch.len() > room;
-                    let batch = &batch[..batch.len().min(room)];
+                    batch.truncate(room);
                     read += batch.len() as u64;
                     tracing::debug!(records = batch.len(), "stream batch read");
                     if !batch.is_empty() {
                         let (ordered, order) = oneshot::channel();
                         ordering = Some(order);
-                        storing.push_back(self.store_checked(self.check(caller, batch), ordered));
+                        storing.push_back(self.spawn_batch(caller, batch, ordered));
                     }
                     if over_cap {
                         let limit = self.max_stream_records;
@@ -164,6 +164,33 @@ impl IngestApi {
                     }
                 }
             }
+        }
+    }
+
+    /// Checks and stores a batch on a task of its own. On the stream's task
+    /// the next batch's checking (pseudonymising, hashing: CPU work) would
+    /// hold up this batch's database round trips while it holds its locks,
+    /// and with them every batch after it.
+    fn spawn_batch(
+        &self,
+        caller: &Caller,
+        batch: Vec<pb::SubmitRecordsRequest>,
+        ordered: oneshot::Sender<()>,
+    ) -> impl Future<Output = Result<Vec<RecordAck>, Status>> + use<> {
+        let api = self.clone();
+        let caller = caller.clone();
+        let task = tokio::spawn(
+            async move {
+                let checked = api.check(&caller, &batch);
+                api.store_checked(checked, ordered).await
+            }
+            .in_current_span(),
+        );
+        async move {
+            task.await.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "a stream batch's task failed");
+                Err(Status::internal("storing a batch failed unexpectedly"))
+            })
         }
     }
 

@@ -159,62 +159,39 @@ async fn a_submitted_record_is_traced_under_the_callers_trace() {
         .await
         .expect("accepted");
 
-    let mut seen: Vec<Exported> = Vec::new();
-    let complete = |seen: &[Exported]| {
-        PIPELINE
-            .iter()
-            .chain(["transplant_audit.v1.IngestService/SubmitRecord"].iter())
-            .all(|name| seen.iter().any(|s| s.name == *name))
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !complete(&seen) {
-        let span = tokio::time::timeout_at(deadline, spans.recv())
-            .await
-            .unwrap_or_else(|_| panic!("spans exported in time; got {seen:#?}"))
-            .expect("receiver open");
-        seen.push(span);
+    let seen = pipeline_spans(&mut spans, "SubmitRecord").await;
+    assert_pipeline_under_callers_trace(&seen, "SubmitRecord", &identifier.value);
+    server.signal(libc::SIGTERM);
+    let (status, _) = server.drain().await;
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn a_streamed_batch_is_traced_under_the_callers_trace() {
+    let (server, hospital, mut spans) = traced_server().await;
+    let record = kidney("TRACE-STREAM-1");
+    let identifier = record
+        .donor
+        .as_ref()
+        .and_then(|d| d.identifier.clone())
+        .expect("donor identifier");
+    let mut ingest = IngestServiceClient::new(server.connect(&hospital).await);
+    let requests = tokio_stream::iter([pb::SubmitRecordsRequest {
+        record: Some(record),
+    }]);
+    let mut acks = ingest
+        .submit_records(with_traceparent(requests))
+        .await
+        .expect("stream")
+        .into_inner();
+    while let Some(ack) = acks.message().await.expect("ack") {
+        assert_eq!(ack.ack.expect("ack").outcome, pb::Outcome::Accepted as i32);
     }
 
-    let rpc = seen
-        .iter()
-        .find(|s| s.name == "transplant_audit.v1.IngestService/SubmitRecord")
-        .expect("rpc span");
-    assert_eq!(rpc.trace_id, TRACE_ID, "the caller's trace continues");
-    assert_eq!(
-        rpc.parent_span_id, PARENT_SPAN_ID,
-        "under the caller's span"
-    );
-    assert_eq!(rpc.attributes["rpc.system"], "grpc");
-    assert_eq!(
-        rpc.attributes["rpc.service"],
-        "transplant_audit.v1.IngestService"
-    );
-    assert_eq!(rpc.attributes["rpc.method"], "SubmitRecord");
-    assert_eq!(rpc.attributes["rpc.grpc.status_code"], "0");
-
-    let by_id: HashMap<&str, &Exported> = seen.iter().map(|s| (s.span_id.as_str(), s)).collect();
-    for name in PIPELINE {
-        let step = seen.iter().find(|s| s.name == *name).expect("step");
-        assert_eq!(step.trace_id, TRACE_ID, "{name} in the caller's trace");
-        // Walk up: every step descends from the RPC span.
-        let mut parent = step.parent_span_id.as_str();
-        while parent != rpc.span_id {
-            parent = by_id
-                .get(parent)
-                .unwrap_or_else(|| panic!("{name}: parent {parent} not exported"))
-                .parent_span_id
-                .as_str();
-        }
-    }
-    for span in &seen {
-        for (key, value) in &span.attributes {
-            assert!(
-                !value.contains(&identifier.value),
-                "{}: attribute {key} carries an identifier",
-                span.name
-            );
-        }
-    }
+    // A stream's batches are stored on tasks of their own; their spans
+    // must still hang under the call's.
+    let seen = pipeline_spans(&mut spans, "SubmitRecords").await;
+    assert_pipeline_under_callers_trace(&seen, "SubmitRecords", &identifier.value);
     server.signal(libc::SIGTERM);
     let (status, _) = server.drain().await;
     assert!(status.success());
@@ -456,4 +433,72 @@ async fn the_health_listener_serves_health_and_nothing_else() {
     assert_eq!(other.code(), tonic::Code::Unimplemented);
     server.signal(libc::SIGTERM);
     let _ = server.drain().await;
+}
+
+/// Receives exported spans until the pipeline and the RPC span of `method` are all in.
+async fn pipeline_spans(
+    spans: &mut mpsc::UnboundedReceiver<Exported>,
+    method: &str,
+) -> Vec<Exported> {
+    let rpc_name = format!("transplant_audit.v1.IngestService/{method}");
+    let mut seen: Vec<Exported> = Vec::new();
+    let complete = |seen: &[Exported]| {
+        PIPELINE
+            .iter()
+            .copied()
+            .chain([rpc_name.as_str()])
+            .all(|name| seen.iter().any(|s| s.name == name))
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !complete(&seen) {
+        let span = tokio::time::timeout_at(deadline, spans.recv())
+            .await
+            .unwrap_or_else(|_| panic!("spans exported in time; got {seen:#?}"))
+            .expect("receiver open");
+        seen.push(span);
+    }
+    seen
+}
+
+/// The RPC span of `method` continues the caller's trace, every pipeline
+/// step descends from it, and no attribute carries `identifier`.
+fn assert_pipeline_under_callers_trace(seen: &[Exported], method: &str, identifier: &str) {
+    let rpc_name = format!("transplant_audit.v1.IngestService/{method}");
+    let rpc = seen.iter().find(|s| s.name == rpc_name).expect("rpc span");
+    assert_eq!(rpc.trace_id, TRACE_ID, "the caller's trace continues");
+    assert_eq!(
+        rpc.parent_span_id, PARENT_SPAN_ID,
+        "under the caller's span"
+    );
+    assert_eq!(rpc.attributes["rpc.system"], "grpc");
+    assert_eq!(
+        rpc.attributes["rpc.service"],
+        "transplant_audit.v1.IngestService"
+    );
+    assert_eq!(rpc.attributes["rpc.method"], method);
+    assert_eq!(rpc.attributes["rpc.grpc.status_code"], "0");
+
+    let by_id: HashMap<&str, &Exported> = seen.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    for name in PIPELINE {
+        let step = seen.iter().find(|s| s.name == *name).expect("step");
+        assert_eq!(step.trace_id, TRACE_ID, "{name} in the caller's trace");
+        // Walk up: every step descends from the RPC span.
+        let mut parent = step.parent_span_id.as_str();
+        while parent != rpc.span_id {
+            parent = by_id
+                .get(parent)
+                .unwrap_or_else(|| panic!("{name}: parent {parent} not exported"))
+                .parent_span_id
+                .as_str();
+        }
+    }
+    for span in seen {
+        for (key, value) in &span.attributes {
+            assert!(
+                !value.contains(identifier),
+                "{}: attribute {key} carries an identifier",
+                span.name
+            );
+        }
+    }
 }
