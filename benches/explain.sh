@@ -118,12 +118,14 @@ SELECT quote_nullable(array_agg(:max_id + 1 + n ORDER BY n)) AS c_id,
        quote_nullable(array_agg('explained'::text ORDER BY n) FILTER (WHERE n % 4 = 0)) AS f_explanation,
        quote_nullable(array_agg('{' || (id - 1) || '}' ORDER BY n) FILTER (WHERE n % 4 = 0)) AS f_evidence,
        quote_nullable(array_agg(hospital_id ORDER BY n) FILTER (WHERE n % 4 = 0)) AS f_hospital,
-       quote_nullable(array_agg(clinic_id ORDER BY n) FILTER (WHERE n % 4 = 0)) AS f_clinic
+       quote_nullable(array_agg(clinic_id ORDER BY n) FILTER (WHERE n % 4 = 0)) AS f_clinic,
+       quote_nullable(array_agg(external_record_id || '-new' ORDER BY n) FILTER (WHERE n % 4 = 0)) AS f_external
 FROM sample \gset
 -- The amendment: the newest flagged record, amended to its own content.
 SELECT quote_nullable(r.id) AS a_id, quote_nullable(r.version + 1) AS a_version,
        quote_nullable(f.rule_id) AS a_rule, quote_nullable(sha256(r.content_hash)) AS a_hash,
        quote_nullable(r.clinic_id) AS a_clinic, quote_nullable(r.procedure_country) AS a_country,
+       quote_nullable(r.external_record_id) AS a_external,
        quote_nullable(r.organ) AS a_organ, quote_nullable(r.laterality) AS a_laterality,
        quote_nullable(r.procured_at) AS a_procured, quote_nullable(r.transplanted_at) AS a_transplanted,
        quote_nullable(r.cold_ischemia_minutes) AS a_cold, quote_nullable(r.machine_perfusion) AS a_perfusion,
@@ -243,15 +245,16 @@ WITH stored AS (
 )
 SELECT id AS "id!", received_at AS "received_at!" FROM stored;
 
-PREPARE insert_flags(bigint[], text[], int[], smallint[], text[], text[], text[], text[]) AS
+PREPARE insert_flags(bigint[], text[], int[], smallint[], text[], text[], text[], text[], text[]) AS
 INSERT INTO flags (record_id, rule_id, rule_version, severity, explanation,
-                   evidence_record_ids, hospital_id, clinic_id, record_version)
+                   evidence_record_ids, hospital_id, clinic_id, record_version,
+                   external_record_id)
 SELECT f.record_id, f.rule_id, f.rule_version, f.severity, f.explanation,
-       f.evidence::bigint[], f.hospital_id, f.clinic_id, 1
+       f.evidence::bigint[], f.hospital_id, f.clinic_id, 1, f.external_record_id
 FROM unnest($1::bigint[], $2::text[], $3::int[], $4::smallint[], $5::text[],
-            $6::text[], $7::text[], $8::text[])
+            $6::text[], $7::text[], $8::text[], $9::text[])
      AS f(record_id, rule_id, rule_version, severity, explanation, evidence,
-          hospital_id, clinic_id);
+          hospital_id, clinic_id, external_record_id);
 
 -- The amend path (ingest.rs: amend, insert_version, save_flags).
 PREPARE amend(bigint, bytea, text, text, text, text, timestamptz, timestamptz, int, bool,
@@ -278,10 +281,11 @@ WITH version AS (
     VALUES ($1, $2, $3, $4, $5, $6, $7))
 UPDATE records SET chain_head = $7 WHERE id = $1;
 
-PREPARE save_flag(bigint, text, int, smallint, text, bigint[], text, text, int) AS
+PREPARE save_flag(bigint, text, int, smallint, text, bigint[], text, text, int, text) AS
 INSERT INTO flags (record_id, rule_id, rule_version, severity, explanation,
-                   evidence_record_ids, hospital_id, clinic_id, record_version)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                   evidence_record_ids, hospital_id, clinic_id, record_version,
+                   external_record_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT ON CONSTRAINT flags_one_per_record_and_rule
 DO UPDATE SET rule_version = EXCLUDED.rule_version,
     severity = EXCLUDED.severity, explanation = EXCLUDED.explanation,
@@ -315,10 +319,10 @@ statements=(
   "lock_keys||:lock_keys, :lock_exclusive"
   "find_existing||:one_hospital, :one_external"
   "insert_new||$new_records"
-  "insert_flags|EXECUTE insert_new($new_records);|:f_record, :f_rule, :f_version, :f_severity, :f_explanation, :f_evidence, :f_hospital, :f_clinic"
+  "insert_flags|EXECUTE insert_new($new_records);|:f_record, :f_rule, :f_version, :f_severity, :f_explanation, :f_evidence, :f_hospital, :f_clinic, :f_external"
   "amend||:a_id, :a_hash, :a_clinic, :a_country, :a_organ, :a_laterality, :a_procured, :a_transplanted, :a_cold, :a_perfusion, :a_abo_exception, :a_donor_fp, :a_donor_type, :a_relation, :a_death_at, :a_death_kind, :a_d_nat, :a_d_res, :a_d_age, :a_d_sex, :a_d_abo, :a_d_rh, :a_d_hla, :a_d_nr, :a_r_fp, :a_r_nat, :a_r_res, :a_r_age, :a_r_sex, :a_r_abo, :a_r_rh, :a_r_hla, :a_r_nr"
   "insert_version||:a_id, :a_version, :a_hash, '{\"synthetic\": true}', 'explain.sh', now(), :a_hash"
-  "save_flag||:a_id, :a_rule, 1, 3, 'explained again', '{}', :a_hospital, :a_clinic, :a_version"
+  "save_flag||:a_id, :a_rule, 1, 3, 'explained again', '{}', :a_hospital, :a_clinic, :a_version, :a_external"
   "clear_flags||:a_id, :a_version, ARRAY['ABO_INCOMPATIBLE'], :a_clinic"
 )
 

@@ -108,7 +108,7 @@ CREATE FUNCTION pg_temp.seed_flags(lo bigint, hi bigint, nflags bigint, nrecords
 LANGUAGE sql AS $seed$
 INSERT INTO flags (record_id, rule_id, rule_version, severity, explanation, evidence_record_ids,
                    status, revision, raised_at, updated_at, hospital_id, clinic_id, record_version,
-                   dismissal_proposed_by)
+                   dismissal_proposed_by, external_record_id)
 SELECT r.id, rule.id, 1,
        greatest(1, least(4, rule.severity + CASE WHEN h % 100 = 0 THEN 1 WHEN h % 100 = 1 THEN -1 ELSE 0 END)),
        'Synthetic ' || rule.id || ' finding on record ' || r.id,
@@ -118,7 +118,8 @@ SELECT r.id, rule.id, 1,
        CASE st.status WHEN 'OPEN' THEN 1 WHEN 'IN_REVIEW' THEN 2 ELSE 3 END,
        raised, raised + CASE WHEN st.status = 'OPEN' THEN interval '0' ELSE interval '3 days' END,
        r.hospital_id, r.clinic_id, 1,
-       CASE WHEN st.status = 'IN_REVIEW' AND rule.severity = 4 AND h % 7 = 0 THEN 'seed-auditor' END
+       CASE WHEN st.status = 'IN_REVIEW' AND rule.severity = 4 AND h % 7 = 0 THEN 'seed-auditor' END,
+       r.external_record_id
 FROM (
     SELECT i, abs(hashint8(i)::bigint) AS h, abs(hashint8(i - (CASE WHEN i % 10 = 3 THEN 1 ELSE 0 END))::bigint) AS hr,
            greatest(1, nrecords / (nflags - nflags / 10)) AS s,

@@ -246,6 +246,7 @@ impl IngestTx {
         let mut evidence = Vec::with_capacity(flags.len());
         let mut hospital_id = Vec::with_capacity(flags.len());
         let mut clinic_id = Vec::with_capacity(flags.len());
+        let mut external_record_id = Vec::with_capacity(flags.len());
         for f in flags {
             record_id.push(f.record_id.0);
             rule_id.push(f.finding.rule.as_str());
@@ -255,16 +256,18 @@ impl IngestTx {
             evidence.push(array_literal(&f.finding.evidence));
             hospital_id.push(f.record.hospital_id.as_str());
             clinic_id.push(f.record.clinic_id.as_str());
+            external_record_id.push(f.record.external_record_id.as_str());
         }
         sqlx::query!(
             "INSERT INTO flags (record_id, rule_id, rule_version, severity, explanation,
-                                evidence_record_ids, hospital_id, clinic_id, record_version)
+                                evidence_record_ids, hospital_id, clinic_id, record_version,
+                                external_record_id)
              SELECT f.record_id, f.rule_id, f.rule_version, f.severity, f.explanation,
-                    f.evidence::bigint[], f.hospital_id, f.clinic_id, 1
+                    f.evidence::bigint[], f.hospital_id, f.clinic_id, 1, f.external_record_id
              FROM unnest($1::bigint[], $2::text[], $3::int[], $4::smallint[], $5::text[],
-                         $6::text[], $7::text[], $8::text[])
+                         $6::text[], $7::text[], $8::text[], $9::text[])
                   AS f(record_id, rule_id, rule_version, severity, explanation, evidence,
-                       hospital_id, clinic_id)",
+                       hospital_id, clinic_id, external_record_id)",
             &record_id,
             &rule_id as &[&str],
             &rule_version,
@@ -273,6 +276,7 @@ impl IngestTx {
             &evidence,
             &hospital_id as &[&str],
             &clinic_id as &[&str],
+            &external_record_id as &[&str],
         )
         .execute(&mut *self.tx)
         .await?;

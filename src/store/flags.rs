@@ -98,8 +98,8 @@ impl FlagRow {
 
 pub(super) const FLAG_COLUMNS: &str = "SELECT f.id, f.record_id, f.rule_id, f.rule_version, f.severity,
     f.explanation, f.evidence_record_ids, f.status, f.revision, f.raised_at, f.updated_at,
-    f.hospital_id, f.clinic_id, r.external_record_id, f.record_version, f.cleared_in_version, f.dismissal_proposed_by
-    FROM flags f JOIN records r ON r.id = f.record_id";
+    f.hospital_id, f.clinic_id, f.external_record_id, f.record_version, f.cleared_in_version, f.dismissal_proposed_by
+    FROM flags f";
 
 /// Filters of a flag listing; `None` means any.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

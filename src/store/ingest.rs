@@ -300,8 +300,9 @@ impl IngestTx {
             let evidence: Vec<i64> = f.evidence.iter().map(|id| id.0).collect();
             sqlx::query!(
                 "INSERT INTO flags (record_id, rule_id, rule_version, severity, explanation,
-                                    evidence_record_ids, hospital_id, clinic_id, record_version)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                    evidence_record_ids, hospital_id, clinic_id, record_version,
+                                    external_record_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                  ON CONFLICT ON CONSTRAINT flags_one_per_record_and_rule
                  DO UPDATE SET rule_version = EXCLUDED.rule_version,
                      severity = EXCLUDED.severity, explanation = EXCLUDED.explanation,
@@ -317,6 +318,7 @@ impl IngestTx {
                 record.hospital_id,
                 record.clinic_id,
                 ack.version,
+                record.external_record_id,
             )
             .execute(&mut *self.tx)
             .await?;

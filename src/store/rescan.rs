@@ -496,13 +496,18 @@ impl Store {
                 .map(|f| f.record.record.clinic_id.as_str())
                 .collect();
             let record_versions: Vec<i32> = flags.iter().map(|f| f.record.version).collect();
+            let externals: Vec<&str> = flags
+                .iter()
+                .map(|f| f.record.record.external_record_id.as_str())
+                .collect();
             added = sqlx::query!(
                 "INSERT INTO flags (record_id, rule_id, rule_version, severity, explanation,
-                                    evidence_record_ids, hospital_id, clinic_id, record_version)
-                 SELECT r, rule, v, s, e, ev::bigint[], h, c, rv
+                                    evidence_record_ids, hospital_id, clinic_id, record_version,
+                                    external_record_id)
+                 SELECT r, rule, v, s, e, ev::bigint[], h, c, rv, x
                  FROM unnest($1::bigint[], $2::text[], $3::int[], $4::smallint[], $5::text[],
-                             $6::text[], $7::text[], $8::text[], $9::int[])
-                      AS t(r, rule, v, s, e, ev, h, c, rv)
+                             $6::text[], $7::text[], $8::text[], $9::int[], $10::text[])
+                      AS t(r, rule, v, s, e, ev, h, c, rv, x)
                  ON CONFLICT ON CONSTRAINT flags_one_per_record_and_rule DO NOTHING",
                 &record_ids,
                 &rule_ids as &[&str],
@@ -513,6 +518,7 @@ impl Store {
                 &hospitals as &[&str],
                 &clinics as &[&str],
                 &record_versions,
+                &externals as &[&str],
             )
             .execute(&mut *tx)
             .await?

@@ -1323,3 +1323,30 @@ async fn history_tables_are_append_only_in_the_database() {
     let notes: Vec<&str> = history.iter().map(|e| e.note.as_str()).collect();
     assert_eq!(notes, ["original note", "confirmed note"]);
 }
+
+#[tokio::test]
+async fn flags_raised_before_they_carried_their_record_id_are_listed_with_it() {
+    let app = app_with_clinic().await;
+    abo_flag(&app, "BEFORE-MIGRATION").await;
+    // The schema as it stood before flags carried the record's external id,
+    // with the flag already in it.
+    sqlx::query("ALTER TABLE flags DROP COLUMN external_record_id")
+        .execute(&app.pool)
+        .await
+        .expect("drop the column");
+    let forgotten = sqlx::query(
+        "DELETE FROM _sqlx_migrations WHERE description = 'flags carry external record id'",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("forget the migration");
+    assert_eq!(forgotten.rows_affected(), 1);
+    let database_url = app.database_url.clone();
+    app.stop().await;
+
+    let app = spawn_app_on(&database_url, RulesConfig::default()).await;
+    assert_eq!(
+        listed(&app, pb::ListFlagsRequest::default()).await,
+        ["BEFORE-MIGRATION"]
+    );
+}
