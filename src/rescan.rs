@@ -13,7 +13,7 @@ use crate::rules::{
 use crate::store::rescan::{
     ExistingFlag, NewFlag, RescanRun, StoredRecord, TransplantRange, WindowProbe,
 };
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, WindowRequest};
 
 mod deceased;
 
@@ -325,6 +325,7 @@ impl Reader {
                 seen.insert(&stored.record.donor.person.identifier);
             }
         }
+        let mut living_at = Vec::new();
         let mut living = Vec::new();
         let mut deceased = Vec::new();
         for (i, stored) in chunk.iter().enumerate() {
@@ -332,13 +333,17 @@ impl Reader {
             let spec = WindowSpec::for_record(record, &self.config);
             let at = record.transplanted_at;
             if spec.foreign_living {
-                let probe = WindowProbe {
-                    clinic_id: record.clinic_id.clone(),
-                    since: at - spec.surge.max(spec.cluster),
-                    at,
+                living_at.push(i);
+                living.push(WindowRequest {
+                    clinic_id: &record.clinic_id,
+                    until: at,
+                    // The deceased counts come from the cache.
+                    spec: WindowSpec {
+                        deceased: false,
+                        ..spec
+                    },
                     before: stored.id,
-                };
-                living.push((i, spec, probe));
+                });
             }
             if spec.deceased {
                 let probe = WindowProbe {
@@ -350,13 +355,12 @@ impl Reader {
                 deceased.push((i, probe));
             }
         }
-        let living_probes: Vec<WindowProbe> = living.iter().map(|(_, _, p)| p.clone()).collect();
         let deceased_probes: Vec<WindowProbe> = deceased.iter().map(|(_, p)| p.clone()).collect();
         let store = &self.store;
-        let (mut histories, existing, living_rows, deceased_counts) = tokio::try_join!(
+        let (mut histories, existing, living_windows, deceased_counts) = tokio::try_join!(
             store.donor_histories(&donors, history_before),
             store.existing_flags(&ids, &self.rule_ids),
-            store.foreign_living_windows(&living_probes),
+            store.clinic_windows(&living),
             self.deceased.counts(store, &deceased_probes),
         )?;
         if whole_span {
@@ -380,16 +384,8 @@ impl Reader {
             .filter_map(|((record, rule), flag)| Some(((record, rule.parse().ok()?), flag)))
             .collect();
         let mut windows = vec![ClinicWindow::default(); chunk.len()];
-        for ((i, spec, probe), rows) in living.iter().zip(living_rows) {
-            let window = &mut windows[*i];
-            for row in rows {
-                if row.transplanted_at >= probe.at - spec.cluster {
-                    window.foreign_living_donors.push((row.id, row.nationality));
-                }
-                if row.transplanted_at >= probe.at - spec.surge && row.unrelated {
-                    window.foreign_unrelated_living.push(row.id);
-                }
-            }
+        for (i, window) in living_at.into_iter().zip(living_windows) {
+            windows[i] = window;
         }
         for ((i, _), (total, non_resident)) in deceased.iter().zip(deceased_counts) {
             windows[*i].deceased_transplants = total;

@@ -21,8 +21,9 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
 
+use crate::rules::WindowSpec;
 use crate::store::rescan::{ClinicSpan, DeceasedTransplant, WindowProbe};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, WindowRequest};
 
 /// Longest span a clinic may cache, in share windows.
 pub const MAX_SPAN_WINDOWS: i32 = 2;
@@ -85,7 +86,26 @@ impl DeceasedCache {
             .filter(|(_, c)| c.is_none())
             .map(|(p, _)| p.clone())
             .collect();
-        let mut from_database = store.deceased_windows(&wide).await?.into_iter();
+        let requests: Vec<WindowRequest<'_>> = wide
+            .iter()
+            .map(|p| WindowRequest {
+                clinic_id: &p.clinic_id,
+                until: p.at,
+                spec: WindowSpec {
+                    foreign_living: false,
+                    deceased: true,
+                    surge: Duration::zero(),
+                    cluster: Duration::zero(),
+                    share: p.at - p.since,
+                },
+                before: p.before,
+            })
+            .collect();
+        let mut from_database = store
+            .clinic_windows(&requests)
+            .await?
+            .into_iter()
+            .map(|w| (w.deceased_transplants, w.deceased_to_non_residents));
         for count in &mut counts {
             if count.is_none() {
                 *count = from_database.next();

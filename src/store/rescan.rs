@@ -6,13 +6,14 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Clinic, CountryCode, Donor, Fingerprint, HlaTyping, Person, Record, RecordId, TransplantRecord,
+    Clinic, Donor, Fingerprint, HlaTyping, Person, Record, RecordId, TransplantRecord,
 };
 use crate::rules::{ClinicWindow, Finding, PriorDonation, WindowSpec};
 
 use super::body::parse;
+use super::context::{self, WindowRequest};
 use super::ingest::{donor_kind, severity_to_db};
-use super::{Store, StoreError, context};
+use super::{Store, StoreError};
 
 /// A rescan's parameters and how far it got.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,19 +86,6 @@ pub struct WindowProbe {
     pub at: DateTime<Utc>,
     /// Only records with a lower id count.
     pub before: RecordId,
-}
-
-/// A clinic's living transplant from a non-resident donor.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ForeignLivingTransplant {
-    /// The record.
-    pub id: RecordId,
-    /// When it was transplanted.
-    pub transplanted_at: DateTime<Utc>,
-    /// Whether the donor is `UNRELATED_DIRECTED`.
-    pub unrelated: bool,
-    /// The donor's nationality.
-    pub nationality: CountryCode,
 }
 
 /// A clinic's deceased-donor transplant, as the non-resident share counts it.
@@ -391,7 +379,7 @@ impl Store {
         donors: &[Fingerprint],
         before: RecordId,
     ) -> Result<HashMap<Fingerprint, Vec<PriorDonation>>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.acquire().await?;
         context::donor_histories(&mut conn, donors, before).await
     }
 
@@ -406,8 +394,21 @@ impl Store {
         if !spec.reads_any() {
             return Ok(ClinicWindow::default());
         }
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.acquire().await?;
         context::clinic_window(&mut conn, clinic_id, at, spec, before).await
+    }
+
+    /// The clinic windows of several records, in the order asked (the
+    /// statements ingest runs for a batch, on a connection of the pool).
+    pub async fn clinic_windows(
+        &self,
+        requests: &[WindowRequest<'_>],
+    ) -> Result<Vec<ClinicWindow>, StoreError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.acquire().await?;
+        context::clinic_windows(&mut conn, requests).await
     }
 
     /// The current entry of every registered clinic.
@@ -539,98 +540,6 @@ impl Store {
         }
         tx.commit().await?;
         Ok(added)
-    }
-
-    /// For each probe, the clinic's living transplants from non-resident
-    /// donors in its window, in one query for all (the per-record query is
-    /// `context::clinic_window`).
-    pub async fn foreign_living_windows(
-        &self,
-        probes: &[WindowProbe],
-    ) -> Result<Vec<Vec<ForeignLivingTransplant>>, StoreError> {
-        let mut windows = vec![Vec::new(); probes.len()];
-        if probes.is_empty() {
-            return Ok(windows);
-        }
-        let clinics: Vec<&str> = probes.iter().map(|p| p.clinic_id.as_str()).collect();
-        let since: Vec<DateTime<Utc>> = probes.iter().map(|p| p.since).collect();
-        let at: Vec<DateTime<Utc>> = probes.iter().map(|p| p.at).collect();
-        let before: Vec<i64> = probes.iter().map(|p| p.before.0).collect();
-        let rows = sqlx::query!(
-            r#"SELECT w.ord AS "ord!", r.id AS "id!", r.transplanted_at AS "transplanted_at!",
-                      r.donor_relation, r.donor_nationality AS "donor_nationality!"
-               FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::bigint[])
-                    WITH ORDINALITY AS w(clinic, since, at, lim, ord)
-               CROSS JOIN LATERAL (
-                   SELECT id, transplanted_at, donor_relation, donor_nationality FROM records
-                   WHERE clinic_id = w.clinic AND donor_type = 'LIVING' AND donor_non_resident
-                     AND transplanted_at >= w.since AND transplanted_at <= w.at AND id < w.lim
-               ) r"#,
-            &clinics as &[&str],
-            &since,
-            &at,
-            &before,
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        for r in rows {
-            let slot = usize::try_from(r.ord - 1)
-                .ok()
-                .and_then(|i| windows.get_mut(i))
-                .ok_or_else(|| StoreError::Corrupt(format!("window ordinal {}", r.ord)))?;
-            slot.push(ForeignLivingTransplant {
-                id: RecordId(r.id),
-                transplanted_at: r.transplanted_at,
-                unrelated: r.donor_relation.as_deref() == Some("UNRELATED_DIRECTED"),
-                nationality: parse(&r.donor_nationality)?,
-            });
-        }
-        Ok(windows)
-    }
-
-    /// For each probe, the clinic's deceased-donor transplants in its window
-    /// and how many of them went to non-residents, in one query for all.
-    pub async fn deceased_windows(
-        &self,
-        probes: &[WindowProbe],
-    ) -> Result<Vec<(u64, u64)>, StoreError> {
-        let mut counts = vec![(0, 0); probes.len()];
-        if probes.is_empty() {
-            return Ok(counts);
-        }
-        let clinics: Vec<&str> = probes.iter().map(|p| p.clinic_id.as_str()).collect();
-        let since: Vec<DateTime<Utc>> = probes.iter().map(|p| p.since).collect();
-        let at: Vec<DateTime<Utc>> = probes.iter().map(|p| p.at).collect();
-        let before: Vec<i64> = probes.iter().map(|p| p.before.0).collect();
-        let rows = sqlx::query!(
-            r#"SELECT w.ord AS "ord!", c.total AS "total!", c.non_resident AS "non_resident!"
-               FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::bigint[])
-                    WITH ORDINALITY AS w(clinic, since, at, lim, ord)
-               CROSS JOIN LATERAL (
-                   SELECT count(*) AS total,
-                          count(*) FILTER (WHERE recipient_non_resident) AS non_resident
-                   FROM records
-                   WHERE clinic_id = w.clinic AND donor_type = 'DECEASED'
-                     AND transplanted_at >= w.since AND transplanted_at <= w.at AND id < w.lim
-               ) c"#,
-            &clinics as &[&str],
-            &since,
-            &at,
-            &before,
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        for r in rows {
-            let slot = usize::try_from(r.ord - 1)
-                .ok()
-                .and_then(|i| counts.get_mut(i))
-                .ok_or_else(|| StoreError::Corrupt(format!("window ordinal {}", r.ord)))?;
-            *slot = (
-                u64::try_from(r.total).unwrap_or(0),
-                u64::try_from(r.non_resident).unwrap_or(0),
-            );
-        }
-        Ok(counts)
     }
 
     /// Every deceased-donor transplant (whatever its id) at each span's
