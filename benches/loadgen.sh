@@ -4,16 +4,22 @@
 # release server on it, a warm-up run, ANALYZE and a server restart (so plans
 # fit the data even where autovacuum is off), then the measured loadgen run
 # with its raw-Postgres baselines. Extra arguments go to loadgen.
+#
+# LOADGEN_DATABASE=name measures on that existing database instead (for
+# example one benches/seed.sql filled with 10^7 records, to compare ingest
+# cost with a nearly empty one); it is migrated, never dropped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 admin=${ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-db=ta_loadgen
+db=${LOADGEN_DATABASE:-ta_loadgen}
 export DATABASE_URL=${admin%/*}/$db
 export FINGERPRINT_KEY=${FINGERPRINT_KEY:-$(openssl rand -hex 32)}
 export METRICS_ADDR=127.0.0.1:0 LISTEN_ADDR=127.0.0.1:50051 RUST_LOG=warn
 
 cargo build --release --quiet --bin transplant-audit --bin loadgen
-psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
+if [[ -z ${LOADGEN_DATABASE:-} ]]; then
+  psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
+fi
 bin=target/release/transplant-audit
 $bin migrate
 admin_key=$($bin keys create --role admin)
