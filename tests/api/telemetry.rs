@@ -146,11 +146,7 @@ const PIPELINE: &[&str] = &[
 async fn a_submitted_record_is_traced_under_the_callers_trace() {
     let (server, hospital, mut spans) = traced_server().await;
     let record = kidney("TRACE-1");
-    let identifier = record
-        .donor
-        .as_ref()
-        .and_then(|d| d.identifier.clone())
-        .expect("donor identifier");
+    let identifier = donor_identifier(&record);
     let mut ingest = IngestServiceClient::new(server.connect(&hospital).await);
     ingest
         .submit_record(with_traceparent(pb::SubmitRecordRequest {
@@ -160,21 +156,15 @@ async fn a_submitted_record_is_traced_under_the_callers_trace() {
         .expect("accepted");
 
     let seen = pipeline_spans(&mut spans, "SubmitRecord").await;
-    assert_pipeline_under_callers_trace(&seen, "SubmitRecord", &identifier.value);
-    server.signal(libc::SIGTERM);
-    let (status, _) = server.drain().await;
-    assert!(status.success());
+    assert_pipeline_under_callers_trace(&seen, "SubmitRecord", &identifier);
+    stop_cleanly(server).await;
 }
 
 #[tokio::test]
 async fn a_streamed_batch_is_traced_under_the_callers_trace() {
     let (server, hospital, mut spans) = traced_server().await;
     let record = kidney("TRACE-STREAM-1");
-    let identifier = record
-        .donor
-        .as_ref()
-        .and_then(|d| d.identifier.clone())
-        .expect("donor identifier");
+    let identifier = donor_identifier(&record);
     let mut ingest = IngestServiceClient::new(server.connect(&hospital).await);
     let requests = tokio_stream::iter([pb::SubmitRecordsRequest {
         record: Some(record),
@@ -191,10 +181,8 @@ async fn a_streamed_batch_is_traced_under_the_callers_trace() {
     // A stream's batches are stored on tasks of their own; their spans
     // must still hang under the call's.
     let seen = pipeline_spans(&mut spans, "SubmitRecords").await;
-    assert_pipeline_under_callers_trace(&seen, "SubmitRecords", &identifier.value);
-    server.signal(libc::SIGTERM);
-    let (status, _) = server.drain().await;
-    assert!(status.success());
+    assert_pipeline_under_callers_trace(&seen, "SubmitRecords", &identifier);
+    stop_cleanly(server).await;
 }
 
 #[tokio::test]
@@ -501,4 +489,21 @@ fn assert_pipeline_under_callers_trace(seen: &[Exported], method: &str, identifi
             );
         }
     }
+}
+
+/// The value of the record's donor identifier, which no span may carry.
+fn donor_identifier(record: &pb::TransplantRecord) -> String {
+    record
+        .donor
+        .as_ref()
+        .and_then(|d| d.identifier.as_ref())
+        .map(|i| i.value.clone())
+        .expect("donor identifier")
+}
+
+/// Stops the server with SIGTERM and checks that it drained and exited cleanly.
+async fn stop_cleanly(server: ServerProcess) {
+    server.signal(libc::SIGTERM);
+    let (status, _) = server.drain().await;
+    assert!(status.success());
 }
