@@ -86,7 +86,9 @@ impl IngestApi {
     /// holds its locks and record ids, so two are stored at once and the
     /// records that arrive meanwhile make the next batch. A database failure
     /// ends the stream with its status: nothing of that batch was stored,
-    /// and the client resends from its first unacknowledged record.
+    /// and the client resends from its first unacknowledged record (the
+    /// batch after it may have committed all the same: its records then
+    /// come back as duplicates, with their original acknowledgements).
     async fn serve_stream(
         &self,
         caller: &Caller,
@@ -170,7 +172,8 @@ impl IngestApi {
     /// Checks and stores a batch on a task of its own. On the stream's task
     /// the next batch's checking (pseudonymising, hashing: CPU work) would
     /// hold up this batch's database round trips while it holds its locks,
-    /// and with them every batch after it.
+    /// and with them every batch after it. The task finishes its
+    /// transaction even if the stream goes away meanwhile.
     fn spawn_batch(
         &self,
         caller: &Caller,
