@@ -448,8 +448,10 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
 }
 
 /// The `transplant-audit` binary running as a child process, logging JSON.
+/// Dropped before [`ServerProcess::drain`] (a test that failed half-way), it
+/// kills the process, so no server outlives its test.
 pub struct ServerProcess {
-    pub child: std::process::Child,
+    child: Option<std::process::Child>,
     pub addr: String,
     /// Where it serves Prometheus metrics.
     pub metrics_addr: String,
@@ -511,7 +513,7 @@ impl ServerProcess {
             }
         };
         Self {
-            child,
+            child: Some(child),
             addr,
             metrics_addr,
             log,
@@ -529,15 +531,20 @@ impl ServerProcess {
         InterceptedService::new(channel, Bearer::new(token))
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, std::process::Child::id)
+    }
+
     /// Sends `signal` (SIGTERM, SIGKILL) to the process.
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on our own child's pid has no memory effects.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
+        unsafe { libc::kill(self.pid() as i32, signal) };
     }
 
     /// Waits for the process to exit and collects the rest of its log.
     pub async fn drain(mut self) -> (std::process::ExitStatus, Vec<String>) {
-        let mut child = self.child;
+        let mut child = self.child.take().expect("drained once");
         let status = tokio::task::spawn_blocking(move || child.wait())
             .await
             .expect("join")
@@ -545,7 +552,16 @@ impl ServerProcess {
         while let Some(line) = self.lines.recv().await {
             self.log.push(line);
         }
-        (status, self.log)
+        (status, std::mem::take(&mut self.log))
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

@@ -969,7 +969,7 @@ async fn a_flood_of_malformed_and_oversized_messages_leaves_the_server_up_and_bo
     let hospital = app.hospital_token.clone();
     app.stop().await;
     let server = ServerProcess::start(&database_url, "info").await;
-    let pid = server.child.id();
+    let pid = server.pid();
     let channel = || async {
         Channel::from_shared(format!("http://{}", server.addr))
             .expect("uri")
