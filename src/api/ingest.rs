@@ -7,6 +7,7 @@ use chrono::Utc;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, Stream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -95,11 +96,27 @@ impl IngestApi {
         inbound: &mut Streaming<pb::SubmitRecordsRequest>,
         tx: &mpsc::Sender<Result<pb::SubmitRecordsResponse, Status>>,
     ) {
+        let mut storing = FuturesOrdered::new();
+        self.serve_batches(caller, inbound, tx, &mut storing).await;
+        // A stream that ended early (its client gone, a batch failed) may
+        // leave batches storing on their tasks; its slot among the open
+        // streams is freed once they are done, so the cap on open streams
+        // also bounds the batches being stored.
+        while storing.next().await.is_some() {}
+    }
+
+    /// [`Self::serve_stream`] until the stream ends, leaving in `storing`
+    /// the batches still being stored, oldest first.
+    async fn serve_batches(
+        &self,
+        caller: &Caller,
+        inbound: &mut Streaming<pb::SubmitRecordsRequest>,
+        tx: &mpsc::Sender<Result<pb::SubmitRecordsResponse, Status>>,
+        storing: &mut FuturesOrdered<JoinHandle<Result<Vec<RecordAck>, Status>>>,
+    ) {
         let mut read = 0u64;
         let mut sequence = 0u64;
-        // Batches being stored, oldest first, and the newest one's signal
-        // that it holds its locks and record ids.
-        let mut storing = FuturesOrdered::new();
+        // The newest batch's signal that it holds its locks and record ids.
         let mut ordering: Option<oneshot::Receiver<()>> = None;
         // Set once the client is done: how the call then ends.
         let mut ended: Option<Option<Status>> = None;
@@ -145,7 +162,11 @@ impl IngestApi {
                         None => std::future::pending().await,
                     }
                 } => ordering = None,
-                Some(stored) = storing.next() => {
+                Some(joined) = storing.next() => {
+                    let stored = joined.unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "a stream batch's task failed");
+                        Err(Status::internal("storing a batch failed unexpectedly"))
+                    });
                     let acks = match stored {
                         Ok(acks) => acks,
                         Err(status) => {
@@ -173,28 +194,22 @@ impl IngestApi {
     /// the next batch's checking (pseudonymising, hashing: CPU work) would
     /// hold up this batch's database round trips while it holds its locks,
     /// and with them every batch after it. The task finishes its
-    /// transaction even if the stream goes away meanwhile.
+    /// transaction even if the stream's client goes away meanwhile.
     fn spawn_batch(
         &self,
         caller: &Caller,
         batch: Vec<pb::SubmitRecordsRequest>,
         ordered: oneshot::Sender<()>,
-    ) -> impl Future<Output = Result<Vec<RecordAck>, Status>> + use<> {
+    ) -> JoinHandle<Result<Vec<RecordAck>, Status>> {
         let api = self.clone();
         let caller = caller.clone();
-        let task = tokio::spawn(
+        tokio::spawn(
             async move {
                 let checked = api.check(&caller, &batch);
                 api.store_checked(checked, ordered).await
             }
             .in_current_span(),
-        );
-        async move {
-            task.await.unwrap_or_else(|e| {
-                tracing::error!(error = %e, "a stream batch's task failed");
-                Err(Status::internal("storing a batch failed unexpectedly"))
-            })
-        }
+        )
     }
 
     /// Validates a batch and prepares what is valid for storing.
