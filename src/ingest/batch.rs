@@ -160,7 +160,8 @@ struct Context {
 }
 
 impl Context {
-    /// Three statements at most: clinics, donor histories, clinic windows.
+    /// Three statements at most (clinics, donor histories, clinic windows),
+    /// at once where the pool has idle connections.
     async fn load(
         tx: &mut IngestTx,
         engine: &Engine,
@@ -169,7 +170,6 @@ impl Context {
         let mut clinic_ids: Vec<&str> = fresh.iter().map(|n| n.record.clinic_id.as_str()).collect();
         clinic_ids.sort_unstable();
         clinic_ids.dedup();
-        let clinics = tx.clinics(&clinic_ids).await?;
 
         let mut donors: Vec<Fingerprint> = fresh
             .iter()
@@ -178,7 +178,6 @@ impl Context {
         donors.sort_unstable();
         donors.dedup();
         let first = fresh[0].id;
-        let donors = tx.donor_histories(&donors, first).await?;
 
         let specs: Vec<WindowSpec> = fresh
             .iter()
@@ -199,12 +198,8 @@ impl Context {
                 (k, request)
             })
             .unzip();
-        let windows = if requests.is_empty() {
-            HashMap::new()
-        } else {
-            let loaded = tx.clinic_windows(&requests).await?;
-            reading.into_iter().zip(loaded).collect()
-        };
+        let (clinics, donors, loaded) = tx.context(&clinic_ids, &donors, first, &requests).await?;
+        let windows = reading.into_iter().zip(loaded).collect();
         Ok(Self {
             clinics,
             donors,

@@ -10,6 +10,8 @@ use crate::domain::chain::GENESIS;
 use crate::domain::{Clinic, Fingerprint, Person, Record, RecordId};
 use crate::rules::{ClinicWindow, Finding, PriorDonation};
 
+use sqlx::PgConnection;
+
 use super::context::{self, WindowRequest};
 use super::ingest::{ExistingRecord, IngestTx, StoredAck, hla_json, kind_columns, severity_to_db};
 use super::{StoreError, chain};
@@ -104,29 +106,66 @@ impl IngestTx {
         Ok(ids.into_iter().map(RecordId).collect())
     }
 
-    /// The current registry entries of these clinics; unregistered ones are absent.
-    pub async fn clinics(
+    /// What the rules read for a batch, as stored before it: the current
+    /// registry entries of its clinics (unregistered ones absent), every
+    /// record of its donors with an id below `before` (by donor, oldest
+    /// first) and its clinic windows (in the order asked).
+    ///
+    /// Called before this transaction writes anything and while it holds the
+    /// batch's locks, so a read on another connection sees exactly what it
+    /// would. Idle pool connections, when there are any, take the donor and
+    /// window statements so the three run at once: this is inside the
+    /// critical section every batch meeting these keys waits on. A busy pool
+    /// is never waited for (batches holding a connection each and waiting for
+    /// a second could starve one another); the statements then run here.
+    pub async fn context(
         &mut self,
         clinic_ids: &[&str],
-    ) -> Result<HashMap<String, Clinic>, StoreError> {
-        super::registry::current_clinics(&mut self.tx, clinic_ids).await
-    }
-
-    /// Every record of these donors with an id below `before`, by donor, oldest first.
-    pub async fn donor_histories(
-        &mut self,
         donors: &[Fingerprint],
         before: RecordId,
-    ) -> Result<HashMap<Fingerprint, Vec<PriorDonation>>, StoreError> {
-        context::donor_histories(&mut self.tx, donors, before).await
-    }
-
-    /// The clinic windows of several records, in the order asked.
-    pub async fn clinic_windows(
-        &mut self,
         requests: &[WindowRequest<'_>],
-    ) -> Result<Vec<ClinicWindow>, StoreError> {
-        context::clinic_windows(&mut self.tx, requests).await
+    ) -> Result<BatchContext, StoreError> {
+        let donors_apart = self.pool.try_acquire();
+        let windows_apart = if requests.is_empty() {
+            None
+        } else {
+            self.pool.try_acquire()
+        };
+        let (donors_here, windows_here) = (donors_apart.is_none(), windows_apart.is_none());
+        let conn: &mut PgConnection = &mut self.tx;
+        let here = async move {
+            let clinics = super::registry::current_clinics(&mut *conn, clinic_ids).await?;
+            let mut histories = None;
+            if donors_here {
+                histories = Some(context::donor_histories(&mut *conn, donors, before).await?);
+            }
+            let mut windows = None;
+            if windows_here {
+                windows = Some(context::clinic_windows(&mut *conn, requests).await?);
+            }
+            Ok::<_, StoreError>((clinics, histories, windows))
+        };
+        let histories_apart = async move {
+            match donors_apart {
+                Some(mut c) => context::donor_histories(&mut c, donors, before)
+                    .await
+                    .map(Some),
+                None => Ok(None),
+            }
+        };
+        let windows_apart = async move {
+            match windows_apart {
+                Some(mut c) => context::clinic_windows(&mut c, requests).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let ((clinics, histories, windows), histories_there, windows_there) =
+            tokio::try_join!(here, histories_apart, windows_apart)?;
+        Ok((
+            clinics,
+            histories.or(histories_there).unwrap_or_default(),
+            windows.or(windows_there).unwrap_or_default(),
+        ))
     }
 
     /// Stores `records` as version 1, each with its first chained version
@@ -318,6 +357,14 @@ impl<'a> PersonColumns<'a> {
         self.non_resident.push(non_resident);
     }
 }
+
+/// A batch's context: clinics by id, donor histories by donor, one clinic
+/// window per request.
+pub type BatchContext = (
+    HashMap<String, Clinic>,
+    HashMap<Fingerprint, Vec<PriorDonation>>,
+    Vec<ClinicWindow>,
+);
 
 /// A batch of new records, one array per column, for `UNNEST`.
 #[derive(Default)]

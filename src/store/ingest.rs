@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use ring::digest;
 use std::sync::Arc;
 
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::domain::chain::GENESIS;
 use crate::domain::{
@@ -54,6 +54,8 @@ pub(super) fn body_json(record: &Record) -> serde_json::Value {
 pub struct IngestTx {
     pub(super) tx: Transaction<'static, Postgres>,
     pub(super) chain: Arc<ChainKey>,
+    /// The pool the transaction came from, for reads that may run beside it.
+    pub(super) pool: PgPool,
 }
 
 impl Store {
@@ -62,6 +64,7 @@ impl Store {
         Ok(IngestTx {
             tx: self.begin().await?,
             chain: self.chain.clone(),
+            pool: self.pool.clone(),
         })
     }
 }

@@ -2,10 +2,15 @@
 //! stream, must give exactly the flags that one-by-one submission gives.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use futures::future::join_all;
+use transplant_audit::api::convert::submission;
 use transplant_audit::api::pb;
-use transplant_audit::rules::RulesConfig;
+use transplant_audit::domain::{ChainKey, FingerprintKey};
+use transplant_audit::ingest::Ingestor;
+use transplant_audit::rules::{Engine, RulesConfig};
+use transplant_audit::store::{PoolSettings, Store};
 
 use crate::helpers::*;
 
@@ -215,4 +220,81 @@ async fn concurrent_writers_that_are_only_counted_never_hide_from_a_reader() {
     assert!(!expected.is_empty(), "the share is crossed somewhere");
     a.stop().await;
     b.stop().await;
+}
+
+/// Stores `batches` one after another, each as one batch, through a pipeline
+/// whose pool opens at most `max_connections`; returns the rules raised, by
+/// external record id.
+async fn flags_through_a_pool_of(
+    max_connections: u32,
+    batches: &[Vec<pb::TransplantRecord>],
+) -> BTreeMap<String, Vec<String>> {
+    let key = FingerprintKey::from_bytes(&TEST_KEY).expect("key");
+    let store = Store::connect(
+        &fresh_database().await,
+        &PoolSettings {
+            max_connections,
+            ..PoolSettings::default()
+        },
+        ChainKey::derive(&key),
+    )
+    .expect("database url");
+    store.migrate().await.expect("migrate");
+    let engine = Arc::new(Engine::new(RulesConfig::default()));
+    let ingestor = Ingestor::new(store.clone(), engine, key, 256);
+    for batch in batches {
+        let submissions = batch
+            .iter()
+            .map(|r| submission("record", Some(r), chrono::Utc::now()).expect("valid"))
+            .collect();
+        for answer in ingestor.submit_batch(submissions).await.expect("stored") {
+            answer.expect("accepted");
+        }
+    }
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT external_record_id, rule_id FROM flags ORDER BY external_record_id, rule_id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .expect("flags");
+    let mut by_record: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (record, rule) in rows {
+        by_record.entry(record).or_default().push(rule);
+    }
+    by_record
+}
+
+#[tokio::test]
+async fn a_batch_reads_the_same_context_beside_its_transaction_as_inside_it() {
+    // With spare pool connections a batch reads donor histories and clinic
+    // windows beside its transaction; with none, inside it. Earlier batches'
+    // records reach the later one only through those reads.
+    let to_non_resident = |id: &str| {
+        let mut r = deceased_left_kidney(id, &format!("DONOR-{id}"));
+        r.recipient
+            .as_mut()
+            .expect("recipient")
+            .country_of_residence = "MD".into();
+        r
+    };
+    let batches = vec![
+        vec![
+            deceased_left_kidney("POOL-A1", "POOL-DONOR"),
+            foreign_unrelated_kidney("POOL-F1", "POOL-MD-1"),
+            to_non_resident("POOL-N1"),
+            to_non_resident("POOL-N2"),
+        ],
+        vec![
+            deceased_left_kidney("POOL-A2", "POOL-DONOR"),
+            foreign_unrelated_kidney("POOL-F2", "POOL-MD-2"),
+            to_non_resident("POOL-N3"),
+        ],
+    ];
+    let inside = flags_through_a_pool_of(1, &batches).await;
+    let beside = flags_through_a_pool_of(16, &batches).await;
+    assert_eq!(inside, beside);
+    assert!(
+        inside["POOL-A2"].contains(&"ANATOMICAL_MAXIMUM".to_owned()),
+        "the second batch saw the first's donation: {inside:?}"
+    );
 }
