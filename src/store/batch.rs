@@ -10,8 +10,6 @@ use crate::domain::chain::GENESIS;
 use crate::domain::{Clinic, Fingerprint, Person, Record, RecordId};
 use crate::rules::{ClinicWindow, Finding, PriorDonation};
 
-use sqlx::PgConnection;
-
 use super::context::{self, WindowRequest};
 use super::ingest::{ExistingRecord, IngestTx, StoredAck, hla_json, kind_columns, severity_to_db};
 use super::{StoreError, chain};
@@ -114,10 +112,13 @@ impl IngestTx {
     /// Called before this transaction writes anything and while it holds the
     /// batch's locks, so a read on another connection sees exactly what it
     /// would. Idle pool connections, when there are any, take the donor and
-    /// window statements so the three run at once: this is inside the
-    /// critical section every batch meeting these keys waits on. A busy pool
-    /// is never waited for (batches holding a connection each and waiting for
-    /// a second could starve one another); the statements then run here.
+    /// window statements while the transaction reads the clinics, so the
+    /// three run at once: this is inside the critical section every batch
+    /// meeting these keys waits on. A busy pool is never waited for (batches
+    /// holding a connection each and waiting for a second could starve one
+    /// another), and a read that fails on an idle connection (one a database
+    /// restart left broken) is run again here: either way the transaction
+    /// reads what is missing itself.
     pub async fn context(
         &mut self,
         clinic_ids: &[&str],
@@ -125,47 +126,35 @@ impl IngestTx {
         before: RecordId,
         requests: &[WindowRequest<'_>],
     ) -> Result<BatchContext, StoreError> {
-        let donors_apart = self.pool.try_acquire();
-        let windows_apart = if requests.is_empty() {
+        let donors_beside = self.pool.try_acquire();
+        let windows_beside = if requests.is_empty() {
             None
         } else {
             self.pool.try_acquire()
         };
-        let (donors_here, windows_here) = (donors_apart.is_none(), windows_apart.is_none());
-        let conn: &mut PgConnection = &mut self.tx;
-        let here = async move {
-            let clinics = super::registry::current_clinics(&mut *conn, clinic_ids).await?;
-            let mut histories = None;
-            if donors_here {
-                histories = Some(context::donor_histories(&mut *conn, donors, before).await?);
-            }
-            let mut windows = None;
-            if windows_here {
-                windows = Some(context::clinic_windows(&mut *conn, requests).await?);
-            }
-            Ok::<_, StoreError>((clinics, histories, windows))
+        let histories_beside = async move {
+            let mut conn = donors_beside?;
+            beside(context::donor_histories(&mut conn, donors, before).await)
         };
-        let histories_apart = async move {
-            match donors_apart {
-                Some(mut c) => context::donor_histories(&mut c, donors, before)
-                    .await
-                    .map(Some),
-                None => Ok(None),
-            }
+        let windows_beside = async move {
+            let mut conn = windows_beside?;
+            beside(context::clinic_windows(&mut conn, requests).await)
         };
-        let windows_apart = async move {
-            match windows_apart {
-                Some(mut c) => context::clinic_windows(&mut c, requests).await.map(Some),
-                None => Ok(None),
-            }
+        let (clinics, histories, windows) = tokio::join!(
+            super::registry::current_clinics(&mut self.tx, clinic_ids),
+            histories_beside,
+            windows_beside,
+        );
+        let clinics = clinics?;
+        let histories = match histories {
+            Some(histories) => histories,
+            None => context::donor_histories(&mut self.tx, donors, before).await?,
         };
-        let ((clinics, histories, windows), histories_there, windows_there) =
-            tokio::try_join!(here, histories_apart, windows_apart)?;
-        Ok((
-            clinics,
-            histories.or(histories_there).unwrap_or_default(),
-            windows.or(windows_there).unwrap_or_default(),
-        ))
+        let windows = match windows {
+            Some(windows) => windows,
+            None => context::clinic_windows(&mut self.tx, requests).await?,
+        };
+        Ok((clinics, histories, windows))
     }
 
     /// Stores `records` as version 1, each with its first chained version
@@ -356,6 +345,14 @@ impl<'a> PersonColumns<'a> {
         self.hla.push(hla_json(p.hla.as_ref()));
         self.non_resident.push(non_resident);
     }
+}
+
+/// What a read beside the transaction gave, if it worked.
+fn beside<T>(read: Result<T, StoreError>) -> Option<T> {
+    read.inspect_err(|e| {
+        tracing::warn!(error = %e, "a context read beside the transaction failed; reading it inside");
+    })
+    .ok()
 }
 
 /// A batch's context: clinics by id, donor histories by donor, one clinic

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use sqlx::Connection;
+
 use futures::future::join_all;
 use transplant_audit::api::convert::submission;
 use transplant_audit::api::pb;
@@ -222,13 +224,8 @@ async fn concurrent_writers_that_are_only_counted_never_hide_from_a_reader() {
     b.stop().await;
 }
 
-/// Stores `batches` one after another, each as one batch, through a pipeline
-/// whose pool opens at most `max_connections`; returns the rules raised, by
-/// external record id.
-async fn flags_through_a_pool_of(
-    max_connections: u32,
-    batches: &[Vec<pb::TransplantRecord>],
-) -> BTreeMap<String, Vec<String>> {
+/// An ingest pipeline on a fresh database, whose pool opens at most `max_connections`.
+async fn pipeline(max_connections: u32) -> (Store, Ingestor) {
     let key = FingerprintKey::from_bytes(&TEST_KEY).expect("key");
     let store = Store::connect(
         &fresh_database().await,
@@ -242,15 +239,22 @@ async fn flags_through_a_pool_of(
     store.migrate().await.expect("migrate");
     let engine = Arc::new(Engine::new(RulesConfig::default()));
     let ingestor = Ingestor::new(store.clone(), engine, key, 256);
-    for batch in batches {
-        let submissions = batch
-            .iter()
-            .map(|r| submission("record", Some(r), chrono::Utc::now()).expect("valid"))
-            .collect();
-        for answer in ingestor.submit_batch(submissions).await.expect("stored") {
-            answer.expect("accepted");
-        }
+    (store, ingestor)
+}
+
+/// Stores `batch` as one batch; every record must be accepted.
+async fn store_batch(ingestor: &Ingestor, batch: &[pb::TransplantRecord]) {
+    let submissions = batch
+        .iter()
+        .map(|r| submission("record", Some(r), chrono::Utc::now()).expect("valid"))
+        .collect();
+    for answer in ingestor.submit_batch(submissions).await.expect("stored") {
+        answer.expect("accepted");
     }
+}
+
+/// The rules raised, by external record id.
+async fn stored_flags(store: &Store) -> BTreeMap<String, Vec<String>> {
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SELECT external_record_id, rule_id FROM flags ORDER BY external_record_id, rule_id",
     )
@@ -264,11 +268,23 @@ async fn flags_through_a_pool_of(
     by_record
 }
 
-#[tokio::test]
-async fn a_batch_reads_the_same_context_beside_its_transaction_as_inside_it() {
-    // With spare pool connections a batch reads donor histories and clinic
-    // windows beside its transaction; with none, inside it. Earlier batches'
-    // records reach the later one only through those reads.
+/// Stores `batches` one after another through a pipeline whose pool opens
+/// at most `max_connections`; returns the rules raised, by external record id.
+async fn flags_through_a_pool_of(
+    max_connections: u32,
+    batches: &[Vec<pb::TransplantRecord>],
+) -> BTreeMap<String, Vec<String>> {
+    let (store, ingestor) = pipeline(max_connections).await;
+    for batch in batches {
+        store_batch(&ingestor, batch).await;
+    }
+    stored_flags(&store).await
+}
+
+/// Two batches whose second reads what the first stored: a donor's second
+/// left kidney, foreign living donors and deceased donors to non-residents
+/// at one clinic.
+fn batches_reading_each_other() -> Vec<Vec<pb::TransplantRecord>> {
     let to_non_resident = |id: &str| {
         let mut r = deceased_left_kidney(id, &format!("DONOR-{id}"));
         r.recipient
@@ -277,7 +293,7 @@ async fn a_batch_reads_the_same_context_beside_its_transaction_as_inside_it() {
             .country_of_residence = "MD".into();
         r
     };
-    let batches = vec![
+    vec![
         vec![
             deceased_left_kidney("POOL-A1", "POOL-DONOR"),
             foreign_unrelated_kidney("POOL-F1", "POOL-MD-1"),
@@ -289,7 +305,15 @@ async fn a_batch_reads_the_same_context_beside_its_transaction_as_inside_it() {
             foreign_unrelated_kidney("POOL-F2", "POOL-MD-2"),
             to_non_resident("POOL-N3"),
         ],
-    ];
+    ]
+}
+
+#[tokio::test]
+async fn a_batch_reads_the_same_context_beside_its_transaction_as_inside_it() {
+    // With spare pool connections a batch reads donor histories and clinic
+    // windows beside its transaction; with none, inside it. Earlier batches'
+    // records reach the later one only through those reads.
+    let batches = batches_reading_each_other();
     let inside = flags_through_a_pool_of(1, &batches).await;
     let beside = flags_through_a_pool_of(16, &batches).await;
     assert_eq!(inside, beside);
@@ -297,4 +321,28 @@ async fn a_batch_reads_the_same_context_beside_its_transaction_as_inside_it() {
         inside["POOL-A2"].contains(&"ANATOMICAL_MAXIMUM".to_owned()),
         "the second batch saw the first's donation: {inside:?}"
     );
+}
+
+#[tokio::test]
+async fn a_context_read_failing_beside_the_transaction_is_read_inside_it() {
+    let batches = batches_reading_each_other();
+    let expected = flags_through_a_pool_of(1, &batches).await;
+    let (store, ingestor) = pipeline(16).await;
+    store_batch(&ingestor, &batches[0]).await;
+    // Every idle connection of the pool is cut behind its back, as a
+    // database restart would: the next batch's reads beside it fail.
+    let url = store.pool().connect_options();
+    let mut admin = sqlx::PgConnection::connect_with(&url)
+        .await
+        .expect("connect");
+    let cut: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .expect("terminate");
+    assert!(cut > 0, "the pool had idle connections");
+    store_batch(&ingestor, &batches[1]).await;
+    assert_eq!(stored_flags(&store).await, expected);
 }
