@@ -16,16 +16,22 @@ async fn app_with(options: ServeOptions) -> TestApp {
 
 type Acks = tonic::Streaming<pb::SubmitRecordsResponse>;
 
-/// Opens a stream and has one record acknowledged on it, so it is surely open.
-async fn open_stream(app: &TestApp, id: &str) -> (mpsc::Sender<pb::SubmitRecordsRequest>, Acks) {
+/// Opens a stream the test feeds record by record.
+async fn stream(app: &TestApp) -> (mpsc::Sender<pb::SubmitRecordsRequest>, Acks) {
     let (tx, rx) = mpsc::channel(4);
-    let mut acks = app
+    let acks = app
         .ingest
         .clone()
         .submit_records(ReceiverStream::new(rx))
         .await
         .expect("stream opens")
         .into_inner();
+    (tx, acks)
+}
+
+/// Opens a stream and has one record acknowledged on it, so it is surely open.
+async fn open_stream(app: &TestApp, id: &str) -> (mpsc::Sender<pb::SubmitRecordsRequest>, Acks) {
+    let (tx, mut acks) = stream(app).await;
     tx.send(pb::SubmitRecordsRequest {
         record: Some(kidney(id)),
     })
@@ -35,6 +41,34 @@ async fn open_stream(app: &TestApp, id: &str) -> (mpsc::Sender<pb::SubmitRecords
     (tx, acks)
 }
 
+/// A server that keeps one `SubmitRecords` stream open at most.
+async fn one_stream_app() -> TestApp {
+    app_with(ServeOptions {
+        max_concurrent_streams: 1,
+        ..ServeOptions::default()
+    })
+    .await
+}
+
+/// Opens a stream once the server has a slot for it again (refused with
+/// RESOURCE_EXHAUSTED until then, for at most two seconds).
+async fn reopen(app: &TestApp) -> (mpsc::Sender<pb::SubmitRecordsRequest>, Acks) {
+    for _ in 0..100 {
+        let (tx, rx) = mpsc::channel(1);
+        match app
+            .ingest
+            .clone()
+            .submit_records(ReceiverStream::new(rx))
+            .await
+        {
+            Ok(response) => return (tx, response.into_inner()),
+            Err(status) => assert_eq!(status.code(), Code::ResourceExhausted),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("a stream opens again once the slot is free");
+}
+
 async fn close(tx: mpsc::Sender<pb::SubmitRecordsRequest>, mut acks: Acks) {
     drop(tx);
     while acks.message().await.expect("clean end").is_some() {}
@@ -42,11 +76,7 @@ async fn close(tx: mpsc::Sender<pb::SubmitRecordsRequest>, mut acks: Acks) {
 
 #[tokio::test]
 async fn open_streams_are_capped_and_freed_when_they_end() {
-    let app = app_with(ServeOptions {
-        max_concurrent_streams: 1,
-        ..ServeOptions::default()
-    })
-    .await;
+    let app = one_stream_app().await;
     let (tx, acks) = open_stream(&app, "ST-1").await;
     let second = app
         .ingest
@@ -62,24 +92,7 @@ async fn open_streams_are_capped_and_freed_when_they_end() {
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     close(tx, acks).await;
     // The permit goes back when the first stream's task ends, just after its last ack.
-    let mut reopened = None;
-    for _ in 0..50 {
-        let (tx, rx) = mpsc::channel(1);
-        match app
-            .ingest
-            .clone()
-            .submit_records(ReceiverStream::new(rx))
-            .await
-        {
-            Ok(response) => {
-                reopened = Some((tx, response.into_inner()));
-                break;
-            }
-            Err(status) => assert_eq!(status.code(), Code::ResourceExhausted),
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let (tx, acks) = reopened.expect("a stream opens again once the first is closed");
+    let (tx, acks) = reopen(&app).await;
     close(tx, acks).await;
     assert_eq!(
         app.count("records").await,
@@ -211,23 +224,12 @@ async fn until_waiting(app: &TestApp, n: i64) {
 
 #[tokio::test]
 async fn a_stream_whose_client_left_keeps_its_slot_until_its_batches_are_stored() {
-    let app = app_with(ServeOptions {
-        max_concurrent_streams: 1,
-        ..ServeOptions::default()
-    })
-    .await;
+    let app = one_stream_app().await;
     submit(&app, kidney("LEFT-0")).await.expect("stored");
     // Two batches of one stream, each waiting on a key another transaction holds.
     let first = hold_key(&app, "LEFT-0", "LEFT-1").await;
     let second = hold_key(&app, "LEFT-0", "LEFT-2").await;
-    let (tx, rx) = mpsc::channel(4);
-    let acks = app
-        .ingest
-        .clone()
-        .submit_records(ReceiverStream::new(rx))
-        .await
-        .expect("stream opens")
-        .into_inner();
+    let (tx, acks) = stream(&app).await;
     for (id, waiters) in [("LEFT-1", 1), ("LEFT-2", 2)] {
         tx.send(pb::SubmitRecordsRequest {
             record: Some(kidney(id)),
@@ -257,21 +259,7 @@ async fn a_stream_whose_client_left_keeps_its_slot_until_its_batches_are_stored(
     }
 
     second.rollback().await.expect("rollback");
-    let mut reopened = None;
-    for _ in 0..100 {
-        let (tx, rx) = mpsc::channel(1);
-        if let Ok(response) = app
-            .ingest
-            .clone()
-            .submit_records(ReceiverStream::new(rx))
-            .await
-        {
-            reopened = Some((tx, response.into_inner()));
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let (tx, acks) = reopened.expect("the slot is freed once the batch is stored");
+    let (tx, acks) = reopen(&app).await;
     close(tx, acks).await;
     let stored: Vec<String> =
         sqlx::query_scalar("SELECT external_record_id FROM records ORDER BY external_record_id")
