@@ -52,7 +52,7 @@ use transplant_audit::api::pb::registry_service_client::RegistryServiceClient;
 use baseline::{BATCH_ROWS, Baseline, Row};
 use grpc::Bearer;
 use probe::{CpuSnapshot, RssSampler, Watch};
-use report::{Outcome, Phase, PhaseKind, Report};
+use report::{Judged, Outcome, Phase, PhaseKind, Report};
 use rng::Rng;
 use synth::{Mix, Settings, Synth};
 
@@ -222,9 +222,16 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         notes,
     };
     report.judge();
+    finish(&report, &args)
+}
+
+/// Prints a report (as text, or as JSON with the text on stderr) and turns
+/// it into the exit code: failure on errors, or on a missed target with
+/// `--strict`.
+fn finish(report: &impl Judged, args: &Args) -> anyhow::Result<ExitCode> {
     if args.json {
         eprint!("{}", report.render());
-        println!("{}", serde_json::to_string(&report)?);
+        println!("{}", serde_json::to_string(report)?);
     } else {
         print!("{}", report.render());
     }
@@ -245,18 +252,7 @@ async fn list_flags(args: &Args) -> anyhow::Result<ExitCode> {
         page_size: args.page_size,
     };
     let report = listing::run(channel, args.api_key.as_deref(), &settings).await?;
-    if args.json {
-        eprint!("{}", report.render());
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print!("{}", report.render());
-    }
-    let failed = report.errors() > 0 || (args.strict && report.missed_a_target());
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    finish(&report, args)
 }
 
 /// Runs one phase, with the CPU each party used meanwhile.

@@ -19,7 +19,7 @@ use transplant_audit::api::pb::audit_service_client::AuditServiceClient;
 use transplant_audit::rules::RuleId;
 
 use super::grpc::Bearer;
-use super::report::Latency;
+use super::report::{Judged, Latency};
 
 /// Target: p99 of every listing page below this, in milliseconds.
 pub const P99_TARGET_MS: f64 = 5.0;
@@ -197,19 +197,21 @@ pub struct Report {
     pub rows: Vec<Row>,
 }
 
-impl Report {
+impl Report {}
+
+impl Judged for Report {
     /// Calls that failed.
-    pub fn errors(&self) -> usize {
+    fn errors(&self) -> usize {
         self.rows.iter().map(|r| r.errors).sum()
     }
 
     /// Whether a row's p99 missed the target.
-    pub fn missed_a_target(&self) -> bool {
+    fn missed_a_target(&self) -> bool {
         self.rows.iter().any(|r| r.pass == Some(false))
     }
 
     /// The human-readable table.
-    pub fn render(&self) -> String {
+    fn render(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,

@@ -206,6 +206,16 @@ impl Check {
 }
 
 /// Everything a run measured.
+/// A finished measurement: what it prints and whether it passed.
+pub trait Judged: Serialize {
+    /// The text report.
+    fn render(&self) -> String;
+    /// Calls or records that failed.
+    fn errors(&self) -> usize;
+    /// Whether a measured figure missed its target.
+    fn missed_a_target(&self) -> bool;
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     /// Prefix of the run's record ids.
@@ -264,19 +274,21 @@ impl Report {
             ),
         ];
     }
+}
 
+impl Judged for Report {
     /// Records that were not accepted in any phase.
-    pub fn errors(&self) -> usize {
+    fn errors(&self) -> usize {
         self.phases.iter().map(|p| p.errors).sum()
     }
 
     /// Whether a measured target was missed.
-    pub fn missed_a_target(&self) -> bool {
+    fn missed_a_target(&self) -> bool {
         self.checks.iter().any(|c| c.pass == Some(false))
     }
 
     /// The human-readable table.
-    pub fn render(&self) -> String {
+    fn render(&self) -> String {
         let mut out = String::new();
         let share = |n: usize| 100.0 * n as f64 / self.mix.records.max(1) as f64;
         let _ = writeln!(
