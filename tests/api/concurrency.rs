@@ -2,17 +2,15 @@
 //! stream, must give exactly the flags that one-by-one submission gives.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use sqlx::Connection;
 
 use futures::future::join_all;
 use transplant_audit::api::convert::submission;
 use transplant_audit::api::pb;
-use transplant_audit::domain::{ChainKey, FingerprintKey};
 use transplant_audit::ingest::Ingestor;
-use transplant_audit::rules::{Engine, RulesConfig};
-use transplant_audit::store::{PoolSettings, Store};
+use transplant_audit::rules::RulesConfig;
+use transplant_audit::store::Store;
 
 use crate::helpers::*;
 
@@ -222,24 +220,6 @@ async fn concurrent_writers_that_are_only_counted_never_hide_from_a_reader() {
     assert!(!expected.is_empty(), "the share is crossed somewhere");
     a.stop().await;
     b.stop().await;
-}
-
-/// An ingest pipeline on a fresh database, whose pool opens at most `max_connections`.
-async fn pipeline(max_connections: u32) -> (Store, Ingestor) {
-    let key = FingerprintKey::from_bytes(&TEST_KEY).expect("key");
-    let store = Store::connect(
-        &fresh_database().await,
-        &PoolSettings {
-            max_connections,
-            ..PoolSettings::default()
-        },
-        ChainKey::derive(&key),
-    )
-    .expect("database url");
-    store.migrate().await.expect("migrate");
-    let engine = Arc::new(Engine::new(RulesConfig::default()));
-    let ingestor = Ingestor::new(store.clone(), engine, key, 256);
-    (store, ingestor)
 }
 
 /// Stores `batch` as one batch; every record must be accepted.

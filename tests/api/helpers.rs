@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use sqlx::{Connection, PgConnection, PgPool};
@@ -20,6 +21,7 @@ use transplant_audit::api::pb::ingest_service_client::IngestServiceClient;
 use transplant_audit::api::pb::registry_service_client::RegistryServiceClient;
 use transplant_audit::domain::access::{KeySpec, NewApiKey};
 use transplant_audit::domain::{ChainKey, FingerprintKey, Role};
+use transplant_audit::ingest::Ingestor;
 use transplant_audit::localdb::LocalPostgres;
 use transplant_audit::rules::{Engine, RulesConfig};
 use transplant_audit::server::{self, App, Listeners, ServeOptions};
@@ -579,4 +581,69 @@ pub async fn scrape(metrics_addr: &str) -> String {
     stream.read_to_string(&mut response).await.expect("read");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response
+}
+
+/// An ingest pipeline on a fresh database, whose pool opens at most `max_connections`.
+pub async fn pipeline(max_connections: u32) -> (Store, Ingestor) {
+    let key = FingerprintKey::from_bytes(&TEST_KEY).expect("key");
+    let store = Store::connect(
+        &fresh_database().await,
+        &PoolSettings {
+            max_connections,
+            ..PoolSettings::default()
+        },
+        ChainKey::derive(&key),
+    )
+    .expect("database url");
+    store.migrate().await.expect("migrate");
+    let engine = Arc::new(Engine::new(RulesConfig::default()));
+    let ingestor = Ingestor::new(store.clone(), engine, key, 256);
+    (store, ingestor)
+}
+
+/// Stores an uncommitted copy of record `from` as `external` in a
+/// transaction of its own, so that a submission of `external` waits on it.
+pub async fn hold_key(
+    pool: &PgPool,
+    from: &str,
+    external: &str,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.expect("begin");
+    for statement in [
+        format!(
+            "CREATE TEMP TABLE held ON COMMIT DROP AS SELECT * FROM records WHERE external_record_id = '{from}'"
+        ),
+        format!(
+            "UPDATE held SET id = nextval(pg_get_serial_sequence('records', 'id')), external_record_id = '{external}'"
+        ),
+        "INSERT INTO records OVERRIDING SYSTEM VALUE SELECT * FROM held".to_owned(),
+    ] {
+        sqlx::query(&statement)
+            .execute(&mut *tx)
+            .await
+            .expect(&statement);
+    }
+    tx
+}
+
+/// Backends of the app's database waiting on a lock.
+pub async fn waiting(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("pg_stat_activity")
+}
+
+/// Waits (five seconds at most) until `n` backends of the app's database wait on a lock.
+pub async fn until_waiting(pool: &PgPool, n: i64) {
+    for _ in 0..500 {
+        if waiting(pool).await == n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{n} backends waiting in time; {} are", waiting(pool).await);
 }

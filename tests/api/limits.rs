@@ -176,59 +176,13 @@ async fn an_oversized_message_is_refused_and_the_server_stays_up() {
     app.stop().await;
 }
 
-/// Stores an uncommitted copy of record `from` as `external` in a
-/// transaction of its own, so that a submission of `external` waits on it.
-async fn hold_key(
-    app: &TestApp,
-    from: &str,
-    external: &str,
-) -> sqlx::Transaction<'static, sqlx::Postgres> {
-    let mut tx = app.pool.begin().await.expect("begin");
-    for statement in [
-        format!(
-            "CREATE TEMP TABLE held ON COMMIT DROP AS SELECT * FROM records WHERE external_record_id = '{from}'"
-        ),
-        format!(
-            "UPDATE held SET id = nextval(pg_get_serial_sequence('records', 'id')), external_record_id = '{external}'"
-        ),
-        "INSERT INTO records OVERRIDING SYSTEM VALUE SELECT * FROM held".to_owned(),
-    ] {
-        sqlx::query(&statement)
-            .execute(&mut *tx)
-            .await
-            .expect(&statement);
-    }
-    tx
-}
-
-/// Backends of the app's database waiting on a lock.
-async fn waiting(app: &TestApp) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = current_database() AND wait_event_type = 'Lock'",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .expect("pg_stat_activity")
-}
-
-async fn until_waiting(app: &TestApp, n: i64) {
-    for _ in 0..500 {
-        if waiting(app).await == n {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("{n} backends waiting in time; {} are", waiting(app).await);
-}
-
 #[tokio::test]
 async fn a_stream_whose_client_left_keeps_its_slot_until_its_batches_are_stored() {
     let app = one_stream_app().await;
     submit(&app, kidney("LEFT-0")).await.expect("stored");
     // Two batches of one stream, each waiting on a key another transaction holds.
-    let first = hold_key(&app, "LEFT-0", "LEFT-1").await;
-    let second = hold_key(&app, "LEFT-0", "LEFT-2").await;
+    let first = hold_key(&app.pool, "LEFT-0", "LEFT-1").await;
+    let second = hold_key(&app.pool, "LEFT-0", "LEFT-2").await;
     let (tx, acks) = stream(&app).await;
     for (id, waiters) in [("LEFT-1", 1), ("LEFT-2", 2)] {
         tx.send(pb::SubmitRecordsRequest {
@@ -236,14 +190,14 @@ async fn a_stream_whose_client_left_keeps_its_slot_until_its_batches_are_stored(
         })
         .await
         .expect("send");
-        until_waiting(&app, waiters).await;
+        until_waiting(&app.pool, waiters).await;
     }
     // The client leaves; the first batch then ends (its key turns out
     // taken), and its acknowledgements find no one to read them.
     drop((tx, acks));
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     first.commit().await.expect("commit");
-    until_waiting(&app, 1).await;
+    until_waiting(&app.pool, 1).await;
 
     // The second batch is still being stored: the stream's slot stays taken.
     for _ in 0..20 {
