@@ -28,7 +28,8 @@ use super::status::{invalid, to_rpc_status};
 const ACK_BUFFER: usize = 64;
 
 /// Batches of one stream stored at once: one commits while the next
-/// evaluates, each on its own connection.
+/// evaluates, each in its own transactions (one per lane, see
+/// [`Ingestor::store_in_lanes`]).
 const STREAM_BATCHES_AT_ONCE: usize = 2;
 
 /// The longest amendment reason accepted.
@@ -82,14 +83,15 @@ impl IngestApi {
 
 impl IngestApi {
     /// Reads a stream in batches of what has arrived (up to the batch size),
-    /// stores each batch in one transaction and acknowledges its records in
-    /// order once it has committed. A batch is read once the one before it
-    /// holds its locks and record ids, so two are stored at once and the
-    /// records that arrive meanwhile make the next batch. A database failure
-    /// ends the stream with its status: nothing of that batch was stored,
-    /// and the client resends from its first unacknowledged record (the
-    /// batch after it may have committed all the same: its records then
-    /// come back as duplicates, with their original acknowledgements).
+    /// stores each batch in a transaction per lane and acknowledges its
+    /// records in order once every lane has committed. A batch is read once
+    /// the one before it holds its locks and record ids, so two are stored
+    /// at once and the records that arrive meanwhile make the next batch. A
+    /// database failure ends the stream with its status, and the client
+    /// resends from its first unacknowledged record: the failed lane stored
+    /// nothing, while the batch's other lanes and the batch after it may
+    /// have committed all the same (their records then come back as
+    /// duplicates, with their original acknowledgements).
     async fn serve_stream(
         &self,
         caller: &Caller,
@@ -240,8 +242,8 @@ impl IngestApi {
         }
     }
 
-    /// Stores a checked batch in one transaction (telling `ordered` once it
-    /// holds its locks and record ids) and returns one acknowledgement per
+    /// Stores a checked batch in its lanes (telling `ordered` once they hold
+    /// their locks and record ids) and returns one acknowledgement per
     /// message, in order.
     async fn store_checked(
         &self,
@@ -256,9 +258,7 @@ impl IngestApi {
         let mut results = if prepared.is_empty() {
             Vec::new()
         } else {
-            self.ingestor
-                .store_ordered(&prepared, Some(ordered))
-                .await?
+            self.ingestor.store_in_lanes(prepared, ordered).await?
         }
         .into_iter()
         .zip(ids)

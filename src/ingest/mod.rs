@@ -3,6 +3,9 @@
 
 mod batch;
 mod group;
+mod lanes;
+
+pub use lanes::{LANES, lane_of};
 
 use std::sync::Arc;
 use std::time::Instant;

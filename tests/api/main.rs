@@ -10,6 +10,7 @@ mod faults;
 mod hostile;
 mod import;
 mod ingest;
+mod lanes;
 mod limits;
 mod logs;
 mod privacy;
