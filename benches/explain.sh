@@ -150,9 +150,14 @@ SELECT r.hospital_id, r.external_record_id, r.id, r.version, r.content_hash,
 FROM unnest($1::text[], $2::text[]) AS k(hospital_id, external_record_id)
 JOIN records r USING (hospital_id, external_record_id);
 
-PREPARE allocate_record_ids(int) AS
+PREPARE lock_and_allocate(bigint[], bool[], int) AS
 SELECT nextval(pg_get_serial_sequence('records', 'id')) AS "id!"
-FROM generate_series(1, $1);
+FROM generate_series(1, $3)
+WHERE (SELECT count(*)
+       FROM unnest($1::bigint[], $2::bool[]) AS k(key, exclusive),
+            LATERAL (SELECT CASE WHEN k.exclusive THEN pg_advisory_xact_lock(k.key)
+                                 ELSE pg_advisory_xact_lock_shared(k.key) END) AS l
+      ) >= 0;
 
 PREPARE current_clinics(text[]) AS
 SELECT v.clinic_id, v.version, v.name, v.country, v.licensed_organs,
@@ -310,7 +315,7 @@ new_records=":c_id, :c_chain, :c_hash, :c_hospital, :c_external, :c_clinic, :c_c
 # name|statement setup (executed, not explained)|EXECUTE arguments
 statements=(
   "find_existing_many||:hospitals, :externals"
-  "allocate_record_ids||:batch"
+  "lock_and_allocate||:lock_keys, :lock_exclusive, :batch"
   "current_clinics||:clinic_ids"
   "current_clinic||:one_clinic"
   "donor_histories||:donors, :before"

@@ -37,10 +37,12 @@ enum Slot<'e> {
 }
 
 /// Runs `records` (pseudonymised, with their stored forms) through the
-/// pipeline inside `tx`, which holds their keys' locks, telling `ordered`
-/// once their record ids are taken. `None` when a concurrent writer took
-/// one of their idempotency keys between the lookup and the insert: the
-/// caller must roll back and try again.
+/// pipeline inside `tx`: looks their idempotency keys up, takes the locks
+/// of the new ones' keys and their record ids, telling `ordered` then. The
+/// lookup runs before the locks, outside the critical section other
+/// writers of these keys wait on; `None` when a concurrent writer took one
+/// of the idempotency keys between the lookup and the insert: the caller
+/// must roll back and try again.
 pub(super) async fn store_in(
     tx: &mut IngestTx,
     engine: &Engine,
@@ -74,7 +76,10 @@ pub(super) async fn store_in(
     let ids = if new.is_empty() {
         Vec::new()
     } else {
-        tx.allocate_record_ids(new.len()).await?
+        let fresh: Vec<&Record> = new.iter().map(|&i| &records[i]).collect();
+        tx.lock_and_allocate(&fresh)
+            .instrument(info_span!("lock"))
+            .await?
     };
     if let Some(ordered) = ordered.take() {
         // Whoever waits may have gone; the batch goes on regardless.

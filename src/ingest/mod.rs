@@ -161,7 +161,6 @@ impl Ingestor {
         let Prepared { records, forms } = batch;
         for _ in 0..MAX_ATTEMPTS {
             let mut tx = self.store.begin_ingest().await?;
-            tx.lock_keys(records).instrument(info_span!("lock")).await?;
             let stored =
                 batch::store_in(&mut tx, &self.engine, records, forms, &mut ordered).await?;
             let Some(stored) = stored else {

@@ -88,14 +88,28 @@ impl IngestTx {
             .collect())
     }
 
-    /// Takes `n` new record ids, ascending. Allocated after the batch's
-    /// locks are held, they are above every id of a record the batch's
-    /// rules read: any writer of those keys has committed already.
-    pub async fn allocate_record_ids(&mut self, n: usize) -> Result<Vec<RecordId>, StoreError> {
-        let n = i32::try_from(n).map_err(|_| StoreError::Corrupt("batch too large".into()))?;
+    /// Takes the locks of `records`' keys (as [`IngestTx::lock_keys`]
+    /// does), then one new record id for each, ascending, in one statement:
+    /// the locks are an init plan, held before the first id is drawn. Ids
+    /// drawn under the locks are above every id of a record the rules read:
+    /// any writer of those keys has committed already.
+    pub async fn lock_and_allocate(
+        &mut self,
+        records: &[&Record],
+    ) -> Result<Vec<RecordId>, StoreError> {
+        let n = i32::try_from(records.len())
+            .map_err(|_| StoreError::Corrupt("batch too large".into()))?;
+        let (keys, exclusive) = super::ingest::lock_order(records.iter().copied());
         let mut ids = sqlx::query_scalar!(
             r#"SELECT nextval(pg_get_serial_sequence('records', 'id')) AS "id!"
-               FROM generate_series(1, $1)"#,
+               FROM generate_series(1, $3)
+               WHERE (SELECT count(*)
+                      FROM unnest($1::bigint[], $2::bool[]) AS k(key, exclusive),
+                           LATERAL (SELECT CASE WHEN k.exclusive THEN pg_advisory_xact_lock(k.key)
+                                                ELSE pg_advisory_xact_lock_shared(k.key) END) AS l
+                     ) >= 0"#,
+            &keys,
+            &exclusive,
             n,
         )
         .fetch_all(&mut *self.tx)

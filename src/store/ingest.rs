@@ -90,6 +90,21 @@ async fn find_existing(
     }))
 }
 
+/// The advisory locks `records` take, in the one order every writer takes
+/// them in: each key once, exclusive where any of the records reads it.
+pub(super) fn lock_order<'r>(
+    records: impl IntoIterator<Item = &'r Record>,
+) -> (Vec<i64>, Vec<bool>) {
+    let mut wanted: Vec<(i64, bool)> = records
+        .into_iter()
+        .flat_map(|r| ContextKey::of(r).map(|(k, reads)| (lock_number(&k), reads)))
+        .collect();
+    // Exclusive before shared for one key, so that dedup keeps it.
+    wanted.sort_unstable_by_key(|&(key, reads)| (key, !reads));
+    wanted.dedup_by_key(|&mut (key, _)| key);
+    wanted.into_iter().unzip()
+}
+
 /// The advisory-lock number of a context key: the first 8 bytes of a
 /// SHA-256 over the key's kind and value (a collision only costs a wait).
 fn lock_number(key: &ContextKey<'_>) -> i64 {
@@ -133,14 +148,7 @@ impl IngestTx {
         &mut self,
         records: impl IntoIterator<Item = &'r Record>,
     ) -> Result<(), StoreError> {
-        let mut wanted: Vec<(i64, bool)> = records
-            .into_iter()
-            .flat_map(|r| ContextKey::of(r).map(|(k, reads)| (lock_number(&k), reads)))
-            .collect();
-        // Exclusive before shared for one key, so that dedup keeps it.
-        wanted.sort_unstable_by_key(|&(key, reads)| (key, !reads));
-        wanted.dedup_by_key(|&mut (key, _)| key);
-        let (keys, exclusive): (Vec<i64>, Vec<bool>) = wanted.into_iter().unzip();
+        let (keys, exclusive) = lock_order(records);
         sqlx::query!(
             r#"SELECT count(*) AS "locked!"
                FROM unnest($1::bigint[], $2::bool[]) AS k(key, exclusive),
