@@ -10,21 +10,8 @@ use transplant_audit::api::convert::submission;
 use transplant_audit::api::pb;
 use transplant_audit::ingest::Ingestor;
 use transplant_audit::rules::RulesConfig;
-use transplant_audit::store::Store;
 
 use crate::helpers::*;
-
-/// A deceased donor's left kidney: a second one of the same donor is impossible.
-fn deceased_left_kidney(external_record_id: &str, donor: &str) -> pb::TransplantRecord {
-    let mut r = kidney(external_record_id);
-    let d = r.donor.as_mut().expect("donor");
-    d.identifier.as_mut().expect("identifier").value = donor.into();
-    d.donor_type = pb::DonorType::Deceased as i32;
-    d.relation_to_recipient = 0;
-    d.death_at = Some(ts("2025-03-03T06:00:00Z"));
-    d.death_kind = pb::DeathKind::Dbd as i32;
-    r
-}
 
 /// A living kidney from an unrelated donor of Moldova, at a German clinic.
 fn foreign_unrelated_kidney(external_record_id: &str, donor: &str) -> pb::TransplantRecord {
@@ -233,21 +220,6 @@ async fn store_batch(ingestor: &Ingestor, batch: &[pb::TransplantRecord]) {
     }
 }
 
-/// The rules raised, by external record id.
-async fn stored_flags(store: &Store) -> BTreeMap<String, Vec<String>> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT external_record_id, rule_id FROM flags ORDER BY external_record_id, rule_id",
-    )
-    .fetch_all(store.pool())
-    .await
-    .expect("flags");
-    let mut by_record: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (record, rule) in rows {
-        by_record.entry(record).or_default().push(rule);
-    }
-    by_record
-}
-
 /// Stores `batches` one after another through a pipeline whose pool opens
 /// at most `max_connections`; returns the rules raised, by external record id.
 async fn flags_through_a_pool_of(
@@ -258,7 +230,7 @@ async fn flags_through_a_pool_of(
     for batch in batches {
         store_batch(&ingestor, batch).await;
     }
-    stored_flags(&store).await
+    stored_flags(store.pool()).await
 }
 
 /// Two batches whose second reads what the first stored: a donor's second
@@ -324,5 +296,5 @@ async fn a_context_read_failing_beside_the_transaction_is_read_inside_it() {
     .expect("terminate");
     assert!(cut > 0, "the pool had idle connections");
     store_batch(&ingestor, &batches[1]).await;
-    assert_eq!(stored_flags(&store).await, expected);
+    assert_eq!(stored_flags(store.pool()).await, expected);
 }

@@ -1,6 +1,6 @@
 //! Spawning the real server against a fresh database, and test data.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -646,4 +646,54 @@ pub async fn until_waiting(pool: &PgPool, n: i64) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     panic!("{n} backends waiting in time; {} are", waiting(pool).await);
+}
+
+/// Sends `records` on one stream, all up front, and collects every acknowledgement.
+pub async fn stream_all(
+    app: &TestApp,
+    records: Vec<Option<pb::TransplantRecord>>,
+) -> Vec<pb::SubmitRecordsResponse> {
+    let requests: Vec<_> = records
+        .into_iter()
+        .map(|record| pb::SubmitRecordsRequest { record })
+        .collect();
+    let mut acks = app
+        .ingest
+        .clone()
+        .submit_records(tokio_stream::iter(requests))
+        .await
+        .expect("open SubmitRecords")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(response) = acks.message().await.expect("the stream fails") {
+        out.push(response);
+    }
+    out
+}
+
+/// The rules raised, by external record id.
+pub async fn stored_flags(pool: &PgPool) -> BTreeMap<String, Vec<String>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT external_record_id, rule_id FROM flags ORDER BY external_record_id, rule_id",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("flags");
+    let mut by_record: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (record, rule) in rows {
+        by_record.entry(record).or_default().push(rule);
+    }
+    by_record
+}
+
+/// A deceased donor's left kidney: a second one of the same donor is impossible.
+pub fn deceased_left_kidney(external_record_id: &str, donor: &str) -> pb::TransplantRecord {
+    let mut r = kidney(external_record_id);
+    let d = r.donor.as_mut().expect("donor");
+    d.identifier.as_mut().expect("identifier").value = donor.into();
+    d.donor_type = pb::DonorType::Deceased as i32;
+    d.relation_to_recipient = 0;
+    d.death_at = Some(ts("2025-03-03T06:00:00Z"));
+    d.death_kind = pb::DeathKind::Dbd as i32;
+    r
 }

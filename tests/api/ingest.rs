@@ -454,29 +454,6 @@ async fn open_stream(
     (tx, acks)
 }
 
-/// Sends `records` on one stream, all up front, and collects every acknowledgement.
-async fn stream_all(
-    app: &TestApp,
-    records: Vec<Option<pb::TransplantRecord>>,
-) -> Vec<pb::SubmitRecordsResponse> {
-    let requests: Vec<_> = records
-        .into_iter()
-        .map(|record| pb::SubmitRecordsRequest { record })
-        .collect();
-    let mut acks = app
-        .ingest
-        .clone()
-        .submit_records(tokio_stream::iter(requests))
-        .await
-        .expect("open SubmitRecords")
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(response) = acks.message().await.expect("the stream fails") {
-        out.push(response);
-    }
-    out
-}
-
 fn bad_request_of(error: &tonic_types::pb::Status) -> Option<tonic_types::pb::BadRequest> {
     error
         .details

@@ -2,7 +2,7 @@
 //! clinic: the lanes commit independently, and records that meet across
 //! lanes (one donor at two clinics) still read each other in stream order.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use sqlx::PgPool;
 use tokio::sync::oneshot;
@@ -38,42 +38,26 @@ async fn register(app: &TestApp, clinics: &[String]) {
 
 /// A deceased donor's left kidney, transplanted at `clinic`.
 fn left_kidney_at(external_record_id: &str, donor: &str, clinic: &str) -> pb::TransplantRecord {
-    let mut r = kidney(external_record_id);
+    let mut r = deceased_left_kidney(external_record_id, donor);
     r.clinic_id = clinic.into();
-    let d = r.donor.as_mut().expect("donor");
-    d.identifier.as_mut().expect("identifier").value = donor.into();
-    d.donor_type = pb::DonorType::Deceased as i32;
-    d.relation_to_recipient = 0;
-    d.death_at = Some(ts("2025-03-03T06:00:00Z"));
-    d.death_kind = pb::DeathKind::Dbd as i32;
     r
 }
 
 /// Sends `records` on one stream, all up front, and checks that every one
-/// was accepted.
+/// was accepted, in order.
 async fn stream_accepted(app: &TestApp, records: Vec<pb::TransplantRecord>) {
-    let n = records.len();
-    let requests: Vec<_> = records
-        .into_iter()
-        .map(|record| pb::SubmitRecordsRequest {
-            record: Some(record),
-        })
-        .collect();
-    let mut acks = app
-        .ingest
-        .clone()
-        .submit_records(tokio_stream::iter(requests))
-        .await
-        .expect("stream")
-        .into_inner();
-    let mut sequence = 0;
-    while let Some(response) = acks.message().await.expect("ack") {
-        assert_eq!(response.sequence, sequence, "acknowledged in order");
+    let n = records.len() as u64;
+    let responses = stream_all(app, records.into_iter().map(Some).collect()).await;
+    let sequences: Vec<u64> = responses.iter().map(|r| r.sequence).collect();
+    assert_eq!(
+        sequences,
+        (0..n).collect::<Vec<_>>(),
+        "acknowledged in order"
+    );
+    for response in responses {
         let ack = response.ack.expect("ack");
         assert_eq!(ack.outcome, pb::Outcome::Accepted as i32, "{ack:?}");
-        sequence += 1;
     }
-    assert_eq!(sequence, n as u64);
 }
 
 /// Stores `records` as one stream batch, in lanes; every record must be accepted.
@@ -91,21 +75,6 @@ async fn store_in_lanes(ingestor: &Ingestor, records: Vec<pb::TransplantRecord>)
     for answer in answers {
         assert_eq!(answer.expect("accepted").outcome, Outcome::Accepted);
     }
-}
-
-/// The rules raised, by external record id.
-async fn rules_by_record(pool: &PgPool) -> BTreeMap<String, Vec<String>> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT external_record_id, rule_id FROM flags ORDER BY external_record_id, rule_id",
-    )
-    .fetch_all(pool)
-    .await
-    .expect("flags");
-    let mut by_record: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (record, rule) in rows {
-        by_record.entry(record).or_default().push(rule);
-    }
-    by_record
 }
 
 async fn count_of(pool: &PgPool, external_record_id: &str) -> i64 {
@@ -134,7 +103,7 @@ async fn a_donor_at_clinics_of_two_lanes_is_read_in_batch_order() {
     )
     .await;
 
-    let flagged = rules_by_record(store.pool()).await;
+    let flagged = stored_flags(store.pool()).await;
     let impossible = |id: &str| {
         flagged
             .get(id)
@@ -241,8 +210,8 @@ async fn a_stream_in_lanes_raises_exactly_the_flags_of_one_by_one() {
         submit(&one_by_one, record).await.expect("accepted");
     }
 
-    let expected = rules_by_record(&one_by_one.pool).await;
-    assert_eq!(rules_by_record(&streamed.pool).await, expected);
+    let expected = stored_flags(&one_by_one.pool).await;
+    assert_eq!(stored_flags(&streamed.pool).await, expected);
     let rules: BTreeSet<&String> = expected.values().flatten().collect();
     for rule in ["ANATOMICAL_MAXIMUM", "DONOR_NATIONALITY_CLUSTER"] {
         assert!(rules.iter().any(|r| *r == rule), "{rule} raised: {rules:?}");
