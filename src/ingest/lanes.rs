@@ -13,9 +13,9 @@
 //! only once the lane before it holds its own, exactly as consecutive
 //! batches of a stream do.
 
-use tokio::sync::oneshot;
-
 use std::collections::HashMap;
+
+use tokio::sync::oneshot;
 
 use super::{Ack, IngestError, Ingestor, Prepared};
 use crate::domain::Record;
