@@ -123,18 +123,12 @@ async fn two_servers_count_each_others_records_in_clinic_windows() {
 async fn records_in_one_stream_see_each_other() {
     let app = spawn_app().await;
     register_berlin(&app).await;
-    let requests = ["S-1", "S-2"].map(|id| pb::SubmitRecordsRequest {
-        record: Some(deceased_left_kidney(id, "STREAMDONOR")),
-    });
-    let mut acks = app
-        .ingest
-        .clone()
-        .submit_records(tokio_stream::iter(requests))
-        .await
-        .expect("stream")
-        .into_inner();
-    while let Some(ack) = acks.message().await.expect("ack") {
-        assert_eq!(ack.ack.expect("ack").outcome, pb::Outcome::Accepted as i32);
+    let records = ["S-1", "S-2"].map(|id| Some(deceased_left_kidney(id, "STREAMDONOR")));
+    for response in stream_all(&app, records.into()).await {
+        assert_eq!(
+            response.ack.expect("ack").outcome,
+            pb::Outcome::Accepted as i32
+        );
     }
     let flagged = rules_by_record(&app).await;
     assert_eq!(flagged.get("S-1"), None);

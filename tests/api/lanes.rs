@@ -166,6 +166,64 @@ async fn the_lanes_of_a_batch_commit_without_waiting_for_each_other() {
 }
 
 #[tokio::test]
+async fn a_lane_the_database_refuses_fails_the_batch_while_the_other_lane_commits() {
+    let (store, ingestor) = pipeline(16).await;
+    // Something only the database refuses, so that one lane fails.
+    sqlx::query(
+        "ALTER TABLE records ADD CONSTRAINT test_refuses_poison \
+         CHECK (external_record_id NOT LIKE 'POISON%')",
+    )
+    .execute(store.pool())
+    .await
+    .expect("add the constraint");
+    let clinics = clinic_per_lane();
+    let batch = |records: Vec<pb::TransplantRecord>| {
+        ingestor.prepare(
+            records
+                .iter()
+                .map(|r| submission("record", Some(r), chrono::Utc::now()).expect("valid"))
+                .collect(),
+        )
+    };
+    let good = left_kidney_at("GOOD-1", "GOOD-DONOR", &clinics[1]);
+    let poisoned = batch(vec![
+        left_kidney_at("POISON-1", "POISON-DONOR", &clinics[0]),
+        good.clone(),
+    ]);
+    let (ordered, _) = oneshot::channel();
+    let failed = ingestor.store_in_lanes(poisoned, ordered).await;
+    assert!(
+        failed.is_err(),
+        "the refused lane fails the batch: {failed:?}"
+    );
+    assert_eq!(count_of(store.pool(), "POISON-1").await, 0);
+    assert_eq!(
+        count_of(store.pool(), "GOOD-1").await,
+        1,
+        "the other lane committed"
+    );
+
+    // Resent, the committed record comes back a duplicate of itself.
+    let stored_id: i64 =
+        sqlx::query_scalar("SELECT id FROM records WHERE external_record_id = 'GOOD-1'")
+            .fetch_one(store.pool())
+            .await
+            .expect("id");
+    let (ordered, _) = oneshot::channel();
+    let resent = ingestor
+        .store_in_lanes(batch(vec![good]), ordered)
+        .await
+        .expect("stored");
+    let ack = resent
+        .into_iter()
+        .next()
+        .expect("one answer")
+        .expect("a duplicate");
+    assert_eq!(ack.outcome, Outcome::Duplicate);
+    assert_eq!(ack.stored.id.0, stored_id);
+}
+
+#[tokio::test]
 async fn a_stream_in_lanes_raises_exactly_the_flags_of_one_by_one() {
     // Repeat donors across three clinics of each lane, foreign living
     // donors and deceased donors to non-residents in every clinic's
