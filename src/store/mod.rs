@@ -181,8 +181,12 @@ pub async fn create_database_if_missing(admin_url: &str, name: &str) -> Result<(
         let sql = format!("CREATE DATABASE \"{name}\"");
         match sqlx::query(&sql).execute(&mut conn).await {
             Ok(_) => {}
-            // Another process created it between the check and now.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            // Another process created it between the check and now: seen
+            // as duplicate_database once it committed, as a unique violation
+            // on the catalog while both were creating it.
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("42P04")
+                    || e.constraint() == Some("pg_database_datname_index") => {}
             Err(e) => return Err(e.into()),
         }
     }

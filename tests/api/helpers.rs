@@ -193,8 +193,9 @@ fn url_parts(url: &str) -> (String, String, String) {
     }
 }
 
-/// A fresh, migrated database; databases of earlier, finished test runs are dropped.
-pub async fn fresh_database() -> String {
+/// The test Postgres's admin URL and a database name no test has used, with
+/// the prefix under which databases of earlier, finished test runs are dropped.
+pub async fn unused_database_name() -> (&'static str, String) {
     static CLEANED: OnceCell<()> = OnceCell::const_new();
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let admin = admin_url().await;
@@ -204,6 +205,12 @@ pub async fn fresh_database() -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::SeqCst)
     );
+    (admin, name)
+}
+
+/// A fresh database; databases of earlier, finished test runs are dropped.
+pub async fn fresh_database() -> String {
+    let (admin, name) = unused_database_name().await;
     store::create_database_if_missing(admin, &name)
         .await
         .expect("create test database");

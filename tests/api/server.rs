@@ -10,6 +10,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_reflection::pb::{v1, v1alpha};
 use transplant_audit::api::pb;
 use transplant_audit::rules::RulesConfig;
+use transplant_audit::store;
 
 use crate::helpers::*;
 
@@ -261,4 +262,18 @@ async fn shutdown_lets_an_open_stream_finish() {
         .await
         .unwrap();
     assert_eq!(stored, 2);
+}
+
+#[tokio::test]
+async fn processes_creating_one_database_at_once_all_succeed() {
+    // Two commands starting at once on a fresh machine (the server and
+    // `keys create`) both create the local database.
+    let (admin, prefix) = unused_database_name().await;
+    for round in 0..3 {
+        let name = format!("{prefix}_{round}");
+        let creating = (0..6).map(|_| store::create_database_if_missing(admin, &name));
+        for created in futures::future::join_all(creating).await {
+            created.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+    }
 }
