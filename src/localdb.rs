@@ -7,6 +7,8 @@
 //! - `postgres.password`: the `postgres` superuser's password (mode 0600)
 //! - `postgres.log`: the server log
 //! - `.lock`: serialises concurrent [`LocalPostgres::ensure_running`] calls
+//! - `.users`: every process using the cluster holds a shared lock on it, so
+//!   the last one to leave knows it can stop the cluster
 //!
 //! Postgres refuses to run as root, so under root the cluster runs as the `postgres`
 //! user (or `nobody`). When that user cannot reach `dir` (say it lives under a 0700
@@ -34,6 +36,7 @@ const PORT_FILE: &str = "postgres.port";
 const PASSWORD_FILE: &str = "postgres.password";
 const LOG_FILE: &str = "postgres.log";
 const LOCK_FILE: &str = ".lock";
+const USERS_FILE: &str = ".users";
 /// initdb reads the password from a file; this copy sits beside the cluster, where
 /// the server's user can read it, only while initdb runs.
 const INITDB_PASSWORD_FILE: &str = ".initdb-password";
@@ -204,6 +207,8 @@ pub struct LocalPostgres {
     port: u16,
     password: String,
     started_here: bool,
+    /// This process's shared lock on the users file, held while it uses the cluster.
+    user: File,
 }
 
 impl LocalPostgres {
@@ -217,7 +222,10 @@ impl LocalPostgres {
         let cluster_dir = choose_cluster_dir(&state_dir, run_as.as_ref())?;
         let password = read_or_create_password(&state_dir.join(PASSWORD_FILE))?;
         let port = read_or_pick_port(&state_dir.join(PORT_FILE))?;
+        let user = open_lock_file(&state_dir.join(USERS_FILE))?;
+        flock(&user, libc::LOCK_SH).map_err(io_error("lock", &state_dir.join(USERS_FILE)))?;
         let mut pg = LocalPostgres {
+            user,
             state_dir,
             cluster_dir,
             bins,
@@ -266,11 +274,35 @@ impl LocalPostgres {
         self.cluster_dir.join(LOG_FILE)
     }
 
-    /// Stops the server (fast mode).
+    /// Ends this process's use of the cluster and stops it (fast mode) if
+    /// no other process uses it; true when it was stopped. Whoever started
+    /// it, the last user leaving stops it, so a command that started the
+    /// cluster never stops it under a server that came to use it meanwhile.
+    pub fn release(self) -> Result<bool, LocalDbError> {
+        let _lock = DirLock::acquire(&self.state_dir.join(LOCK_FILE))?;
+        let users = self.state_dir.join(USERS_FILE);
+        let last = open_lock_file(&users)?;
+        flock(&self.user, libc::LOCK_UN).map_err(io_error("unlock", &users))?;
+        match flock(&last, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => {
+                self.stop_locked()?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(io_error("lock", &users)(e)),
+        }
+    }
+
+    /// Stops the server (fast mode), whoever else uses it.
     pub fn stop(&self) -> Result<(), LocalDbError> {
         // Without the lock a concurrent ensure_running could see the server up and
         // hand out a URL just before it goes down.
         let _lock = DirLock::acquire(&self.state_dir.join(LOCK_FILE))?;
+        self.stop_locked()
+    }
+
+    /// [`Self::stop`], under the lock the caller holds.
+    fn stop_locked(&self) -> Result<(), LocalDbError> {
         if !self.is_running()? {
             return Ok(());
         }
@@ -922,6 +954,19 @@ impl Drop for TransientFile {
     }
 }
 
+/// Opens (creating it if need be) a file that only carries flocks; its
+/// locks go with the descriptor.
+fn open_lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_error("open", path))
+}
+
 /// An exclusive flock on the lock file, released when dropped (the descriptor closes).
 struct DirLock {
     _file: File,
@@ -929,14 +974,7 @@ struct DirLock {
 
 impl DirLock {
     fn acquire(path: &Path) -> Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(io_error("open", path))?;
+        let file = open_lock_file(path)?;
         match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -1063,6 +1101,26 @@ mod tests {
         eprintln!("restart took {:?}", clock.elapsed());
         assert!(restarted.0.started_here());
         assert_eq!(restarted.0.url("audit"), url);
+    }
+
+    #[test]
+    fn the_last_process_using_the_cluster_stops_it() {
+        let (_parent, dir) = project_dir(0o755);
+        let starter = LocalPostgres::ensure_running(&dir).unwrap();
+        let joiner = LocalPostgres::ensure_running(&dir).unwrap();
+        let port = starter.port();
+        let (started, joined) = (starter.started_here(), joiner.started_here());
+        let starter_stopped = starter.release().unwrap();
+        let running_for_the_joiner = joiner.is_running().unwrap();
+        let joiner_stopped = joiner.release().unwrap();
+        let closed = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err();
+        if !closed {
+            LocalPostgres::ensure_running(&dir).unwrap().stop().unwrap();
+        }
+        assert!(started && !joined);
+        assert!(!starter_stopped, "the joiner still uses it");
+        assert!(running_for_the_joiner);
+        assert!(joiner_stopped && closed, "the last user stopped it");
     }
 
     #[test]

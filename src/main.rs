@@ -83,10 +83,13 @@ async fn run(settings: &Settings, command: Command) -> anyhow::Result<()> {
         }
     };
     store.pool().close().await;
-    if let Some(pg) = local.filter(LocalPostgres::started_here) {
-        let stopped = tokio::task::spawn_blocking(move || pg.stop()).await?;
-        stopped.context("stopping the local Postgres")?;
-        tracing::info!("local Postgres stopped");
+    if let Some(pg) = local {
+        let released = tokio::task::spawn_blocking(move || pg.release()).await?;
+        if released.context("stopping the local Postgres")? {
+            tracing::info!("local Postgres stopped");
+        } else {
+            tracing::info!("local Postgres left running: another process uses it");
+        }
     }
     result
 }
