@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use sqlx::Connection;
 
 use futures::future::join_all;
-use transplant_audit::api::convert::submission;
 use transplant_audit::api::pb;
 use transplant_audit::ingest::Ingestor;
 use transplant_audit::rules::RulesConfig;
@@ -205,11 +204,11 @@ async fn concurrent_writers_that_are_only_counted_never_hide_from_a_reader() {
 
 /// Stores `batch` as one batch; every record must be accepted.
 async fn store_batch(ingestor: &Ingestor, batch: &[pb::TransplantRecord]) {
-    let submissions = batch
-        .iter()
-        .map(|r| submission("record", Some(r), chrono::Utc::now()).expect("valid"))
-        .collect();
-    for answer in ingestor.submit_batch(submissions).await.expect("stored") {
+    for answer in ingestor
+        .submit_batch(submissions(batch))
+        .await
+        .expect("stored")
+    {
         answer.expect("accepted");
     }
 }

@@ -7,20 +7,23 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::net::TcpListener;
-use tokio::sync::{Mutex, OnceCell, oneshot};
+use tokio::sync::{Mutex, OnceCell, mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use transplant_audit::api::convert::submission;
 use transplant_audit::api::pb;
 use transplant_audit::api::pb::admin_service_client::AdminServiceClient;
 use transplant_audit::api::pb::audit_service_client::AuditServiceClient;
 use transplant_audit::api::pb::ingest_service_client::IngestServiceClient;
 use transplant_audit::api::pb::registry_service_client::RegistryServiceClient;
 use transplant_audit::domain::access::{KeySpec, NewApiKey};
-use transplant_audit::domain::{ChainKey, FingerprintKey, Role};
+use transplant_audit::domain::{ChainKey, FingerprintKey, Role, Submission};
 use transplant_audit::ingest::Ingestor;
 use transplant_audit::localdb::LocalPostgres;
 use transplant_audit::rules::{Engine, RulesConfig};
@@ -703,4 +706,30 @@ pub fn deceased_left_kidney(external_record_id: &str, donor: &str) -> pb::Transp
     d.death_at = Some(ts("2025-03-03T06:00:00Z"));
     d.death_kind = pb::DeathKind::Dbd as i32;
     r
+}
+
+/// Opens a SubmitRecords stream fed from the returned sender.
+pub async fn open_stream(
+    app: &TestApp,
+) -> (
+    mpsc::Sender<pb::SubmitRecordsRequest>,
+    Streaming<pb::SubmitRecordsResponse>,
+) {
+    let (tx, rx) = mpsc::channel(16);
+    let acks = app
+        .ingest
+        .clone()
+        .submit_records(ReceiverStream::new(rx))
+        .await
+        .expect("open SubmitRecords")
+        .into_inner();
+    (tx, acks)
+}
+
+/// Submissions of `records`, as the API parses them; every one must be valid.
+pub fn submissions(records: &[pb::TransplantRecord]) -> Vec<Submission> {
+    records
+        .iter()
+        .map(|r| submission("record", Some(r), chrono::Utc::now()).expect("valid"))
+        .collect()
 }

@@ -4,12 +4,10 @@
 use std::collections::HashSet;
 
 use prost::Message;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
+use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::{Status, Streaming};
 use transplant_audit::api::pb;
 
 use crate::helpers::*;
@@ -435,24 +433,6 @@ async fn a_record_the_database_refuses_fails_alone_not_the_others_committed_with
 }
 
 // ---- the SubmitRecords stream ------------------------------------------------------------
-
-/// Opens a SubmitRecords stream fed from the returned sender.
-async fn open_stream(
-    app: &TestApp,
-) -> (
-    mpsc::Sender<pb::SubmitRecordsRequest>,
-    Streaming<pb::SubmitRecordsResponse>,
-) {
-    let (tx, rx) = mpsc::channel(16);
-    let acks = app
-        .ingest
-        .clone()
-        .submit_records(ReceiverStream::new(rx))
-        .await
-        .expect("open SubmitRecords")
-        .into_inner();
-    (tx, acks)
-}
 
 fn bad_request_of(error: &tonic_types::pb::Status) -> Option<tonic_types::pb::BadRequest> {
     error

@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 
 use sqlx::PgPool;
 use tokio::sync::oneshot;
-use transplant_audit::api::convert::submission;
 use transplant_audit::api::pb;
 use transplant_audit::ingest::{Ingestor, LANES, Outcome, lane_of};
 
@@ -62,13 +61,9 @@ async fn stream_accepted(app: &TestApp, records: Vec<pb::TransplantRecord>) {
 
 /// Stores `records` as one stream batch, in lanes; every record must be accepted.
 async fn store_in_lanes(ingestor: &Ingestor, records: Vec<pb::TransplantRecord>) {
-    let submissions = records
-        .iter()
-        .map(|r| submission("record", Some(r), chrono::Utc::now()).expect("valid"))
-        .collect();
     let (ordered, _) = oneshot::channel();
     let answers = ingestor
-        .store_in_lanes(ingestor.prepare(submissions), ordered)
+        .store_in_lanes(ingestor.prepare(submissions(&records)), ordered)
         .await
         .expect("stored");
     assert_eq!(answers.len(), records.len());
@@ -177,14 +172,7 @@ async fn a_lane_the_database_refuses_fails_the_batch_while_the_other_lane_commit
     .await
     .expect("add the constraint");
     let clinics = clinic_per_lane();
-    let batch = |records: Vec<pb::TransplantRecord>| {
-        ingestor.prepare(
-            records
-                .iter()
-                .map(|r| submission("record", Some(r), chrono::Utc::now()).expect("valid"))
-                .collect(),
-        )
-    };
+    let batch = |records: Vec<pb::TransplantRecord>| ingestor.prepare(submissions(&records));
     let good = left_kidney_at("GOOD-1", "GOOD-DONOR", &clinics[1]);
     let poisoned = batch(vec![
         left_kidney_at("POISON-1", "POISON-DONOR", &clinics[0]),

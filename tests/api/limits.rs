@@ -16,22 +16,12 @@ async fn app_with(options: ServeOptions) -> TestApp {
 
 type Acks = tonic::Streaming<pb::SubmitRecordsResponse>;
 
-/// Opens a stream the test feeds record by record.
-async fn stream(app: &TestApp) -> (mpsc::Sender<pb::SubmitRecordsRequest>, Acks) {
-    let (tx, rx) = mpsc::channel(4);
-    let acks = app
-        .ingest
-        .clone()
-        .submit_records(ReceiverStream::new(rx))
-        .await
-        .expect("stream opens")
-        .into_inner();
-    (tx, acks)
-}
-
 /// Opens a stream and has one record acknowledged on it, so it is surely open.
-async fn open_stream(app: &TestApp, id: &str) -> (mpsc::Sender<pb::SubmitRecordsRequest>, Acks) {
-    let (tx, mut acks) = stream(app).await;
+async fn open_acknowledged_stream(
+    app: &TestApp,
+    id: &str,
+) -> (mpsc::Sender<pb::SubmitRecordsRequest>, Acks) {
+    let (tx, mut acks) = open_stream(app).await;
     tx.send(pb::SubmitRecordsRequest {
         record: Some(kidney(id)),
     })
@@ -77,7 +67,7 @@ async fn close(tx: mpsc::Sender<pb::SubmitRecordsRequest>, mut acks: Acks) {
 #[tokio::test]
 async fn open_streams_are_capped_and_freed_when_they_end() {
     let app = one_stream_app().await;
-    let (tx, acks) = open_stream(&app, "ST-1").await;
+    let (tx, acks) = open_acknowledged_stream(&app, "ST-1").await;
     let second = app
         .ingest
         .clone()
@@ -142,8 +132,8 @@ async fn calls_past_the_concurrency_cap_are_refused_and_health_still_answers() {
         ..ServeOptions::default()
     })
     .await;
-    let first = open_stream(&app, "CC-1").await;
-    let second = open_stream(&app, "CC-2").await;
+    let first = open_acknowledged_stream(&app, "CC-1").await;
+    let second = open_acknowledged_stream(&app, "CC-2").await;
     let status = submit(&app, kidney("CC-3"))
         .await
         .expect_err("over the cap");
@@ -183,7 +173,7 @@ async fn a_stream_whose_client_left_keeps_its_slot_until_its_batches_are_stored(
     // Two batches of one stream, each waiting on a key another transaction holds.
     let first = hold_key(&app.pool, "LEFT-0", "LEFT-1").await;
     let second = hold_key(&app.pool, "LEFT-0", "LEFT-2").await;
-    let (tx, acks) = stream(&app).await;
+    let (tx, acks) = open_stream(&app).await;
     for (id, waiters) in [("LEFT-1", 1), ("LEFT-2", 2)] {
         tx.send(pb::SubmitRecordsRequest {
             record: Some(kidney(id)),
