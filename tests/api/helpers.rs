@@ -658,22 +658,29 @@ pub async fn until_waiting(pool: &PgPool, n: i64) {
     panic!("{n} backends waiting in time; {} are", waiting(pool).await);
 }
 
+/// Opens a stream carrying `records`, all sent up front; returns its acknowledgements.
+pub async fn send_all(
+    app: &TestApp,
+    records: Vec<Option<pb::TransplantRecord>>,
+) -> Streaming<pb::SubmitRecordsResponse> {
+    let requests: Vec<_> = records
+        .into_iter()
+        .map(|record| pb::SubmitRecordsRequest { record })
+        .collect();
+    app.ingest
+        .clone()
+        .submit_records(tokio_stream::iter(requests))
+        .await
+        .expect("open SubmitRecords")
+        .into_inner()
+}
+
 /// Sends `records` on one stream, all up front, and collects every acknowledgement.
 pub async fn stream_all(
     app: &TestApp,
     records: Vec<Option<pb::TransplantRecord>>,
 ) -> Vec<pb::SubmitRecordsResponse> {
-    let requests: Vec<_> = records
-        .into_iter()
-        .map(|record| pb::SubmitRecordsRequest { record })
-        .collect();
-    let mut acks = app
-        .ingest
-        .clone()
-        .submit_records(tokio_stream::iter(requests))
-        .await
-        .expect("open SubmitRecords")
-        .into_inner();
+    let mut acks = send_all(app, records).await;
     let mut out = Vec::new();
     while let Some(response) = acks.message().await.expect("the stream fails") {
         out.push(response);

@@ -705,31 +705,19 @@ async fn a_stream_of_broken_records_among_good_ones_rejects_each_alone() {
     })
     .await;
     let flags_before = app.count("flags").await;
-    let mut requests = Vec::new();
+    let mut records = Vec::new();
     let mut expected = Vec::new(); // None: accepted; Some(field): rejected naming it
     for i in 0..300 {
         if i % 3 == 0 {
-            requests.push(pb::SubmitRecordsRequest {
-                record: Some(kidney(&format!("MIX-GOOD-{i}"))),
-            });
+            records.push(Some(kidney(&format!("MIX-GOOD-{i}"))));
             expected.push(None);
         } else {
             let (record, field) = broken(i);
-            requests.push(pb::SubmitRecordsRequest { record });
+            records.push(record);
             expected.push(Some(field));
         }
     }
-    let mut acks = app
-        .ingest
-        .clone()
-        .submit_records(tokio_stream::iter(requests))
-        .await
-        .expect("the stream opens")
-        .into_inner();
-    let mut responses = Vec::new();
-    while let Some(response) = acks.message().await.expect("the stream goes on") {
-        responses.push(response);
-    }
+    let responses = stream_all(&app, records).await;
     assert_eq!(responses.len(), expected.len(), "one ack per message");
     let mut good = Vec::new();
     for (i, (response, field)) in responses.iter().zip(&expected).enumerate() {
@@ -777,18 +765,7 @@ async fn rejected_records_count_towards_a_streams_cap() {
     })
     .await;
     let before = snapshot(&app).await;
-    let requests: Vec<_> = (1..=7)
-        .map(|i| pb::SubmitRecordsRequest {
-            record: broken(i).0,
-        })
-        .collect();
-    let mut acks = app
-        .ingest
-        .clone()
-        .submit_records(tokio_stream::iter(requests))
-        .await
-        .expect("the stream opens")
-        .into_inner();
+    let mut acks = send_all(&app, (1..=7).map(|i| broken(i).0).collect()).await;
     for i in 0..4 {
         let response = acks.message().await.expect("an ack").expect("an ack");
         assert_eq!(response.sequence, i);

@@ -99,18 +99,8 @@ async fn a_stream_ends_with_resource_exhausted_past_its_record_cap() {
         ..ServeOptions::default()
     })
     .await;
-    let requests: Vec<_> = (0..5)
-        .map(|i| pb::SubmitRecordsRequest {
-            record: Some(kidney(&format!("CAP-{i}"))),
-        })
-        .collect();
-    let mut acks = app
-        .ingest
-        .clone()
-        .submit_records(tokio_stream::iter(requests))
-        .await
-        .expect("stream")
-        .into_inner();
+    let records = (0..5).map(|i| Some(kidney(&format!("CAP-{i}"))));
+    let mut acks = send_all(&app, records.collect()).await;
     for i in 0..3 {
         let ack = acks.message().await.expect("ack").expect("an ack");
         assert_eq!(ack.sequence, i);
