@@ -109,7 +109,6 @@ SELECT quote_nullable(array_agg(:max_id + 1 + n ORDER BY n)) AS c_id,
        quote_nullable(array_agg(recipient_rh ORDER BY n)) AS c_r_rh,
        quote_nullable(array_agg(recipient_hla ORDER BY n)) AS c_r_hla,
        quote_nullable(array_agg(recipient_non_resident ORDER BY n)) AS c_r_nr,
-       quote_nullable(array_agg('{"synthetic": true}'::text ORDER BY n)) AS c_body,
        -- flags on every 4th of them
        quote_nullable(array_agg(:max_id + 1 + n ORDER BY n) FILTER (WHERE n % 4 = 0)) AS f_record,
        quote_nullable(array_agg('ISCHEMIA_IMPLAUSIBLE'::text ORDER BY n) FILTER (WHERE n % 4 = 0)) AS f_rule,
@@ -218,37 +217,29 @@ PREPARE insert_new(bigint[], bytea[], bytea[], text[], text[], text[], text[], t
                    timestamptz[], timestamptz[], int[], bool[], text[], bytea[], text[], text[],
                    timestamptz[], text[], text[], text[], smallint[], text[], text[], text[],
                    jsonb[], bool[], bytea[], text[], text[], smallint[], text[], text[], text[],
-                   jsonb[], bool[], text[], timestamptz) AS
-WITH stored AS (
-    INSERT INTO records (
-        id, chain_head, content_hash, hospital_id, external_record_id, clinic_id,
-        procedure_country, organ, laterality, procured_at, transplanted_at,
-        cold_ischemia_minutes, machine_perfusion, abo_exception,
-        donor_fp, donor_type, donor_relation, donor_death_at, donor_death_kind,
-        donor_nationality, donor_residence, donor_age, donor_sex, donor_abo,
-        donor_rh, donor_hla, donor_non_resident,
-        recipient_fp, recipient_nationality, recipient_residence, recipient_age,
-        recipient_sex, recipient_abo, recipient_rh, recipient_hla,
-        recipient_non_resident)
-    OVERRIDING SYSTEM VALUE
-    SELECT * FROM unnest(
-        $1::bigint[], $2::bytea[], $3::bytea[], $4::text[], $5::text[],
-        $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
-        $11::timestamptz[], $12::int[], $13::bool[], $14::text[],
-        $15::bytea[], $16::text[], $17::text[], $18::timestamptz[], $19::text[],
-        $20::text[], $21::text[], $22::smallint[], $23::text[], $24::text[],
-        $25::text[], $26::jsonb[], $27::bool[],
-        $28::bytea[], $29::text[], $30::text[], $31::smallint[],
-        $32::text[], $33::text[], $34::text[], $35::jsonb[], $36::bool[])
-    ON CONFLICT ON CONSTRAINT records_idempotency DO NOTHING
-    RETURNING id, received_at, content_hash, chain_head
-), versions AS (
-    INSERT INTO record_versions
-        (record_id, version, content_hash, body, recorded_at, chain_hash)
-    SELECT stored.id, 1, stored.content_hash, b.body::jsonb, $38, stored.chain_head
-    FROM stored JOIN unnest($1::bigint[], $37::text[]) AS b(id, body) USING (id)
-)
-SELECT id AS "id!", received_at AS "received_at!" FROM stored;
+                   jsonb[], bool[], timestamptz) AS
+INSERT INTO records (
+    id, chain_head, content_hash, hospital_id, external_record_id, clinic_id,
+    procedure_country, organ, laterality, procured_at, transplanted_at,
+    cold_ischemia_minutes, machine_perfusion, abo_exception,
+    donor_fp, donor_type, donor_relation, donor_death_at, donor_death_kind,
+    donor_nationality, donor_residence, donor_age, donor_sex, donor_abo,
+    donor_rh, donor_hla, donor_non_resident,
+    recipient_fp, recipient_nationality, recipient_residence, recipient_age,
+    recipient_sex, recipient_abo, recipient_rh, recipient_hla,
+    recipient_non_resident, version_recorded_at)
+OVERRIDING SYSTEM VALUE
+SELECT *, $37::timestamptz FROM unnest(
+    $1::bigint[], $2::bytea[], $3::bytea[], $4::text[], $5::text[],
+    $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
+    $11::timestamptz[], $12::int[], $13::bool[], $14::text[],
+    $15::bytea[], $16::text[], $17::text[], $18::timestamptz[], $19::text[],
+    $20::text[], $21::text[], $22::smallint[], $23::text[], $24::text[],
+    $25::text[], $26::jsonb[], $27::bool[],
+    $28::bytea[], $29::text[], $30::text[], $31::smallint[],
+    $32::text[], $33::text[], $34::text[], $35::jsonb[], $36::bool[])
+ON CONFLICT ON CONSTRAINT records_idempotency DO NOTHING
+RETURNING id, received_at;
 
 PREPARE insert_flags(bigint[], text[], int[], smallint[], text[], text[], text[], text[], text[]) AS
 INSERT INTO flags (record_id, rule_id, rule_version, severity, explanation,
@@ -261,12 +252,34 @@ FROM unnest($1::bigint[], $2::text[], $3::int[], $4::smallint[], $5::text[],
      AS f(record_id, rule_id, rule_version, severity, explanation, evidence,
           hospital_id, clinic_id, external_record_id);
 
--- The amend path (ingest.rs: amend, insert_version, save_flags).
+-- The amend path (ingest.rs: amend, save_flags; row.rs: current_versions).
+PREPARE lock_record(bigint) AS
+SELECT id FROM records WHERE id = $1 FOR UPDATE;
+
+PREPARE current_versions(bigint[]) AS
+SELECT r.id, r.version, r.content_hash, r.chain_head, r.version_reason,
+       r.version_recorded_at, r.received_at, r.hospital_id, r.external_record_id,
+       r.clinic_id, r.procedure_country, r.organ, r.laterality, r.procured_at,
+       r.transplanted_at, r.cold_ischemia_minutes, r.machine_perfusion, r.abo_exception,
+       r.donor_fp, r.donor_type, r.donor_relation, r.donor_death_at, r.donor_death_kind,
+       r.donor_nationality, r.donor_residence, r.donor_age, r.donor_sex, r.donor_abo,
+       r.donor_rh, r.donor_hla, r.donor_non_resident, r.recipient_fp,
+       r.recipient_nationality, r.recipient_residence, r.recipient_age, r.recipient_sex,
+       r.recipient_abo, r.recipient_rh, r.recipient_hla, r.recipient_non_resident
+FROM unnest($1::bigint[]) WITH ORDINALITY AS want(id, n)
+JOIN records r ON r.id = want.id
+ORDER BY want.n;
+
 PREPARE amend(bigint, bytea, text, text, text, text, timestamptz, timestamptz, int, bool,
               text, bytea, text, text, timestamptz, text, text, text, smallint, text, text,
-              text, jsonb, bool, bytea, text, text, smallint, text, text, text, jsonb, bool) AS
+              text, jsonb, bool, bytea, text, text, smallint, text, text, text, jsonb, bool,
+              int, bytea, text, text, timestamptz, bytea, int, text, timestamptz, bytea) AS
+WITH archived AS (
+    INSERT INTO record_versions
+        (record_id, version, content_hash, body, reason, recorded_at, chain_hash)
+    VALUES ($1, $34, $35, $36::text::jsonb, $37, $38, $39))
 UPDATE records SET
-    version = version + 1, amended_at = now(), content_hash = $2, clinic_id = $3,
+    version = $40, amended_at = now(), content_hash = $2, clinic_id = $3,
     procedure_country = $4, organ = $5, laterality = $6, procured_at = $7,
     transplanted_at = $8, cold_ischemia_minutes = $9, machine_perfusion = $10,
     abo_exception = $11, donor_fp = $12, donor_type = $13, donor_relation = $14,
@@ -275,16 +288,9 @@ UPDATE records SET
     donor_rh = $22, donor_hla = $23, donor_non_resident = $24, recipient_fp = $25,
     recipient_nationality = $26, recipient_residence = $27, recipient_age = $28,
     recipient_sex = $29, recipient_abo = $30, recipient_rh = $31,
-    recipient_hla = $32, recipient_non_resident = $33
-WHERE id = $1
-RETURNING version, chain_head;
-
-PREPARE insert_version(bigint, int, bytea, jsonb, text, timestamptz, bytea) AS
-WITH version AS (
-    INSERT INTO record_versions
-        (record_id, version, content_hash, body, reason, recorded_at, chain_hash)
-    VALUES ($1, $2, $3, $4, $5, $6, $7))
-UPDATE records SET chain_head = $7 WHERE id = $1;
+    recipient_hla = $32, recipient_non_resident = $33,
+    version_reason = $41, version_recorded_at = $42, chain_head = $43
+WHERE id = $1;
 
 PREPARE save_flag(bigint, text, int, smallint, text, bigint[], text, text, int, text) AS
 INSERT INTO flags (record_id, rule_id, rule_version, severity, explanation,
@@ -306,12 +312,12 @@ WHERE record_id = $1 AND rule_id <> ALL($3);
 SQL
 )
 
-# The 38 arguments of insert_new: the batch's records under new keys.
+# The 37 arguments of insert_new: the batch's records under new keys.
 new_records=":c_id, :c_chain, :c_hash, :c_hospital, :c_external, :c_clinic, :c_country, :c_organ, \
 :c_laterality, :c_procured, :c_transplanted, :c_cold, :c_perfusion, :c_abo_exception, :c_donor_fp, \
 :c_donor_type, :c_relation, :c_death_at, :c_death_kind, :c_d_nat, :c_d_res, :c_d_age, :c_d_sex, \
 :c_d_abo, :c_d_rh, :c_d_hla, :c_d_nr, :c_r_fp, :c_r_nat, :c_r_res, :c_r_age, :c_r_sex, :c_r_abo, \
-:c_r_rh, :c_r_hla, :c_r_nr, :c_body, now()"
+:c_r_rh, :c_r_hla, :c_r_nr, now()"
 # name|statement setup (executed, not explained)|EXECUTE arguments
 statements=(
   "find_existing_many||:hospitals, :externals"
@@ -325,8 +331,9 @@ statements=(
   "find_existing||:one_hospital, :one_external"
   "insert_new||$new_records"
   "insert_flags|EXECUTE insert_new($new_records);|:f_record, :f_rule, :f_version, :f_severity, :f_explanation, :f_evidence, :f_hospital, :f_clinic, :f_external"
-  "amend||:a_id, :a_hash, :a_clinic, :a_country, :a_organ, :a_laterality, :a_procured, :a_transplanted, :a_cold, :a_perfusion, :a_abo_exception, :a_donor_fp, :a_donor_type, :a_relation, :a_death_at, :a_death_kind, :a_d_nat, :a_d_res, :a_d_age, :a_d_sex, :a_d_abo, :a_d_rh, :a_d_hla, :a_d_nr, :a_r_fp, :a_r_nat, :a_r_res, :a_r_age, :a_r_sex, :a_r_abo, :a_r_rh, :a_r_hla, :a_r_nr"
-  "insert_version||:a_id, :a_version, :a_hash, '{\"synthetic\": true}', 'explain.sh', now(), :a_hash"
+  "lock_record||:a_id"
+  "current_versions||ARRAY[:a_id]::bigint[]"
+  "amend||:a_id, :a_hash, :a_clinic, :a_country, :a_organ, :a_laterality, :a_procured, :a_transplanted, :a_cold, :a_perfusion, :a_abo_exception, :a_donor_fp, :a_donor_type, :a_relation, :a_death_at, :a_death_kind, :a_d_nat, :a_d_res, :a_d_age, :a_d_sex, :a_d_abo, :a_d_rh, :a_d_hla, :a_d_nr, :a_r_fp, :a_r_nat, :a_r_res, :a_r_age, :a_r_sex, :a_r_abo, :a_r_rh, :a_r_hla, :a_r_nr, :a_version - 1, :a_hash, '{\"synthetic\": true}', NULL, now(), :a_hash, :a_version, 'explain.sh', now(), :a_hash"
   "save_flag||:a_id, :a_rule, 1, 3, 'explained again', '{}', :a_hospital, :a_clinic, :a_version, :a_external"
   "clear_flags||:a_id, :a_version, ARRAY['ABO_INCOMPATIBLE'], :a_clinic"
 )

@@ -1,8 +1,8 @@
 -- Synthesises :n transplant records, and optionally :flags flags on them,
 -- straight into a migrated database, for measuring rescans and queries at
--- scale (10^6 records in about half a minute). Not the ingest path: no
--- record_versions rows are written, and the flags are made up, not raised
--- by the rules.
+-- scale (10^6 records in about half a minute). Not the ingest path: content
+-- hashes and chain heads are made up (`verify` rejects a seeded database),
+-- and so are the flags, not raised by the rules.
 --
 --   psql "$DATABASE_URL" -v n=1000000 -f benches/seed.sql
 --   psql "$DATABASE_URL" -v n=10000000 -v flags=1000000 -f benches/seed.sql
@@ -59,7 +59,8 @@ INSERT INTO records (
     donor_nationality, donor_residence, donor_age, donor_sex, donor_abo, donor_rh,
     donor_hla, donor_non_resident,
     recipient_fp, recipient_nationality, recipient_residence, recipient_age,
-    recipient_sex, recipient_abo, recipient_rh, recipient_hla, recipient_non_resident)
+    recipient_sex, recipient_abo, recipient_rh, recipient_hla, recipient_non_resident,
+    version_recorded_at)
 SELECT
     'H-SEED-' || (g % 500),
     'SEED-' || g,
@@ -82,7 +83,8 @@ SELECT
     CASE WHEN foreign_recipient THEN 'IL' ELSE c.country END,
     CASE WHEN foreign_recipient THEN 'IL' ELSE c.country END,
     1 + g % 80, CASE WHEN g % 2 = 1 THEN 'FEMALE' ELSE 'MALE' END, 'A', 'POSITIVE', NULL,
-    foreign_recipient
+    foreign_recipient,
+    now()
 FROM (
     SELECT g,
            (g % 10) >= 7 AS living,

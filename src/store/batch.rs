@@ -10,28 +10,27 @@ use crate::domain::chain::GENESIS;
 use crate::domain::{Clinic, Fingerprint, Person, Record, RecordId};
 use crate::rules::{ClinicWindow, Finding, PriorDonation};
 
+use sqlx::types::Json;
+
+use super::body::HlaBody;
 use super::context::{self, WindowRequest};
 use super::ingest::{ExistingRecord, IngestTx, StoredAck, hla_json, kind_columns, severity_to_db};
 use super::{StoreError, chain};
 
-/// A record's stored form: the pseudonymised body as JSON text, and its
-/// SHA-256, the record's content hash.
+/// What a batch needs of a record's stored form (its pseudonymised body as
+/// JSON text): the text's SHA-256, the record's content hash.
 #[derive(Debug, Clone)]
 pub struct StoredForm {
-    /// The body as stored in `record_versions`.
-    pub body: String,
-    /// SHA-256 of `body`.
+    /// SHA-256 of the stored body.
     pub hash: Vec<u8>,
 }
 
 impl StoredForm {
     /// The stored form of a pseudonymised record.
     pub fn of(record: &Record) -> Self {
-        let body = super::body::RecordBody::text(record);
-        let hash = ring::digest::digest(&ring::digest::SHA256, body.as_bytes())
-            .as_ref()
-            .to_vec();
-        Self { body, hash }
+        Self {
+            hash: super::body::RecordBody::hash(record),
+        }
     }
 }
 
@@ -171,7 +170,7 @@ impl IngestTx {
         Ok((clinics, histories, windows))
     }
 
-    /// Stores `records` as version 1, each with its first chained version
+    /// Stores `records` as version 1, each row holding its version's chain
     /// entry, in one statement. `None` when a concurrent writer took one of
     /// their idempotency keys first: the transaction must then be rolled
     /// back, because the batch's rules counted that record as new.
@@ -187,36 +186,28 @@ impl IngestTx {
             )
         });
         let rows = sqlx::query!(
-            r#"WITH stored AS (
-                   INSERT INTO records (
-                       id, chain_head, content_hash, hospital_id, external_record_id, clinic_id,
-                       procedure_country, organ, laterality, procured_at, transplanted_at,
-                       cold_ischemia_minutes, machine_perfusion, abo_exception,
-                       donor_fp, donor_type, donor_relation, donor_death_at, donor_death_kind,
-                       donor_nationality, donor_residence, donor_age, donor_sex, donor_abo,
-                       donor_rh, donor_hla, donor_non_resident,
-                       recipient_fp, recipient_nationality, recipient_residence, recipient_age,
-                       recipient_sex, recipient_abo, recipient_rh, recipient_hla,
-                       recipient_non_resident)
-                   OVERRIDING SYSTEM VALUE
-                   SELECT * FROM unnest(
-                       $1::bigint[], $2::bytea[], $3::bytea[], $4::text[], $5::text[],
-                       $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
-                       $11::timestamptz[], $12::int[], $13::bool[], $14::text[],
-                       $15::bytea[], $16::text[], $17::text[], $18::timestamptz[], $19::text[],
-                       $20::text[], $21::text[], $22::smallint[], $23::text[], $24::text[],
-                       $25::text[], $26::jsonb[], $27::bool[],
-                       $28::bytea[], $29::text[], $30::text[], $31::smallint[],
-                       $32::text[], $33::text[], $34::text[], $35::jsonb[], $36::bool[])
-                   ON CONFLICT ON CONSTRAINT records_idempotency DO NOTHING
-                   RETURNING id, received_at, content_hash, chain_head
-               ), versions AS (
-                   INSERT INTO record_versions
-                       (record_id, version, content_hash, body, recorded_at, chain_hash)
-                   SELECT stored.id, 1, stored.content_hash, b.body::jsonb, $38, stored.chain_head
-                   FROM stored JOIN unnest($1::bigint[], $37::text[]) AS b(id, body) USING (id)
-               )
-               SELECT id AS "id!", received_at AS "received_at!" FROM stored"#,
+            "INSERT INTO records (
+                   id, chain_head, content_hash, hospital_id, external_record_id, clinic_id,
+                   procedure_country, organ, laterality, procured_at, transplanted_at,
+                   cold_ischemia_minutes, machine_perfusion, abo_exception,
+                   donor_fp, donor_type, donor_relation, donor_death_at, donor_death_kind,
+                   donor_nationality, donor_residence, donor_age, donor_sex, donor_abo,
+                   donor_rh, donor_hla, donor_non_resident,
+                   recipient_fp, recipient_nationality, recipient_residence, recipient_age,
+                   recipient_sex, recipient_abo, recipient_rh, recipient_hla,
+                   recipient_non_resident, version_recorded_at)
+               OVERRIDING SYSTEM VALUE
+               SELECT *, $37::timestamptz FROM unnest(
+                   $1::bigint[], $2::bytea[], $3::bytea[], $4::text[], $5::text[],
+                   $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
+                   $11::timestamptz[], $12::int[], $13::bool[], $14::text[],
+                   $15::bytea[], $16::text[], $17::text[], $18::timestamptz[], $19::text[],
+                   $20::text[], $21::text[], $22::smallint[], $23::text[], $24::text[],
+                   $25::text[], $26::jsonb[], $27::bool[],
+                   $28::bytea[], $29::text[], $30::text[], $31::smallint[],
+                   $32::text[], $33::text[], $34::text[], $35::jsonb[], $36::bool[])
+               ON CONFLICT ON CONSTRAINT records_idempotency DO NOTHING
+               RETURNING id, received_at",
             &c.id,
             &c.chain_head,
             &c.content_hash as &[&[u8]],
@@ -242,7 +233,7 @@ impl IngestTx {
             &c.donor.sex as &[Option<&str>],
             &c.donor.abo as &[&str],
             &c.donor.rh as &[Option<&str>],
-            &c.donor.hla as &[Option<serde_json::Value>],
+            &c.donor.hla as &[Option<Json<HlaBody<'_>>>],
             &c.donor.non_resident,
             &c.recipient.fp as &[&[u8]],
             &c.recipient.nationality as &[&str],
@@ -251,9 +242,8 @@ impl IngestTx {
             &c.recipient.sex as &[Option<&str>],
             &c.recipient.abo as &[&str],
             &c.recipient.rh as &[Option<&str>],
-            &c.recipient.hla as &[Option<serde_json::Value>],
+            &c.recipient.hla as &[Option<Json<HlaBody<'_>>>],
             &c.recipient.non_resident,
-            &c.body as &[&str],
             recorded_at,
         )
         .fetch_all(&mut *self.tx)
@@ -343,7 +333,7 @@ struct PersonColumns<'a> {
     sex: Vec<Option<&'a str>>,
     abo: Vec<&'a str>,
     rh: Vec<Option<&'a str>>,
-    hla: Vec<Option<serde_json::Value>>,
+    hla: Vec<Option<Json<HlaBody<'a>>>>,
     non_resident: Vec<bool>,
 }
 
@@ -383,7 +373,6 @@ struct Columns<'a> {
     id: Vec<i64>,
     chain_head: Vec<Vec<u8>>,
     content_hash: Vec<&'a [u8]>,
-    body: Vec<&'a str>,
     hospital_id: Vec<&'a str>,
     external_record_id: Vec<&'a str>,
     clinic_id: Vec<&'a str>,
@@ -413,7 +402,6 @@ impl<'a> Columns<'a> {
             c.id.push(n.id.0);
             c.chain_head.push(link(n.id, n.form).to_vec());
             c.content_hash.push(&n.form.hash);
-            c.body.push(&n.form.body);
             c.hospital_id.push(&r.hospital_id);
             c.external_record_id.push(&r.external_record_id);
             c.clinic_id.push(&r.clinic_id);

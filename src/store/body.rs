@@ -6,166 +6,140 @@
 //! object with sorted keys.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::domain::{
-    AboGroup, Donor, DonorKind, Fingerprint, HlaTyping, Person, Record, TransplantRecord,
-};
+use crate::domain::{DonorKind, Fingerprint, HlaTyping, Person, Record};
 
 use super::StoreError;
 
 // Fields in byte order of their names: serialised directly, the text is
 // the same as a sorted JSON object's, which content hashes were taken over.
-#[derive(Serialize, Deserialize)]
-pub(super) struct RecordBody {
-    abo_exception: String,
-    clinic_id: String,
+// Every field borrows from the record: a body is built for each record
+// ingested, only to be hashed.
+#[derive(Serialize)]
+pub(super) struct RecordBody<'a> {
+    abo_exception: &'static str,
+    clinic_id: &'a str,
     cold_ischemia_minutes: Option<u32>,
     death_at: Option<DateTime<Utc>>,
-    death_kind: Option<String>,
-    donor: PersonBody,
-    donor_type: String,
-    external_record_id: String,
-    hospital_id: String,
-    laterality: String,
+    death_kind: Option<&'static str>,
+    donor: PersonBody<'a>,
+    donor_type: &'static str,
+    external_record_id: &'a str,
+    hospital_id: &'a str,
+    laterality: &'static str,
     machine_perfusion: bool,
-    organ: String,
-    procedure_country: String,
+    organ: &'static str,
+    procedure_country: &'a str,
     procured_at: DateTime<Utc>,
-    recipient: PersonBody,
-    relation_to_recipient: Option<String>,
+    recipient: PersonBody<'a>,
+    relation_to_recipient: Option<&'static str>,
     transplanted_at: DateTime<Utc>,
 }
 
 // Fields in byte order of their names, as in `RecordBody`.
-#[derive(Serialize, Deserialize)]
-pub(super) struct PersonBody {
-    abo: String,
+#[derive(Serialize)]
+struct PersonBody<'a> {
+    abo: &'static str,
     age_years: u8,
-    country_of_residence: String,
-    fingerprint: String,
-    hla: Option<HlaBody>,
-    nationality: String,
-    rh: Option<String>,
-    sex: Option<String>,
+    country_of_residence: &'a str,
+    fingerprint: Hex<'a>,
+    hla: Option<HlaBody<'a>>,
+    nationality: &'a str,
+    rh: Option<&'static str>,
+    sex: Option<&'static str>,
 }
 
-#[derive(Serialize, Deserialize)]
-pub(super) struct HlaBody {
-    a: Vec<String>,
-    b: Vec<String>,
-    dr: Vec<String>,
+/// An HLA typing as JSON, in bodies and in the `*_hla` columns.
+#[derive(Serialize)]
+pub(super) struct HlaBody<'a> {
+    a: &'a [String],
+    b: &'a [String],
+    dr: &'a [String],
 }
 
-impl RecordBody {
+impl<'a> HlaBody<'a> {
+    /// The JSON form of a typing.
+    pub(super) fn of(h: &'a HlaTyping) -> Self {
+        Self {
+            a: &h.a,
+            b: &h.b,
+            dr: &h.dr,
+        }
+    }
+}
+
+/// Bytes serialised as a lowercase hex string, without an allocation.
+struct Hex<'a>(&'a [u8; 32]);
+
+impl Serialize for Hex<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut text = [0u8; 64];
+        // 64 bytes hold the hex of 32, and hex digits are ASCII.
+        let _ = hex::encode_to_slice(self.0, &mut text);
+        serializer.serialize_str(std::str::from_utf8(&text).unwrap_or_default())
+    }
+}
+
+impl<'a> RecordBody<'a> {
     /// The stored text of a pseudonymised record.
     pub(super) fn text(r: &Record) -> String {
         // Strings, numbers and timestamps always serialise.
-        serde_json::to_string(&Self::from_record(r)).unwrap_or_default()
+        serde_json::to_string(&RecordBody::from_record(r)).unwrap_or_default()
     }
 
-    pub(super) fn from_record(r: &Record) -> Self {
+    /// SHA-256 of [`RecordBody::text`]: the record's content hash.
+    pub(super) fn hash(r: &Record) -> Vec<u8> {
+        let mut text = Vec::with_capacity(1536);
+        // Strings, numbers and timestamps always serialise.
+        let _ = serde_json::to_writer(&mut text, &RecordBody::from_record(r));
+        ring::digest::digest(&ring::digest::SHA256, &text)
+            .as_ref()
+            .to_vec()
+    }
+
+    fn from_record(r: &'a Record) -> Self {
         let (relation, death_at, death_kind) = match r.donor.kind {
-            DonorKind::Living { relation } => (Some(relation.to_string()), None, None),
+            DonorKind::Living { relation } => (Some(relation.as_str()), None, None),
             DonorKind::Deceased {
                 death_at,
                 death_kind,
-            } => (None, Some(death_at), Some(death_kind.to_string())),
+            } => (None, Some(death_at), Some(death_kind.as_str())),
         };
         Self {
-            external_record_id: r.external_record_id.clone(),
-            hospital_id: r.hospital_id.clone(),
-            clinic_id: r.clinic_id.clone(),
-            procedure_country: r.procedure_country.to_string(),
-            organ: r.organ.to_string(),
-            laterality: r.laterality.to_string(),
+            external_record_id: &r.external_record_id,
+            hospital_id: &r.hospital_id,
+            clinic_id: &r.clinic_id,
+            procedure_country: r.procedure_country.as_str(),
+            organ: r.organ.as_str(),
+            laterality: r.laterality.as_str(),
             procured_at: r.procured_at,
             transplanted_at: r.transplanted_at,
             cold_ischemia_minutes: r.cold_ischemia_minutes,
             machine_perfusion: r.machine_perfusion,
-            abo_exception: r.abo_exception.to_string(),
+            abo_exception: r.abo_exception.as_str(),
             donor: PersonBody::from_person(&r.donor.person),
-            donor_type: r.donor.kind.donor_type().to_string(),
+            donor_type: r.donor.kind.donor_type().as_str(),
             relation_to_recipient: relation,
             death_at,
             death_kind,
             recipient: PersonBody::from_person(&r.recipient),
         }
     }
-
-    pub(super) fn into_record(self) -> Result<Record, StoreError> {
-        let kind = match (self.relation_to_recipient, self.death_at, self.death_kind) {
-            (Some(relation), None, None) => DonorKind::Living {
-                relation: parse(&relation)?,
-            },
-            (None, Some(death_at), Some(kind)) => DonorKind::Deceased {
-                death_at,
-                death_kind: parse(&kind)?,
-            },
-            _ => {
-                return Err(StoreError::Corrupt(
-                    "record body with an inconsistent donor kind".into(),
-                ));
-            }
-        };
-        Ok(TransplantRecord {
-            external_record_id: self.external_record_id,
-            hospital_id: self.hospital_id,
-            clinic_id: self.clinic_id,
-            procedure_country: parse(&self.procedure_country)?,
-            organ: parse(&self.organ)?,
-            laterality: parse(&self.laterality)?,
-            procured_at: self.procured_at,
-            transplanted_at: self.transplanted_at,
-            cold_ischemia_minutes: self.cold_ischemia_minutes,
-            machine_perfusion: self.machine_perfusion,
-            donor: Donor {
-                person: self.donor.into_person()?,
-                kind,
-            },
-            recipient: self.recipient.into_person()?,
-            abo_exception: parse(&self.abo_exception)?,
-        })
-    }
 }
 
-impl PersonBody {
-    fn from_person(p: &Person<Fingerprint>) -> Self {
+impl<'a> PersonBody<'a> {
+    fn from_person(p: &'a Person<Fingerprint>) -> Self {
         Self {
-            fingerprint: hex::encode(p.identifier.as_bytes()),
-            nationality: p.nationality.to_string(),
-            country_of_residence: p.country_of_residence.to_string(),
+            fingerprint: Hex(p.identifier.as_bytes()),
+            nationality: p.nationality.as_str(),
+            country_of_residence: p.country_of_residence.as_str(),
             age_years: p.age_years,
-            sex: p.sex.map(|s| s.to_string()),
-            abo: p.abo.to_string(),
-            rh: p.rh.map(|r| r.to_string()),
-            hla: p.hla.as_ref().map(|h| HlaBody {
-                a: h.a.clone(),
-                b: h.b.clone(),
-                dr: h.dr.clone(),
-            }),
+            sex: p.sex.map(|s| s.as_str()),
+            abo: p.abo.as_str(),
+            rh: p.rh.map(|r| r.as_str()),
+            hla: p.hla.as_ref().map(HlaBody::of),
         }
-    }
-
-    fn into_person(self) -> Result<Person<Fingerprint>, StoreError> {
-        let fp = hex::decode(&self.fingerprint)
-            .ok()
-            .and_then(|b| Fingerprint::from_slice(&b))
-            .ok_or_else(|| StoreError::Corrupt("malformed fingerprint in a record body".into()))?;
-        Ok(Person {
-            identifier: fp,
-            nationality: parse(&self.nationality)?,
-            country_of_residence: parse(&self.country_of_residence)?,
-            age_years: self.age_years,
-            sex: self.sex.as_deref().map(parse).transpose()?,
-            abo: parse::<AboGroup>(&self.abo)?,
-            rh: self.rh.as_deref().map(parse).transpose()?,
-            hla: self.hla.map(|h| HlaTyping {
-                a: h.a,
-                b: h.b,
-                dr: h.dr,
-            }),
-        })
     }
 }
 

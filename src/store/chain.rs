@@ -7,7 +7,8 @@ use ring::digest;
 use crate::domain::ChainKey;
 use crate::domain::chain::GENESIS;
 
-use super::{Store, StoreError};
+use super::body::RecordBody;
+use super::{Store, StoreError, row};
 
 /// Now, at the database's precision, so a hashed timestamp reads back equal.
 pub(super) fn now() -> DateTime<Utc> {
@@ -65,7 +66,7 @@ impl EventContent<'_> {
 /// The first entry whose stored hash does not match what it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainBreak {
-    /// `record_versions` or `flag_events`.
+    /// `records` (a current version), `record_versions` (a replaced one) or `flag_events`.
     pub table: &'static str,
     /// The record or flag whose chain breaks.
     pub entity_id: i64,
@@ -110,7 +111,7 @@ impl ChainWalk {
         content: &[u8],
         stored: Option<&[u8]>,
         chain: &ChainKey,
-    ) -> Result<(), String> {
+    ) -> Result<(), &'static str> {
         if self.entity != Some(entity) {
             self.entity = Some(entity);
             self.previous = GENESIS;
@@ -121,9 +122,43 @@ impl ChainWalk {
                 self.previous = expected;
                 Ok(())
             }
-            Some(_) => Err("its content or position does not match its hash".into()),
-            None => Err("it has no chain hash".into()),
+            Some(_) => Err("its content or position does not match its hash"),
+            None => Err("it has no chain hash"),
         }
+    }
+}
+
+/// One version as stored: its chain entry, checked against its body's text.
+struct VersionEntry<'a> {
+    record_id: i64,
+    version: i32,
+    content_hash: &'a [u8],
+    reason: Option<&'a str>,
+    recorded_at: DateTime<Utc>,
+    chain_hash: Option<&'a [u8]>,
+}
+
+impl VersionEntry<'_> {
+    /// Checks that `body` is what the content hash covers and the chain hash
+    /// links this entry to the walk's previous one.
+    fn check(
+        &self,
+        body: &str,
+        walk: &mut ChainWalk,
+        chain: &ChainKey,
+    ) -> Result<(), &'static str> {
+        let body_hash = digest::digest(&digest::SHA256, body.as_bytes());
+        if body_hash.as_ref() != self.content_hash {
+            return Err("its content does not match its content hash");
+        }
+        let content = version_content(
+            self.record_id,
+            self.version,
+            self.content_hash,
+            self.reason,
+            self.recorded_at,
+        );
+        walk.step(self.record_id, &content, self.chain_hash, chain)
     }
 }
 
@@ -143,23 +178,8 @@ impl Store {
         Ok(report)
     }
 
-    /// A record with no versions left, or a flag whose every step is gone.
+    /// A flag whose every triage step is gone.
     async fn emptied_chain(&self) -> Result<Option<ChainBreak>, StoreError> {
-        let record = sqlx::query_scalar!(
-            "SELECT r.id FROM records r
-             WHERE NOT EXISTS (SELECT 1 FROM record_versions v WHERE v.record_id = r.id)
-             ORDER BY r.id LIMIT 1"
-        )
-        .fetch_optional(&mut *self.acquire().await?)
-        .await?;
-        if let Some(id) = record {
-            return Ok(Some(ChainBreak {
-                table: "record_versions",
-                entity_id: id,
-                entry: 1,
-                reason: "the record has no versions".into(),
-            }));
-        }
         let flag = sqlx::query_scalar!(
             "SELECT f.id FROM flags f
              WHERE f.chain_head IS NOT NULL
@@ -176,64 +196,97 @@ impl Store {
         }))
     }
 
+    /// Walks every record's versions: those an amendment replaced, from
+    /// `record_versions`, then the current one, from the record's columns.
     async fn verify_record_versions(
         &self,
         checked: &mut u64,
     ) -> Result<Option<ChainBreak>, StoreError> {
-        let mut walk = ChainWalk::new();
-        let (mut after_record, mut after_version) = (0i64, 0i32);
+        let mut after = 0i64;
         loop {
-            let rows = sqlx::query!(
-                r#"SELECT v.record_id, v.version, v.content_hash, v.body, v.reason, v.recorded_at,
-                        v.chain_hash, r.chain_head,
-                        (v.version = (SELECT max(version) FROM record_versions
-                                      WHERE record_id = v.record_id)) AS "is_last!"
-                 FROM record_versions v JOIN records r ON r.id = v.record_id
-                 WHERE (v.record_id, v.version) > ($1, $2)
-                 ORDER BY v.record_id, v.version LIMIT $3"#,
-                after_record,
-                after_version,
+            let mut conn = self.acquire().await?;
+            let ids = sqlx::query_scalar!(
+                "SELECT id FROM records WHERE id > $1 ORDER BY id LIMIT $2",
+                after,
                 PAGE,
             )
-            .fetch_all(&mut *self.acquire().await?)
+            .fetch_all(&mut *conn)
             .await?;
-            let Some(last) = rows.last() else {
+            let Some(&last) = ids.last() else {
                 return Ok(None);
             };
-            (after_record, after_version) = (last.record_id, last.version);
-            for row in rows {
+            after = last;
+            let current = row::current_versions(&mut conn, &ids).await?;
+            let archived = sqlx::query!(
+                "SELECT record_id, version, content_hash, body, reason, recorded_at, chain_hash
+                 FROM record_versions WHERE record_id = ANY($1)
+                 ORDER BY record_id, version",
+                &ids,
+            )
+            .fetch_all(&mut *conn)
+            .await?;
+            let mut archived = archived.into_iter().peekable();
+            for record in current {
+                let mut walk = ChainWalk::new();
+                let mut expected = 1;
+                while let Some(old) = archived.next_if(|v| v.record_id == record.id.0) {
+                    *checked += 1;
+                    let broken = |reason: &str| {
+                        Some(ChainBreak {
+                            table: "record_versions",
+                            entity_id: old.record_id,
+                            entry: i64::from(old.version),
+                            reason: reason.into(),
+                        })
+                    };
+                    if old.version != expected || old.version >= record.version {
+                        return Ok(broken("an earlier version is missing or out of place"));
+                    }
+                    expected += 1;
+                    let text = old.body.to_string();
+                    let entry = VersionEntry {
+                        record_id: old.record_id,
+                        version: old.version,
+                        content_hash: &old.content_hash,
+                        reason: old.reason.as_deref(),
+                        recorded_at: old.recorded_at,
+                        chain_hash: old.chain_hash.as_deref(),
+                    };
+                    if let Err(reason) = entry.check(&text, &mut walk, &self.chain) {
+                        return Ok(broken(reason));
+                    }
+                }
                 *checked += 1;
-                let broken = |reason: String| {
+                let broken = |reason: &str| {
                     Some(ChainBreak {
-                        table: "record_versions",
-                        entity_id: row.record_id,
-                        entry: i64::from(row.version),
-                        reason,
+                        table: "records",
+                        entity_id: record.id.0,
+                        entry: i64::from(record.version),
+                        reason: reason.into(),
                     })
                 };
-                let body_hash = digest::digest(&digest::SHA256, row.body.to_string().as_bytes());
-                if body_hash.as_ref() != row.content_hash.as_slice() {
-                    return Ok(broken("its body does not match its content hash".into()));
+                if record.version != expected {
+                    return Ok(broken("an earlier version is missing"));
                 }
-                let content = version_content(
-                    row.record_id,
-                    row.version,
-                    &row.content_hash,
-                    row.reason.as_deref(),
-                    row.recorded_at,
+                let derived = (
+                    record.record.donor_is_foreign(),
+                    record.record.recipient_is_foreign(),
                 );
-                if let Err(reason) = walk.step(
-                    row.record_id,
-                    &content,
-                    row.chain_hash.as_deref(),
-                    &self.chain,
-                ) {
-                    return Ok(broken(reason));
+                if record.non_resident != derived {
+                    return Ok(broken("its non-resident columns do not match its content"));
                 }
-                if row.is_last && row.chain_head.as_deref() != Some(&walk.previous[..]) {
-                    return Ok(broken(
-                        "the record's chain head does not match its last version".into(),
-                    ));
+                let entry = VersionEntry {
+                    record_id: record.id.0,
+                    version: record.version,
+                    content_hash: &record.content_hash,
+                    reason: record.reason.as_deref(),
+                    recorded_at: record.recorded_at,
+                    chain_hash: record.chain_head.as_deref(),
+                };
+                if let Err(reason) =
+                    entry.check(&RecordBody::text(&record.record), &mut walk, &self.chain)
+                {
+                    return Ok(broken(reason));
                 }
             }
         }
@@ -265,12 +318,12 @@ impl Store {
             after = (last.flag_id, last.id);
             for row in rows {
                 *checked += 1;
-                let broken = |reason: String| {
+                let broken = |reason: &str| {
                     Some(ChainBreak {
                         table: "flag_events",
                         entity_id: row.flag_id,
                         entry: row.id,
-                        reason,
+                        reason: reason.into(),
                     })
                 };
                 let content = EventContent {
@@ -293,9 +346,7 @@ impl Store {
                     return Ok(broken(reason));
                 }
                 if row.is_last && row.chain_head.as_deref() != Some(&walk.previous[..]) {
-                    return Ok(broken(
-                        "the flag's chain head does not match its last step".into(),
-                    ));
+                    return Ok(broken("the flag's chain head does not match its last step"));
                 }
             }
         }

@@ -6,10 +6,10 @@ use sqlx::{Postgres, QueryBuilder};
 use crate::domain::{FlagStatus, Record, RecordId, Severity};
 use crate::rules::RuleId;
 
-use super::body::{RecordBody, parse};
+use super::body::parse;
 use super::chain::{self, EventContent};
 use super::ingest::{severity_from_db, severity_to_db};
-use super::{Store, StoreError};
+use super::{Store, StoreError, row};
 use crate::domain::chain::GENESIS;
 
 /// A flag with what a listing shows of its record.
@@ -350,28 +350,16 @@ impl Store {
 
     /// The current versions of these records, in the order of `ids`.
     pub async fn records(&self, ids: &[i64]) -> Result<Vec<RecordView>, StoreError> {
-        let rows = sqlx::query!(
-            "SELECT r.id, r.version, r.received_at, v.body
-             FROM unnest($1::bigint[]) WITH ORDINALITY AS want(id, n)
-             JOIN records r ON r.id = want.id
-             JOIN record_versions v ON v.record_id = r.id AND v.version = r.version
-             ORDER BY want.n",
-            ids,
-        )
-        .fetch_all(&mut *self.acquire().await?)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                let body: RecordBody = serde_json::from_value(r.body)
-                    .map_err(|e| StoreError::Corrupt(format!("record body: {e}")))?;
-                Ok(RecordView {
-                    id: RecordId(r.id),
-                    version: r.version,
-                    received_at: r.received_at,
-                    record: body.into_record()?,
-                })
+        let current = row::current_versions(&mut *self.acquire().await?, ids).await?;
+        Ok(current
+            .into_iter()
+            .map(|c| RecordView {
+                id: c.id,
+                version: c.version,
+                received_at: c.received_at,
+                record: c.record,
             })
-            .collect()
+            .collect())
     }
 
     /// Applies one triage step, refusing stale revisions and illegal moves.

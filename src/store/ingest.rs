@@ -5,16 +5,17 @@ use chrono::{DateTime, Utc};
 use ring::digest;
 use std::sync::Arc;
 
+use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::domain::chain::GENESIS;
 use crate::domain::{
-    ChainKey, Clinic, DonorKind, DonorType, Fingerprint, Record, RecordId, Severity,
+    ChainKey, Clinic, DonorKind, DonorType, Fingerprint, HlaTyping, Record, RecordId, Severity,
 };
 use crate::rules::{ClinicWindow, ContextKey, Finding, PriorDonation, WindowSpec};
 
-use super::body::{RecordBody, parse};
-use super::{Store, StoreError, chain, context};
+use super::body::{HlaBody, RecordBody, parse};
+use super::{Store, StoreError, chain, context, row};
 
 /// A record already stored under a (hospital, external id).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,11 +44,6 @@ pub struct StoredAck {
 /// The content hash of a pseudonymised record: SHA-256 of its stored body.
 pub fn content_hash(record: &Record) -> Vec<u8> {
     super::batch::StoredForm::of(record).hash
-}
-
-pub(super) fn body_json(record: &Record) -> serde_json::Value {
-    // A struct of strings, numbers and timestamps always serialises.
-    serde_json::to_value(RecordBody::from_record(record)).unwrap_or(serde_json::Value::Null)
 }
 
 /// One open ingest transaction. Dropping it without `commit` rolls back.
@@ -188,20 +184,42 @@ impl IngestTx {
     }
 
     /// Replaces the current content of record `id` by `record` as a new
-    /// version; the old versions stay in `record_versions`.
+    /// version, moving the version it replaces into `record_versions`.
     pub async fn amend(
         &mut self,
         existing: &ExistingRecord,
         record: &Record,
         reason: &str,
     ) -> Result<StoredAck, StoreError> {
+        // Locked first, so that the version archived is the one replaced.
+        sqlx::query!(
+            "SELECT id FROM records WHERE id = $1 FOR UPDATE",
+            existing.id.0
+        )
+        .fetch_one(&mut *self.tx)
+        .await?;
+        let current = row::current_versions(&mut self.tx, &[existing.id.0])
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt(format!("record {} vanished", existing.id.0)))?;
         let hash = content_hash(record);
+        let version = current.version + 1;
+        let recorded_at = chain::now();
+        let previous = current.chain_head.as_deref().unwrap_or(&GENESIS[..]);
+        let link = self.chain.link(
+            previous,
+            &chain::version_content(existing.id.0, version, &hash, Some(reason), recorded_at),
+        );
         let (relation, death_at, death_kind) = kind_columns(&record.donor.kind);
         let d = &record.donor.person;
         let r = &record.recipient;
-        let amended = sqlx::query!(
-            "UPDATE records SET
-                version = version + 1, amended_at = now(), content_hash = $2, clinic_id = $3,
+        sqlx::query!(
+            "WITH archived AS (
+                INSERT INTO record_versions
+                    (record_id, version, content_hash, body, reason, recorded_at, chain_hash)
+                VALUES ($1, $34, $35, $36::text::jsonb, $37, $38, $39))
+             UPDATE records SET
+                version = $40, amended_at = now(), content_hash = $2, clinic_id = $3,
                 procedure_country = $4, organ = $5, laterality = $6, procured_at = $7,
                 transplanted_at = $8, cold_ischemia_minutes = $9, machine_perfusion = $10,
                 abo_exception = $11, donor_fp = $12, donor_type = $13, donor_relation = $14,
@@ -210,9 +228,9 @@ impl IngestTx {
                 donor_rh = $22, donor_hla = $23, donor_non_resident = $24, recipient_fp = $25,
                 recipient_nationality = $26, recipient_residence = $27, recipient_age = $28,
                 recipient_sex = $29, recipient_abo = $30, recipient_rh = $31,
-                recipient_hla = $32, recipient_non_resident = $33
-             WHERE id = $1
-             RETURNING version, chain_head",
+                recipient_hla = $32, recipient_non_resident = $33,
+                version_reason = $41, version_recorded_at = $42, chain_head = $43
+             WHERE id = $1",
             existing.id.0,
             hash,
             record.clinic_id,
@@ -237,7 +255,7 @@ impl IngestTx {
             d.sex.map(|s| s.as_str()),
             d.abo.as_str(),
             d.rh.map(|x| x.as_str()),
-            hla_json(d.hla.as_ref()),
+            hla_json(d.hla.as_ref()) as _,
             record.donor_is_foreign(),
             r.identifier.as_bytes().as_slice(),
             r.nationality.as_str(),
@@ -246,55 +264,26 @@ impl IngestTx {
             r.sex.map(|s| s.as_str()),
             r.abo.as_str(),
             r.rh.map(|x| x.as_str()),
-            hla_json(r.hla.as_ref()),
+            hla_json(r.hla.as_ref()) as _,
             record.recipient_is_foreign(),
-        )
-        .fetch_one(&mut *self.tx)
-        .await?;
-        let version = amended.version;
-        let previous = amended.chain_head.unwrap_or_else(|| GENESIS.to_vec());
-        self.insert_version(existing.id, version, &previous, &hash, record, Some(reason))
-            .await?;
-        Ok(StoredAck {
-            id: existing.id,
+            current.version,
+            current.content_hash,
+            RecordBody::text(&current.record),
+            current.reason,
+            current.recorded_at,
+            current.chain_head,
             version,
-            received_at: existing.received_at,
-        })
-    }
-
-    /// Appends a version to the record's history, chained to `previous`,
-    /// and moves the record's chain head, in one statement.
-    async fn insert_version(
-        &mut self,
-        id: RecordId,
-        version: i32,
-        previous: &[u8],
-        hash: &[u8],
-        record: &Record,
-        reason: Option<&str>,
-    ) -> Result<(), StoreError> {
-        let recorded_at = chain::now();
-        let link = self.chain.link(
-            previous,
-            &chain::version_content(id.0, version, hash, reason, recorded_at),
-        );
-        sqlx::query!(
-            "WITH version AS (
-                INSERT INTO record_versions
-                    (record_id, version, content_hash, body, reason, recorded_at, chain_hash)
-                VALUES ($1, $2, $3, $4, $5, $6, $7))
-             UPDATE records SET chain_head = $7 WHERE id = $1",
-            id.0,
-            version,
-            hash,
-            body_json(record),
             reason,
             recorded_at,
             &link[..],
         )
         .execute(&mut *self.tx)
         .await?;
-        Ok(())
+        Ok(StoredAck {
+            id: existing.id,
+            version,
+            received_at: existing.received_at,
+        })
     }
 
     /// Stores the findings of one evaluation of record `ack` as flags. A rule
@@ -377,8 +366,8 @@ pub(super) fn kind_columns(
     }
 }
 
-pub(super) fn hla_json(hla: Option<&crate::domain::HlaTyping>) -> Option<serde_json::Value> {
-    hla.map(|h| serde_json::json!({ "a": h.a, "b": h.b, "dr": h.dr }))
+pub(super) fn hla_json(hla: Option<&HlaTyping>) -> Option<Json<HlaBody<'_>>> {
+    hla.map(|h| Json(HlaBody::of(h)))
 }
 
 /// Rebuilds a donor kind from its columns.

@@ -11,6 +11,7 @@ pub mod ingest;
 pub mod keys;
 pub mod registry;
 pub mod rescan;
+mod row;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

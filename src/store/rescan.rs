@@ -5,14 +5,12 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{
-    Clinic, Donor, Fingerprint, HlaTyping, Person, Record, RecordId, TransplantRecord,
-};
+use crate::domain::{Clinic, Fingerprint, Record, RecordId};
 use crate::rules::{ClinicWindow, Finding, PriorDonation, WindowSpec};
 
-use super::body::parse;
 use super::context::{self, WindowRequest};
-use super::ingest::{donor_kind, severity_to_db};
+use super::ingest::severity_to_db;
+use super::row::RecordRow;
 use super::{Store, StoreError};
 
 /// A rescan's parameters and how far it got.
@@ -108,123 +106,6 @@ pub struct ClinicSpan {
     pub from: DateTime<Utc>,
     /// First instant excluded.
     pub until: DateTime<Utc>,
-}
-
-struct RecordRow {
-    id: i64,
-    version: i32,
-    hospital_id: String,
-    external_record_id: String,
-    clinic_id: String,
-    procedure_country: String,
-    organ: String,
-    laterality: String,
-    procured_at: DateTime<Utc>,
-    transplanted_at: DateTime<Utc>,
-    cold_ischemia_minutes: Option<i32>,
-    machine_perfusion: bool,
-    abo_exception: String,
-    donor_fp: Vec<u8>,
-    donor_type: String,
-    donor_relation: Option<String>,
-    donor_death_at: Option<DateTime<Utc>>,
-    donor_death_kind: Option<String>,
-    donor_nationality: String,
-    donor_residence: String,
-    donor_age: i16,
-    donor_sex: Option<String>,
-    donor_abo: String,
-    donor_rh: Option<String>,
-    donor_hla: Option<serde_json::Value>,
-    recipient_fp: Vec<u8>,
-    recipient_nationality: String,
-    recipient_residence: String,
-    recipient_age: i16,
-    recipient_sex: Option<String>,
-    recipient_abo: String,
-    recipient_rh: Option<String>,
-    recipient_hla: Option<serde_json::Value>,
-}
-
-fn fingerprint(bytes: &[u8]) -> Result<Fingerprint, StoreError> {
-    Fingerprint::from_slice(bytes).ok_or_else(|| StoreError::Corrupt("fingerprint length".into()))
-}
-
-fn hla(value: Option<serde_json::Value>) -> Result<Option<HlaTyping>, StoreError> {
-    let Some(value) = value else { return Ok(None) };
-    let locus = |k: &str| -> Vec<String> {
-        value[k]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    Ok(Some(HlaTyping {
-        a: locus("a"),
-        b: locus("b"),
-        dr: locus("dr"),
-    }))
-}
-
-fn age(years: i16) -> Result<u8, StoreError> {
-    u8::try_from(years).map_err(|_| StoreError::Corrupt(format!("age {years}")))
-}
-
-impl RecordRow {
-    fn into_stored(self) -> Result<StoredRecord, StoreError> {
-        let kind = donor_kind(
-            &self.donor_type,
-            self.donor_relation,
-            self.donor_death_at,
-            self.donor_death_kind,
-        )?;
-        let record = TransplantRecord {
-            external_record_id: self.external_record_id,
-            hospital_id: self.hospital_id,
-            clinic_id: self.clinic_id,
-            procedure_country: parse(&self.procedure_country)?,
-            organ: parse(&self.organ)?,
-            laterality: parse(&self.laterality)?,
-            procured_at: self.procured_at,
-            transplanted_at: self.transplanted_at,
-            cold_ischemia_minutes: self
-                .cold_ischemia_minutes
-                .and_then(|m| u32::try_from(m).ok()),
-            machine_perfusion: self.machine_perfusion,
-            donor: Donor {
-                person: Person {
-                    identifier: fingerprint(&self.donor_fp)?,
-                    nationality: parse(&self.donor_nationality)?,
-                    country_of_residence: parse(&self.donor_residence)?,
-                    age_years: age(self.donor_age)?,
-                    sex: self.donor_sex.as_deref().map(parse).transpose()?,
-                    abo: parse(&self.donor_abo)?,
-                    rh: self.donor_rh.as_deref().map(parse).transpose()?,
-                    hla: hla(self.donor_hla)?,
-                },
-                kind,
-            },
-            recipient: Person {
-                identifier: fingerprint(&self.recipient_fp)?,
-                nationality: parse(&self.recipient_nationality)?,
-                country_of_residence: parse(&self.recipient_residence)?,
-                age_years: age(self.recipient_age)?,
-                sex: self.recipient_sex.as_deref().map(parse).transpose()?,
-                abo: parse(&self.recipient_abo)?,
-                rh: self.recipient_rh.as_deref().map(parse).transpose()?,
-                hla: hla(self.recipient_hla)?,
-            },
-            abo_exception: parse(&self.abo_exception)?,
-        };
-        Ok(StoredRecord {
-            id: RecordId(self.id),
-            version: self.version,
-            record,
-        })
-    }
 }
 
 struct RunRow {
@@ -350,13 +231,15 @@ impl Store {
     ) -> Result<Vec<StoredRecord>, StoreError> {
         sqlx::query_as!(
             RecordRow,
-            "SELECT id, version, hospital_id, external_record_id, clinic_id, procedure_country,
+            "SELECT id, version, content_hash, chain_head, version_reason, version_recorded_at,
+                    received_at, hospital_id, external_record_id, clinic_id, procedure_country,
                     organ, laterality, procured_at, transplanted_at, cold_ischemia_minutes,
                     machine_perfusion, abo_exception, donor_fp, donor_type, donor_relation,
                     donor_death_at, donor_death_kind, donor_nationality, donor_residence,
-                    donor_age, donor_sex, donor_abo, donor_rh, donor_hla, recipient_fp,
-                    recipient_nationality, recipient_residence, recipient_age, recipient_sex,
-                    recipient_abo, recipient_rh, recipient_hla
+                    donor_age, donor_sex, donor_abo, donor_rh, donor_hla, donor_non_resident,
+                    recipient_fp, recipient_nationality, recipient_residence, recipient_age,
+                    recipient_sex, recipient_abo, recipient_rh, recipient_hla,
+                    recipient_non_resident
              FROM records
              WHERE id >= $1 AND id <= $2 AND ($3::timestamptz IS NULL OR transplanted_at >= $3)
                AND ($4::timestamptz IS NULL OR transplanted_at < $4)
@@ -369,7 +252,14 @@ impl Store {
         .fetch_all(&self.pool)
         .await?
         .into_iter()
-        .map(RecordRow::into_stored)
+        .map(|row| {
+            let current = row.into_current()?;
+            Ok(StoredRecord {
+                id: current.id,
+                version: current.version,
+                record: current.record,
+            })
+        })
         .collect()
     }
 

@@ -659,11 +659,50 @@ async fn verify_names_the_first_entry_edited_behind_the_services_back() {
 
 #[tokio::test]
 async fn verify_catches_edited_removed_and_rehashed_record_versions() {
-    for attack in [
-        "UPDATE record_versions SET reason = 'innocent' WHERE version = 2",
-        "UPDATE record_versions SET body = jsonb_set(body, '{organ}', '\"LIVER\"') WHERE version = 1",
-        "DELETE FROM record_versions WHERE version = 2",
-        "UPDATE record_versions SET chain_hash = sha256(chain_hash) WHERE version = 1",
+    // (table edited, statement, table named as broken): a replaced version
+    // lives in record_versions, the current one in the record's row.
+    for (table, attack, broken) in [
+        (
+            "record_versions",
+            "UPDATE record_versions SET reason = 'innocent' WHERE version = 1",
+            "record_versions",
+        ),
+        (
+            "record_versions",
+            "UPDATE record_versions SET body = jsonb_set(body, '{organ}', '\"LIVER\"') WHERE version = 1",
+            "record_versions",
+        ),
+        (
+            "record_versions",
+            "UPDATE record_versions SET chain_hash = sha256(chain_hash) WHERE version = 1",
+            "record_versions",
+        ),
+        (
+            "record_versions",
+            "DELETE FROM record_versions WHERE version = 1",
+            "records",
+        ),
+        (
+            "records",
+            "UPDATE records SET version_reason = 'innocent'",
+            "records",
+        ),
+        ("records", "UPDATE records SET organ = 'LIVER'", "records"),
+        (
+            "records",
+            "UPDATE records SET donor_non_resident = NOT donor_non_resident",
+            "records",
+        ),
+        (
+            "records",
+            "UPDATE records SET version_recorded_at = version_recorded_at - interval '1 day'",
+            "records",
+        ),
+        (
+            "records",
+            "UPDATE records SET chain_head = sha256(chain_head)",
+            "records",
+        ),
     ] {
         let app = spawn_app().await;
         let mut r = kidney("V-1");
@@ -678,12 +717,12 @@ async fn verify_catches_edited_removed_and_rehashed_record_versions() {
             .await
             .unwrap();
         assert!(verify(&app).await.intact);
-        tamper(&app, "record_versions", attack).await;
+        tamper(&app, table, attack).await;
         let report = verify(&app).await;
         let at = report
             .first_break
             .unwrap_or_else(|| panic!("{attack} went unnoticed"));
-        assert_eq!(at.table, "record_versions", "{attack}: {at:?}");
+        assert_eq!(at.table, broken, "{attack}: {at:?}");
         app.stop().await;
     }
 }

@@ -307,6 +307,17 @@ async fn run_scenario(path: &Path, path_mode: Mode) -> Vec<String> {
             }
         }
     }
+    // Each stored version reads back from its row exactly as it was hashed.
+    let trail = app
+        .admin
+        .clone()
+        .verify_audit_trail(pb::VerifyAuditTrailRequest {})
+        .await
+        .expect("verify")
+        .into_inner();
+    if !trail.intact {
+        problems.push(format!("the audit trail does not verify: {trail:?}"));
+    }
     app.stop().await;
     problems
         .into_iter()

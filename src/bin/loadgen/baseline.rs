@@ -263,8 +263,11 @@ impl Baseline {
             .context("opening the baseline's connections")?;
         drop(conns);
         let table = table_name(run_id);
-        sqlx::query(&format!(
-            "CREATE TABLE {table} (LIKE records INCLUDING ALL)"
+        // The server writes each version's entry time with its chain hash;
+        // here the database stamps it, as it stamps the receipt time.
+        sqlx::raw_sql(&format!(
+            "CREATE TABLE {table} (LIKE records INCLUDING ALL);
+             ALTER TABLE {table} ALTER COLUMN version_recorded_at SET DEFAULT now();"
         ))
         .execute(&pool)
         .await
