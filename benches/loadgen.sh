@@ -34,7 +34,8 @@ serve() {
   done
   echo "the server did not start" >&2; exit 1
 }
-trap '[[ -n $server ]] && kill $server 2>/dev/null; true' EXIT
+# Waits for the server to exit, so that a run right after finds the port free.
+trap '[[ -n $server ]] && kill $server 2>/dev/null && wait $server 2>/dev/null; true' EXIT
 
 run() {
   target/release/loadgen --api-key "$hospital_key" --admin-key "$admin_key" \

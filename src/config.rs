@@ -217,7 +217,7 @@ pub struct Settings {
     /// Most records per transaction: a SubmitRecords batch (stored in two
     /// transactions at once, split by clinic), an import's batch, or
     /// concurrent SubmitRecord calls committed together.
-    #[arg(long, env = "INGEST_BATCH_SIZE", default_value_t = 512, global = true)]
+    #[arg(long, env = "INGEST_BATCH_SIZE", default_value_t = 2048, global = true)]
     pub ingest_batch_size: usize,
 
     /// PEM certificate chain of the gRPC listener; with TLS_KEY_FILE, turns TLS on.

@@ -95,7 +95,7 @@ impl Default for ServeOptions {
             max_concurrent_calls: 256,
             max_concurrent_streams: 32,
             max_stream_records: 1_000_000,
-            ingest_batch_size: 512,
+            ingest_batch_size: 2048,
         }
     }
 }
