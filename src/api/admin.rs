@@ -54,7 +54,7 @@ fn rescan_request(req: &pb::RescanRequest) -> Result<RescanRequest, Violations> 
         .rule_ids
         .iter()
         .enumerate()
-        .filter_map(|(i, r)| v.check(&format!("rule_ids[{i}]"), r.parse::<RuleId>()))
+        .filter_map(|(i, r)| v.check(format!("rule_ids[{i}]"), r.parse::<RuleId>()))
         .collect();
     let range = TransplantRange {
         from: instant(&mut v, "transplanted_from", req.transplanted_from.as_ref()),

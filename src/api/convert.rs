@@ -1,9 +1,11 @@
 //! Proto messages to domain values and back. Decoding collects every bad
 //! field into [`Violations`] instead of stopping at the first.
 
+use std::fmt;
+
 use chrono::{DateTime, Utc};
 
-use crate::domain::validation::{self, Violations, check_age, check_id};
+use crate::domain::validation::{self, Field, Violations, check_age, check_id};
 use crate::domain::{
     AboException, AboGroup, Clinic, ClinicStatus, CountryCode, DeathKind, Donor, DonorKind,
     DonorRelation, DonorType, FlagStatus, HlaTyping, IdentifierScheme, Laterality, Organ, Person,
@@ -107,7 +109,7 @@ proto_enum!(ClinicStatus, ClinicStatus, [Active, Suspended, Revoked]);
 proto_enum!(Role, Role, [Hospital, Auditor, Admin]);
 
 /// A required enum field: unspecified is "missing", an undefined number is "unknown".
-pub fn required<T: ProtoEnum>(v: &mut Violations, field: &str, raw: i32) -> Option<T> {
+pub fn required<T: ProtoEnum>(v: &mut Violations, field: impl fmt::Display, raw: i32) -> Option<T> {
     match T::from_proto(raw) {
         Parsed::Value(x) => Some(x),
         Parsed::Unspecified => {
@@ -122,7 +124,7 @@ pub fn required<T: ProtoEnum>(v: &mut Violations, field: &str, raw: i32) -> Opti
 }
 
 /// An optional enum field: unspecified is `None`, an undefined number is a violation.
-pub fn optional<T: ProtoEnum>(v: &mut Violations, field: &str, raw: i32) -> Option<T> {
+pub fn optional<T: ProtoEnum>(v: &mut Violations, field: impl fmt::Display, raw: i32) -> Option<T> {
     match T::from_proto(raw) {
         Parsed::Value(x) => Some(x),
         Parsed::Unspecified => None,
@@ -141,7 +143,7 @@ const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_4
 /// A timestamp as an instant, if it is one.
 pub fn instant(
     v: &mut Violations,
-    field: &str,
+    field: impl fmt::Display,
     ts: Option<&prost_types::Timestamp>,
 ) -> Option<DateTime<Utc>> {
     let ts = ts?;
@@ -170,7 +172,7 @@ pub fn instant(
 /// A required timestamp, checked against the plausible range.
 fn required_instant(
     v: &mut Violations,
-    field: &str,
+    field: impl fmt::Display + Copy,
     ts: Option<&prost_types::Timestamp>,
     now: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
@@ -185,7 +187,7 @@ fn required_instant(
 }
 
 /// A required ISO 3166-1 alpha-2 country.
-pub fn country(v: &mut Violations, field: &str, raw: &str) -> Option<CountryCode> {
+pub fn country(v: &mut Violations, field: impl fmt::Display, raw: &str) -> Option<CountryCode> {
     if raw.is_empty() {
         v.missing(field);
         return None;
@@ -205,25 +207,26 @@ pub fn submission(
         v.missing(prefix);
         return Err(v);
     };
-    let f = |name: &str| format!("{prefix}.{name}");
-    let external_record_id = check_id(&mut v, &f("external_record_id"), &r.external_record_id);
-    let hospital_id = check_id(&mut v, &f("hospital_id"), &r.hospital_id);
-    let clinic_id = check_id(&mut v, &f("clinic_id"), &r.clinic_id);
-    let procedure_country = country(&mut v, &f("procedure_country"), &r.procedure_country);
-    let organ: Option<Organ> = required(&mut v, &f("organ"), r.organ);
-    let laterality: Option<Laterality> = optional(&mut v, &f("laterality"), r.laterality);
+    let prefix = Field::root(prefix);
+    let f = |name| prefix.child(name);
+    let external_record_id = check_id(&mut v, f("external_record_id"), &r.external_record_id);
+    let hospital_id = check_id(&mut v, f("hospital_id"), &r.hospital_id);
+    let clinic_id = check_id(&mut v, f("clinic_id"), &r.clinic_id);
+    let procedure_country = country(&mut v, f("procedure_country"), &r.procedure_country);
+    let organ: Option<Organ> = required(&mut v, f("organ"), r.organ);
+    let laterality: Option<Laterality> = optional(&mut v, f("laterality"), r.laterality);
     if let Some(organ) = organ {
-        validation::check_laterality(&mut v, &f("laterality"), organ, laterality);
+        validation::check_laterality(&mut v, f("laterality"), organ, laterality);
     }
-    let procured_at = required_instant(&mut v, &f("procured_at"), r.procured_at.as_ref(), now);
+    let procured_at = required_instant(&mut v, f("procured_at"), r.procured_at.as_ref(), now);
     let transplanted_at = required_instant(
         &mut v,
-        &f("transplanted_at"),
+        f("transplanted_at"),
         r.transplanted_at.as_ref(),
         now,
     );
     if let (Some(p), Some(t)) = (procured_at, transplanted_at) {
-        validation::check_order(&mut v, &f("procured_at"), p, t);
+        validation::check_order(&mut v, f("procured_at"), p, t);
     }
     let cold_ischemia_minutes = match r.cold_ischemia_minutes {
         None => None,
@@ -237,9 +240,9 @@ pub fn submission(
         }
     };
     let abo_exception =
-        optional(&mut v, &f("abo_exception"), r.abo_exception).unwrap_or(AboException::None);
-    let donor = donor(&mut v, &f("donor"), r.donor.as_ref(), now);
-    let recipient = recipient(&mut v, &f("recipient"), r.recipient.as_ref());
+        optional(&mut v, f("abo_exception"), r.abo_exception).unwrap_or(AboException::None);
+    let donor = donor(&mut v, f("donor"), r.donor.as_ref(), now);
+    let recipient = recipient(&mut v, f("recipient"), r.recipient.as_ref());
     let build = || -> Option<Submission> {
         Some(TransplantRecord {
             external_record_id: external_record_id?,
@@ -283,18 +286,18 @@ struct PersonFields<'a> {
 
 fn person(
     v: &mut Violations,
-    prefix: &str,
+    prefix: Field<'_>,
     p: PersonFields<'_>,
 ) -> Option<Person<PersonIdentifier>> {
-    let f = |name: &str| format!("{prefix}.{name}");
-    let identifier = identifier(v, &f("identifier"), p.identifier);
-    let nationality = country(v, &f("nationality"), p.nationality);
-    let residence = country(v, &f("country_of_residence"), p.country_of_residence);
-    let age = check_age(v, &f("age_years"), p.age_years);
-    let sex = optional(v, &f("sex"), p.sex);
-    let abo = required(v, &f("abo"), p.abo);
-    let rh = optional(v, &f("rh"), p.rh);
-    let hla = hla(v, &f("hla"), p.hla);
+    let f = |name| prefix.child(name);
+    let identifier = identifier(v, f("identifier"), p.identifier);
+    let nationality = country(v, f("nationality"), p.nationality);
+    let residence = country(v, f("country_of_residence"), p.country_of_residence);
+    let age = check_age(v, f("age_years"), p.age_years);
+    let sex = optional(v, f("sex"), p.sex);
+    let abo = required(v, f("abo"), p.abo);
+    let rh = optional(v, f("rh"), p.rh);
+    let hla = hla(v, f("hla"), p.hla);
     Some(Person {
         identifier: identifier?,
         nationality: nationality?,
@@ -309,36 +312,29 @@ fn person(
 
 fn identifier(
     v: &mut Violations,
-    prefix: &str,
+    prefix: Field<'_>,
     raw: Option<&pb::PersonIdentifier>,
 ) -> Option<PersonIdentifier> {
     let Some(raw) = raw else {
         v.missing(prefix);
         return None;
     };
-    let scheme = required(v, &format!("{prefix}.scheme"), raw.scheme);
-    let issuing = country(
-        v,
-        &format!("{prefix}.issuing_country"),
-        &raw.issuing_country,
-    );
-    let field = format!("{prefix}.value");
+    let scheme = required(v, prefix.child("scheme"), raw.scheme);
+    let issuing = country(v, prefix.child("issuing_country"), &raw.issuing_country);
+    let field = prefix.child("value");
     if raw.value.is_empty() {
-        v.missing(&field);
+        v.missing(field);
         return None;
     }
     let (scheme, issuing) = (scheme?, issuing?);
-    v.check(&field, PersonIdentifier::new(scheme, issuing, &raw.value))
+    v.check(field, PersonIdentifier::new(scheme, issuing, &raw.value))
 }
 
-fn hla(v: &mut Violations, prefix: &str, raw: Option<&pb::HlaTyping>) -> Option<HlaTyping> {
+fn hla(v: &mut Violations, prefix: Field<'_>, raw: Option<&pb::HlaTyping>) -> Option<HlaTyping> {
     let raw = raw?;
-    let a = v.check(&format!("{prefix}.a"), HlaTyping::parse_locus("A", &raw.a));
-    let b = v.check(&format!("{prefix}.b"), HlaTyping::parse_locus("B", &raw.b));
-    let dr = v.check(
-        &format!("{prefix}.dr"),
-        HlaTyping::parse_locus("DR", &raw.dr),
-    );
+    let a = v.check(prefix.child("a"), HlaTyping::parse_locus("A", &raw.a));
+    let b = v.check(prefix.child("b"), HlaTyping::parse_locus("B", &raw.b));
+    let dr = v.check(prefix.child("dr"), HlaTyping::parse_locus("DR", &raw.dr));
     let typing = HlaTyping {
         a: a?,
         b: b?,
@@ -349,7 +345,7 @@ fn hla(v: &mut Violations, prefix: &str, raw: Option<&pb::HlaTyping>) -> Option<
 
 fn donor(
     v: &mut Violations,
-    prefix: &str,
+    prefix: Field<'_>,
     raw: Option<&pb::Donor>,
     now: DateTime<Utc>,
 ) -> Option<Donor<PersonIdentifier>> {
@@ -357,7 +353,7 @@ fn donor(
         v.missing(prefix);
         return None;
     };
-    let f = |name: &str| format!("{prefix}.{name}");
+    let f = |name| prefix.child(name);
     let person = person(
         v,
         prefix,
@@ -372,20 +368,20 @@ fn donor(
             hla: d.hla.as_ref(),
         },
     );
-    let kind = match required::<DonorType>(v, &f("donor_type"), d.donor_type)? {
+    let kind = match required::<DonorType>(v, f("donor_type"), d.donor_type)? {
         DonorType::Living => {
             if d.death_at.is_some() || d.death_kind != 0 {
                 v.add(f("death_at"), "must not be set for a living donor");
             }
-            required(v, &f("relation_to_recipient"), d.relation_to_recipient)
+            required(v, f("relation_to_recipient"), d.relation_to_recipient)
                 .map(|relation| DonorKind::Living { relation })
         }
         DonorType::Deceased => {
             if d.relation_to_recipient != 0 {
                 v.add(f("relation_to_recipient"), "applies only to living donors");
             }
-            let death_at = required_instant(v, &f("death_at"), d.death_at.as_ref(), now);
-            let death_kind = required(v, &f("death_kind"), d.death_kind);
+            let death_at = required_instant(v, f("death_at"), d.death_at.as_ref(), now);
+            let death_kind = required(v, f("death_kind"), d.death_kind);
             Some(DonorKind::Deceased {
                 death_at: death_at?,
                 death_kind: death_kind?,
@@ -400,7 +396,7 @@ fn donor(
 
 fn recipient(
     v: &mut Violations,
-    prefix: &str,
+    prefix: Field<'_>,
     raw: Option<&pb::Recipient>,
 ) -> Option<Person<PersonIdentifier>> {
     let Some(r) = raw else {

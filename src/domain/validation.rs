@@ -3,6 +3,8 @@
 //! What cannot be a record is rejected here; what is possible but suspicious
 //! is left to the rules.
 
+use std::fmt;
+
 use chrono::{DateTime, Utc};
 
 use super::{Laterality, Organ};
@@ -16,34 +18,71 @@ pub struct FieldViolation {
     pub description: String,
 }
 
+/// A field's dotted path in a request (`record.donor.age_years`), spelled
+/// out only when a violation names it: a valid record names none, and its
+/// dozens of paths would otherwise cost an allocation each.
+#[derive(Debug, Clone, Copy)]
+pub struct Field<'a> {
+    parent: Option<&'a Field<'a>>,
+    name: &'a str,
+}
+
+impl<'a> Field<'a> {
+    /// A path of one name.
+    pub fn root(name: &'a str) -> Self {
+        Self { parent: None, name }
+    }
+
+    /// The path of `name` inside this field.
+    pub fn child(&'a self, name: &'a str) -> Field<'a> {
+        Field {
+            parent: Some(self),
+            name,
+        }
+    }
+}
+
+impl fmt::Display for Field<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(parent) = self.parent {
+            write!(f, "{parent}.")?;
+        }
+        f.write_str(self.name)
+    }
+}
+
 /// Every violation found in one request, collected rather than stopping at the first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Violations(pub Vec<FieldViolation>);
 
 impl Violations {
     /// Records that `field` is bad.
-    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+    pub fn add(&mut self, field: impl fmt::Display, description: impl Into<String>) {
         self.0.push(FieldViolation {
-            field: field.into(),
+            field: field.to_string(),
             description: description.into(),
         });
     }
 
     /// Unwraps a parse result, recording its error under `field`.
-    pub fn check<T, E: std::fmt::Display>(&mut self, field: &str, r: Result<T, E>) -> Option<T> {
+    pub fn check<T, E: fmt::Display>(
+        &mut self,
+        field: impl fmt::Display,
+        r: Result<T, E>,
+    ) -> Option<T> {
         r.map_err(|e| self.add(field, e.to_string())).ok()
     }
 
     /// Refuses the NUL character, which Postgres text cannot hold; free text
     /// (reasons, notes, descriptions, filters) may otherwise hold anything.
-    pub fn check_storable(&mut self, field: &str, text: &str) {
+    pub fn check_storable(&mut self, field: impl fmt::Display, text: &str) {
         if text.contains('\0') {
             self.add(field, "must not contain the NUL character");
         }
     }
 
     /// Records a missing required field.
-    pub fn missing(&mut self, field: &str) {
+    pub fn missing(&mut self, field: impl fmt::Display) {
         self.add(field, "is required");
     }
 
@@ -71,7 +110,12 @@ pub fn earliest_instant() -> DateTime<Utc> {
 }
 
 /// Checks an instant against the plausible range (1900 to now plus skew).
-pub fn check_instant(v: &mut Violations, field: &str, at: DateTime<Utc>, now: DateTime<Utc>) {
+pub fn check_instant(
+    v: &mut Violations,
+    field: impl fmt::Display,
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) {
     if at > now + FUTURE_TOLERANCE {
         v.add(field, "must not be in the future");
     } else if at < earliest_instant() {
@@ -82,7 +126,7 @@ pub fn check_instant(v: &mut Violations, field: &str, at: DateTime<Utc>, now: Da
 /// Procurement must come before (or at) transplantation.
 pub fn check_order(
     v: &mut Violations,
-    field: &str,
+    field: impl fmt::Display,
     procured_at: DateTime<Utc>,
     transplanted_at: DateTime<Utc>,
 ) {
@@ -94,7 +138,7 @@ pub fn check_order(
 /// Paired organs must name a side; only paired organs may say BOTH.
 pub fn check_laterality(
     v: &mut Violations,
-    field: &str,
+    field: impl fmt::Display,
     organ: Organ,
     laterality: Option<Laterality>,
 ) {
@@ -114,7 +158,7 @@ pub fn check_laterality(
 pub const MAX_ID_LEN: usize = 128;
 
 /// Checks a required id: present, at most [`MAX_ID_LEN`] bytes, printable, no surrounding spaces.
-pub fn check_id(v: &mut Violations, field: &str, value: &str) -> Option<String> {
+pub fn check_id(v: &mut Violations, field: impl fmt::Display, value: &str) -> Option<String> {
     if value.is_empty() {
         v.missing(field);
         return None;
@@ -134,7 +178,7 @@ pub fn check_id(v: &mut Violations, field: &str, value: &str) -> Option<String> 
 }
 
 /// Checks an age in years against 0–120.
-pub fn check_age(v: &mut Violations, field: &str, age: Option<i32>) -> Option<u8> {
+pub fn check_age(v: &mut Violations, field: impl fmt::Display, age: Option<i32>) -> Option<u8> {
     match age {
         None => {
             v.missing(field);
@@ -152,6 +196,18 @@ pub fn check_age(v: &mut Violations, field: &str, age: Option<i32>) -> Option<u8
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn a_field_path_is_spelled_out_only_when_a_violation_names_it() {
+        let record = Field::root("records[3]");
+        let donor = record.child("donor");
+        let value = donor.child("identifier");
+        let mut v = Violations::default();
+        v.missing(value.child("value"));
+        v.add(record, "is incomplete");
+        let fields: Vec<&str> = v.0.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(fields, ["records[3].donor.identifier.value", "records[3]"]);
+    }
 
     #[test]
     fn times_out_of_order_or_in_the_future_are_violations() {
