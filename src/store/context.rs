@@ -1,5 +1,6 @@
-//! The rules' context queries, shared by ingest and rescan. Each one is an
-//! index range scan (records_donor, records_clinic_foreign_living,
+//! The rules' context queries, shared by ingest and rescan. Each one probes
+//! an index (records_donor, a hash index on the donor's fingerprint) or
+//! scans a range of one (records_clinic_foreign_living,
 //! records_clinic_deceased), so its cost does not grow with the table.
 
 use std::collections::HashMap;
