@@ -216,7 +216,7 @@ impl Store {
                 return Ok(None);
             };
             after = last;
-            let current = row::current_versions(&mut conn, &ids).await?;
+            let rows = row::record_rows(&mut conn, &ids).await?;
             let archived = sqlx::query!(
                 "SELECT record_id, version, content_hash, body, reason, recorded_at, chain_hash
                  FROM record_versions WHERE record_id = ANY($1)
@@ -226,7 +226,20 @@ impl Store {
             .fetch_all(&mut *conn)
             .await?;
             let mut archived = archived.into_iter().peekable();
-            for record in current {
+            for row in rows {
+                let (id, version) = (row.id, row.version);
+                let record = match row.into_current() {
+                    Ok(record) => record,
+                    Err(e) => {
+                        tracing::warn!(record_id = id, error = %e, "a record's row holds no record");
+                        return Ok(Some(ChainBreak {
+                            table: "records",
+                            entity_id: id,
+                            entry: i64::from(version),
+                            reason: "its columns hold values no record has".into(),
+                        }));
+                    }
+                };
                 let mut walk = ChainWalk::new();
                 let mut expected = 1;
                 while let Some(old) = archived.next_if(|v| v.record_id == record.id.0) {

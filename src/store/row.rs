@@ -144,7 +144,20 @@ pub(super) async fn current_versions(
     conn: &mut PgConnection,
     ids: &[i64],
 ) -> Result<Vec<CurrentVersion>, StoreError> {
-    sqlx::query_as!(
+    record_rows(conn, ids)
+        .await?
+        .into_iter()
+        .map(RecordRow::into_current)
+        .collect()
+}
+
+/// The rows of the records `ids` names, in the order of `ids`, unread:
+/// verification reports a row that is no record as a break, not an error.
+pub(super) async fn record_rows(
+    conn: &mut PgConnection,
+    ids: &[i64],
+) -> Result<Vec<RecordRow>, StoreError> {
+    Ok(sqlx::query_as!(
         RecordRow,
         "SELECT r.id, r.version, r.content_hash, r.chain_head, r.version_reason,
                 r.version_recorded_at, r.received_at, r.hospital_id, r.external_record_id,
@@ -161,10 +174,7 @@ pub(super) async fn current_versions(
         ids,
     )
     .fetch_all(conn)
-    .await?
-    .into_iter()
-    .map(RecordRow::into_current)
-    .collect()
+    .await?)
 }
 
 fn fingerprint(bytes: &[u8]) -> Result<Fingerprint, StoreError> {

@@ -687,7 +687,18 @@ async fn verify_catches_edited_removed_and_rehashed_record_versions() {
             "UPDATE records SET version_reason = 'innocent'",
             "records",
         ),
+        (
+            "record_versions",
+            "UPDATE record_versions SET version = 5",
+            "record_versions",
+        ),
         ("records", "UPDATE records SET organ = 'LIVER'", "records"),
+        ("records", "UPDATE records SET organ = 'SPLEEN'", "records"),
+        (
+            "records",
+            "UPDATE records SET donor_hla = '{\"a\": [1]}'::jsonb",
+            "records",
+        ),
         (
             "records",
             "UPDATE records SET donor_non_resident = NOT donor_non_resident",
