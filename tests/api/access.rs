@@ -9,6 +9,7 @@ use transplant_audit::api::pb::audit_service_client::AuditServiceClient;
 use transplant_audit::api::pb::ingest_service_client::IngestServiceClient;
 use transplant_audit::api::pb::registry_service_client::RegistryServiceClient;
 use transplant_audit::domain::Role;
+use transplant_audit::rules::RulesConfig;
 
 use crate::helpers::*;
 
@@ -736,4 +737,55 @@ async fn verify_catches_edited_removed_and_rehashed_record_versions() {
         assert_eq!(at.table, broken, "{attack}: {at:?}");
         app.stop().await;
     }
+}
+
+#[tokio::test]
+async fn a_database_from_before_migration_0012_keeps_verifying_after_it() {
+    let app = spawn_app().await;
+    let mut amended = kidney("LEGACY-1");
+    submit(&app, amended.clone()).await.unwrap();
+    amended.laterality = pb::Laterality::Right as i32;
+    app.ingest
+        .clone()
+        .amend_record(pb::AmendRecordRequest {
+            record: Some(amended),
+            reason: "side".into(),
+        })
+        .await
+        .unwrap();
+    submit(&app, kidney("LEGACY-2")).await.unwrap();
+    let database_url = app.database_url.clone();
+    app.stop().await;
+
+    // Back to the layout of migration 0011: every version in record_versions,
+    // the current one too; the version columns of records gone.
+    let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO record_versions
+             (record_id, version, content_hash, body, reason, recorded_at, chain_hash)
+         SELECT id, version, content_hash, '{}'::jsonb, version_reason, version_recorded_at,
+                chain_head
+         FROM records;
+         ALTER TABLE records DROP COLUMN version_reason, DROP COLUMN version_recorded_at;
+         DROP INDEX records_donor;
+         CREATE INDEX records_donor ON records (donor_fp, id);
+         DELETE FROM _sqlx_migrations WHERE version >= 20261128000012;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    // The server migrates at start: the current versions' reasons and entry
+    // times move into their rows, and their copies leave record_versions.
+    let app = spawn_app_on(&database_url, RulesConfig::default()).await;
+    assert_eq!(
+        app.count("record_versions").await,
+        1,
+        "only the version the amendment replaced stays"
+    );
+    let report = verify(&app).await;
+    assert!(report.intact, "{report:?}");
+    assert_eq!(report.record_versions_checked, 3, "{report:?}");
+    app.stop().await;
 }
