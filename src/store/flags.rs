@@ -136,9 +136,18 @@ pub(super) fn push_filter(q: &mut QueryBuilder<'_, Postgres>, filter: &FlagFilte
         // flags they raise (some a hundredth of others), so the plan depends
         // on the rule, and a prepared statement's generic plan (used after
         // five runs) would otherwise be one plan for all of them.
+        // A range of one value rather than `=`, so that Postgres keeps
+        // `rule_id` in the listing's sort order (see `list_flags`).
         match rule.parse::<RuleId>() {
-            Ok(known) => q.push(format_args!(" AND f.rule_id = '{}'", known.as_str())),
-            Err(_) => q.push(" AND f.rule_id = ").push_bind(rule.clone()),
+            Ok(known) => q.push(format_args!(
+                " AND f.rule_id BETWEEN '{0}' AND '{0}'",
+                known.as_str()
+            )),
+            Err(_) => q
+                .push(" AND f.rule_id BETWEEN ")
+                .push_bind(rule.clone())
+                .push(" AND ")
+                .push_bind(rule.clone()),
         };
     }
     if let Some(clinic) = &filter.clinic_id {
@@ -276,9 +285,23 @@ impl Store {
         if let Some(before) = before {
             q.push(" AND f.id < ").push_bind(before);
         }
+        // A rule raises 1-15% of all flags, so Postgres may read the primary
+        // key backwards and filter, expecting a page among the newest few
+        // hundred flags; when the rule raised none lately that reads every
+        // newer flag (4.5 ms a page at 10^6 flags). Ordered by the rule
+        // index's own key, the page is read from that index: `rule_id` is
+        // one value, so the order is the same. A clinic or hospital filter
+        // is more selective and keeps the choice of index.
+        let by_rule =
+            filter.rule_id.is_some() && filter.clinic_id.is_none() && filter.hospital_id.is_none();
+        let order = if by_rule {
+            "f.rule_id, f.id DESC"
+        } else {
+            "f.id DESC"
+        };
         // The page size as a literal too: a generic plan with `LIMIT $n`
         // assumes a tenth of the table is wanted, and scans it in parallel.
-        q.push(format_args!(" ORDER BY f.id DESC LIMIT {}", limit + 1));
+        q.push(format_args!(" ORDER BY {order} LIMIT {}", limit + 1));
         let rows: Vec<FlagRow> = q
             .build_query_as()
             .fetch_all(&mut *self.acquire().await?)
@@ -518,7 +541,7 @@ mod tests {
         assert_eq!(
             q.sql(),
             "SELECT 1 FROM flags f WHERE true AND f.status = $1 AND f.severity >= 4 \
-             AND f.rule_id = 'SAME_PERSON' AND f.clinic_id = $2"
+             AND f.rule_id BETWEEN 'SAME_PERSON' AND 'SAME_PERSON' AND f.clinic_id = $2"
         );
         let unknown = FlagFilter {
             rule_id: Some("x' OR true --".into()),
@@ -528,7 +551,7 @@ mod tests {
         push_filter(&mut q, &unknown);
         assert_eq!(
             q.sql(),
-            "SELECT 1 FROM flags f WHERE true AND f.rule_id = $1"
+            "SELECT 1 FROM flags f WHERE true AND f.rule_id BETWEEN $1 AND $2"
         );
     }
 }
