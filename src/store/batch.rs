@@ -1,16 +1,15 @@
 //! Batch ingest in a few statements, whatever the batch's size: its
-//! idempotency lookups, its record ids, its records with their first
-//! versions, and its flags each take one round trip.
+//! idempotency lookups, its record ids, its records (each row its current
+//! version), and its flags each take one round trip.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use sqlx::types::Json;
 
 use crate::domain::chain::GENESIS;
 use crate::domain::{Clinic, Fingerprint, Person, Record, RecordId};
 use crate::rules::{ClinicWindow, Finding, PriorDonation};
-
-use sqlx::types::Json;
 
 use super::body::HlaBody;
 use super::context::{self, WindowRequest};
