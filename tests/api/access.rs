@@ -598,14 +598,7 @@ async fn verify_names_the_first_entry_edited_behind_the_services_back() {
     let mut amended = kidney("AMEND-V");
     submit(&app, amended.clone()).await.unwrap();
     amended.laterality = pb::Laterality::Right as i32;
-    app.ingest
-        .clone()
-        .amend_record(pb::AmendRecordRequest {
-            record: Some(amended),
-            reason: "side".into(),
-        })
-        .await
-        .unwrap();
+    amend(&app, amended, "side").await.unwrap();
 
     let intact = verify(&app).await;
     assert!(intact.intact, "{intact:?}");
@@ -720,14 +713,7 @@ async fn verify_catches_edited_removed_and_rehashed_record_versions() {
         let mut r = kidney("V-1");
         submit(&app, r.clone()).await.unwrap();
         r.laterality = pb::Laterality::Right as i32;
-        app.ingest
-            .clone()
-            .amend_record(pb::AmendRecordRequest {
-                record: Some(r),
-                reason: "side".into(),
-            })
-            .await
-            .unwrap();
+        amend(&app, r, "side").await.unwrap();
         assert!(verify(&app).await.intact);
         tamper(&app, table, attack).await;
         let report = verify(&app).await;
@@ -745,14 +731,7 @@ async fn a_database_from_before_migration_0012_keeps_verifying_after_it() {
     let mut amended = kidney("LEGACY-1");
     submit(&app, amended.clone()).await.unwrap();
     amended.laterality = pb::Laterality::Right as i32;
-    app.ingest
-        .clone()
-        .amend_record(pb::AmendRecordRequest {
-            record: Some(amended),
-            reason: "side".into(),
-        })
-        .await
-        .unwrap();
+    amend(&app, amended, "side").await.unwrap();
     submit(&app, kidney("LEGACY-2")).await.unwrap();
     let database_url = app.database_url.clone();
     app.stop().await;

@@ -1262,14 +1262,7 @@ async fn history_tables_are_append_only_in_the_database() {
     step(&app, &flag, pb::FlagStatus::Confirmed, "confirmed note").await;
     let mut amended = abo_incompatible("APPEND-1");
     amended.cold_ischemia_minutes = Some(120);
-    app.ingest
-        .clone()
-        .amend_record(pb::AmendRecordRequest {
-            record: Some(amended),
-            reason: "add ischemia".into(),
-        })
-        .await
-        .expect("amend");
+    amend(&app, amended, "add ischemia").await.expect("amend");
     assert_eq!(app.count("flag_events").await, 2, "two events to protect");
     assert_eq!(
         app.count("record_versions").await,

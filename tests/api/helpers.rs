@@ -430,6 +430,23 @@ pub async fn submit(
     Ok(response.into_inner().ack.expect("an ack"))
 }
 
+/// Amends a record with the key of its hospital; the ack when accepted.
+pub async fn amend(
+    app: &TestApp,
+    record: pb::TransplantRecord,
+    reason: &str,
+) -> Result<pb::RecordAck, tonic::Status> {
+    let response = app
+        .ingest_for(&record.hospital_id)
+        .await
+        .amend_record(pb::AmendRecordRequest {
+            record: Some(record),
+            reason: reason.into(),
+        })
+        .await?;
+    Ok(response.into_inner().ack.expect("an ack"))
+}
+
 /// Every flag, newest first, following page tokens.
 pub async fn all_flags(app: &TestApp, mut request: pb::ListFlagsRequest) -> Vec<pb::Flag> {
     let mut flags = Vec::new();

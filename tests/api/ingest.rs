@@ -685,22 +685,6 @@ async fn a_stream_of_ten_thousand_records_is_acknowledged_in_order() {
 
 // ---- AmendRecord -------------------------------------------------------------------------
 
-async fn amend(
-    app: &TestApp,
-    record: pb::TransplantRecord,
-    reason: &str,
-) -> Result<pb::RecordAck, Status> {
-    let response = app
-        .ingest_for(&record.hospital_id)
-        .await
-        .amend_record(pb::AmendRecordRequest {
-            record: Some(record),
-            reason: reason.into(),
-        })
-        .await?;
-    Ok(response.into_inner().ack.expect("an ack"))
-}
-
 /// Versions stored for the record with this id.
 /// The versions kept of a record: those amendments replaced, then its current one.
 async fn versions_of(app: &TestApp, record_id: &str) -> Vec<i32> {
