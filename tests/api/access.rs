@@ -768,3 +768,41 @@ async fn a_database_from_before_migration_0012_keeps_verifying_after_it() {
     assert_eq!(report.record_versions_checked, 3, "{report:?}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_amendments_of_one_record_each_archive_the_version_they_replace() {
+    let app = spawn_app().await;
+    submit(&app, kidney("V-2")).await.unwrap();
+    // Different donors: the two amendments take no advisory lock in common,
+    // so only the record's row orders them.
+    let mut right = kidney("V-2");
+    right.laterality = pb::Laterality::Right as i32;
+    let mut other_donor = kidney("V-2");
+    other_donor.donor = kidney("V-3").donor;
+
+    // The row held until both amendments wait, so that they meet.
+    let mut holder = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM records WHERE external_record_id = 'V-2' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let amendments = async {
+        tokio::join!(
+            amend(&app, right, "side"),
+            amend(&app, other_donor, "donor mistyped")
+        )
+    };
+    let release = async {
+        until_waiting(&app.pool, 2).await;
+        holder.rollback().await.unwrap();
+    };
+    let ((a, b), ()) = tokio::join!(amendments, release);
+    let mut versions = [a.unwrap().version, b.unwrap().version];
+    versions.sort_unstable();
+    assert_eq!(versions, [2, 3]);
+    assert_eq!(app.count("record_versions").await, 2, "versions 1 and 2");
+    let report = verify(&app).await;
+    assert!(report.intact, "{report:?}");
+    assert_eq!(report.record_versions_checked, 3, "{report:?}");
+    app.stop().await;
+}
