@@ -14,19 +14,19 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use transplant_audit::api::convert;
-use transplant_audit::domain::{
+use transplant_audit_core::domain::{
     Clinic, DonorKind, DonorRelation, Fingerprint, FingerprintKey, Record, RecordId,
 };
-use transplant_audit::rules::{ClinicWindow, Engine, PriorDonation, RuleContext, WindowSpec};
+use transplant_audit_core::rules::{ClinicWindow, Engine, PriorDonation, RuleContext, WindowSpec};
+use transplant_audit_core::wire::convert;
 
 // The load generator's synthesiser, shared rather than copied. Its unit tests
 // come along under `cfg(test)` without a harness to run them: hence `unused_imports`.
 #[allow(dead_code, unused_imports)]
-#[path = "../src/bin/loadgen/rng.rs"]
+#[path = "../crates/tools/src/bin/loadgen/rng.rs"]
 mod rng;
 #[allow(dead_code, unused_imports)]
-#[path = "../src/bin/loadgen/synth.rs"]
+#[path = "../crates/tools/src/bin/loadgen/synth.rs"]
 mod synth;
 
 /// Records evaluated per iteration.

@@ -7,13 +7,13 @@
 
 pub mod api;
 pub mod config;
-pub mod domain;
 pub mod feed;
 pub mod import;
 pub mod ingest;
-pub mod localdb;
 pub mod rescan;
-pub mod rules;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+
+pub use transplant_audit_core::{domain, rules, wire};
+pub use transplant_audit_tools::localdb;

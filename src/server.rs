@@ -17,7 +17,6 @@ use crate::api::auth::{AuthLayer, Authenticator};
 use crate::api::ingest::IngestApi;
 use crate::api::limits::ConcurrencyCap;
 use crate::api::observe::ObserveLayer;
-use crate::api::pb;
 use crate::api::registry::RegistryApi;
 use crate::config::TlsPem;
 use crate::domain::FingerprintKey;
@@ -26,6 +25,7 @@ use crate::ingest::Ingestor;
 use crate::rules::Engine;
 use crate::store::Store;
 use crate::telemetry::metrics;
+use crate::wire::pb;
 
 /// The largest request message accepted; a record is a few kilobytes.
 const MAX_MESSAGE_BYTES: usize = 1024 * 1024;

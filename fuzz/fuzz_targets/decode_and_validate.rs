@@ -8,12 +8,11 @@
 use chrono::{DateTime, Utc};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
-use transplant_audit::api::audit::filter;
-use transplant_audit::api::convert::{clinic, submission};
-use transplant_audit::api::pb;
-use transplant_audit::api::status::page_size;
-use transplant_audit::domain::Violations;
-use transplant_audit::import::ndjson;
+use transplant_audit_core::wire::listing::{flag_filter as filter, page_size};
+use transplant_audit_core::wire::convert::{clinic, submission};
+use transplant_audit_core::wire::pb;
+use transplant_audit_core::domain::Violations;
+use transplant_audit_core::wire::ndjson;
 
 /// The most violations a status reports (`api::status`).
 const MAX_REPORTED: usize = 48;

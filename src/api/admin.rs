@@ -20,10 +20,10 @@ use crate::store::keys::ApiKey;
 use crate::store::rescan::TransplantRange;
 
 use super::auth::{Authenticator, caller};
-use super::convert::{ProtoEnum, instant, required, timestamp};
-use super::pb;
-use super::pb::admin_service_server::AdminService;
 use super::status::{invalid, invalid_field};
+use crate::wire::convert::{ProtoEnum, instant, required, timestamp};
+use crate::wire::pb;
+use crate::wire::pb::admin_service_server::AdminService;
 
 /// Progress messages buffered ahead of a slow reader; older ones are dropped.
 const PROGRESS_BUFFER: usize = 16;

@@ -2,19 +2,21 @@
 
 use tonic::{Request, Response, Status};
 
+use crate::domain::FlagFilter;
 use crate::domain::{FlagStatus, Violations};
 use crate::feed::FlagFeed;
 use crate::rules::RuleId;
 use crate::store::feed::FeedCursor;
-use crate::store::{FlagFilter, Store, TriageStep};
+use crate::store::{Store, TriageStep};
+use crate::wire::listing;
 
 use super::auth::caller;
-use super::convert::{event_to_proto, flag_to_proto, instant, optional, record_to_proto, required};
-use super::pb;
-use super::pb::audit_service_server::AuditService;
-use super::status::{invalid, page_size};
+use super::status::invalid;
 use super::watch::{FlagStream, watch};
 use super::{page_token, trace_id};
+use crate::wire::convert::{event_to_proto, flag_to_proto, instant, record_to_proto, required};
+use crate::wire::pb;
+use crate::wire::pb::audit_service_server::AuditService;
 
 /// The gRPC face of flags and triage.
 #[derive(Clone, Debug)]
@@ -30,33 +32,12 @@ impl AuditApi {
     }
 }
 
-/// A text filter: empty means "any".
-fn text(v: &mut Violations, field: &str, s: &str) -> Option<String> {
-    v.check_storable(field, s);
-    (!s.is_empty()).then(|| s.to_owned())
-}
-
-/// A rule id filter, checked against the catalogue.
-fn rule_filter(v: &mut Violations, raw: &str) -> Option<String> {
-    let rule_id = text(v, "rule_id", raw);
-    if let Some(rule) = &rule_id {
-        v.check("rule_id", rule.parse::<RuleId>());
-    }
-    rule_id
-}
-
-fn watch_filter(
+fn watch_request(
     req: &pb::WatchFlagsRequest,
 ) -> Result<(FlagFilter, Option<FeedCursor>), Violations> {
     let mut v = Violations::default();
-    let filter = FlagFilter {
-        min_severity: optional(&mut v, "min_severity", req.min_severity),
-        rule_id: rule_filter(&mut v, &req.rule_id),
-        clinic_id: text(&mut v, "clinic_id", &req.clinic_id),
-        hospital_id: text(&mut v, "hospital_id", &req.hospital_id),
-        ..FlagFilter::default()
-    };
-    let after = match text(&mut v, "after", &req.after) {
+    let filter = listing::watch_filter(&mut v, req);
+    let after = match listing::text(&mut v, "after", &req.after) {
         Some(raw) => v.check(
             "after",
             raw.parse::<FeedCursor>()
@@ -65,22 +46,6 @@ fn watch_filter(
         None => None,
     };
     v.into_result(|| (filter, after))
-}
-
-/// The filters of a ListFlags request, or every field that is not one.
-pub fn filter(req: &pb::ListFlagsRequest) -> Result<FlagFilter, Violations> {
-    let mut v = Violations::default();
-    let rule_id = rule_filter(&mut v, &req.rule_id);
-    let filter = FlagFilter {
-        status: optional(&mut v, "status", req.status),
-        min_severity: optional(&mut v, "min_severity", req.min_severity),
-        rule_id,
-        clinic_id: text(&mut v, "clinic_id", &req.clinic_id),
-        hospital_id: text(&mut v, "hospital_id", &req.hospital_id),
-        raised_after: instant(&mut v, "raised_after", req.raised_after.as_ref()),
-        raised_before: instant(&mut v, "raised_before", req.raised_before.as_ref()),
-    };
-    v.into_result(|| filter)
 }
 
 /// Parses a decimal id of ours (`flag_id`), or names the field that is not one.
@@ -106,7 +71,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<pb::WatchFlagsRequest>,
     ) -> Result<Response<Self::WatchFlagsStream>, Status> {
-        let (filter, after) = watch_filter(request.get_ref()).map_err(invalid)?;
+        let (filter, after) = watch_request(request.get_ref()).map_err(invalid)?;
         let cursor = match after {
             Some(cursor) => cursor,
             None => self.store.feed_start().await?,
@@ -124,8 +89,8 @@ impl AuditService for AuditApi {
         request: Request<pb::ListFlagsRequest>,
     ) -> Result<Response<pb::ListFlagsResponse>, Status> {
         let req = request.get_ref();
-        let limit = page_size(req.page_size)?;
-        let filter = filter(req).map_err(invalid)?;
+        let limit = listing::page_size(req.page_size).map_err(invalid)?;
+        let filter = listing::flag_filter(req).map_err(invalid)?;
         let filters = format!("{filter:?}");
         let before = match page_token::decode(&filters, &req.page_token)? {
             Some(cursor) => Some(cursor.parse::<i64>().map_err(|_| {

@@ -9,15 +9,15 @@ use prost::Message;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use super::audit::filter;
-use super::convert::{ProtoEnum, clinic, submission};
 use super::page_token;
-use super::pb;
-use super::status::{MAX_REPORTED_VIOLATIONS, page_size};
+use super::status::MAX_REPORTED_VIOLATIONS;
+use crate::domain::FlagFilter;
 use crate::domain::validation::{FUTURE_TOLERANCE, MAX_ID_LEN, earliest_instant};
 use crate::domain::{Clinic, DonorKind, Submission, Violations};
-use crate::import::ndjson;
-use crate::store::FlagFilter;
+use crate::wire::convert::{ProtoEnum, clinic, submission};
+use crate::wire::listing::{flag_filter as filter, page_size};
+use crate::wire::ndjson;
+use crate::wire::pb;
 
 /// Every violation names a field: `root` itself or one under it; and there
 /// are no more than a status reports, however large the input.
@@ -85,7 +85,7 @@ fn clinic_fit_to_store(c: &Clinic) -> bool {
 /// A ListFlags request checked as the service checks it: page size,
 /// filters, then the page token bound to those filters.
 fn list_flags(req: &pb::ListFlagsRequest) -> Result<FlagFilter, Status> {
-    page_size(req.page_size)?;
+    page_size(req.page_size).map_err(super::status::invalid)?;
     let filter = filter(req).map_err(super::status::invalid)?;
     page_token::decode(&format!("{filter:?}"), &req.page_token)?;
     Ok(filter)
@@ -409,7 +409,7 @@ fn the_timestamp_range_ends_where_the_proto_says() {
         (at(0, -1), false),
     ] {
         let mut v = Violations::default();
-        let parsed = super::convert::instant(&mut v, "at", Some(&ts));
+        let parsed = crate::wire::convert::instant(&mut v, "at", Some(&ts));
         assert_eq!(parsed.is_some(), ok, "{ts:?}");
         assert_eq!(v.is_empty(), ok, "{ts:?}: {v:?}");
     }

@@ -19,10 +19,10 @@ use crate::server::ServeOptions;
 use crate::telemetry::metrics;
 
 use super::auth::{caller, check_hospital};
-use super::convert::{submission, timestamp};
-use super::pb::ingest_service_server::IngestService;
-use super::pb::{self, RecordAck};
 use super::status::{invalid, to_rpc_status};
+use crate::wire::convert::{submission, timestamp};
+use crate::wire::pb::ingest_service_server::IngestService;
+use crate::wire::pb::{self, RecordAck};
 
 /// The most acknowledgements buffered ahead of a slow reader.
 const ACK_BUFFER: usize = 64;

@@ -4,8 +4,6 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod client_cert;
-pub mod codec;
-pub mod convert;
 #[cfg(test)]
 mod hostile_input;
 pub mod ingest;
@@ -15,16 +13,6 @@ mod page_token;
 pub mod registry;
 pub mod status;
 pub mod watch;
-
-/// Code generated from `proto/transplant_audit/v1`.
-#[allow(missing_docs, clippy::all, clippy::pedantic)]
-pub mod pb {
-    tonic::include_proto!("transplant_audit.v1");
-
-    /// The encoded descriptors of every proto file, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("transplant_audit_descriptor");
-}
 
 /// The trace id of a call: its span's, or, when nothing traces the server
 /// (tests running it in-process), the caller's valid `traceparent`.

@@ -14,8 +14,8 @@ use prost::Message;
 use tonic::{Code, Status};
 use tracing::Instrument;
 
-use super::pb;
 use crate::telemetry::{metrics, propagation};
+use crate::wire::pb;
 
 /// The label for a path that names no method this server has.
 const OTHER: &str = "_OTHER";

@@ -5,11 +5,12 @@ use tonic::{Request, Response, Status};
 use crate::domain::CountryCode;
 use crate::store::Store;
 
-use super::convert::{clinic, clinic_to_proto};
 use super::page_token;
-use super::pb;
-use super::pb::registry_service_server::RegistryService;
-use super::status::{invalid, invalid_field, page_size};
+use super::status::{invalid, invalid_field};
+use crate::wire::convert::{clinic, clinic_to_proto};
+use crate::wire::listing::page_size;
+use crate::wire::pb;
+use crate::wire::pb::registry_service_server::RegistryService;
 
 /// The gRPC face of the clinic registry.
 #[derive(Clone, Debug)]
@@ -78,7 +79,7 @@ impl RegistryService for RegistryApi {
         request: Request<pb::ListClinicsRequest>,
     ) -> Result<Response<pb::ListClinicsResponse>, Status> {
         let req = request.get_ref();
-        let limit = page_size(req.page_size)?;
+        let limit = page_size(req.page_size).map_err(invalid)?;
         let country = match req.country.as_str() {
             "" => None,
             raw => Some(

@@ -132,16 +132,6 @@ pub fn to_rpc_status(status: &Status) -> tonic_types::pb::Status {
     }
 }
 
-/// The page size asked for, defaulted and capped (AIP-158).
-pub fn page_size(raw: i32) -> Result<i64, Status> {
-    match raw {
-        0 => Ok(50),
-        1..=500 => Ok(i64::from(raw)),
-        501.. => Ok(500),
-        _ => Err(invalid_field("page_size", "must not be negative")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,13 +179,5 @@ mod tests {
         let cut = &bad.field_violations[0].description;
         assert!(cut.len() <= MAX_DESCRIPTION_BYTES + '…'.len_utf8(), "{cut}");
         assert!(cut.starts_with("éé") && cut.ends_with('…'), "{cut}");
-    }
-
-    #[test]
-    fn page_sizes() {
-        assert_eq!(page_size(0).unwrap(), 50);
-        assert_eq!(page_size(7).unwrap(), 7);
-        assert_eq!(page_size(10_000).unwrap(), 500);
-        assert_eq!(page_size(-1).unwrap_err().code(), Code::InvalidArgument);
     }
 }

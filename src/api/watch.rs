@@ -9,13 +9,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tracing::Instrument;
 
+use crate::domain::FlagFilter;
 use crate::feed::{FlagFeed, Wake};
+use crate::store::Store;
 use crate::store::feed::FeedCursor;
-use crate::store::{FlagFilter, Store};
 use crate::telemetry::metrics;
 
-use super::convert::flag_to_proto;
-use super::pb;
+use crate::wire::convert::flag_to_proto;
+use crate::wire::pb;
 
 /// Flags read from the database at a time.
 const BATCH: i64 = 100;

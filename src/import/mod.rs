@@ -1,10 +1,8 @@
-//! Back-fills: an NDJSON file of records (one per line, see [`ndjson`])
+//! Back-fills: an NDJSON file of records (one per line, see [`ndjson`](crate::wire::ndjson))
 //! through the same pipeline as `SubmitRecords`, in batches of one
 //! transaction each. Every committed batch moves a checkpoint kept in the
 //! database, so an interrupted import resumes after it; a batch that was
 //! committed but not checkpointed is resent and acknowledged as duplicates.
-
-pub mod ndjson;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -13,11 +11,12 @@ use chrono::Utc;
 use ring::digest;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
-use crate::api::convert::submission;
 use crate::domain::{Submission, Violations};
 use crate::ingest::{Ingestor, Outcome};
 use crate::store::imports::ImportCheckpoint;
 use crate::store::{Store, StoreError};
+use crate::wire::convert::submission;
+use crate::wire::ndjson;
 
 /// Why an import stopped.
 #[derive(Debug, thiserror::Error)]

@@ -14,8 +14,9 @@ use std::str::FromStr;
 use sqlx::postgres::PgListener;
 use sqlx::{Postgres, QueryBuilder};
 
-use super::flags::{FLAG_COLUMNS, FlagFilter, FlagRow, FlagView, push_filter};
+use super::flags::{FLAG_COLUMNS, FlagRow, push_filter};
 use super::{Store, StoreError};
+use crate::domain::{FlagFilter, FlagView};
 
 /// The channel the database notifies when a transaction that raised flags commits.
 pub const FLAG_RAISED_CHANNEL: &str = "flag_raised";

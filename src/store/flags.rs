@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, QueryBuilder};
 
-use crate::domain::{FlagStatus, Record, RecordId, Severity};
+use crate::domain::{FlagEvent, FlagFilter, FlagStatus, FlagView, RecordId, RecordView, Severity};
 use crate::rules::RuleId;
 
 use super::body::parse;
@@ -11,45 +11,6 @@ use super::chain::{self, EventContent};
 use super::ingest::{severity_from_db, severity_to_db};
 use super::{Store, StoreError, row};
 use crate::domain::chain::GENESIS;
-
-/// A flag with what a listing shows of its record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FlagView {
-    /// The flag's id.
-    pub id: i64,
-    /// The flagged record.
-    pub record_id: RecordId,
-    /// The rule id text.
-    pub rule_id: String,
-    /// The rule's version.
-    pub rule_version: i32,
-    /// Severity.
-    pub severity: Severity,
-    /// What the rule found.
-    pub explanation: String,
-    /// Other records involved.
-    pub evidence: Vec<RecordId>,
-    /// Triage status.
-    pub status: FlagStatus,
-    /// Bumped by every triage step; the optimistic-concurrency token.
-    pub revision: i64,
-    /// When raised.
-    pub raised_at: DateTime<Utc>,
-    /// When last changed.
-    pub updated_at: DateTime<Utc>,
-    /// Submitting hospital.
-    pub hospital_id: String,
-    /// Clinic of the record.
-    pub clinic_id: String,
-    /// The hospital's id of the record.
-    pub external_record_id: String,
-    /// The record version the rule ran on.
-    pub record_version: i32,
-    /// The record version that no longer raises it, if any.
-    pub cleared_in_version: Option<i32>,
-    /// The key id of the auditor who proposed dismissing this CRITICAL flag, awaiting a second.
-    pub dismissal_proposed_by: Option<String>,
-}
 
 #[derive(sqlx::FromRow)]
 pub(super) struct FlagRow {
@@ -100,25 +61,6 @@ pub(super) const FLAG_COLUMNS: &str = "SELECT f.id, f.record_id, f.rule_id, f.ru
     f.explanation, f.evidence_record_ids, f.status, f.revision, f.raised_at, f.updated_at,
     f.hospital_id, f.clinic_id, f.external_record_id, f.record_version, f.cleared_in_version, f.dismissal_proposed_by
     FROM flags f";
-
-/// Filters of a flag listing; `None` means any.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FlagFilter {
-    /// Only this status.
-    pub status: Option<FlagStatus>,
-    /// Only at least this severity.
-    pub min_severity: Option<Severity>,
-    /// Only this rule.
-    pub rule_id: Option<String>,
-    /// Only this clinic.
-    pub clinic_id: Option<String>,
-    /// Only this hospital.
-    pub hospital_id: Option<String>,
-    /// Raised at or after.
-    pub raised_after: Option<DateTime<Utc>>,
-    /// Raised before.
-    pub raised_before: Option<DateTime<Utc>>,
-}
 
 /// Adds `WHERE` conditions selecting the flags `filter` lets through.
 pub(super) fn push_filter(q: &mut QueryBuilder<'_, Postgres>, filter: &FlagFilter) {
@@ -171,38 +113,6 @@ pub struct FlagPage {
     pub flags: Vec<FlagView>,
     /// The last id of the page when more may follow.
     pub next_before: Option<i64>,
-}
-
-/// A stored record version as auditors see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordView {
-    /// The record's id.
-    pub id: RecordId,
-    /// Its current version.
-    pub version: i32,
-    /// When first stored.
-    pub received_at: DateTime<Utc>,
-    /// The pseudonymised content of the current version.
-    pub record: Record,
-}
-
-/// One triage step.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FlagEvent {
-    /// When.
-    pub at: DateTime<Utc>,
-    /// Who.
-    pub actor: String,
-    /// Status before.
-    pub from: FlagStatus,
-    /// Status after.
-    pub to: FlagStatus,
-    /// The note.
-    pub note: String,
-    /// Trace id of the call, if traced.
-    pub trace_id: Option<String>,
-    /// Whether the step proposed dismissing a CRITICAL flag rather than moving it.
-    pub dismissal_proposal: bool,
 }
 
 /// A case: the flag, its record, the evidence and the triage history.

@@ -24,11 +24,9 @@ use crate::telemetry::metrics;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use context::WindowRequest;
-pub use flags::{
-    FlagCase, FlagEvent, FlagFilter, FlagPage, FlagView, RecordView, TriageError, TriageStep,
-};
+pub use flags::{FlagCase, FlagPage, TriageError, TriageStep};
 pub use ingest::{ExistingRecord, IngestTx, StoredAck};
-pub use registry::{ClinicPage, ClinicVersion};
+pub use registry::ClinicPage;
 
 /// What can go wrong talking to the database.
 #[derive(Debug, thiserror::Error)]

@@ -5,21 +5,10 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use crate::domain::{Clinic, ClinicStatus, Organ};
+use crate::domain::{Clinic, ClinicStatus, ClinicVersion, Organ};
 
 use super::body::parse;
 use super::{Store, StoreError};
-
-/// One stored version of a clinic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClinicVersion {
-    /// The entry.
-    pub clinic: Clinic,
-    /// Its version number, from 1.
-    pub version: i32,
-    /// When it was recorded.
-    pub recorded_at: DateTime<Utc>,
-}
 
 /// A page of clinics.
 #[derive(Debug, Clone)]

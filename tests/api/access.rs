@@ -3,13 +3,13 @@
 
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
-use transplant_audit::api::pb;
-use transplant_audit::api::pb::admin_service_client::AdminServiceClient;
-use transplant_audit::api::pb::audit_service_client::AuditServiceClient;
-use transplant_audit::api::pb::ingest_service_client::IngestServiceClient;
-use transplant_audit::api::pb::registry_service_client::RegistryServiceClient;
 use transplant_audit::domain::Role;
 use transplant_audit::rules::RulesConfig;
+use transplant_audit::wire::pb;
+use transplant_audit::wire::pb::admin_service_client::AdminServiceClient;
+use transplant_audit::wire::pb::audit_service_client::AuditServiceClient;
+use transplant_audit::wire::pb::ingest_service_client::IngestServiceClient;
+use transplant_audit::wire::pb::registry_service_client::RegistryServiceClient;
 
 use crate::helpers::*;
 

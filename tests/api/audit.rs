@@ -8,11 +8,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use tonic::Code;
 
-use transplant_audit::api::pb;
-use transplant_audit::api::pb::audit_service_client::AuditServiceClient;
 use transplant_audit::domain::{Role, Severity};
 use transplant_audit::rules::config::RuleSettings;
 use transplant_audit::rules::{RuleId, RulesConfig};
+use transplant_audit::wire::pb;
+use transplant_audit::wire::pb::audit_service_client::AuditServiceClient;
 
 use crate::helpers::*;
 

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use sqlx::Connection;
 
 use futures::future::join_all;
-use transplant_audit::api::pb;
 use transplant_audit::ingest::Ingestor;
 use transplant_audit::rules::RulesConfig;
+use transplant_audit::wire::pb;
 
 use crate::helpers::*;
 

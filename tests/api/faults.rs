@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
-use transplant_audit::api::pb;
-use transplant_audit::api::pb::ingest_service_client::IngestServiceClient;
 use transplant_audit::domain::Role;
 use transplant_audit::localdb::LocalPostgres;
 use transplant_audit::rules::RulesConfig;
 use transplant_audit::store;
+use transplant_audit::wire::pb;
+use transplant_audit::wire::pb::ingest_service_client::IngestServiceClient;
 
 use crate::helpers::*;
 

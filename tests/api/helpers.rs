@@ -16,12 +16,6 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use transplant_audit::api::convert::submission;
-use transplant_audit::api::pb;
-use transplant_audit::api::pb::admin_service_client::AdminServiceClient;
-use transplant_audit::api::pb::audit_service_client::AuditServiceClient;
-use transplant_audit::api::pb::ingest_service_client::IngestServiceClient;
-use transplant_audit::api::pb::registry_service_client::RegistryServiceClient;
 use transplant_audit::domain::access::{KeySpec, NewApiKey};
 use transplant_audit::domain::{ChainKey, FingerprintKey, Role, Submission};
 use transplant_audit::ingest::Ingestor;
@@ -29,6 +23,12 @@ use transplant_audit::localdb::LocalPostgres;
 use transplant_audit::rules::{Engine, RulesConfig};
 use transplant_audit::server::{self, App, Listeners, ServeOptions};
 use transplant_audit::store::{self, PoolSettings, Store};
+use transplant_audit::wire::convert::submission;
+use transplant_audit::wire::pb;
+use transplant_audit::wire::pb::admin_service_client::AdminServiceClient;
+use transplant_audit::wire::pb::audit_service_client::AuditServiceClient;
+use transplant_audit::wire::pb::ingest_service_client::IngestServiceClient;
+use transplant_audit::wire::pb::registry_service_client::RegistryServiceClient;
 
 /// The fingerprint key every test server uses (tests compare fingerprints).
 pub const TEST_KEY: [u8; 32] = [0x5a; 32];

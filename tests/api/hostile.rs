@@ -15,7 +15,7 @@ use tonic::Code;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-use transplant_audit::api::pb;
+use transplant_audit::wire::pb;
 
 use crate::helpers::*;
 

@@ -8,7 +8,7 @@ use tonic::Code;
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
-use transplant_audit::api::pb;
+use transplant_audit::wire::pb;
 
 use crate::helpers::*;
 

@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 
 use sqlx::PgPool;
 use tokio::sync::oneshot;
-use transplant_audit::api::pb;
 use transplant_audit::ingest::{Ingestor, LANES, Outcome, lane_of};
+use transplant_audit::wire::pb;
 
 use crate::helpers::*;
 

@@ -4,9 +4,9 @@
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
-use transplant_audit::api::pb;
 use transplant_audit::rules::RulesConfig;
 use transplant_audit::server::ServeOptions;
+use transplant_audit::wire::pb;
 
 use crate::helpers::*;
 

@@ -1,9 +1,9 @@
 //! The logs of a real run of the binary hold no identifier and no secret,
 //! and every denial names the key id.
 
-use transplant_audit::api::pb;
-use transplant_audit::api::pb::ingest_service_client::IngestServiceClient;
 use transplant_audit::domain::Role;
+use transplant_audit::wire::pb;
+use transplant_audit::wire::pb::ingest_service_client::IngestServiceClient;
 
 use crate::helpers::*;
 

@@ -5,8 +5,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use tonic::Code;
 
-use transplant_audit::api::pb;
 use transplant_audit::domain::{FingerprintKey, IdentifierScheme, PersonIdentifier};
+use transplant_audit::wire::pb;
 
 use crate::helpers::*;
 

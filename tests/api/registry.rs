@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use tonic::Code;
 
-use transplant_audit::api::pb;
+use transplant_audit::wire::pb;
 
 use crate::helpers::*;
 

@@ -3,11 +3,11 @@
 
 use std::ops::ControlFlow;
 
-use transplant_audit::api::pb;
 use transplant_audit::domain::RecordId;
 use transplant_audit::rescan::{self, RescanRequest};
 use transplant_audit::rules::{ClinicWindow, Engine, RuleId, RulesConfig, WindowSpec};
 use transplant_audit::store::rescan::TransplantRange;
+use transplant_audit::wire::pb;
 
 use crate::helpers::*;
 

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use transplant_audit::api::pb;
 use transplant_audit::rules::RulesConfig;
+use transplant_audit::wire::pb;
 
 use crate::helpers::*;
 

@@ -8,9 +8,9 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_reflection::pb::{v1, v1alpha};
-use transplant_audit::api::pb;
 use transplant_audit::rules::RulesConfig;
 use transplant_audit::store;
+use transplant_audit::wire::pb;
 
 use crate::helpers::*;
 

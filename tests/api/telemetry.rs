@@ -18,9 +18,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Channel, Server};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
-use transplant_audit::api::pb;
-use transplant_audit::api::pb::ingest_service_client::IngestServiceClient;
 use transplant_audit::domain::Role;
+use transplant_audit::wire::pb;
+use transplant_audit::wire::pb::ingest_service_client::IngestServiceClient;
 
 use crate::helpers::*;
 

@@ -8,9 +8,9 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair}
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-use transplant_audit::api::pb;
-use transplant_audit::api::pb::audit_service_client::AuditServiceClient;
-use transplant_audit::api::pb::ingest_service_client::IngestServiceClient;
+use transplant_audit::wire::pb;
+use transplant_audit::wire::pb::audit_service_client::AuditServiceClient;
+use transplant_audit::wire::pb::ingest_service_client::IngestServiceClient;
 
 use crate::helpers::*;
 

@@ -5,7 +5,7 @@
 use chrono::{Duration, Utc};
 use tonic::Code;
 use tonic_types::StatusExt;
-use transplant_audit::api::pb;
+use transplant_audit::wire::pb;
 
 use crate::helpers::*;
 

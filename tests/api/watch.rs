@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use tonic::Code;
 use tonic::Streaming;
-use transplant_audit::api::pb;
-use transplant_audit::api::pb::audit_service_client::AuditServiceClient;
-use transplant_audit::api::pb::ingest_service_client::IngestServiceClient;
+use transplant_audit::wire::pb;
+use transplant_audit::wire::pb::audit_service_client::AuditServiceClient;
+use transplant_audit::wire::pb::ingest_service_client::IngestServiceClient;
 
 use crate::helpers::*;
 

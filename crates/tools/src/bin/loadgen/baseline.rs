@@ -13,7 +13,7 @@ use ring::digest;
 use sqlx::postgres::{PgArguments, PgPoolOptions};
 use sqlx::query::Query;
 use sqlx::{Connection, PgConnection, PgPool, Postgres};
-use transplant_audit::api::pb;
+use transplant_audit_core::wire::pb;
 
 use super::report::Outcome;
 

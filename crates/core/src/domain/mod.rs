@@ -8,6 +8,7 @@ pub mod enums;
 pub mod hla;
 pub mod identity;
 pub mod record;
+pub mod stored;
 pub mod validation;
 
 pub use access::Caller;
@@ -18,4 +19,5 @@ pub use enums::*;
 pub use hla::HlaTyping;
 pub use identity::{Fingerprint, FingerprintKey, PersonIdentifier};
 pub use record::{Donor, DonorKind, Person, Record, RecordId, Submission, TransplantRecord};
+pub use stored::{ClinicVersion, FlagEvent, FlagFilter, FlagView, RecordView};
 pub use validation::{FieldViolation, Violations};

@@ -11,10 +11,9 @@ use crate::domain::{
     DonorRelation, DonorType, FlagStatus, HlaTyping, IdentifierScheme, Laterality, Organ, Person,
     PersonIdentifier, Record, RhFactor, Role, Severity, Sex, Submission, TransplantRecord,
 };
-use crate::store::registry::ClinicVersion;
-use crate::store::{FlagEvent, FlagView, RecordView};
+use crate::domain::{ClinicVersion, FlagEvent, FlagView, RecordView};
 
-use super::pb;
+use crate::wire::pb;
 
 /// A proto enum value read as a domain value.
 pub enum Parsed<T> {

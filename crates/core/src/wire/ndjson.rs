@@ -7,8 +7,8 @@
 use chrono::DateTime;
 use serde_json::{Map, Value};
 
-use crate::api::pb;
 use crate::domain::Violations;
+use crate::wire::pb;
 
 /// The field path records are named under, as in `SubmitRecordRequest`.
 pub const PREFIX: &str = "record";

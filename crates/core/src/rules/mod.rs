@@ -14,8 +14,8 @@ mod pairing;
 mod repeat_donor;
 mod tourism;
 
-#[cfg(test)]
-pub(crate) mod fixtures;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 
 pub use catalogue::RuleId;
 pub use config::{ConfigError, RulesConfig};

@@ -10,7 +10,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
-use transplant_audit::api::pb;
+use transplant_audit_core::wire::pb;
 
 use super::rng::Rng;
 
@@ -697,9 +697,9 @@ fn recipient_proto(p: &Person) -> pb::Recipient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use transplant_audit::api::convert::submission;
-    use transplant_audit::domain::{DonorKind, FingerprintKey};
-    use transplant_audit::rules::{ClinicWindow, Engine, RuleContext, RuleId};
+    use transplant_audit_core::domain::{DonorKind, FingerprintKey};
+    use transplant_audit_core::rules::{ClinicWindow, Engine, RuleContext, RuleId};
+    use transplant_audit_core::wire::convert::submission;
 
     fn synth(hospital_id: Option<&str>) -> Synth {
         let settings = Settings {

@@ -37,7 +37,7 @@ const fn slot(first: u8, second: u8) -> usize {
 /// An assigned ISO 3166-1 alpha-2 country code, always upper case.
 ///
 /// ```
-/// use transplant_audit::domain::CountryCode;
+/// use transplant_audit_core::domain::CountryCode;
 ///
 /// let de: CountryCode = "de".parse().unwrap();
 /// assert_eq!(de.as_str(), "DE");

@@ -13,9 +13,9 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
-use transplant_audit::api::pb;
-use transplant_audit::api::pb::ingest_service_client::IngestServiceClient;
-use transplant_audit::api::pb::registry_service_client::RegistryServiceClient;
+use transplant_audit_core::wire::pb;
+use transplant_audit_core::wire::pb::ingest_service_client::IngestServiceClient;
+use transplant_audit_core::wire::pb::registry_service_client::RegistryServiceClient;
 
 use super::report::Outcome;
 use super::synth::ClinicSpec;

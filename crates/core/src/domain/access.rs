@@ -137,7 +137,7 @@ impl PresentedKey {
     /// Parses a `Bearer ta_<id>_<secret>` header value; `None` when malformed.
     ///
     /// ```
-    /// use transplant_audit::domain::access::{NewApiKey, PresentedKey};
+    /// use transplant_audit_core::domain::access::{NewApiKey, PresentedKey};
     ///
     /// let key = NewApiKey::generate().unwrap();
     /// let presented = PresentedKey::from_bearer(&format!("Bearer {}", key.token)).unwrap();

@@ -14,9 +14,9 @@ use anyhow::{Context, anyhow};
 use serde::Serialize;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
-use transplant_audit::api::pb;
-use transplant_audit::api::pb::audit_service_client::AuditServiceClient;
-use transplant_audit::rules::RuleId;
+use transplant_audit_core::rules::RuleId;
+use transplant_audit_core::wire::pb;
+use transplant_audit_core::wire::pb::audit_service_client::AuditServiceClient;
 
 use super::grpc::Bearer;
 use super::report::{Judged, Latency};

@@ -424,7 +424,7 @@ mod tests {
 
     #[test]
     fn the_example_file_parses_to_the_defaults() {
-        let text = include_str!("../../deploy/rules.example.toml");
+        let text = include_str!("../../../../deploy/rules.example.toml");
         let mut c = RulesConfig::from_toml_str(text).unwrap();
         // It lists every rule, each with the settings a missing table would give.
         assert_eq!(c.rules.keys().copied().collect::<Vec<_>>(), RuleId::ALL);

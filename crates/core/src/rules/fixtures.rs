@@ -5,7 +5,6 @@
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
-use super::engine::Hit;
 use super::{ClinicWindow, PriorDonation, RuleContext};
 use crate::domain::{
     AboException, AboGroup, Clinic, ClinicStatus, CountryCode, DeathKind, Donor, DonorKind,
@@ -18,23 +17,23 @@ pub(super) const DONOR: Fingerprint = Fingerprint([0xd0; 32]);
 pub(super) const RECIPIENT: Fingerprint = Fingerprint([0xe1; 32]);
 
 /// A country code from test text.
-pub(super) fn country(code: &str) -> CountryCode {
+pub fn country(code: &str) -> CountryCode {
     code.parse().unwrap()
 }
 
 /// An instant in 2025, UTC.
-pub(super) fn at(month: u32, day: u32, hour: u32, minute: u32) -> DateTime<Utc> {
+pub fn at(month: u32, day: u32, hour: u32, minute: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2025, month, day, hour, minute, 0)
         .unwrap()
 }
 
 /// When the base records' organ is procured.
-pub(super) fn procured() -> DateTime<Utc> {
+pub fn procured() -> DateTime<Utc> {
     at(3, 3, 8, 0)
 }
 
 /// A resident of Germany, aged 45, group O, untyped.
-pub(super) fn person(identifier: Fingerprint) -> Person<Fingerprint> {
+pub fn person(identifier: Fingerprint) -> Person<Fingerprint> {
     Person {
         identifier,
         nationality: country("DE"),
@@ -48,7 +47,7 @@ pub(super) fn person(identifier: Fingerprint) -> Person<Fingerprint> {
 }
 
 /// `p` as a national and resident of `code`.
-pub(super) fn foreigner(p: Person<Fingerprint>, code: &str) -> Person<Fingerprint> {
+pub fn foreigner(p: Person<Fingerprint>, code: &str) -> Person<Fingerprint> {
     Person {
         nationality: country(code),
         country_of_residence: country(code),
@@ -57,7 +56,7 @@ pub(super) fn foreigner(p: Person<Fingerprint>, code: &str) -> Person<Fingerprin
 }
 
 /// A left kidney from a living donor to a recipient, both German residents, in Germany.
-pub(crate) fn living(relation: DonorRelation) -> Record {
+pub fn living(relation: DonorRelation) -> Record {
     TransplantRecord {
         external_record_id: "H-DE-001-1".into(),
         hospital_id: "H-DE-001".into(),
@@ -79,7 +78,7 @@ pub(crate) fn living(relation: DonorRelation) -> Record {
 }
 
 /// The base deceased donor's death: DBD, seven hours before procurement.
-pub(super) fn death() -> DonorKind {
+pub fn death() -> DonorKind {
     DonorKind::Deceased {
         death_at: procured() - Duration::hours(7),
         death_kind: DeathKind::Dbd,
@@ -87,7 +86,7 @@ pub(super) fn death() -> DonorKind {
 }
 
 /// [`living`], but from a deceased (DBD) donor and transplanted 12 h after procurement.
-pub(crate) fn deceased() -> Record {
+pub fn deceased() -> Record {
     let mut r = living(DonorRelation::Sibling);
     r.donor.kind = death();
     r.transplanted_at = procured() + Duration::hours(12);
@@ -95,14 +94,14 @@ pub(crate) fn deceased() -> Record {
 }
 
 /// A living donor's kind with the relation the base record uses.
-pub(super) fn living_kind() -> DonorKind {
+pub fn living_kind() -> DonorKind {
     DonorKind::Living {
         relation: DonorRelation::Sibling,
     }
 }
 
 /// An earlier record of the same donor.
-pub(super) fn prior(
+pub fn prior(
     id: i64,
     organ: Organ,
     laterality: Laterality,
@@ -119,7 +118,7 @@ pub(super) fn prior(
 }
 
 /// A German clinic licensed for every organ from 2015 to 2035.
-pub(super) fn clinic_de() -> Clinic {
+pub fn clinic_de() -> Clinic {
     Clinic {
         clinic_id: "DE-BER-01".into(),
         name: "Berlin".into(),
@@ -133,7 +132,7 @@ pub(super) fn clinic_de() -> Clinic {
 }
 
 /// A rule context from its parts.
-pub(super) fn ctx<'a>(
+pub fn ctx<'a>(
     clinic: Option<&'a Clinic>,
     donor_history: &'a [PriorDonation],
     clinic_window: &'a ClinicWindow,
@@ -146,13 +145,14 @@ pub(super) fn ctx<'a>(
 }
 
 /// Record ids from numbers.
-pub(super) fn ids(numbers: &[i64]) -> Vec<RecordId> {
+pub fn ids(numbers: &[i64]) -> Vec<RecordId> {
     numbers.iter().copied().map(RecordId).collect()
 }
 
 /// Unwraps a hit, checking its explanation is a sentence that shows no identifier.
 #[track_caller]
-pub(super) fn fired(hit: Option<Hit>) -> Hit {
+#[cfg(test)]
+pub(super) fn fired(hit: Option<super::engine::Hit>) -> super::engine::Hit {
     let hit = hit.expect("the rule should fire");
     let text = &hit.explanation;
     for fp in [DONOR, RECIPIENT] {

@@ -19,23 +19,14 @@
 //! `--mode list-flags` measures the auditors' side instead, with an AUDITOR
 //! key: ListFlags first and next pages for a few common filters, `--rounds`
 //! times each, p50/p99 per filter and page against a p99 target of 5 ms
-//! (see `loadgen/listing.rs`); nothing is written.
+//! (see `listing.rs`); nothing is written.
 
-// A binary's root looks for modules beside it (in src/bin/), where Cargo
-// would take each file for a binary of its own; they live in src/bin/loadgen/.
-#[path = "loadgen/baseline.rs"]
 mod baseline;
-#[path = "loadgen/grpc.rs"]
 mod grpc;
-#[path = "loadgen/listing.rs"]
 mod listing;
-#[path = "loadgen/probe.rs"]
 mod probe;
-#[path = "loadgen/report.rs"]
 mod report;
-#[path = "loadgen/rng.rs"]
 mod rng;
-#[path = "loadgen/synth.rs"]
 mod synth;
 
 use std::future::Future;
@@ -45,9 +36,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use chrono::{DateTime, Duration, NaiveTime, Utc};
 use clap::Parser;
-use transplant_audit::api::pb;
-use transplant_audit::api::pb::ingest_service_client::IngestServiceClient;
-use transplant_audit::api::pb::registry_service_client::RegistryServiceClient;
+use transplant_audit_core::wire::pb;
+use transplant_audit_core::wire::pb::ingest_service_client::IngestServiceClient;
+use transplant_audit_core::wire::pb::registry_service_client::RegistryServiceClient;
 
 use baseline::{BATCH_ROWS, Baseline, Row};
 use grpc::Bearer;
