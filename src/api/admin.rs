@@ -13,14 +13,14 @@ use chrono::Utc;
 
 use crate::domain::access::{KeySpec, NewApiKey};
 use crate::domain::{Role, Violations};
-use crate::rescan::{self, RescanError, RescanReport, RescanRequest};
+use crate::rescan::{self, RescanReport, RescanRequest};
 use crate::rules::{Engine, RuleId};
 use crate::store::Store;
 use crate::store::keys::ApiKey;
 use crate::store::rescan::TransplantRange;
 
 use super::auth::{Authenticator, caller};
-use super::status::{invalid, invalid_field};
+use super::status::{ApiError, Resource, invalid, invalid_field};
 use crate::wire::convert::{ProtoEnum, instant, required, timestamp};
 use crate::wire::pb;
 use crate::wire::pb::admin_service_server::AdminService;
@@ -121,18 +121,6 @@ fn report_to_proto(report: &RescanReport) -> pb::RescanReport {
     }
 }
 
-impl From<RescanError> for Status {
-    fn from(err: RescanError) -> Self {
-        match err {
-            RescanError::UnknownRun(_) => Status::not_found(err.to_string()),
-            RescanError::AlreadyFinished(_) | RescanError::UnknownRule { .. } => {
-                Status::failed_precondition(err.to_string())
-            }
-            RescanError::Store(e) => e.into(),
-        }
-    }
-}
-
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::RescanResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -197,7 +185,10 @@ impl AdminService for AdminApi {
             Utc::now(),
         )
         .map_err(invalid)?;
-        let new = NewApiKey::generate().map_err(|_| Status::internal("no system randomness"))?;
+        let new = NewApiKey::generate().map_err(|e| {
+            tracing::error!(error = %e, "no system randomness for a new key");
+            ApiError::Internal
+        })?;
         let key = self.store.create_key(&new, &spec).await?;
         tracing::info!(by = %admin, key_id = %key.key_id, role = %key.role, "API key created");
         Ok(Response::new(pb::CreateApiKeyResponse {
@@ -229,7 +220,7 @@ impl AdminService for AdminApi {
             .store
             .revoke_key(key_id)
             .await?
-            .ok_or_else(|| Status::not_found("no such API key"))?;
+            .ok_or(ApiError::NotFound(Resource::ApiKey))?;
         self.auth.forget(&key.key_id);
         tracing::info!(by = %admin, key_id = %key.key_id, "API key revoked");
         Ok(Response::new(pb::RevokeApiKeyResponse {

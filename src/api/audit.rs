@@ -11,7 +11,7 @@ use crate::store::{Store, TriageStep};
 use crate::wire::listing;
 
 use super::auth::caller;
-use super::status::invalid;
+use super::status::{ApiError, Resource, invalid};
 use super::watch::{FlagStream, watch};
 use super::{page_token, trace_id};
 use crate::wire::convert::{event_to_proto, flag_to_proto, instant, record_to_proto, required};
@@ -121,7 +121,7 @@ impl AuditService for AuditApi {
             .store
             .flag_case(id)
             .await?
-            .ok_or_else(|| Status::not_found("flag not found"))?;
+            .ok_or(ApiError::NotFound(Resource::Flag))?;
         // No case leaves the service without a record of who opened it.
         self.store
             .record_case_access(id, &reader, trace.as_deref())

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use tonic::Status;
 
+use super::status::ApiError;
+
 use super::client_cert;
 use crate::domain::access::PresentedKey;
 use crate::domain::{Caller, Role};
@@ -74,17 +76,16 @@ impl Authenticator {
     }
 
     /// The caller a header value identifies, or UNAUTHENTICATED.
-    pub async fn authenticate(&self, header: Option<&str>) -> Result<Caller, Status> {
-        let presented = header.and_then(PresentedKey::from_bearer).ok_or_else(|| {
-            Status::unauthenticated("an API key is required: authorization: Bearer <key>")
-        })?;
+    pub async fn authenticate(&self, header: Option<&str>) -> Result<Caller, ApiError> {
+        let presented = header
+            .and_then(PresentedKey::from_bearer)
+            .ok_or(ApiError::KeyMissing)?;
         let stored = self.lookup(&presented.key_id).await?;
-        let refused = || Status::unauthenticated("the API key is unknown, expired or revoked");
         let stored = stored
             .filter(|s| presented.matches(&s.secret_hash))
-            .ok_or_else(refused)?;
+            .ok_or(ApiError::KeyRefused)?;
         if !stored.key.is_usable_at(chrono::Utc::now()) {
-            return Err(refused());
+            return Err(ApiError::KeyRefused);
         }
         Ok(Caller {
             key_id: stored.key.key_id,
@@ -93,7 +94,7 @@ impl Authenticator {
         })
     }
 
-    async fn lookup(&self, key_id: &str) -> Result<Option<StoredKey>, Status> {
+    async fn lookup(&self, key_id: &str) -> Result<Option<StoredKey>, ApiError> {
         if let Some(hit) = self.cached(key_id) {
             return Ok(hit);
         }
@@ -130,7 +131,11 @@ impl Authenticator {
     }
 
     /// Authenticates and authorises one call to `path`.
-    pub async fn admit(&self, path: &str, header: Option<&str>) -> Result<Option<Caller>, Status> {
+    pub async fn admit(
+        &self,
+        path: &str,
+        header: Option<&str>,
+    ) -> Result<Option<Caller>, ApiError> {
         let access = access_for(path);
         if access == Access::Open {
             return Ok(None);
@@ -150,10 +155,10 @@ impl Authenticator {
         if let Access::Roles(roles) = access {
             if !roles.contains(&caller.role) {
                 tracing::warn!(key_id = %caller.key_id, role = %caller.role, method = path, "call denied");
-                return Err(Status::permission_denied(format!(
-                    "a {} key may not call {path}",
-                    caller.role
-                )));
+                return Err(ApiError::RoleNotAllowed {
+                    role: caller.role,
+                    method: path.to_owned(),
+                });
             }
         }
         Ok(Some(caller))
@@ -161,20 +166,18 @@ impl Authenticator {
 }
 
 /// The authenticated caller of a request, as the layer left it.
-pub fn caller<T>(request: &tonic::Request<T>) -> Result<&Caller, Status> {
+pub fn caller<T>(request: &tonic::Request<T>) -> Result<&Caller, ApiError> {
     request
         .extensions()
         .get::<Caller>()
-        .ok_or_else(|| Status::unauthenticated("an API key is required"))
+        .ok_or(ApiError::KeyMissing)
 }
 
 /// Refuses a hospital key acting for another hospital, and logs the denial.
-pub fn check_hospital(caller: &Caller, hospital_id: &str) -> Result<(), Status> {
+pub fn check_hospital(caller: &Caller, hospital_id: &str) -> Result<(), ApiError> {
     if caller.role == Role::Hospital && caller.hospital_id.as_deref() != Some(hospital_id) {
         tracing::warn!(key_id = %caller.key_id, "record for another hospital refused");
-        return Err(Status::permission_denied(
-            "this key submits only for its own hospital; hospital_id names another",
-        ));
+        return Err(ApiError::OtherHospital);
     }
     Ok(())
 }
@@ -218,7 +221,7 @@ pub struct AuthService<S> {
 }
 
 /// Refuses a hospital key used without its hospital's client certificate.
-fn check_client_cert<B>(request: &http::Request<B>, caller: &Caller) -> Result<(), Status> {
+fn check_client_cert<B>(request: &http::Request<B>, caller: &Caller) -> Result<(), ApiError> {
     let Some(hospital) = caller.hospital_id.as_deref() else {
         return Ok(());
     };
@@ -231,9 +234,7 @@ fn check_client_cert<B>(request: &http::Request<B>, caller: &Caller) -> Result<(
         key_id = %caller.key_id,
         "hospital key refused: the client certificate is not its hospital's"
     );
-    Err(Status::permission_denied(
-        "a hospital key is accepted only with a client certificate naming its hospital",
-    ))
+    Err(ApiError::CertificateMismatch)
 }
 
 impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
@@ -280,7 +281,7 @@ where
                     }
                     inner.call(request).await
                 }
-                Err(status) => Ok(status.into_http()),
+                Err(err) => Ok(Status::from(err).into_http()),
             }
         })
     }
@@ -328,9 +329,9 @@ mod tests {
             hospital_id: Some("H-1".into()),
         };
         assert!(check_hospital(&hospital, "H-1").is_ok());
-        assert_eq!(
-            check_hospital(&hospital, "H-2").unwrap_err().code(),
-            tonic::Code::PermissionDenied
-        );
+        assert!(matches!(
+            check_hospital(&hospital, "H-2"),
+            Err(ApiError::OtherHospital)
+        ));
     }
 }

@@ -19,7 +19,7 @@ use crate::server::ServeOptions;
 use crate::telemetry::metrics;
 
 use super::auth::{caller, check_hospital};
-use super::status::{invalid, to_rpc_status};
+use super::status::{ApiError, invalid, to_rpc_status};
 use crate::wire::convert::{submission, timestamp};
 use crate::wire::pb::ingest_service_server::IngestService;
 use crate::wire::pb::{self, RecordAck};
@@ -146,9 +146,7 @@ impl IngestApi {
                     }
                     if over_cap {
                         let limit = self.max_stream_records;
-                        ended = Some(Some(Status::resource_exhausted(format!(
-                            "a stream carries at most {limit} records; send the rest on a new stream"
-                        ))));
+                        ended = Some(Some(ApiError::StreamTooLong { limit }.into()));
                     } else {
                         match end {
                             StreamEnd::More => {}
@@ -167,7 +165,7 @@ impl IngestApi {
                 Some(joined) = storing.next() => {
                     let stored = joined.unwrap_or_else(|e| {
                         tracing::error!(error = %e, "a stream batch's task failed");
-                        Err(Status::internal("storing a batch failed unexpectedly"))
+                        Err(ApiError::Internal.into())
                     });
                     let acks = match stored {
                         Ok(acks) => acks,
@@ -364,7 +362,7 @@ fn authorize(
     if malformed {
         Ok(())
     } else {
-        check_hospital(caller, &r.hospital_id)
+        check_hospital(caller, &r.hospital_id).map_err(Status::from)
     }
 }
 
@@ -424,7 +422,7 @@ impl IngestService for IngestApi {
         let caller = caller(&request)?.clone();
         let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
             tracing::warn!(key_id = %caller.key_id, "stream refused: too many open streams");
-            Status::resource_exhausted("too many SubmitRecords streams are open; retry later")
+            Status::from(ApiError::TooManyStreams)
         })?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(ACK_BUFFER);

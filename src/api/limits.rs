@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
 use super::auth::{Access, access_for};
+use super::status::ApiError;
 
 /// The layer capping calls in flight.
 #[derive(Clone, Debug)]
@@ -73,9 +74,7 @@ where
                 Ok(permit) => Some(permit),
                 Err(_) => {
                     tracing::warn!(method = request.uri().path(), "overloaded: call refused");
-                    let refused = Status::resource_exhausted(
-                        "the server is at its limit of calls in flight; retry with backoff",
-                    );
+                    let refused = Status::from(ApiError::TooManyCalls);
                     return Box::pin(async move { Ok(refused.into_http()) });
                 }
             }

@@ -6,7 +6,7 @@ use crate::domain::CountryCode;
 use crate::store::Store;
 
 use super::page_token;
-use super::status::{invalid, invalid_field};
+use super::status::{ApiError, Resource, invalid, invalid_field};
 use crate::wire::convert::{clinic, clinic_to_proto};
 use crate::wire::listing::page_size;
 use crate::wire::pb;
@@ -54,9 +54,11 @@ impl RegistryService for RegistryApi {
                 "must not contain the NUL character",
             ));
         }
-        let current = self.store.clinic(&req.clinic_id).await?.ok_or_else(|| {
-            Status::not_found(format!("clinic {:?} is not registered", req.clinic_id))
-        })?;
+        let current = self
+            .store
+            .clinic(&req.clinic_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(Resource::Clinic(req.clinic_id.clone())))?;
         let history = if req.include_history {
             self.store
                 .clinic_history(&req.clinic_id)

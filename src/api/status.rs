@@ -1,15 +1,26 @@
-//! The one place where library errors become gRPC statuses.
+//! The one place where errors become gRPC statuses.
 //!
+//! Every way a call can fail is an [`ApiError`]; each maps to one code, one
+//! `google.rpc.ErrorInfo` reason (so clients branch on the reason, never on
+//! the message) and, where waiting helps, a `google.rpc.RetryInfo` delay.
 //! Internal errors are logged here and answered with a generic message: a
 //! database error's text never reaches a caller.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
 
 use prost::Message;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::domain::Violations;
+use crate::domain::{FlagStatus, Role, Violations};
 use crate::ingest::IngestError;
+use crate::rescan::RescanError;
 use crate::store::{StoreError, TriageError};
+
+/// The `domain` of every `google.rpc.ErrorInfo` this service sends.
+pub const ERROR_DOMAIN: &str = "transplant-audit";
 
 /// The most field violations one status carries. A record has fewer fields;
 /// the bound keeps a hostile request's answer inside HTTP/2 trailer limits
@@ -22,29 +33,308 @@ const MAX_SUMMARY_FIELDS: usize = 10;
 /// The longest description carried, in bytes (some echo the input).
 const MAX_DESCRIPTION_BYTES: usize = 120;
 
-/// `text` cut to at most `max` bytes on a character boundary, marked when cut.
-fn bounded(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let end = (0..=max)
-        .rev()
-        .find(|i| text.is_char_boundary(*i))
-        .unwrap_or(0);
-    format!("{}…", &text[..end])
+/// How long a client should wait before retrying when the database is down
+/// or a limit is reached: about one health-check interval.
+const RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// What a `NOT_FOUND` did not find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resource {
+    /// A flag, by id.
+    Flag,
+    /// A registry entry, by clinic id.
+    Clinic(String),
+    /// An API key, by key id.
+    ApiKey,
+    /// A rescan run, by id.
+    RescanRun(i64),
+    /// A hospital's record, by its own id.
+    Record {
+        /// The hospital.
+        hospital_id: String,
+        /// The hospital's record id.
+        external_record_id: String,
+    },
 }
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Resource::Flag => f.write_str("flag not found"),
+            Resource::Clinic(id) => write!(f, "clinic {id:?} is not registered"),
+            Resource::ApiKey => f.write_str("no such API key"),
+            Resource::RescanRun(run) => write!(f, "no rescan run {run}"),
+            Resource::Record {
+                hospital_id,
+                external_record_id,
+            } => write!(
+                f,
+                "record {external_record_id:?} of hospital {hospital_id:?} does not exist"
+            ),
+        }
+    }
+}
+
+/// Every way a call fails, as its caller is told.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Fields of the request are invalid; each is named.
+    #[error("{}", summary(.0))]
+    InvalidFields(Violations),
+    /// No API key came with the call.
+    #[error("an API key is required: authorization: Bearer <key>")]
+    KeyMissing,
+    /// The key is not one of ours, or no longer usable.
+    #[error("the API key is unknown, expired or revoked")]
+    KeyRefused,
+    /// The key's role may not call the method.
+    #[error("a {role} key may not call {method}")]
+    RoleNotAllowed {
+        /// The caller's role.
+        role: Role,
+        /// The method's gRPC path.
+        method: String,
+    },
+    /// A hospital key acting for another hospital.
+    #[error("this key submits only for its own hospital; hospital_id names another")]
+    OtherHospital,
+    /// A hospital key on a connection without its hospital's certificate.
+    #[error("a hospital key is accepted only with a client certificate naming its hospital")]
+    CertificateMismatch,
+    /// Something the request names does not exist.
+    #[error("{0}")]
+    NotFound(Resource),
+    /// A resubmitted record id with other content.
+    #[error(
+        "record {external_record_id:?} of hospital {hospital_id:?} was already submitted with \
+         different content; send a correction with AmendRecord"
+    )]
+    RecordConflict {
+        /// The hospital.
+        hospital_id: String,
+        /// The hospital's record id.
+        external_record_id: String,
+    },
+    /// The etag is not the flag's current revision: someone changed it.
+    #[error("the flag changed since it was read (now at etag {current}); read it again")]
+    StaleEtag {
+        /// The current etag.
+        current: i64,
+    },
+    /// Concurrent writers kept taking the same records first.
+    #[error("concurrent submissions of the same records kept colliding; retry")]
+    Contended,
+    /// The flag's status does not allow the requested one.
+    #[error("cannot move a flag from {from} to {to}")]
+    IllegalTransition {
+        /// The flag's status.
+        from: FlagStatus,
+        /// The requested status.
+        to: FlagStatus,
+    },
+    /// A CRITICAL flag's dismissal approved by the auditor who proposed it.
+    #[error("dismissing a CRITICAL flag needs a second auditor to approve the proposal")]
+    SecondAuditorRequired,
+    /// A rescan run to resume that already finished.
+    #[error("rescan run {0} is already complete")]
+    RescanFinished(i64),
+    /// A rescan run to resume that names a rule this build does not know.
+    #[error("rescan run {run} names unknown rule {rule:?}")]
+    RescanRuleUnknown {
+        /// The run.
+        run: i64,
+        /// The rule id it names.
+        rule: String,
+    },
+    /// The server has as many calls in flight as it takes.
+    #[error("the server is at its limit of calls in flight; retry with backoff")]
+    TooManyCalls,
+    /// The server has as many `SubmitRecords` streams open as it takes.
+    #[error("too many SubmitRecords streams are open; retry later")]
+    TooManyStreams,
+    /// A stream carried more records than one stream may.
+    #[error("a stream carries at most {limit} records; send the rest on a new stream")]
+    StreamTooLong {
+        /// Records one stream may carry.
+        limit: u64,
+    },
+    /// The database cannot be reached.
+    #[error("the database is unavailable; retry later")]
+    Unavailable,
+    /// The server is stopping; another replica (or this one, restarted) answers.
+    #[error("the server is shutting down; retry, resuming from your last cursor")]
+    ShuttingDown,
+    /// Anything else; the cause is in the server's log, never in the answer.
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    /// The code, the `ErrorInfo` reason, and the retry delay where a retry helps.
+    pub fn parts(&self) -> (Code, &'static str, Option<Duration>) {
+        use ApiError::*;
+        match self {
+            InvalidFields(_) => (Code::InvalidArgument, "INVALID_FIELDS", None),
+            KeyMissing => (Code::Unauthenticated, "API_KEY_MISSING", None),
+            KeyRefused => (Code::Unauthenticated, "API_KEY_REFUSED", None),
+            RoleNotAllowed { .. } => (Code::PermissionDenied, "ROLE_NOT_ALLOWED", None),
+            OtherHospital => (Code::PermissionDenied, "OTHER_HOSPITAL", None),
+            CertificateMismatch => (Code::PermissionDenied, "CLIENT_CERTIFICATE_MISMATCH", None),
+            NotFound(Resource::Flag) => (Code::NotFound, "FLAG_NOT_FOUND", None),
+            NotFound(Resource::Clinic(_)) => (Code::NotFound, "CLINIC_NOT_FOUND", None),
+            NotFound(Resource::ApiKey) => (Code::NotFound, "API_KEY_NOT_FOUND", None),
+            NotFound(Resource::RescanRun(_)) => (Code::NotFound, "RESCAN_RUN_NOT_FOUND", None),
+            NotFound(Resource::Record { .. }) => (Code::NotFound, "RECORD_NOT_FOUND", None),
+            RecordConflict { .. } => (Code::AlreadyExists, "RECORD_CONFLICT", None),
+            StaleEtag { .. } => (Code::Aborted, "STALE_ETAG", None),
+            Contended => (Code::Aborted, "WRITE_CONTENTION", Some(Duration::ZERO)),
+            IllegalTransition { .. } => (Code::FailedPrecondition, "ILLEGAL_TRANSITION", None),
+            SecondAuditorRequired => (Code::FailedPrecondition, "SECOND_AUDITOR_REQUIRED", None),
+            RescanFinished(_) => (Code::FailedPrecondition, "RESCAN_RUN_FINISHED", None),
+            RescanRuleUnknown { .. } => (Code::FailedPrecondition, "RESCAN_RULE_UNKNOWN", None),
+            TooManyCalls => (Code::ResourceExhausted, "TOO_MANY_CALLS", Some(RETRY_DELAY)),
+            TooManyStreams => (
+                Code::ResourceExhausted,
+                "TOO_MANY_STREAMS",
+                Some(RETRY_DELAY),
+            ),
+            // A new stream helps, not waiting.
+            StreamTooLong { .. } => (Code::ResourceExhausted, "STREAM_TOO_LONG", None),
+            Unavailable => (Code::Unavailable, "DATABASE_UNAVAILABLE", Some(RETRY_DELAY)),
+            ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN", Some(RETRY_DELAY)),
+            Internal => (Code::Internal, "INTERNAL", None),
+        }
+    }
+
+    /// What the reason's `ErrorInfo.metadata` carries besides it.
+    fn metadata(&self) -> HashMap<String, String> {
+        match self {
+            ApiError::StaleEtag { current } => [("etag".to_owned(), current.to_string())].into(),
+            ApiError::StreamTooLong { limit } => {
+                [("max_stream_records".to_owned(), limit.to_string())].into()
+            }
+            _ => HashMap::new(),
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(err: ApiError) -> Self {
+        let (code, reason, retry) = err.parts();
+        let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, err.metadata());
+        if let Some(delay) = retry {
+            details.set_retry_info(Some(delay));
+        }
+        if let ApiError::InvalidFields(violations) = &err {
+            for v in violations.0.iter().take(MAX_REPORTED_VIOLATIONS) {
+                details.add_bad_request_violation(
+                    v.field.clone(),
+                    bounded(&v.description, MAX_DESCRIPTION_BYTES),
+                );
+            }
+        }
+        Status::with_error_details(code, err.to_string(), details)
+    }
+}
+
+impl From<Violations> for ApiError {
+    fn from(violations: Violations) -> Self {
+        ApiError::InvalidFields(violations)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        if matches!(err, StoreError::Contended) {
+            ApiError::Contended
+        } else if err.is_unavailable() {
+            tracing::warn!(error = %err, "database unavailable");
+            ApiError::Unavailable
+        } else {
+            tracing::error!(error = %err, "database error");
+            ApiError::Internal
+        }
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(err: IngestError) -> Self {
+        match err {
+            IngestError::Conflict {
+                hospital_id,
+                external_record_id,
+            } => ApiError::RecordConflict {
+                hospital_id,
+                external_record_id,
+            },
+            IngestError::NotFound {
+                hospital_id,
+                external_record_id,
+            } => ApiError::NotFound(Resource::Record {
+                hospital_id,
+                external_record_id,
+            }),
+            IngestError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<TriageError> for ApiError {
+    fn from(err: TriageError) -> Self {
+        match err {
+            TriageError::NotFound => ApiError::NotFound(Resource::Flag),
+            TriageError::Stale { current } => ApiError::StaleEtag { current },
+            TriageError::IllegalTransition { from, to } => ApiError::IllegalTransition { from, to },
+            TriageError::SecondAuditorRequired => ApiError::SecondAuditorRequired,
+            TriageError::NoteRequired(_) => {
+                let mut v = Violations::default();
+                v.add("note", err.to_string());
+                ApiError::InvalidFields(v)
+            }
+            TriageError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<RescanError> for ApiError {
+    fn from(err: RescanError) -> Self {
+        match err {
+            RescanError::UnknownRun(run) => ApiError::NotFound(Resource::RescanRun(run)),
+            RescanError::AlreadyFinished(run) => ApiError::RescanFinished(run),
+            RescanError::UnknownRule { run, rule } => ApiError::RescanRuleUnknown { run, rule },
+            RescanError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// `?` on the library's errors in an adapter: each through [`ApiError`].
+macro_rules! status_from {
+    ($($error:ty),+) => {
+        $(impl From<$error> for Status {
+            fn from(err: $error) -> Self {
+                ApiError::from(err).into()
+            }
+        })+
+    };
+}
+status_from!(StoreError, IngestError, TriageError, RescanError);
 
 /// INVALID_ARGUMENT with one `google.rpc.BadRequest` field violation per bad
 /// field (the first [`MAX_REPORTED_VIOLATIONS`] of them).
 pub fn invalid(violations: Violations) -> Status {
-    let mut details = ErrorDetails::new();
-    for v in violations.0.iter().take(MAX_REPORTED_VIOLATIONS) {
-        details.add_bad_request_violation(
-            v.field.clone(),
-            bounded(&v.description, MAX_DESCRIPTION_BYTES),
-        );
-    }
-    let summary = match violations.0.as_slice() {
+    ApiError::InvalidFields(violations).into()
+}
+
+/// INVALID_ARGUMENT for one bad field.
+pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
+    let mut v = Violations::default();
+    v.add(field, description);
+    invalid(v)
+}
+
+/// The message of an INVALID_ARGUMENT: the field, or the fields' names.
+fn summary(violations: &Violations) -> String {
+    match violations.0.as_slice() {
         [one] => format!(
             "invalid {}: {}",
             one.field,
@@ -62,59 +352,19 @@ pub fn invalid(violations: Violations) -> Status {
             };
             format!("{} invalid fields: {}{more}", many.len(), fields.join(", "))
         }
-    };
-    Status::with_error_details(Code::InvalidArgument, summary, details)
-}
-
-/// INVALID_ARGUMENT for one bad field.
-pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
-    let mut v = Violations::default();
-    v.add(field, description);
-    invalid(v)
-}
-
-/// UNAVAILABLE for a database that cannot be reached, ABORTED for writers
-/// that kept colliding; INTERNAL otherwise.
-pub fn store(err: StoreError) -> Status {
-    if matches!(err, StoreError::Contended) {
-        Status::aborted(err.to_string())
-    } else if err.is_unavailable() {
-        tracing::warn!(error = %err, "database unavailable");
-        Status::unavailable("the database is unavailable; retry later")
-    } else {
-        tracing::error!(error = %err, "database error");
-        Status::internal("internal error")
     }
 }
 
-impl From<StoreError> for Status {
-    fn from(err: StoreError) -> Self {
-        store(err)
+/// `text` cut to at most `max` bytes on a character boundary, marked when cut.
+fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
     }
-}
-
-impl From<IngestError> for Status {
-    fn from(err: IngestError) -> Self {
-        match err {
-            IngestError::Conflict { .. } => Status::already_exists(err.to_string()),
-            IngestError::NotFound { .. } => Status::not_found(err.to_string()),
-            IngestError::Store(e) => store(e),
-        }
-    }
-}
-
-impl From<TriageError> for Status {
-    fn from(err: TriageError) -> Self {
-        match err {
-            TriageError::NotFound => Status::not_found(err.to_string()),
-            TriageError::Stale { .. } => Status::aborted(err.to_string()),
-            TriageError::IllegalTransition { .. } | TriageError::SecondAuditorRequired => {
-                Status::failed_precondition(err.to_string())
-            }
-            TriageError::NoteRequired(_) => invalid_field("note", err.to_string()),
-            TriageError::Store(e) => store(e),
-        }
-    }
+    let end = (0..=max)
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
+    format!("{}…", &text[..end])
 }
 
 /// A status as the `google.rpc.Status` message that a stream acknowledgement carries.
@@ -136,6 +386,141 @@ pub fn to_rpc_status(status: &Status) -> tonic_types::pb::Status {
 mod tests {
     use super::*;
 
+    /// One error of every kind.
+    fn one_of_each() -> Vec<ApiError> {
+        let mut v = Violations::default();
+        v.add("record.organ", "is required");
+        let record = || Resource::Record {
+            hospital_id: "H-1".into(),
+            external_record_id: "R-1".into(),
+        };
+        vec![
+            ApiError::InvalidFields(v),
+            ApiError::KeyMissing,
+            ApiError::KeyRefused,
+            ApiError::RoleNotAllowed {
+                role: Role::Hospital,
+                method: "/x/Y".into(),
+            },
+            ApiError::OtherHospital,
+            ApiError::CertificateMismatch,
+            ApiError::NotFound(Resource::Flag),
+            ApiError::NotFound(Resource::Clinic("C".into())),
+            ApiError::NotFound(Resource::ApiKey),
+            ApiError::NotFound(Resource::RescanRun(3)),
+            ApiError::NotFound(record()),
+            ApiError::RecordConflict {
+                hospital_id: "H-1".into(),
+                external_record_id: "R-1".into(),
+            },
+            ApiError::StaleEtag { current: 4 },
+            ApiError::Contended,
+            ApiError::IllegalTransition {
+                from: FlagStatus::Dismissed,
+                to: FlagStatus::Open,
+            },
+            ApiError::SecondAuditorRequired,
+            ApiError::RescanFinished(3),
+            ApiError::RescanRuleUnknown {
+                run: 3,
+                rule: "X".into(),
+            },
+            ApiError::TooManyCalls,
+            ApiError::TooManyStreams,
+            ApiError::StreamTooLong { limit: 10 },
+            ApiError::Unavailable,
+            ApiError::ShuttingDown,
+            ApiError::Internal,
+        ]
+    }
+
+    /// The table callers rely on. The match has no wildcard: a new kind of
+    /// error does not compile until it is listed here (and in `one_of_each`).
+    fn expected(err: &ApiError) -> (Code, &'static str, bool) {
+        use ApiError::*;
+        match err {
+            InvalidFields(_) => (Code::InvalidArgument, "INVALID_FIELDS", false),
+            KeyMissing => (Code::Unauthenticated, "API_KEY_MISSING", false),
+            KeyRefused => (Code::Unauthenticated, "API_KEY_REFUSED", false),
+            RoleNotAllowed { .. } => (Code::PermissionDenied, "ROLE_NOT_ALLOWED", false),
+            OtherHospital => (Code::PermissionDenied, "OTHER_HOSPITAL", false),
+            CertificateMismatch => (Code::PermissionDenied, "CLIENT_CERTIFICATE_MISMATCH", false),
+            NotFound(Resource::Flag) => (Code::NotFound, "FLAG_NOT_FOUND", false),
+            NotFound(Resource::Clinic(_)) => (Code::NotFound, "CLINIC_NOT_FOUND", false),
+            NotFound(Resource::ApiKey) => (Code::NotFound, "API_KEY_NOT_FOUND", false),
+            NotFound(Resource::RescanRun(_)) => (Code::NotFound, "RESCAN_RUN_NOT_FOUND", false),
+            NotFound(Resource::Record { .. }) => (Code::NotFound, "RECORD_NOT_FOUND", false),
+            RecordConflict { .. } => (Code::AlreadyExists, "RECORD_CONFLICT", false),
+            StaleEtag { .. } => (Code::Aborted, "STALE_ETAG", false),
+            Contended => (Code::Aborted, "WRITE_CONTENTION", true),
+            IllegalTransition { .. } => (Code::FailedPrecondition, "ILLEGAL_TRANSITION", false),
+            SecondAuditorRequired => (Code::FailedPrecondition, "SECOND_AUDITOR_REQUIRED", false),
+            RescanFinished(_) => (Code::FailedPrecondition, "RESCAN_RUN_FINISHED", false),
+            RescanRuleUnknown { .. } => (Code::FailedPrecondition, "RESCAN_RULE_UNKNOWN", false),
+            TooManyCalls => (Code::ResourceExhausted, "TOO_MANY_CALLS", true),
+            TooManyStreams => (Code::ResourceExhausted, "TOO_MANY_STREAMS", true),
+            StreamTooLong { .. } => (Code::ResourceExhausted, "STREAM_TOO_LONG", false),
+            Unavailable => (Code::Unavailable, "DATABASE_UNAVAILABLE", true),
+            ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN", true),
+            Internal => (Code::Internal, "INTERNAL", false),
+        }
+    }
+
+    #[test]
+    fn every_error_has_its_code_reason_and_retry_advice() {
+        let errors = one_of_each();
+        let mut reasons = std::collections::HashSet::new();
+        for err in errors {
+            let (code, reason, retries) = expected(&err);
+            assert!(reasons.insert(reason), "{reason} is used twice");
+            let message = err.to_string();
+            let status = Status::from(err);
+            assert_eq!(status.code(), code, "{reason}");
+            assert_eq!(status.message(), message);
+            let details = status.get_error_details();
+            let info = details.error_info().expect("an ErrorInfo");
+            assert_eq!(
+                (info.reason.as_str(), info.domain.as_str()),
+                (reason, ERROR_DOMAIN)
+            );
+            assert_eq!(details.retry_info().is_some(), retries, "{reason}");
+            if code == Code::Internal || code == Code::Unavailable {
+                assert!(!message.contains("database error"), "{message}");
+            }
+        }
+        assert_eq!(reasons.len(), 24, "one_of_each lists every kind once");
+    }
+
+    #[test]
+    fn a_stale_etag_names_the_current_one() {
+        let status = Status::from(ApiError::StaleEtag { current: 7 });
+        let details = status.get_error_details();
+        let info = details.error_info().expect("an ErrorInfo");
+        assert_eq!(info.metadata.get("etag").map(String::as_str), Some("7"));
+    }
+
+    #[test]
+    fn library_errors_keep_their_meaning() {
+        let stale = Status::from(TriageError::Stale { current: 2 });
+        let contended = Status::from(StoreError::Contended);
+        let reason = |s: &Status| s.get_error_details().error_info().unwrap().reason.clone();
+        assert_eq!(stale.code(), contended.code());
+        assert_ne!(reason(&stale), reason(&contended));
+        let note = Status::from(TriageError::NoteRequired(FlagStatus::Dismissed));
+        let details = note.get_error_details();
+        assert_eq!(
+            details.bad_request().unwrap().field_violations[0].field,
+            "note"
+        );
+        let corrupt = Status::from(StoreError::Corrupt("secret row text".into()));
+        assert_eq!(corrupt.code(), Code::Internal);
+        assert!(!corrupt.message().contains("secret"));
+        assert_eq!(
+            Status::from(RescanError::UnknownRun(9)).code(),
+            Code::NotFound
+        );
+    }
+
     #[test]
     fn bad_request_lists_every_field() {
         let mut v = Violations::default();
@@ -153,7 +538,7 @@ mod tests {
         assert_eq!(fields, ["record.organ", "record.donor.age_years"]);
         let rpc = to_rpc_status(&status);
         assert_eq!(rpc.code, Code::InvalidArgument as i32);
-        assert_eq!(rpc.details.len(), 1);
+        assert_eq!(rpc.details.len(), 2, "ErrorInfo and BadRequest");
     }
 
     #[test]

@@ -15,6 +15,8 @@ use crate::store::Store;
 use crate::store::feed::FeedCursor;
 use crate::telemetry::metrics;
 
+use super::status::ApiError;
+
 use crate::wire::convert::flag_to_proto;
 use crate::wire::pb;
 
@@ -64,11 +66,7 @@ pub fn watch(store: Store, feed: &FlagFeed, filter: FlagFilter, cursor: FeedCurs
                     wake = subscription.next() => wake,
                 };
                 if wake == Wake::Closing {
-                    let _ = tx
-                        .send(Err(Status::unavailable(
-                            "the server is shutting down; resume from your last cursor",
-                        )))
-                        .await;
+                    let _ = tx.send(Err(ApiError::ShuttingDown.into())).await;
                     return;
                 }
             }

@@ -1083,6 +1083,12 @@ async fn missing_garbage_and_stale_etags_are_refused() {
     assert_ne!(moved.etag, flag.etag, "the etag changes with each step");
     // A second auditor still holding the first etag.
     let stale = update(&app, &flag.flag_id, Open, "", &flag.etag).await;
+    let (why, retry) = reason(stale.as_ref().expect_err("stale"));
+    assert_eq!(
+        (why.as_str(), retry),
+        ("STALE_ETAG", false),
+        "read again, not retry"
+    );
     assert_code(stale, Code::Aborted, None, "stale etag");
     let now = get_flag(&app, &flag.flag_id).await;
     assert_eq!(

@@ -188,6 +188,7 @@ async fn postgres_stopped_under_load_turns_health_and_calls_unavailable_and_reco
         .await
         .expect_err("no database");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(reason(&status), ("DATABASE_UNAVAILABLE".to_owned(), true));
     let codes = load.await.expect("load");
     assert!(
         codes

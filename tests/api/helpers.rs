@@ -476,6 +476,15 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The `google.rpc.ErrorInfo` reason of a status, and whether it advises a
+/// retry (`google.rpc.RetryInfo`).
+pub fn reason(status: &tonic::Status) -> (String, bool) {
+    use tonic_types::StatusExt;
+    let details = status.get_error_details();
+    let reason = details.error_info().map(|i| i.reason.clone());
+    (reason.unwrap_or_default(), details.retry_info().is_some())
+}
+
 /// The `transplant-audit` binary running as a child process, logging JSON.
 /// Dropped before [`ServerProcess::drain`] (a test that failed half-way), it
 /// kills the process, so no server outlives its test.

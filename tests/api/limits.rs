@@ -80,6 +80,7 @@ async fn open_streams_are_capped_and_freed_when_they_end() {
         Ok(response) => response.into_inner().message().await.expect_err("refused"),
     };
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(reason(&status), ("TOO_MANY_STREAMS".to_owned(), true));
     close(tx, acks).await;
     // The permit goes back when the first stream's task ends, just after its last ack.
     let (tx, acks) = reopen(&app).await;
@@ -108,6 +109,11 @@ async fn a_stream_ends_with_resource_exhausted_past_its_record_cap() {
     let status = acks.message().await.expect_err("the cap");
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert_eq!(
+        reason(&status),
+        ("STREAM_TOO_LONG".to_owned(), false),
+        "a new stream helps, not waiting"
+    );
+    assert_eq!(
         app.count("records").await,
         3,
         "exactly the acknowledged records are stored"
@@ -128,6 +134,7 @@ async fn calls_past_the_concurrency_cap_are_refused_and_health_still_answers() {
         .await
         .expect_err("over the cap");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(reason(&status), ("TOO_MANY_CALLS".to_owned(), true));
     let health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone())
         .check(tonic_health::pb::HealthCheckRequest::default())
         .await;
