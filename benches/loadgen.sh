@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the ingest figures of README "Performance" in one command: a
+# Reproduces the ingest figures of docs/performance.md in one command: a
 # fresh database on the Postgres at ADMIN_URL (default 127.0.0.1:5432), the
 # release server on it, a warm-up run, ANALYZE and a server restart (so plans
 # fit the data even where autovacuum is off), then the measured loadgen run
