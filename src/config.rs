@@ -1,279 +1,122 @@
-//! Configuration: command-line flags, each with an environment variable.
+//! Configuration: groups of command-line flags, each flag with an
+//! environment variable. A command flattens the groups it uses, so its
+//! `--help` lists only the flags it reads.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 
 use crate::domain::identity::{FingerprintKey, MIN_KEY_LEN};
-
-/// Catches signs of organ trafficking and transplant fraud in transplant records.
-#[derive(Debug, Parser)]
-#[command(name = "transplant-audit", version, about)]
-pub struct Cli {
-    /// Settings shared by every command.
-    #[command(flatten)]
-    pub settings: Settings,
-    /// What to do; `serve` when omitted.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-/// The commands.
-#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
-pub enum Command {
-    /// Apply migrations and serve gRPC until SIGTERM or SIGINT.
-    Serve,
-    /// Apply pending database migrations and exit.
-    Migrate,
-    /// Re-run rules over stored records, adding only flags that do not exist.
-    Rescan(RescanArgs),
-    /// Manage API keys.
-    #[command(subcommand)]
-    Keys(KeysCommand),
-    /// Recompute the audit trail's hash chains and name the first broken entry.
-    Verify,
-    /// Load an NDJSON back-fill through the ingest pipeline, resuming an
-    /// interrupted run of the same file.
-    Import(ImportArgs),
-}
-
-/// What `import` loads.
-#[derive(Debug, Clone, PartialEq, Eq, Args)]
-pub struct ImportArgs {
-    /// The file: one record per line, in the field names of the proto, enum
-    /// values without their prefix (KIDNEY), instants in RFC 3339.
-    pub file: PathBuf,
-    /// Start from the first line even if an earlier run of this file got further.
-    #[arg(long)]
-    pub restart: bool,
-}
-
-/// `keys` subcommands.
-#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
-pub enum KeysCommand {
-    /// Create a key and print it; it is shown only this once.
-    Create(CreateKeyArgs),
-    /// List every key (never the secrets).
-    List,
-    /// Revoke a key by its id.
-    Revoke {
-        /// The key id (the part after `ta_`, before the second `_`).
-        key_id: String,
-    },
-}
-
-/// What `keys create` makes.
-#[derive(Debug, Clone, PartialEq, Eq, Args)]
-pub struct CreateKeyArgs {
-    /// hospital, auditor or admin.
-    #[arg(long, value_parser = ["hospital", "auditor", "admin"])]
-    pub role: String,
-    /// The hospital a hospital key submits for.
-    #[arg(long)]
-    pub hospital_id: Option<String>,
-    /// Who or what the key is for.
-    #[arg(long, default_value = "")]
-    pub description: String,
-    /// When the key stops working (RFC 3339); never when omitted.
-    #[arg(long, value_name = "RFC3339")]
-    pub expires_at: Option<String>,
-}
-
-/// What `rescan` evaluates.
-#[derive(Debug, Clone, PartialEq, Eq, Args)]
-pub struct RescanArgs {
-    /// A rule id to evaluate (repeat for several); every enabled rule when omitted.
-    #[arg(long = "rule", value_name = "RULE_ID")]
-    pub rules: Vec<String>,
-    /// Only records transplanted at or after this instant (RFC 3339).
-    #[arg(long, value_name = "RFC3339")]
-    pub from: Option<String>,
-    /// Only records transplanted before this instant (RFC 3339).
-    #[arg(long, value_name = "RFC3339")]
-    pub until: Option<String>,
-    /// Write nothing; report what would be added and which flags would no longer be raised.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Continue an interrupted run by its id (its rules and range apply).
-    #[arg(long, value_name = "RUN_ID", conflicts_with_all = ["rules", "from", "until", "dry_run"])]
-    pub resume: Option<i64>,
-}
+use crate::server::ServeOptions;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
-    /// Human-readable lines.
+    /// Human-readable lines (coloured on a terminal).
     Text,
     /// One JSON object per line.
     Json,
 }
 
-/// Settings shared by every command.
+/// Where the database is and the secret its fingerprints are keyed with:
+/// every command that opens the database reads these.
 #[derive(Debug, Clone, Args)]
-pub struct Settings {
+pub struct DatabaseArgs {
     /// Postgres URL. When unset, the service runs a Postgres of its own under --data-dir.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// Folder of the local default: its Postgres cluster and generated key.
+    #[arg(long, env = "DATA_DIR", default_value = ".transplant-audit")]
+    pub data_dir: PathBuf,
+
+    /// Secret key for identifier fingerprints: at least 32 bytes, hex-encoded.
+    #[arg(long, env = "FINGERPRINT_KEY", hide_env_values = true)]
+    pub fingerprint_key: Option<String>,
+
+    /// File holding the fingerprint key (hex), instead of FINGERPRINT_KEY.
+    #[arg(long, env = "FINGERPRINT_KEY_FILE", conflicts_with = "fingerprint_key")]
+    pub fingerprint_key_file: Option<PathBuf>,
+
+    /// Most database connections open at once.
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+}
+
+/// The rules in force.
+#[derive(Debug, Clone, Args)]
+pub struct RulesArgs {
+    /// TOML file of rule settings (enable, severity, thresholds); built-in defaults when unset.
+    #[arg(long, env = "RULES_CONFIG")]
+    pub rules_config: Option<PathBuf>,
+}
+
+/// What `serve` reads: the database, the rules, the listeners, TLS and the
+/// server's limits.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The database.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// The rules.
+    #[command(flatten)]
+    pub rules: RulesArgs,
+
     /// Address the gRPC server listens on.
-    #[arg(
-        long,
-        env = "LISTEN_ADDR",
-        default_value = "127.0.0.1:50051",
-        global = true
-    )]
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     pub listen_addr: SocketAddr,
 
-    /// Address of the Prometheus endpoint (`GET /metrics`).
-    #[arg(
-        long,
-        env = "METRICS_ADDR",
-        default_value = "127.0.0.1:9464",
-        global = true
-    )]
+    /// Address of the Prometheus endpoint (`GET /metrics`). Internal: it
+    /// labels flags by rule, so keep it off public networks.
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
 
     /// Address of a plaintext listener serving only gRPC health checks, for
     /// probes that cannot speak TLS; none when unset.
-    #[arg(long, env = "HEALTH_ADDR", global = true)]
+    #[arg(long, env = "HEALTH_ADDR")]
     pub health_addr: Option<SocketAddr>,
 
-    /// Secret key for identifier fingerprints: at least 32 bytes, hex-encoded.
-    #[arg(long, env = "FINGERPRINT_KEY", hide_env_values = true, global = true)]
-    pub fingerprint_key: Option<String>,
+    /// TLS on the gRPC listener.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 
-    /// File holding the fingerprint key (hex), instead of FINGERPRINT_KEY.
-    #[arg(
-        long,
-        env = "FINGERPRINT_KEY_FILE",
-        global = true,
-        conflicts_with = "fingerprint_key"
-    )]
-    pub fingerprint_key_file: Option<PathBuf>,
+    /// Limits and timing.
+    #[command(flatten)]
+    pub options: ServeOptions,
+}
 
-    /// Folder of the local default: its Postgres cluster and generated key.
-    #[arg(
-        long,
-        env = "DATA_DIR",
-        default_value = ".transplant-audit",
-        global = true
-    )]
-    pub data_dir: PathBuf,
-
-    /// TOML file of rule settings (enable, severity, thresholds); built-in defaults when unset.
-    #[arg(long, env = "RULES_CONFIG", global = true)]
-    pub rules_config: Option<PathBuf>,
-
-    /// Log format; the level comes from RUST_LOG (default: info).
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
-    pub log_format: LogFormat,
-
-    /// Most database connections open at once.
-    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16, global = true)]
-    pub db_max_connections: u32,
-
-    /// Seconds health reports NOT_SERVING before the server stops accepting calls at shutdown.
-    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 1, global = true)]
-    pub shutdown_grace_secs: u64,
-
-    /// Seconds in-flight calls get to finish at shutdown.
-    #[arg(
-        long,
-        env = "SHUTDOWN_TIMEOUT_SECS",
-        default_value_t = 30,
-        global = true
-    )]
-    pub shutdown_timeout_secs: u64,
-
-    /// Calls in flight at once; more are refused with RESOURCE_EXHAUSTED.
-    #[arg(
-        long,
-        env = "MAX_CONCURRENT_CALLS",
-        default_value_t = 256,
-        global = true
-    )]
-    pub max_concurrent_calls: usize,
-
-    /// SubmitRecords streams open at once; more are refused with RESOURCE_EXHAUSTED.
-    #[arg(
-        long,
-        env = "MAX_CONCURRENT_STREAMS",
-        default_value_t = 32,
-        global = true
-    )]
-    pub max_concurrent_streams: usize,
-
-    /// Records one SubmitRecords stream may carry.
-    #[arg(
-        long,
-        env = "MAX_STREAM_RECORDS",
-        default_value_t = 1_000_000,
-        global = true
-    )]
-    pub max_stream_records: u64,
-
-    /// Most records per transaction: a SubmitRecords batch (stored in two
-    /// transactions at once, split by clinic), an import's batch, or
-    /// concurrent SubmitRecord calls committed together.
-    #[arg(long, env = "INGEST_BATCH_SIZE", default_value_t = 2048, global = true)]
-    pub ingest_batch_size: usize,
-
+/// TLS of the gRPC listener.
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
     /// PEM certificate chain of the gRPC listener; with TLS_KEY_FILE, turns TLS on.
-    #[arg(long, env = "TLS_CERT_FILE", global = true, requires = "tls_key_file")]
+    #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key_file")]
     pub tls_cert_file: Option<PathBuf>,
 
     /// PEM private key of the gRPC listener.
-    #[arg(long, env = "TLS_KEY_FILE", global = true, requires = "tls_cert_file")]
+    #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
     pub tls_key_file: Option<PathBuf>,
 
     /// PEM certificates of the CA that signs client certificates: turns on
     /// mutual TLS, and a hospital key is then accepted only with a client
     /// certificate whose subjectAltName carries DNS:<its hospital id>.
-    #[arg(
-        long,
-        env = "TLS_CLIENT_CA_FILE",
-        global = true,
-        requires = "tls_cert_file"
-    )]
+    #[arg(long, env = "TLS_CLIENT_CA_FILE", requires = "tls_cert_file")]
     pub tls_client_ca_file: Option<PathBuf>,
 
     /// Serve plaintext gRPC on an address other than loopback (a private
     /// network only; a warning is logged).
-    #[arg(
-        long,
-        env = "INSECURE_PLAINTEXT",
-        global = true,
-        conflicts_with = "tls_cert_file"
-    )]
+    #[arg(long, env = "INSECURE_PLAINTEXT", conflicts_with = "tls_cert_file")]
     pub insecure_plaintext: bool,
-
-    /// Seconds a unary call may take before it is cancelled.
-    #[arg(
-        long,
-        env = "REQUEST_TIMEOUT_SECS",
-        default_value_t = 30,
-        global = true
-    )]
-    pub request_timeout_secs: u64,
 }
 
-impl Settings {
-    /// How long health says NOT_SERVING before the listener closes.
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_secs(self.shutdown_grace_secs)
-    }
-
-    /// How long in-flight calls may take to finish at shutdown.
-    pub fn shutdown_timeout(&self) -> Duration {
-        Duration::from_secs(self.shutdown_timeout_secs)
-    }
-
-    /// The per-call deadline.
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_secs(self.request_timeout_secs)
-    }
+/// Reads a number of seconds, as the `*_SECS` settings are written.
+pub fn seconds(text: &str) -> Result<Duration, String> {
+    text.trim()
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("{text:?} is not a whole number of seconds"))
 }
 
 /// How the gRPC listener protects its traffic.
@@ -307,10 +150,10 @@ impl std::fmt::Debug for TlsPem {
     }
 }
 
-impl Settings {
-    /// How the gRPC listener is to run: TLS when configured; plaintext on
-    /// loopback; plaintext elsewhere only when explicitly allowed.
-    pub fn transport(&self) -> Result<Transport, ConfigError> {
+impl TlsArgs {
+    /// How a listener on `addr` is to run: TLS when configured; plaintext
+    /// on loopback; plaintext elsewhere only when explicitly allowed.
+    pub fn transport(&self, addr: SocketAddr) -> Result<Transport, ConfigError> {
         let read = |path: &PathBuf| {
             std::fs::read(path).map_err(|source| ConfigError::TlsFile {
                 path: path.clone(),
@@ -323,9 +166,9 @@ impl Settings {
                 key: read(key)?,
                 client_ca: self.tls_client_ca_file.as_ref().map(read).transpose()?,
             })),
-            _ if self.listen_addr.ip().is_loopback() => Ok(Transport::PlaintextLoopback),
+            _ if addr.ip().is_loopback() => Ok(Transport::PlaintextLoopback),
             _ if self.insecure_plaintext => Ok(Transport::PlaintextInsecure),
-            _ => Err(ConfigError::PlaintextRefused(self.listen_addr)),
+            _ => Err(ConfigError::PlaintextRefused(addr)),
         }
     }
 }
@@ -374,19 +217,21 @@ pub fn parse_key(hex_text: &str) -> Result<FingerprintKey, ConfigError> {
         .map_err(|e| ConfigError::BadKey(format!("is too short: {e}")))
 }
 
-/// The configured key; `None` when none is configured.
-pub fn configured_key(settings: &Settings) -> Result<Option<FingerprintKey>, ConfigError> {
-    if let Some(text) = &settings.fingerprint_key {
-        return parse_key(text).map(Some);
+impl DatabaseArgs {
+    /// The configured key; `None` when none is configured.
+    pub fn configured_key(&self) -> Result<Option<FingerprintKey>, ConfigError> {
+        if let Some(text) = &self.fingerprint_key {
+            return parse_key(text).map(Some);
+        }
+        if let Some(path) = &self.fingerprint_key_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::KeyFile {
+                path: path.clone(),
+                source,
+            })?;
+            return parse_key(&text).map(Some);
+        }
+        Ok(None)
     }
-    if let Some(path) = &settings.fingerprint_key_file {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::KeyFile {
-            path: path.clone(),
-            source,
-        })?;
-        return parse_key(&text).map(Some);
-    }
-    Ok(None)
 }
 
 /// The key of the local default: read from `dir/fingerprint.key`, created
@@ -425,6 +270,7 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     #[test]
     fn keys_must_be_long_hex() {
@@ -456,21 +302,30 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
     }
 
-    fn settings(args: &[&str]) -> Result<Settings, clap::Error> {
-        Cli::try_parse_from(std::iter::once("transplant-audit").chain(args.iter().copied()))
-            .map(|cli| cli.settings)
+    /// `serve`'s flags alone.
+    #[derive(Debug, Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        Serve::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).map(|s| s.args)
+    }
+
+    fn transport(args: &[&str]) -> Result<Transport, ConfigError> {
+        let args = serve(args).unwrap();
+        args.tls.transport(args.listen_addr)
     }
 
     #[test]
     fn plaintext_only_on_loopback_or_when_asked() {
-        let local = settings(&[]).unwrap();
-        assert_eq!(local.transport().unwrap(), Transport::PlaintextLoopback);
-        let open = settings(&["--listen-addr", "0.0.0.0:50051"]).unwrap();
-        let refused = open.transport().unwrap_err();
+        assert_eq!(transport(&[]).unwrap(), Transport::PlaintextLoopback);
+        let refused = transport(&["--listen-addr", "0.0.0.0:50051"]).unwrap_err();
         assert!(matches!(refused, ConfigError::PlaintextRefused(_)));
         assert!(refused.to_string().contains("TLS_CERT_FILE"), "{refused}");
-        let asked = settings(&["--listen-addr", "0.0.0.0:50051", "--insecure-plaintext"]).unwrap();
-        assert_eq!(asked.transport().unwrap(), Transport::PlaintextInsecure);
+        let asked = transport(&["--listen-addr", "0.0.0.0:50051", "--insecure-plaintext"]);
+        assert_eq!(asked.unwrap(), Transport::PlaintextInsecure);
     }
 
     #[test]
@@ -482,22 +337,17 @@ mod tests {
             p.to_str().unwrap().to_owned()
         };
         let (cert, key, ca) = (path("cert.pem"), path("key.pem"), path("ca.pem"));
-        assert!(
-            settings(&["--tls-cert-file", &cert]).is_err(),
-            "key missing"
-        );
-        assert!(settings(&["--tls-client-ca-file", &ca]).is_err(), "no TLS");
-        assert!(
-            settings(&[
-                "--tls-cert-file",
-                &cert,
-                "--tls-key-file",
-                &key,
-                "--insecure-plaintext"
-            ])
-            .is_err()
-        );
-        let tls = settings(&[
+        assert!(serve(&["--tls-cert-file", &cert]).is_err(), "key missing");
+        assert!(serve(&["--tls-client-ca-file", &ca]).is_err(), "no TLS");
+        let both_and_plaintext = [
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--insecure-plaintext",
+        ];
+        assert!(serve(&both_and_plaintext).is_err());
+        let tls = transport(&[
             "--listen-addr",
             "0.0.0.0:1",
             "--tls-cert-file",
@@ -505,8 +355,6 @@ mod tests {
             "--tls-key-file",
             &key,
         ])
-        .unwrap()
-        .transport()
         .unwrap();
         let Transport::Tls(pem) = tls else {
             panic!("TLS")
@@ -520,7 +368,7 @@ mod tests {
             !format!("{pem:?}").contains("key.pem"),
             "the key is never printed"
         );
-        let mutual = settings(&[
+        let mutual = transport(&[
             "--tls-cert-file",
             &cert,
             "--tls-key-file",
@@ -528,8 +376,6 @@ mod tests {
             "--tls-client-ca-file",
             &ca,
         ])
-        .unwrap()
-        .transport()
         .unwrap();
         assert!(matches!(
             mutual,
@@ -538,48 +384,24 @@ mod tests {
                 ..
             })
         ));
-        let missing = settings(&[
+        let missing = transport(&[
             "--tls-cert-file",
             "/nonexistent.pem",
             "--tls-key-file",
             &key,
         ])
-        .unwrap()
-        .transport()
         .unwrap_err();
         assert!(matches!(missing, ConfigError::TlsFile { .. }), "{missing}");
     }
 
     #[test]
-    fn cli_defaults_and_secrets_hidden() {
-        let cli = Cli::try_parse_from(["transplant-audit"]).unwrap();
-        assert_eq!(cli.settings.listen_addr.to_string(), "127.0.0.1:50051");
-        assert_eq!(cli.command, None);
-        let cli = Cli::try_parse_from([
-            "transplant-audit",
-            "migrate",
-            "--database-url",
-            "postgres://x",
-        ])
-        .unwrap();
-        assert_eq!(cli.command, Some(Command::Migrate));
-        assert_eq!(cli.settings.database_url.as_deref(), Some("postgres://x"));
-        let cli = Cli::try_parse_from([
-            "transplant-audit",
-            "rescan",
-            "--rule",
-            "ABO_INCOMPATIBLE",
-            "--dry-run",
-        ])
-        .unwrap();
-        let Some(Command::Rescan(args)) = cli.command else {
-            panic!("not a rescan")
-        };
-        assert_eq!(args.rules, ["ABO_INCOMPATIBLE"]);
-        assert!(args.dry_run);
-        assert!(
-            Cli::try_parse_from(["transplant-audit", "rescan", "--resume", "3", "--dry-run"])
-                .is_err()
-        );
+    fn serve_defaults_are_the_server_defaults() {
+        let args = serve(&[]).unwrap();
+        assert_eq!(args.listen_addr.to_string(), "127.0.0.1:50051");
+        let defaults = ServeOptions::default();
+        assert_eq!(args.options.request_timeout, defaults.request_timeout);
+        assert_eq!(args.options.ingest_batch_size, defaults.ingest_batch_size);
+        assert_eq!(defaults.request_timeout, Duration::from_secs(30));
+        assert!(serve(&["--request-timeout-secs", "soon"]).is_err());
     }
 }

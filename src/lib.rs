@@ -6,6 +6,7 @@
 //! (tonic adapters), [`server`] (wiring, health, reflection, shutdown).
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod feed;
 pub mod import;

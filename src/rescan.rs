@@ -105,8 +105,9 @@ pub enum RescanError {
     Store(#[from] StoreError),
 }
 
-/// Runs a rescan, calling `progress` after every chunk; `progress` may stop
-/// it with `ControlFlow::Break`, which leaves a recorded run resumable.
+/// Runs a rescan, calling `progress` once before the first chunk (with the
+/// run's id) and after every chunk; after a chunk `progress` may stop it
+/// with `ControlFlow::Break`, which leaves a recorded run resumable.
 ///
 /// While one chunk is evaluated and its flags written, the next is read (its
 /// records, donors' histories, clinic windows and existing flags) on other
@@ -145,6 +146,14 @@ pub async fn rescan(
         donors_seen: (cursor == RecordId(0) && range == TransplantRange::default())
             .then(DonorFilter::new),
     };
+    // The run's id before any work, so that an interrupted caller can
+    // resume it; stopping takes effect after a chunk.
+    let _ = progress(Progress {
+        run_id: report.run_id,
+        processed: 0,
+        total,
+        flags_added: 0,
+    });
     let mut pending = Prefetch::start(reader, cursor);
     loop {
         let (reader, loaded) = pending.finish().await;

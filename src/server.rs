@@ -18,7 +18,7 @@ use crate::api::ingest::IngestApi;
 use crate::api::limits::ConcurrencyCap;
 use crate::api::observe::ObserveLayer;
 use crate::api::registry::RegistryApi;
-use crate::config::TlsPem;
+use crate::config::{self, TlsPem};
 use crate::domain::FingerprintKey;
 use crate::feed::FlagFeed;
 use crate::ingest::Ingestor;
@@ -66,37 +66,72 @@ impl App {
     }
 }
 
-/// Timing of the server's life.
-#[derive(Clone, Copy, Debug)]
+/// The server's limits and timing: flags of `serve`, each with its default
+/// written once, here.
+#[derive(Clone, Copy, Debug, clap::Args)]
 pub struct ServeOptions {
-    /// Per-call deadline (tonic answers CANCELLED past it).
+    /// Seconds a unary call may take before the server cancels it (tonic
+    /// reports its own timeouts as CANCELLED).
+    #[arg(
+        long = "request-timeout-secs",
+        env = "REQUEST_TIMEOUT_SECS",
+        value_name = "SECS",
+        default_value = "30",
+        value_parser = config::seconds
+    )]
     pub request_timeout: Duration,
-    /// How long health says NOT_SERVING before the listener closes.
+
+    /// Seconds health reports NOT_SERVING before the server stops accepting
+    /// calls at shutdown.
+    #[arg(
+        long = "shutdown-grace-secs",
+        env = "SHUTDOWN_GRACE_SECS",
+        value_name = "SECS",
+        default_value = "1",
+        value_parser = config::seconds
+    )]
     pub shutdown_grace: Duration,
-    /// How long in-flight calls may take to finish once the listener is closed.
+
+    /// Seconds in-flight calls get to finish at shutdown.
+    #[arg(
+        long = "shutdown-timeout-secs",
+        env = "SHUTDOWN_TIMEOUT_SECS",
+        value_name = "SECS",
+        default_value = "30",
+        value_parser = config::seconds
+    )]
     pub shutdown_timeout: Duration,
+
     /// Calls in flight at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MAX_CONCURRENT_CALLS", default_value_t = 256)]
     pub max_concurrent_calls: usize,
-    /// `SubmitRecords` streams open at once.
+
+    /// SubmitRecords streams open at once; more are refused with
+    /// RESOURCE_EXHAUSTED. A stream counts until its last batch is stored.
+    #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 32)]
     pub max_concurrent_streams: usize,
-    /// Records one `SubmitRecords` stream may carry.
+
+    /// Records one SubmitRecords stream may carry.
+    #[arg(long, env = "MAX_STREAM_RECORDS", default_value_t = 1_000_000)]
     pub max_stream_records: u64,
-    /// Most records of a stream (or of concurrent single submissions)
-    /// stored in one transaction.
+
+    /// Most records per transaction: a SubmitRecords batch (stored in two
+    /// transactions at once, split by clinic), an import's batch, or
+    /// concurrent SubmitRecord calls committed together.
+    #[arg(long, env = "INGEST_BATCH_SIZE", default_value_t = 2048)]
     pub ingest_batch_size: usize,
 }
 
 impl Default for ServeOptions {
+    /// The flags' defaults, whatever the environment says.
     fn default() -> Self {
-        Self {
-            request_timeout: Duration::from_secs(30),
-            shutdown_grace: Duration::from_secs(1),
-            shutdown_timeout: Duration::from_secs(30),
-            max_concurrent_calls: 256,
-            max_concurrent_streams: 32,
-            max_stream_records: 1_000_000,
-            ingest_batch_size: 2048,
-        }
+        use clap::{Args, FromArgMatches};
+        let command = Self::augment_args(clap::Command::new("defaults"))
+            .mut_args(|arg| arg.env(None::<&str>));
+        let matches = command
+            .try_get_matches_from(["defaults"])
+            .expect("every flag has a default");
+        Self::from_arg_matches(&matches).expect("the defaults parse")
     }
 }
 

@@ -69,6 +69,18 @@ impl StoreError {
 /// The schema migrations, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Whether the database has every migration this build knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchemaState {
+    /// Every migration is applied.
+    Current,
+    /// Some are not: their versions and descriptions, oldest first.
+    Behind {
+        /// The missing migrations.
+        missing: Vec<(i64, String)>,
+    },
+}
+
 /// A pool of connections to the service's database.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -148,6 +160,31 @@ impl Store {
     pub async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await?;
         Ok(())
+    }
+
+    /// Which migrations the database lacks, without changing anything.
+    pub async fn schema_state(&self) -> Result<SchemaState, StoreError> {
+        // The migrator's own table, absent until the first migration (and
+        // from the schema the queries are checked against at build time).
+        let applied: Vec<i64> =
+            match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await
+            {
+                Ok(applied) => applied,
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Vec::new(),
+                Err(e) => return Err(e.into()),
+            };
+        let missing: Vec<(i64, String)> = MIGRATOR
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
+            .map(|m| (m.version, m.description.to_string()))
+            .collect();
+        Ok(if missing.is_empty() {
+            SchemaState::Current
+        } else {
+            SchemaState::Behind { missing }
+        })
     }
 
     /// Whether the database answers a trivial query.

@@ -30,6 +30,10 @@ pub struct RescanRun {
     pub processed: i64,
     /// Flags added so far.
     pub flags_added: i64,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it last moved.
+    pub updated_at: DateTime<Utc>,
     /// When it completed, if it did.
     pub finished_at: Option<DateTime<Utc>>,
 }
@@ -116,6 +120,8 @@ struct RunRow {
     cursor_record_id: i64,
     processed: i64,
     flags_added: i64,
+    started_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
 }
 
@@ -129,6 +135,8 @@ impl From<RunRow> for RescanRun {
             cursor: RecordId(r.cursor_record_id),
             processed: r.processed,
             flags_added: r.flags_added,
+            started_at: r.started_at,
+            updated_at: r.updated_at,
             finished_at: r.finished_at,
         }
     }
@@ -145,7 +153,7 @@ impl Store {
             RunRow,
             "INSERT INTO rescans (rules, transplanted_from, transplanted_until) VALUES ($1, $2, $3)
              RETURNING id, rules, transplanted_from, transplanted_until, cursor_record_id,
-                       processed, flags_added, finished_at",
+                       processed, flags_added, started_at, updated_at, finished_at",
             rules,
             range.from,
             range.until,
@@ -160,13 +168,26 @@ impl Store {
         let row = sqlx::query_as!(
             RunRow,
             "SELECT id, rules, transplanted_from, transplanted_until, cursor_record_id,
-                    processed, flags_added, finished_at
+                    processed, flags_added, started_at, updated_at, finished_at
              FROM rescans WHERE id = $1",
             id,
         )
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(Into::into))
+    }
+
+    /// Runs that were interrupted before they completed, newest first.
+    pub async fn resumable_rescans(&self) -> Result<Vec<RescanRun>, StoreError> {
+        let rows = sqlx::query_as!(
+            RunRow,
+            "SELECT id, rules, transplanted_from, transplanted_until, cursor_record_id,
+                    processed, flags_added, started_at, updated_at, finished_at
+             FROM rescans WHERE finished_at IS NULL ORDER BY id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
     }
 
     /// Marks a rescan run complete.

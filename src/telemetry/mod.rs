@@ -4,17 +4,20 @@
 //! span is also an OpenTelemetry span, so a call has a trace id even when
 //! nothing exports it (logs and the audit trail carry it); spans are exported
 //! over OTLP/gRPC when the standard `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` is
-//! set. Metrics are in [`metrics`].
+//! set, over TLS for an `https://` endpoint. Metrics are in [`metrics`].
 
 pub mod metrics;
 pub mod propagation;
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithTonicConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
@@ -37,6 +40,14 @@ pub enum TelemetryError {
     /// The OTLP exporter could not be built from the `OTEL_*` settings.
     #[error("building the OTLP trace exporter: {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// A certificate or key file for the OTLP connection could not be read.
+    #[error("OTLP TLS file {path}: {source}")]
+    TlsFile {
+        /// The file.
+        path: String,
+        /// What failed.
+        source: std::io::Error,
+    },
 }
 
 /// The installed telemetry; [`Telemetry::shutdown`] flushes the last spans.
@@ -65,6 +76,8 @@ impl Telemetry {
         let logs: Box<dyn Layer<_> + Send + Sync> = match format {
             LogFormat::Text => tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                // Colour codes only where a person reads them, not in files or collectors.
+                .with_ansi(std::io::stderr().is_terminal())
                 .with_filter(filter)
                 .boxed(),
             LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -102,12 +115,49 @@ fn tracer_provider() -> Result<SdkTracerProvider, TelemetryError> {
         .build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     if export_configured() {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()?;
-        builder = builder.with_batch_exporter(exporter);
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+        if let Some(tls) = export_tls()? {
+            exporter = exporter.with_tls_config(tls);
+        }
+        builder = builder.with_batch_exporter(exporter.build()?);
     }
     Ok(builder.build())
+}
+
+/// The first of the standard variables that is set: the traces-specific
+/// one, then the general one.
+fn otlp_setting(name: &str) -> Option<String> {
+    [
+        format!("OTEL_EXPORTER_OTLP_TRACES_{name}"),
+        format!("OTEL_EXPORTER_OTLP_{name}"),
+    ]
+    .iter()
+    .find_map(|var| std::env::var(var).ok().filter(|v| !v.trim().is_empty()))
+}
+
+/// TLS towards an `https://` collector: the CA of `OTEL_EXPORTER_OTLP_CERTIFICATE`
+/// when set, the system's roots otherwise, and the client certificate of
+/// `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and `_CLIENT_KEY` for mutual TLS.
+fn export_tls() -> Result<Option<ClientTlsConfig>, TelemetryError> {
+    let https = otlp_setting("ENDPOINT").is_some_and(|e| e.trim().starts_with("https://"));
+    if !https {
+        return Ok(None);
+    }
+    let read = |path: String| {
+        std::fs::read(&path).map_err(|source| TelemetryError::TlsFile { path, source })
+    };
+    let mut tls = ClientTlsConfig::new();
+    tls = match otlp_setting("CERTIFICATE") {
+        Some(ca) => tls.ca_certificate(Certificate::from_pem(read(ca)?)),
+        None => tls.with_native_roots(),
+    };
+    if let (Some(cert), Some(key)) = (
+        otlp_setting("CLIENT_CERTIFICATE"),
+        otlp_setting("CLIENT_KEY"),
+    ) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(Some(tls))
 }
 
 /// Whether the standard variables ask for span export.

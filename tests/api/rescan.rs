@@ -287,7 +287,7 @@ async fn the_rescan_command_prints_a_dry_run_report() {
         .env("FINGERPRINT_KEY", hex_key())
         .output()
         .expect("run the binary");
-    assert!(!bad.status.success());
+    assert_eq!(bad.status.code(), Some(2), "bad usage");
     assert!(
         String::from_utf8_lossy(&bad.stdout).is_empty()
             || !String::from_utf8_lossy(&bad.stdout).contains("Rescanned")
@@ -384,14 +384,15 @@ async fn a_bad_rules_configuration_stops_start_up_naming_the_key() {
     ] {
         let rules = tempfile_with(config);
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_transplant-audit"))
-            .args(["migrate"])
+            .args(["serve", "--listen-addr", "127.0.0.1:0"])
+            .args(["--metrics-addr", "127.0.0.1:0"])
             .env("DATABASE_URL", &database_url)
             .env("FINGERPRINT_KEY", hex_key())
             .env("RULES_CONFIG", rules.path())
             .output()
             .expect("run the binary");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "started with {config:?}");
+        assert_eq!(output.status.code(), Some(2), "started with {config:?}");
         assert!(stderr.contains(key), "{key} not named in: {stderr}");
     }
 }

@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Channel, Server};
+use tonic::transport::{Channel, Identity, Server, ServerTlsConfig};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use transplant_audit::domain::Role;
@@ -80,17 +80,29 @@ impl TraceService for Receiver {
 
 /// Starts a receiver; returns its endpoint URL and the spans it gets.
 async fn otlp_receiver() -> (String, mpsc::UnboundedReceiver<Exported>) {
+    otlp_receiver_with(None).await
+}
+
+/// Starts a receiver, speaking TLS with `tls` when given.
+async fn otlp_receiver_with(
+    tls: Option<ServerTlsConfig>,
+) -> (String, mpsc::UnboundedReceiver<Exported>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = mpsc::unbounded_channel();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).expect("TLS");
+    }
     tokio::spawn(
-        Server::builder()
+        builder
             .add_service(TraceServiceServer::new(Receiver(tx)))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
-    (format!("http://{addr}"), rx)
+    (format!("{scheme}://localhost:{}", addr.port()), rx)
 }
 
 /// A migrated database with a hospital key for the default hospital.
@@ -183,6 +195,59 @@ async fn a_streamed_batch_is_traced_under_the_callers_trace() {
     let seen = pipeline_spans(&mut spans, "SubmitRecords").await;
     assert_pipeline_under_callers_trace(&seen, "SubmitRecords", &identifier);
     stop_cleanly(server).await;
+}
+
+#[tokio::test]
+async fn spans_reach_a_collector_over_https() {
+    let (database_url, hospital) = database_with_hospital_key().await;
+    let ca = Ca::new("collector CA");
+    let (cert, key) = ca.issue(&["localhost"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem());
+    let tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    let (endpoint, mut spans) = otlp_receiver_with(Some(tls)).await;
+    assert!(endpoint.starts_with("https://"));
+    let server = ServerProcess::start_with(
+        &database_url,
+        "info",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            (
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                ca_file.to_str().expect("utf-8"),
+            ),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+    let record = kidney("TRACE-TLS");
+    let identifier = donor_identifier(&record);
+    let mut ingest = IngestServiceClient::new(server.connect(&hospital).await);
+    ingest
+        .submit_record(with_traceparent(pb::SubmitRecordRequest {
+            record: Some(record),
+        }))
+        .await
+        .expect("accepted");
+    let seen = pipeline_spans(&mut spans, "SubmitRecord").await;
+    assert_pipeline_under_callers_trace(&seen, "SubmitRecord", &identifier);
+    stop_cleanly(server).await;
+}
+
+#[tokio::test]
+async fn an_unreadable_collector_ca_stops_start_up_with_a_clear_error() {
+    let (database_url, _) = database_with_hospital_key().await;
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_transplant-audit"))
+        .env("DATABASE_URL", &database_url)
+        .env("FINGERPRINT_KEY", test_key_hex())
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "https://localhost:4317")
+        .env("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem")
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/nonexistent/ca.pem"), "{stderr}");
 }
 
 #[tokio::test]

@@ -2,9 +2,8 @@
 //! key bound to its hospital's client certificate, and plaintext refused
 //! where it was not asked for.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -13,41 +12,6 @@ use transplant_audit::wire::pb::audit_service_client::AuditServiceClient;
 use transplant_audit::wire::pb::ingest_service_client::IngestServiceClient;
 
 use crate::helpers::*;
-
-/// A certificate authority of the test's own.
-struct Ca(CertifiedIssuer<'static, KeyPair>);
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let key = KeyPair::generate().expect("key");
-        Self(CertifiedIssuer::self_signed(params, key).expect("CA"))
-    }
-
-    fn pem(&self) -> String {
-        self.0.pem()
-    }
-
-    /// A leaf certificate for `names` (PEM certificate, PEM key).
-    fn issue(&self, names: &[&str]) -> (String, String) {
-        let key = KeyPair::generate().expect("key");
-        let params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .expect("params");
-        let cert = params.signed_by(&key, &self.0).expect("sign");
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).expect("write");
-    path
-}
 
 /// A TLS client of `server` trusting `ca`, presenting `identity` if given.
 async fn tls_channel(
