@@ -20,10 +20,15 @@ use crate::store::keys::ApiKey;
 use crate::store::rescan::TransplantRange;
 
 use super::auth::{Authenticator, caller};
+use super::page_token;
 use super::status::{ApiError, Resource, invalid, invalid_field};
 use crate::wire::convert::{ProtoEnum, instant, required, timestamp};
+use crate::wire::listing::page_size;
 use crate::wire::pb;
 use crate::wire::pb::admin_service_server::AdminService;
+
+/// The filters of the key listing, for its page tokens: it has none.
+const KEYS_LISTING: &str = "keys";
 
 /// Progress messages buffered ahead of a slow reader; older ones are dropped.
 const PROGRESS_BUFFER: usize = 16;
@@ -199,11 +204,24 @@ impl AdminService for AdminApi {
 
     async fn list_api_keys(
         &self,
-        _request: Request<pb::ListApiKeysRequest>,
+        request: Request<pb::ListApiKeysRequest>,
     ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
-        let keys = self.store.keys().await?;
+        let req = request.get_ref();
+        let limit = page_size(req.page_size).map_err(invalid)?;
+        let before =
+            match page_token::decode(KEYS_LISTING, &req.page_token)? {
+                Some(cursor) => Some(cursor.parse::<i64>().map_err(|_| {
+                    invalid_field("page_token", "is not a token this listing issued")
+                })?),
+                None => None,
+            };
+        let page = self.store.keys(before, limit).await?;
         Ok(Response::new(pb::ListApiKeysResponse {
-            keys: keys.iter().map(key_to_proto).collect(),
+            keys: page.keys.iter().map(key_to_proto).collect(),
+            next_page_token: page
+                .next_before
+                .map(|b| page_token::encode(KEYS_LISTING, &b.to_string()))
+                .unwrap_or_default(),
         }))
     }
 

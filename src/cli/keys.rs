@@ -8,6 +8,9 @@ use crate::domain::access::{KeySpec, NewApiKey};
 
 use super::{Access, CliError, Database, parse_instant};
 
+/// Keys read from the database at a time.
+const PAGE: i64 = 500;
+
 /// `keys` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
@@ -110,20 +113,26 @@ async fn list(db: &Database) -> Result<(), CliError> {
         "{:<14} {:<9} {:<16} {:<25} {:<25} description",
         "key id", "role", "hospital", "expires", "revoked"
     );
-    for key in db.store.keys().await? {
-        let at =
-            |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or("-".into(), |t| t.to_rfc3339());
-        println!(
-            "{:<14} {:<9} {:<16} {:<25} {:<25} {}",
-            key.key_id,
-            key.role,
-            key.hospital_id.as_deref().unwrap_or("-"),
-            at(key.expires_at),
-            at(key.revoked_at),
-            key.description
-        );
+    let at = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or("-".into(), |t| t.to_rfc3339());
+    let mut before = None;
+    loop {
+        let page = db.store.keys(before, PAGE).await?;
+        for key in &page.keys {
+            println!(
+                "{:<14} {:<9} {:<16} {:<25} {:<25} {}",
+                key.key_id,
+                key.role,
+                key.hospital_id.as_deref().unwrap_or("-"),
+                at(key.expires_at),
+                at(key.revoked_at),
+                key.description
+            );
+        }
+        match page.next_before {
+            Some(next) => before = Some(next),
+            None => return Ok(()),
+        }
     }
-    Ok(())
 }
 
 async fn revoke(db: &Database, key_id: &str) -> Result<(), CliError> {

@@ -34,6 +34,15 @@ impl ApiKey {
     }
 }
 
+/// A page of keys.
+#[derive(Debug, Clone)]
+pub struct KeyPage {
+    /// The keys, newest first.
+    pub keys: Vec<ApiKey>,
+    /// The position to ask for the next page from, when more may follow.
+    pub next_before: Option<i64>,
+}
+
 /// A stored key with the hash its secret must match.
 #[derive(Debug, Clone)]
 pub struct StoredKey {
@@ -107,19 +116,40 @@ impl Store {
         .transpose()
     }
 
-    /// Every key, newest first.
-    pub async fn keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        sqlx::query_as!(
-            KeyRow,
-            "SELECT key_id, secret_hash, role, hospital_id, description, created_at, expires_at,
-                    revoked_at
-             FROM api_keys ORDER BY id DESC",
+    /// A page of keys, newest first: at most `limit` created before the key
+    /// whose position is `before` (from the start when `None`).
+    pub async fn keys(&self, before: Option<i64>, limit: i64) -> Result<KeyPage, StoreError> {
+        let rows = sqlx::query!(
+            "SELECT id, key_id, secret_hash, role, hospital_id, description, created_at,
+                    expires_at, revoked_at
+             FROM api_keys WHERE id < coalesce($1, 9223372036854775807)
+             ORDER BY id DESC LIMIT $2",
+            before,
+            limit + 1,
         )
         .fetch_all(&mut *self.acquire().await?)
-        .await?
-        .into_iter()
-        .map(|r| r.into_stored().map(|s| s.key))
-        .collect()
+        .await?;
+        let more = rows.len() as i64 > limit;
+        let mut keys = Vec::with_capacity(rows.len());
+        let mut last = None;
+        for r in rows.into_iter().take(limit as usize) {
+            last = Some(r.id);
+            let row = KeyRow {
+                key_id: r.key_id,
+                secret_hash: r.secret_hash,
+                role: r.role,
+                hospital_id: r.hospital_id,
+                description: r.description,
+                created_at: r.created_at,
+                expires_at: r.expires_at,
+                revoked_at: r.revoked_at,
+            };
+            keys.push(row.into_stored()?.key);
+        }
+        Ok(KeyPage {
+            keys,
+            next_before: last.filter(|_| more),
+        })
     }
 
     /// Revokes a key; `None` when there is no such key. Revoking twice keeps the first time.

@@ -136,7 +136,7 @@ async fn call(channel: Authed, method: &str) -> Code {
         ),
         "ListApiKeys" => code(
             admin
-                .list_api_keys(pb::ListApiKeysRequest {})
+                .list_api_keys(pb::ListApiKeysRequest::default())
                 .await
                 .map(drop),
         ),
@@ -305,6 +305,73 @@ async fn a_hospital_key_submits_only_for_its_hospital() {
 }
 
 #[tokio::test]
+async fn api_keys_are_listed_a_page_at_a_time() {
+    let app = spawn_app().await;
+    let mut admin = app.admin.clone();
+    for i in 0..5 {
+        admin
+            .create_api_key(pb::CreateApiKeyRequest {
+                role: pb::Role::Auditor as i32,
+                description: format!("auditor {i}"),
+                ..Default::default()
+            })
+            .await
+            .expect("create");
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = admin
+            .list_api_keys(pb::ListApiKeysRequest {
+                page_size: 2,
+                page_token: token.clone(),
+            })
+            .await
+            .expect("a page")
+            .into_inner();
+        assert!(page.keys.len() <= 2);
+        seen.extend(page.keys.into_iter().map(|k| k.description));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let auditors: Vec<&String> = seen.iter().filter(|d| d.starts_with("auditor")).collect();
+    assert_eq!(
+        auditors,
+        [
+            "auditor 4",
+            "auditor 3",
+            "auditor 2",
+            "auditor 1",
+            "auditor 0"
+        ],
+        "each key once, newest first"
+    );
+    for (request, field) in [
+        (
+            pb::ListApiKeysRequest {
+                page_token: "forged".into(),
+                ..Default::default()
+            },
+            "page_token",
+        ),
+        (
+            pb::ListApiKeysRequest {
+                page_size: -1,
+                ..Default::default()
+            },
+            "page_size",
+        ),
+    ] {
+        let status = admin.list_api_keys(request).await.expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(violated_fields(&status), [field]);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn admins_create_list_and_revoke_keys_and_revocation_is_immediate() {
     let app = spawn_app().await;
     let mut admin = app.admin.clone();
@@ -329,7 +396,7 @@ async fn admins_create_list_and_revoke_keys_and_revocation_is_immediate() {
         .expect("the new key works");
 
     let listed = admin
-        .list_api_keys(pb::ListApiKeysRequest {})
+        .list_api_keys(pb::ListApiKeysRequest::default())
         .await
         .expect("list")
         .into_inner();
