@@ -1,4 +1,5 @@
-//! The tonic server: the three services, health, reflection, graceful shutdown.
+//! The tonic server: the four services, health, reflection, the tower
+//! layers in front of them, and graceful shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,8 +15,8 @@ use tonic_health::server::HealthReporter;
 use crate::api::admin::AdminApi;
 use crate::api::audit::AuditApi;
 use crate::api::auth::{AuthLayer, Authenticator};
+use crate::api::call_cap::ConcurrencyCap;
 use crate::api::ingest::IngestApi;
-use crate::api::limits::ConcurrencyCap;
 use crate::api::observe::ObserveLayer;
 use crate::api::registry::RegistryApi;
 use crate::config::{self, TlsPem};
@@ -190,10 +191,10 @@ pub const LIVENESS: &str = "liveness";
 
 /// The service names health reports on, besides the overall "" entry.
 const SERVICES: &[&str] = &[
-    "transplant_audit.v1.IngestService",
-    "transplant_audit.v1.RegistryService",
-    "transplant_audit.v1.AuditService",
-    "transplant_audit.v1.AdminService",
+    pb::ingest_service_server::SERVICE_NAME,
+    pb::registry_service_server::SERVICE_NAME,
+    pb::audit_service_server::SERVICE_NAME,
+    pb::admin_service_server::SERVICE_NAME,
 ];
 
 /// Serves on `listeners` until `shutdown` resolves, then drains: health goes

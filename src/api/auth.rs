@@ -20,6 +20,7 @@ use crate::domain::access::PresentedKey;
 use crate::domain::{Caller, Role};
 use crate::store::Store;
 use crate::store::keys::StoredKey;
+use crate::wire::pb;
 
 /// How long a looked-up key is trusted before it is read again; a revoked
 /// key stops working within this time on every replica.
@@ -27,6 +28,12 @@ pub const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
 
 /// Most keys (or unknown key ids) remembered at once.
 const KEY_CACHE_CAPACITY: usize = 10_000;
+
+const HEALTH: &str = tonic_health::pb::health_server::SERVICE_NAME;
+const INGEST: &str = pb::ingest_service_server::SERVICE_NAME;
+const AUDIT: &str = pb::audit_service_server::SERVICE_NAME;
+const REGISTRY: &str = pb::registry_service_server::SERVICE_NAME;
+const ADMIN: &str = pb::admin_service_server::SERVICE_NAME;
 
 /// Who may call a method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,14 +53,12 @@ pub fn access_for(path: &str) -> Access {
         .split_once('/')
         .unwrap_or((path, ""));
     match (service, method) {
-        ("grpc.health.v1.Health", _) => Access::Open,
-        ("transplant_audit.v1.IngestService", _) => Access::Roles(&[Role::Hospital]),
-        ("transplant_audit.v1.AuditService", _) => Access::Roles(&[Role::Auditor]),
-        ("transplant_audit.v1.RegistryService", "GetClinic" | "ListClinics") => {
-            Access::Roles(&[Role::Admin, Role::Auditor])
-        }
-        ("transplant_audit.v1.RegistryService", _) => Access::Roles(&[Role::Admin]),
-        ("transplant_audit.v1.AdminService", _) => Access::Roles(&[Role::Admin]),
+        (HEALTH, _) => Access::Open,
+        (INGEST, _) => Access::Roles(&[Role::Hospital]),
+        (AUDIT, _) => Access::Roles(&[Role::Auditor]),
+        (REGISTRY, "GetClinic" | "ListClinics") => Access::Roles(&[Role::Admin, Role::Auditor]),
+        (REGISTRY, _) => Access::Roles(&[Role::Admin]),
+        (ADMIN, _) => Access::Roles(&[Role::Admin]),
         // Reflection, and unknown methods (which answer UNIMPLEMENTED).
         _ => Access::AnyRole,
     }

@@ -1,13 +1,16 @@
-//! The gRPC adapters: proto ⇄ domain, error mapping, the three services.
+//! The gRPC adapters: one per service (ingest, registry, audit, admin), each
+//! converting between the wire and the domain and calling the layer below;
+//! the one error map ([`status`]); and the tower layers every call passes
+//! (authentication, the cap on calls in flight, tracing and metrics).
 
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod call_cap;
 pub mod client_cert;
 #[cfg(test)]
 mod hostile_input;
 pub mod ingest;
-pub mod limits;
 pub mod observe;
 mod page_token;
 pub mod registry;

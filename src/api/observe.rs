@@ -131,7 +131,7 @@ where
 /// The span of one call; health checks, polled every few seconds by
 /// orchestrators, are measured but not traced.
 fn call_span(service: &str, method: &str, headers: &http::HeaderMap) -> tracing::Span {
-    if service == "grpc.health.v1.Health" {
+    if service == tonic_health::pb::health_server::SERVICE_NAME {
         return tracing::Span::none();
     }
     let span = tracing::info_span!(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::RuleId;
-use super::limits::IschemiaLimits;
+use super::ischemia_limits::IschemiaLimits;
 use crate::domain::Severity;
 
 /// The longest window accepted, in days: a century covers any back-fill.
@@ -167,7 +167,7 @@ impl Default for NonResidentShareConfig {
 
 /// Why a rules configuration cannot be used; each names the offending key.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub enum RulesConfigError {
     /// The file could not be read.
     #[error("cannot read rules configuration {path}: {source}")]
     Read {
@@ -205,7 +205,7 @@ pub enum ConfigError {
     },
 }
 
-impl From<toml::de::Error> for ConfigError {
+impl From<toml::de::Error> for RulesConfigError {
     fn from(e: toml::de::Error) -> Self {
         Self::Toml(Box::new(e))
     }
@@ -243,7 +243,7 @@ impl Default for RuleEntry {
 
 impl RulesConfig {
     /// Parses and validates a configuration from TOML text.
-    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+    pub fn from_toml_str(text: &str) -> Result<Self, RulesConfigError> {
         let file: ConfigFile = toml::from_str(text)?;
         let config = Self {
             rules: rule_settings(file.rules)?,
@@ -259,8 +259,8 @@ impl RulesConfig {
     }
 
     /// Reads, parses and validates a configuration file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    pub fn load(path: &Path) -> Result<Self, RulesConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RulesConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
@@ -301,7 +301,7 @@ impl RulesConfig {
     }
 
     /// Checks every threshold against its range; the first bad one is reported.
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), RulesConfigError> {
         for (organ, hours) in self.ischemia.limit_hours.entries() {
             check_positive(&format!("ischemia.limit_hours.{organ}"), hours)?;
         }
@@ -335,17 +335,17 @@ impl RulesConfig {
 /// Resolves rule ids and severities of the `[rules]` tables.
 fn rule_settings(
     entries: BTreeMap<String, RuleEntry>,
-) -> Result<BTreeMap<RuleId, RuleSettings>, ConfigError> {
+) -> Result<BTreeMap<RuleId, RuleSettings>, RulesConfigError> {
     entries
         .into_iter()
         .map(|(id, entry)| {
-            let rule: RuleId = id.parse().map_err(|_| ConfigError::UnknownRule(id))?;
+            let rule: RuleId = id.parse().map_err(|_| RulesConfigError::UnknownRule(id))?;
             let severity = entry
                 .severity
                 .map(|value| {
                     value
                         .parse()
-                        .map_err(|_| ConfigError::UnknownSeverity { rule, value })
+                        .map_err(|_| RulesConfigError::UnknownSeverity { rule, value })
                 })
                 .transpose()?;
             Ok((
@@ -359,15 +359,15 @@ fn rule_settings(
         .collect()
 }
 
-fn out_of_range(key: &str, value: impl ToString, expected: &'static str) -> ConfigError {
-    ConfigError::OutOfRange {
+fn out_of_range(key: &str, value: impl ToString, expected: &'static str) -> RulesConfigError {
+    RulesConfigError::OutOfRange {
         key: key.to_owned(),
         value: value.to_string(),
         expected,
     }
 }
 
-fn check_positive(key: &str, value: u32) -> Result<(), ConfigError> {
+fn check_positive(key: &str, value: u32) -> Result<(), RulesConfigError> {
     if value == 0 {
         Err(out_of_range(key, value, "at least 1"))
     } else {
@@ -375,7 +375,7 @@ fn check_positive(key: &str, value: u32) -> Result<(), ConfigError> {
     }
 }
 
-fn check_window(key: &str, days: u32) -> Result<(), ConfigError> {
+fn check_window(key: &str, days: u32) -> Result<(), RulesConfigError> {
     if (1..=MAX_WINDOW_DAYS).contains(&days) {
         Ok(())
     } else {
@@ -383,7 +383,7 @@ fn check_window(key: &str, days: u32) -> Result<(), ConfigError> {
     }
 }
 
-fn check_share(key: &str, share: f64) -> Result<(), ConfigError> {
+fn check_share(key: &str, share: f64) -> Result<(), RulesConfigError> {
     // Written as a range check so that NaN fails it too.
     if (0.0..=1.0).contains(&share) {
         Ok(())
@@ -466,7 +466,7 @@ mod tests {
     fn unknown_rule_id_is_named() {
         let e =
             RulesConfig::from_toml_str("[rules.ABO_INCOMPATIBEL]\nenabled = false").unwrap_err();
-        assert!(matches!(&e, ConfigError::UnknownRule(id) if id == "ABO_INCOMPATIBEL"));
+        assert!(matches!(&e, RulesConfigError::UnknownRule(id) if id == "ABO_INCOMPATIBEL"));
         assert!(e.to_string().contains("ABO_INCOMPATIBEL"));
     }
 
@@ -536,7 +536,7 @@ mod tests {
         ] {
             let e = RulesConfig::from_toml_str(text).unwrap_err();
             assert!(
-                matches!(&e, ConfigError::OutOfRange { key: k, .. } if k == key),
+                matches!(&e, RulesConfigError::OutOfRange { key: k, .. } if k == key),
                 "{text:?}: {e}"
             );
             assert!(e.to_string().contains(key), "{e}");

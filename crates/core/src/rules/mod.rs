@@ -7,7 +7,7 @@ pub mod catalogue;
 pub mod config;
 pub mod context;
 pub mod engine;
-pub mod limits;
+pub mod ischemia_limits;
 
 mod clinic;
 mod pairing;
@@ -18,7 +18,7 @@ mod tourism;
 pub mod fixtures;
 
 pub use catalogue::RuleId;
-pub use config::{ConfigError, RulesConfig};
+pub use config::{RulesConfig, RulesConfigError};
 pub use context::{
     ClinicWindow, ContextKey, ForeignLivingTransplant, PriorDonation, RuleContext, WindowSpec,
 };
