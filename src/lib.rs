@@ -8,13 +8,13 @@
 pub mod api;
 pub mod cli;
 pub mod config;
-pub mod feed;
 pub mod import;
 pub mod ingest;
 pub mod rescan;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod watch;
 
 pub use transplant_audit_core::{domain, rules, wire};
 pub use transplant_audit_tools::localdb;

@@ -21,11 +21,11 @@ use crate::api::observe::ObserveLayer;
 use crate::api::registry::RegistryApi;
 use crate::config::{self, TlsPem};
 use crate::domain::FingerprintKey;
-use crate::feed::FlagFeed;
 use crate::ingest::Ingestor;
 use crate::rules::Engine;
 use crate::store::Store;
 use crate::telemetry::metrics;
+use crate::watch::FlagFeed;
 use crate::wire::pb;
 
 /// The largest request message accepted; a record is a few kilobytes.

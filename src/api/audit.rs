@@ -1,18 +1,20 @@
 //! `AuditService`: auditors list, open and triage flags.
 
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::domain::FlagFilter;
 use crate::domain::{FlagStatus, Violations};
-use crate::feed::FlagFeed;
 use crate::rules::RuleId;
 use crate::store::feed::FeedCursor;
 use crate::store::{Store, TriageStep};
+use crate::watch::{self, FlagFeed};
 use crate::wire::listing;
 
 use super::auth::caller;
 use super::status::{ApiError, Resource, invalid};
-use super::watch::{FlagStream, watch};
 use super::{page_token, trace_id};
 use crate::wire::convert::{event_to_proto, flag_to_proto, instant, record_to_proto, required};
 use crate::wire::pb;
@@ -65,7 +67,8 @@ fn parse_id(v: &mut Violations, field: &str, raw: &str) -> Option<i64> {
 
 #[tonic::async_trait]
 impl AuditService for AuditApi {
-    type WatchFlagsStream = FlagStream;
+    type WatchFlagsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::WatchFlagsResponse, Status>> + Send>>;
 
     async fn watch_flags(
         &self,
@@ -76,12 +79,14 @@ impl AuditService for AuditApi {
             Some(cursor) => cursor,
             None => self.store.feed_start().await?,
         };
-        Ok(Response::new(watch(
-            self.store.clone(),
-            &self.feed,
-            filter,
-            cursor,
-        )))
+        let flags = watch::watch(self.store.clone(), &self.feed, filter, cursor).map(|item| {
+            item.map(|(cursor, flag)| pb::WatchFlagsResponse {
+                flag: Some(flag_to_proto(&flag)),
+                cursor: cursor.to_string(),
+            })
+            .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(flags)))
     }
 
     async fn list_flags(

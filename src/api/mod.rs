@@ -15,7 +15,6 @@ pub mod observe;
 mod page_token;
 pub mod registry;
 pub mod status;
-pub mod watch;
 
 /// The trace id of a call: its span's, or, when nothing traces the server
 /// (tests running it in-process), the caller's valid `traceparent`.

@@ -18,6 +18,7 @@ use crate::domain::{FlagStatus, Role, Violations};
 use crate::ingest::IngestError;
 use crate::rescan::RescanError;
 use crate::store::{StoreError, TriageError};
+use crate::watch::WatchEnd;
 
 /// The `domain` of every `google.rpc.ErrorInfo` this service sends.
 pub const ERROR_DOMAIN: &str = "transplant-audit";
@@ -307,6 +308,15 @@ impl From<RescanError> for ApiError {
     }
 }
 
+impl From<WatchEnd> for ApiError {
+    fn from(end: WatchEnd) -> Self {
+        match end {
+            WatchEnd::Closing => ApiError::ShuttingDown,
+            WatchEnd::Store(e) => e.into(),
+        }
+    }
+}
+
 /// `?` on the library's errors in an adapter: each through [`ApiError`].
 macro_rules! status_from {
     ($($error:ty),+) => {
@@ -317,7 +327,7 @@ macro_rules! status_from {
         })+
     };
 }
-status_from!(StoreError, IngestError, TriageError, RescanError);
+status_from!(StoreError, IngestError, TriageError, RescanError, WatchEnd);
 
 /// INVALID_ARGUMENT with one `google.rpc.BadRequest` field violation per bad
 /// field (the first [`MAX_REPORTED_VIOLATIONS`] of them).

@@ -1,4 +1,4 @@
-//! Wakes `WatchFlags` streams when flags are raised on any replica.
+//! Wakes watchers when flags are raised on any replica.
 //!
 //! One connection per server LISTENs for the database's notifications and
 //! wakes every watcher; each watcher then reads the feed from its own cursor

@@ -1,24 +1,25 @@
-//! `WatchFlags` streams: each watcher reads the flag feed from its own cursor
-//! and sleeps until the feed says flags may have been raised.
+//! `WatchFlags`: the live feed of raised flags, as any replica's watchers
+//! see it. The order of the feed and reading it from a cursor are SQL
+//! ([`crate::store::feed`]); here are the wake-ups that tell watchers to
+//! read ([`wake`]) and the watcher itself ([`watch`]), which yields domain
+//! flags for an adapter (gRPC, the console) to send on.
+
+pub mod wake;
 
 use std::pin::Pin;
 
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Status;
 use tracing::Instrument;
 
-use crate::domain::FlagFilter;
-use crate::feed::{FlagFeed, Wake};
-use crate::store::Store;
+use crate::domain::{FlagFilter, FlagView};
 use crate::store::feed::FeedCursor;
+use crate::store::{Store, StoreError};
 use crate::telemetry::metrics;
 
-use super::status::ApiError;
-
-use crate::wire::convert::flag_to_proto;
-use crate::wire::pb;
+use wake::Wake;
+pub use wake::{FeedHandle, FlagFeed};
 
 /// Flags read from the database at a time.
 const BATCH: i64 = 100;
@@ -26,12 +27,23 @@ const BATCH: i64 = 100;
 /// Flags buffered ahead of a slow watcher; past it the reader waits.
 const BUFFER: usize = 64;
 
-/// The stream a watcher receives.
-pub type FlagStream = Pin<Box<dyn Stream<Item = Result<pb::WatchFlagsResponse, Status>> + Send>>;
+/// Why a watch ended before its watcher left.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchEnd {
+    /// The server is shutting down; the watcher resumes from its last cursor elsewhere.
+    #[error("the server is shutting down")]
+    Closing,
+    /// Reading the feed failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a watcher receives: each flag with the cursor to resume after it.
+pub type Watched = Pin<Box<dyn Stream<Item = Result<(FeedCursor, FlagView), WatchEnd>> + Send>>;
 
 /// Streams the flags `filter` lets through from after `cursor`, until the
-/// client goes away or the server shuts down.
-pub fn watch(store: Store, feed: &FlagFeed, filter: FlagFilter, cursor: FeedCursor) -> FlagStream {
+/// watcher goes away or the server shuts down.
+pub fn watch(store: Store, feed: &FlagFeed, filter: FlagFilter, cursor: FeedCursor) -> Watched {
     let (tx, rx) = mpsc::channel(BUFFER);
     let subscription = feed.subscribe();
     tokio::spawn(
@@ -43,17 +55,13 @@ pub fn watch(store: Store, feed: &FlagFeed, filter: FlagFilter, cursor: FeedCurs
                 let flags = match store.flags_after(&filter, cursor, BATCH).await {
                     Ok(flags) => flags,
                     Err(e) => {
-                        let _ = tx.send(Err(Status::from(e))).await;
+                        let _ = tx.send(Err(e.into())).await;
                         return;
                     }
                 };
                 let more = flags.len() as i64 == BATCH;
                 for (position, flag) in flags {
-                    let message = pb::WatchFlagsResponse {
-                        flag: Some(flag_to_proto(&flag)),
-                        cursor: position.to_string(),
-                    };
-                    if tx.send(Ok(message)).await.is_err() {
+                    if tx.send(Ok((position, flag))).await.is_err() {
                         return; // the watcher went away
                     }
                     cursor = position;
@@ -66,7 +74,7 @@ pub fn watch(store: Store, feed: &FlagFeed, filter: FlagFilter, cursor: FeedCurs
                     wake = subscription.next() => wake,
                 };
                 if wake == Wake::Closing {
-                    let _ = tx.send(Err(ApiError::ShuttingDown.into())).await;
+                    let _ = tx.send(Err(WatchEnd::Closing)).await;
                     return;
                 }
             }
