@@ -4,17 +4,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use chrono::Utc;
-use futures::stream::FuturesOrdered;
-use futures::{FutureExt, Stream};
-use tokio::sync::{Semaphore, mpsc, oneshot};
-use tokio::task::JoinHandle;
-use tokio_stream::StreamExt;
+use futures::{Stream, StreamExt};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::domain::{Caller, Submission, Violations};
-use crate::ingest::{Ack, Ingestor, Outcome, Prepared};
+use crate::ingest::stream::{Check, StreamLimits};
+use crate::ingest::{Ack, IngestError, Ingestor, Outcome};
 use crate::server::ServeOptions;
 use crate::telemetry::metrics;
 
@@ -27,11 +25,6 @@ use crate::wire::pb::{self, RecordAck};
 /// The most acknowledgements buffered ahead of a slow reader.
 const ACK_BUFFER: usize = 64;
 
-/// Batches of one stream stored at once: one commits while the next
-/// evaluates, each in its own transactions (one per lane, see
-/// [`Ingestor::store_in_lanes`]).
-const STREAM_BATCHES_AT_ONCE: usize = 2;
-
 /// The longest amendment reason accepted.
 const MAX_REASON_LEN: usize = 2000;
 
@@ -40,8 +33,7 @@ const MAX_REASON_LEN: usize = 2000;
 pub struct IngestApi {
     ingestor: Ingestor,
     streams: Arc<Semaphore>,
-    max_stream_records: u64,
-    batch_size: usize,
+    stream_limits: StreamLimits,
 }
 
 impl IngestApi {
@@ -50,8 +42,10 @@ impl IngestApi {
         Self {
             ingestor,
             streams: Arc::new(Semaphore::new(limits.max_concurrent_streams)),
-            max_stream_records: limits.max_stream_records,
-            batch_size: limits.ingest_batch_size.max(1),
+            stream_limits: StreamLimits {
+                max_records: limits.max_stream_records,
+                batch_size: limits.ingest_batch_size.max(1),
+            },
         }
     }
 
@@ -71,7 +65,7 @@ impl IngestApi {
         }
         .await;
         match &result {
-            Ok(ack) => count_outcomes(caller, std::slice::from_ref(ack)),
+            Ok(ack) => count_outcome(caller, ack),
             Err(status) if is_rejection(status.code()) => {
                 metrics::records_ingested("rejected", hospital_label(caller), 1);
             }
@@ -81,243 +75,38 @@ impl IngestApi {
     }
 }
 
-impl IngestApi {
-    /// Reads a stream in batches of what has arrived (up to the batch size),
-    /// stores each batch in a transaction per lane and acknowledges its
-    /// records in order once every lane has committed. A batch is read once
-    /// the one before it holds its locks and record ids, so two are stored
-    /// at once and the records that arrive meanwhile make the next batch. A
-    /// database failure ends the stream with its status, and the client
-    /// resends from its first unacknowledged record: the failed lane stored
-    /// nothing, while the batch's other lanes and the batch after it may
-    /// have committed all the same (their records then come back as
-    /// duplicates, with their original acknowledgements).
-    async fn serve_stream(
-        &self,
-        caller: &Caller,
-        inbound: &mut Streaming<pb::SubmitRecordsRequest>,
-        tx: &mpsc::Sender<Result<pb::SubmitRecordsResponse, Status>>,
-    ) {
-        let mut storing = FuturesOrdered::new();
-        self.serve_batches(caller, inbound, tx, &mut storing).await;
-        // A stream that ended early (its client gone, a batch failed) may
-        // leave batches storing on their tasks; its slot among the open
-        // streams is freed once they are done, so the cap on open streams
-        // also bounds the batches being stored.
-        while storing.next().await.is_some() {}
-    }
+/// How a stream's messages become submissions: decoded, validated and
+/// checked against the caller's hospital, or refused with an
+/// acknowledgement that says why.
+#[derive(Clone, Debug)]
+struct StreamCheck {
+    caller: Caller,
+}
 
-    /// [`Self::serve_stream`] until the stream ends, leaving in `storing`
-    /// the batches still being stored, oldest first.
-    async fn serve_batches(
-        &self,
-        caller: &Caller,
-        inbound: &mut Streaming<pb::SubmitRecordsRequest>,
-        tx: &mpsc::Sender<Result<pb::SubmitRecordsResponse, Status>>,
-        storing: &mut FuturesOrdered<JoinHandle<Result<Vec<RecordAck>, Status>>>,
-    ) {
-        let mut read = 0u64;
-        let mut sequence = 0u64;
-        // The newest batch's signal that it holds its locks and record ids.
-        let mut ordering: Option<oneshot::Receiver<()>> = None;
-        // Set once the client is done: how the call then ends.
-        let mut ended: Option<Option<Status>> = None;
-        loop {
-            if let (Some(end), true) = (&mut ended, storing.is_empty()) {
-                if let Some(status) = end.take() {
-                    let _ = tx.send(Err(status)).await;
-                }
-                return;
-            }
-            let may_read =
-                ended.is_none() && ordering.is_none() && storing.len() < STREAM_BATCHES_AT_ONCE;
-            tokio::select! {
-                // Cancel-safe: `next_batch` finishes in the poll that gets its first message.
-                (mut batch, end) = next_batch(inbound, self.batch_size), if may_read => {
-                    let room = usize::try_from(self.max_stream_records - read).unwrap_or(usize::MAX);
-                    let over_cap = batch.len() > room;
-                    batch.truncate(room);
-                    read += batch.len() as u64;
-                    tracing::debug!(records = batch.len(), "stream batch read");
-                    if !batch.is_empty() {
-                        let (ordered, order) = oneshot::channel();
-                        ordering = Some(order);
-                        storing.push_back(self.spawn_batch(caller, batch, ordered));
-                    }
-                    if over_cap {
-                        let limit = self.max_stream_records;
-                        ended = Some(Some(ApiError::StreamTooLong { limit }.into()));
-                    } else {
-                        match end {
-                            StreamEnd::More => {}
-                            StreamEnd::Closed => ended = Some(None),
-                            StreamEnd::Failed(status) => ended = Some(Some(status)),
-                        }
-                    }
-                }
-                () = async {
-                    match ordering.as_mut() {
-                        // Sent, or dropped by a batch that failed first.
-                        Some(order) => drop(order.await),
-                        None => std::future::pending().await,
-                    }
-                } => ordering = None,
-                Some(joined) = storing.next() => {
-                    let stored = joined.unwrap_or_else(|e| {
-                        tracing::error!(error = %e, "a stream batch's task failed");
-                        Err(ApiError::Internal.into())
-                    });
-                    let acks = match stored {
-                        Ok(acks) => acks,
-                        Err(status) => {
-                            let _ = tx.send(Err(status)).await;
-                            return;
-                        }
-                    };
-                    count_outcomes(caller, &acks);
-                    for ack in acks {
-                        let response = pb::SubmitRecordsResponse {
-                            sequence,
-                            ack: Some(ack),
-                        };
-                        if tx.send(Ok(response)).await.is_err() {
-                            return; // the client went away
-                        }
-                        sequence += 1;
-                    }
-                }
-            }
-        }
-    }
+impl Check for StreamCheck {
+    type Message = pb::SubmitRecordsRequest;
+    type Refusal = Box<RecordAck>;
 
-    /// Checks and stores a batch on a task of its own. On the stream's task
-    /// the next batch's checking (pseudonymising, hashing: CPU work) would
-    /// hold up this batch's database round trips while it holds its locks,
-    /// and with them every batch after it. The task finishes its
-    /// transaction even if the stream's client goes away meanwhile.
-    fn spawn_batch(
+    fn check(
         &self,
-        caller: &Caller,
-        batch: Vec<pb::SubmitRecordsRequest>,
-        ordered: oneshot::Sender<()>,
-    ) -> JoinHandle<Result<Vec<RecordAck>, Status>> {
-        let api = self.clone();
-        let caller = caller.clone();
-        tokio::spawn(
-            async move {
-                let checked = api.check(&caller, &batch);
-                api.store_checked(checked, ordered).await
-            }
-            .in_current_span(),
-        )
-    }
-
-    /// Validates a batch and prepares what is valid for storing.
-    fn check(&self, caller: &Caller, batch: &[pb::SubmitRecordsRequest]) -> Checked {
+        messages: &[pb::SubmitRecordsRequest],
+    ) -> Vec<Result<Submission, Box<RecordAck>>> {
         let now = Utc::now();
-        let mut valid = Vec::new();
-        let mut slots = Vec::with_capacity(batch.len());
-        validate_span().in_scope(|| {
-            for message in batch {
+        messages
+            .iter()
+            .map(|message| {
                 let record = message.record.as_ref();
                 let parsed = submission("record", record, now);
-                let checked =
-                    authorize(caller, record, &parsed).and_then(|()| parsed.map_err(invalid));
-                match checked {
-                    Ok(s) => {
-                        slots.push(Err(valid.len()));
-                        valid.push(s);
-                    }
-                    Err(status) => slots.push(Ok(rejected(record, &status))),
-                }
-            }
-        });
-        let ids = valid.iter().map(|s| s.external_record_id.clone()).collect();
-        Checked {
-            slots,
-            ids,
-            prepared: self.ingestor.prepare(valid),
-        }
-    }
-
-    /// Stores a checked batch in its lanes (telling `ordered` once they hold
-    /// their locks and record ids) and returns one acknowledgement per
-    /// message, in order.
-    async fn store_checked(
-        &self,
-        checked: Checked,
-        ordered: oneshot::Sender<()>,
-    ) -> Result<Vec<RecordAck>, Status> {
-        let Checked {
-            slots,
-            ids,
-            prepared,
-        } = checked;
-        let mut results = if prepared.is_empty() {
-            Vec::new()
-        } else {
-            self.ingestor.store_in_lanes(prepared, ordered).await?
-        }
-        .into_iter()
-        .zip(ids)
-        .map(|(result, id)| match result {
-            Ok(ack) => ack_to_proto(id, &ack),
-            Err(e) => rejected_id(id, &Status::from(e)),
-        })
-        .map(Some)
-        .collect::<Vec<_>>();
-        Ok(slots
-            .into_iter()
-            .map(|slot| match slot {
-                Ok(ack) => ack,
-                Err(i) => results[i].take().unwrap_or_default(),
+                authorize(&self.caller, record, &parsed)
+                    .and_then(|()| parsed.map_err(invalid))
+                    .map_err(|status| Box::new(rejected(record, &status)))
             })
-            .collect())
+            .collect()
     }
-}
 
-/// A batch of a stream, checked: each message's refusal or its place among
-/// the valid records, which are ready to store.
-struct Checked {
-    slots: Vec<Result<RecordAck, usize>>,
-    ids: Vec<String>,
-    prepared: Prepared,
-}
-
-/// How reading a batch ended.
-enum StreamEnd {
-    /// The client may send more.
-    More,
-    /// The client closed its side.
-    Closed,
-    /// The stream broke (for example a message too large to decode).
-    Failed(Status),
-}
-
-/// Waits for one message, then takes whatever else has already arrived, up to `max`.
-async fn next_batch(
-    inbound: &mut Streaming<pb::SubmitRecordsRequest>,
-    max: usize,
-) -> (Vec<pb::SubmitRecordsRequest>, StreamEnd) {
-    let mut batch = Vec::new();
-    match inbound.message().await {
-        Ok(Some(m)) => batch.push(m),
-        Ok(None) => return (batch, StreamEnd::Closed),
-        Err(status) => return (batch, StreamEnd::Failed(status)),
+    fn refuse(&self, external_record_id: String, error: IngestError) -> Box<RecordAck> {
+        Box::new(rejected_id(external_record_id, &Status::from(error)))
     }
-    while batch.len() < max {
-        // Polled once: `Streaming::message` keeps its state, so dropping a
-        // pending poll loses nothing. Unconstrained by Tokio's cooperative
-        // budget, which would otherwise report data already received as
-        // pending after about a hundred messages and cut every batch there.
-        match tokio::task::unconstrained(inbound.message()).now_or_never() {
-            Some(Ok(Some(m))) => batch.push(m),
-            Some(Ok(None)) => return (batch, StreamEnd::Closed),
-            Some(Err(status)) => return (batch, StreamEnd::Failed(status)),
-            None => break,
-        }
-    }
-    (batch, StreamEnd::More)
 }
 
 /// The span of checking submitted records, the pipeline's first step.
@@ -338,16 +127,14 @@ fn hospital_label(caller: &Caller) -> &str {
     caller.hospital_id.as_deref().unwrap_or("")
 }
 
-/// Counts acknowledged records by outcome.
-fn count_outcomes(caller: &Caller, acks: &[RecordAck]) {
-    for (outcome, label) in [
-        (pb::Outcome::Accepted, "accepted"),
-        (pb::Outcome::Duplicate, "duplicate"),
-        (pb::Outcome::Rejected, "rejected"),
-    ] {
-        let count = acks.iter().filter(|a| a.outcome == outcome as i32).count();
-        metrics::records_ingested(label, hospital_label(caller), count as u64);
-    }
+/// Counts an acknowledged record by its outcome.
+fn count_outcome(caller: &Caller, ack: &RecordAck) {
+    let outcome = match pb::Outcome::try_from(ack.outcome) {
+        Ok(pb::Outcome::Accepted) => "accepted",
+        Ok(pb::Outcome::Duplicate) => "duplicate",
+        _ => "rejected",
+    };
+    metrics::records_ingested(outcome, hospital_label(caller), 1);
 }
 
 /// A record for another hospital is PERMISSION_DENIED whatever else is wrong
@@ -424,17 +211,34 @@ impl IngestService for IngestApi {
             tracing::warn!(key_id = %caller.key_id, "stream refused: too many open streams");
             Status::from(ApiError::TooManyStreams)
         })?;
-        let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(ACK_BUFFER);
-        let api = self.clone();
+        let (ingestor, limits) = (self.ingestor.clone(), self.stream_limits);
+        let check = StreamCheck {
+            caller: caller.clone(),
+        };
+        let messages = request.into_inner();
         tokio::spawn(
             async move {
+                // The stream counts among the open ones until its batches are stored.
                 let _permit = permit;
-                api.serve_stream(&caller, &mut inbound, &tx).await;
+                ingestor.submit_stream(messages, check, limits, tx).await;
             }
             .instrument(tracing::Span::current()),
         );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let responses = ReceiverStream::new(rx)
+            .enumerate()
+            .map(move |(sequence, answer)| {
+                let ack = match answer.map_err(Status::from)? {
+                    Ok(stored) => ack_to_proto(stored.external_record_id, &stored.ack),
+                    Err(refused) => *refused,
+                };
+                count_outcome(&caller, &ack);
+                Ok(pb::SubmitRecordsResponse {
+                    sequence: sequence as u64,
+                    ack: Some(ack),
+                })
+            });
+        Ok(Response::new(Box::pin(responses)))
     }
 
     async fn amend_record(

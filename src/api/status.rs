@@ -16,6 +16,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::domain::{FlagStatus, Role, Violations};
 use crate::ingest::IngestError;
+use crate::ingest::stream::StreamError;
 use crate::rescan::RescanError;
 use crate::store::{StoreError, TriageError};
 use crate::watch::WatchEnd;
@@ -313,6 +314,18 @@ impl From<WatchEnd> for ApiError {
         match end {
             WatchEnd::Closing => ApiError::ShuttingDown,
             WatchEnd::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<StreamError<Status>> for Status {
+    fn from(err: StreamError<Status>) -> Self {
+        match err {
+            // The client's own stream broke: tonic's status says how.
+            StreamError::Broken(status) => status,
+            StreamError::TooLong { limit } => ApiError::StreamTooLong { limit }.into(),
+            StreamError::Store(e) => e.into(),
+            StreamError::Lost => ApiError::Internal.into(),
         }
     }
 }

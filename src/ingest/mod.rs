@@ -4,6 +4,7 @@
 mod batch;
 mod group;
 mod lanes;
+pub mod stream;
 
 pub use lanes::{LANES, lane_of};
 
