@@ -8,6 +8,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod import;
 pub mod ingest;
 pub mod rescan;

@@ -6,10 +6,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::ControlFlow;
 
+use crate::context::{Evaluation, GroupContext};
+use crate::domain::Record;
 use crate::domain::{Fingerprint, RecordId};
-use crate::rules::{
-    ClinicWindow, Engine, PriorDonation, RuleContext, RuleId, RulesConfig, WindowSpec,
-};
+use crate::rules::{ClinicWindow, Engine, PriorDonation, RuleId, RulesConfig, WindowSpec};
 use crate::store::rescan::{
     ExistingFlag, NewFlag, RescanRun, StoredRecord, TransplantRange, WindowProbe,
 };
@@ -160,8 +160,7 @@ pub async fn rescan(
         let Some(loaded) = loaded? else { break };
         let Loaded {
             chunk,
-            histories,
-            windows,
+            group,
             existing,
         } = loaded;
         let Some(last_id) = chunk.last().map(|r| r.id) else {
@@ -169,21 +168,8 @@ pub async fn rescan(
         };
         // Read the next chunk while this one is evaluated and written.
         pending = Prefetch::start(reader, last_id);
-        let mut findings = Vec::with_capacity(chunk.len());
-        for (stored, window) in chunk.iter().zip(&windows) {
-            let record = &stored.record;
-            let history = histories
-                .get(&record.donor.person.identifier)
-                .map_or(&[][..], |h| {
-                    &h[..h.partition_point(|p| p.record_id < stored.id)]
-                });
-            let ctx = RuleContext {
-                clinic: clinics.get(&record.clinic_id),
-                donor_history: history,
-                clinic_window: window,
-            };
-            findings.push(engine.evaluate_only(record, &ctx, &rules));
-        }
+        let records: Vec<(RecordId, &Record)> = chunk.iter().map(|r| (r.id, &r.record)).collect();
+        let findings = group.evaluate(engine, &clinics, &records, Evaluation::Rescan(&rules));
         let flagged: HashSet<RecordId> = existing.keys().map(|(id, _)| *id).collect();
         let mut new_flags = Vec::new();
         for (stored, found) in chunk.iter().zip(&findings) {
@@ -253,10 +239,9 @@ pub async fn rescan(
 struct Loaded {
     /// The records, in id order.
     chunk: Vec<StoredRecord>,
-    /// The chunk's donors' records stored before the chunk's last record.
-    histories: HashMap<Fingerprint, Vec<PriorDonation>>,
-    /// Each record's clinic window, in chunk order.
-    windows: Vec<ClinicWindow>,
+    /// The chunk's donors' records before the chunk's last record, and each
+    /// record's clinic windows.
+    group: GroupContext,
     /// Flags of the rescanned rules already on the chunk's records.
     existing: HashMap<(RecordId, RuleId), ExistingFlag>,
 }
@@ -366,32 +351,12 @@ impl Reader {
         }
         let deceased_probes: Vec<WindowProbe> = deceased.iter().map(|(_, p)| p.clone()).collect();
         let store = &self.store;
-        let (mut histories, existing, living_windows, deceased_counts) = tokio::try_join!(
+        let (donations, existing, living_windows, deceased_counts) = tokio::try_join!(
             store.donor_histories(&donors, history_before),
             store.existing_flags(&ids, &self.rule_ids),
             store.clinic_windows(&living),
             self.deceased.counts(store, &deceased_probes),
         )?;
-        if whole_span {
-            // Every record but the last is an earlier donation to the ones after it.
-            for stored in &chunk[..chunk.len() - 1] {
-                let record = &stored.record;
-                histories
-                    .entry(record.donor.person.identifier)
-                    .or_default()
-                    .push(PriorDonation {
-                        record_id: stored.id,
-                        organ: record.organ,
-                        laterality: record.laterality,
-                        kind: record.donor.kind,
-                        procured_at: record.procured_at,
-                    });
-            }
-        }
-        let existing = existing
-            .into_iter()
-            .filter_map(|((record, rule), flag)| Some(((record, rule.parse().ok()?), flag)))
-            .collect();
         let mut windows = vec![ClinicWindow::default(); chunk.len()];
         for (i, window) in living_at.into_iter().zip(living_windows) {
             windows[i] = window;
@@ -400,10 +365,18 @@ impl Reader {
             windows[*i].deceased_transplants = total;
             windows[*i].deceased_to_non_residents = non_resident;
         }
+        let mut group = GroupContext { donations, windows };
+        if whole_span {
+            // The chunk's records are earlier donations to the ones after them.
+            group.add_group_donations(chunk.iter().map(|r| (r.id, &r.record)));
+        }
+        let existing = existing
+            .into_iter()
+            .filter_map(|((record, rule), flag)| Some(((record, rule.parse().ok()?), flag)))
+            .collect();
         Ok(Some(Loaded {
             chunk,
-            histories,
-            windows,
+            group,
             existing,
         }))
     }
@@ -510,16 +483,11 @@ pub async fn record_contexts(
     let mut contexts = Vec::new();
     let mut cursor = RecordId(0);
     while let Some(loaded) = reader.read(cursor).await? {
-        for (stored, window) in loaded.chunk.iter().zip(loaded.windows) {
-            let history = loaded
-                .histories
-                .get(&stored.record.donor.person.identifier)
-                .map_or(&[][..], |h| {
-                    &h[..h.partition_point(|p| p.record_id < stored.id)]
-                });
+        for (stored, window) in loaded.chunk.iter().zip(&loaded.group.windows) {
+            let history = loaded.group.history_before(stored.id, &stored.record);
             contexts.push(RecordContext {
                 id: stored.id,
-                window,
+                window: window.clone(),
                 donor_history: history.to_vec(),
             });
             cursor = stored.id;

@@ -3,20 +3,16 @@
 //! the batch's earlier records exactly as if it had been sent alone after them.
 
 use std::collections::HashMap;
-use std::time::Instant;
 
 use tokio::sync::oneshot;
 
 use tracing::{Instrument, info_span};
 
+use crate::context::{Evaluation, GroupContext};
 use crate::domain::{Clinic, DonorKind, DonorRelation, Fingerprint, Record, RecordId, Severity};
-use crate::rules::{
-    ClinicWindow, Engine, Finding, ForeignLivingTransplant, PriorDonation, RuleContext, RuleId,
-    WindowSpec,
-};
+use crate::rules::{ClinicWindow, Engine, Finding, ForeignLivingTransplant, RuleId, WindowSpec};
 use crate::store::batch::{NewFlag, NewRecord, StoredForm};
 use crate::store::{ExistingRecord, IngestTx, StoreError, StoredAck, WindowRequest};
-use crate::telemetry::metrics;
 
 use super::{Ack, IngestError, Outcome, duplicate_or_conflict};
 
@@ -97,10 +93,11 @@ pub(super) async fn store_in(
                 form: &forms[i],
             })
             .collect();
-        let context = Context::load(tx, engine, &fresh)
+        let group: Vec<(RecordId, &Record)> = fresh.iter().map(|n| (n.id, n.record)).collect();
+        let context = Context::load(tx, engine, &group)
             .instrument(info_span!("context"))
             .await?;
-        let findings = info_span!("rules").in_scope(|| context.evaluate(engine, &fresh));
+        let findings = info_span!("rules").in_scope(|| context.evaluate(engine, &group));
         let flags: Vec<NewFlag<'_>> = fresh
             .iter()
             .zip(&findings)
@@ -154,119 +151,97 @@ pub(super) async fn store_in(
     Ok(Some(Stored { answers, raised }))
 }
 
-/// What the rules read for a batch's new records, as stored before the batch.
-struct Context {
+/// What the rules read for new records (a batch's, or an amended one):
+/// the registry entries of their clinics, and their group context (their
+/// donors' donations and their clinic windows as stored before the first of
+/// them, with the group's earlier records added).
+pub(super) struct Context {
     clinics: HashMap<String, Clinic>,
-    donors: HashMap<Fingerprint, Vec<PriorDonation>>,
-    /// One per new record, in order.
-    specs: Vec<WindowSpec>,
-    /// One per new record whose rules read a clinic window, with its index.
-    windows: HashMap<usize, ClinicWindow>,
+    group: GroupContext,
 }
 
 impl Context {
     /// Three statements at most (clinics, donor histories, clinic windows),
-    /// at once where the pool has idle connections.
-    async fn load(
+    /// at once where the pool has idle connections. `fresh` is in id order,
+    /// none of it counted in what is stored.
+    pub(super) async fn load(
         tx: &mut IngestTx,
         engine: &Engine,
-        fresh: &[NewRecord<'_>],
+        fresh: &[(RecordId, &Record)],
     ) -> Result<Self, StoreError> {
-        let mut clinic_ids: Vec<&str> = fresh.iter().map(|n| n.record.clinic_id.as_str()).collect();
+        let mut clinic_ids: Vec<&str> = fresh.iter().map(|(_, r)| r.clinic_id.as_str()).collect();
         clinic_ids.sort_unstable();
         clinic_ids.dedup();
 
         let mut donors: Vec<Fingerprint> = fresh
             .iter()
-            .map(|n| n.record.donor.person.identifier)
+            .map(|(_, r)| r.donor.person.identifier)
             .collect();
         donors.sort_unstable();
         donors.dedup();
-        let first = fresh[0].id;
+        let first = fresh[0].0;
 
         let specs: Vec<WindowSpec> = fresh
             .iter()
-            .map(|n| WindowSpec::for_record(n.record, engine.config()))
+            .map(|(_, r)| WindowSpec::for_record(r, engine.config()))
             .collect();
         let (reading, requests): (Vec<usize>, Vec<WindowRequest<'_>>) = fresh
             .iter()
             .zip(&specs)
             .enumerate()
             .filter(|(_, (_, spec))| spec.reads_any())
-            .map(|(k, (n, &spec))| {
+            .map(|(k, (&(id, record), &spec))| {
                 let request = WindowRequest {
-                    clinic_id: &n.record.clinic_id,
-                    until: n.record.transplanted_at,
+                    clinic_id: &record.clinic_id,
+                    until: record.transplanted_at,
                     spec,
-                    before: n.id,
+                    before: id,
                 };
                 (k, request)
             })
             .unzip();
-        let (clinics, donors, loaded) = tx.context(&clinic_ids, &donors, first, &requests).await?;
-        let windows = reading.into_iter().zip(loaded).collect();
-        Ok(Self {
-            clinics,
-            donors,
-            specs,
-            windows,
-        })
+        let (clinics, donations, loaded) =
+            tx.context(&clinic_ids, &donors, first, &requests).await?;
+        let mut windows = vec![ClinicWindow::default(); fresh.len()];
+        for (k, window) in reading.into_iter().zip(loaded) {
+            windows[k] = window;
+        }
+        let mut group = GroupContext { donations, windows };
+        group.add_group_donations(fresh.iter().copied());
+        count_earlier_in_windows(&mut group.windows, &specs, fresh);
+        Ok(Self { clinics, group })
     }
 
-    /// Evaluates every new record in order, each with the batch's earlier
-    /// new records added to what was stored before.
-    fn evaluate(&self, engine: &Engine, fresh: &[NewRecord<'_>]) -> Vec<Vec<Finding>> {
-        let mut donations: HashMap<&Fingerprint, Vec<PriorDonation>> = HashMap::new();
-        let mut at_clinic: HashMap<&str, Vec<(RecordId, &Record)>> = HashMap::new();
-        let mut findings = Vec::with_capacity(fresh.len());
-        for (k, n) in fresh.iter().enumerate() {
-            let record = n.record;
-            let donor = &record.donor.person.identifier;
-            let earlier_donations = donations.entry(donor).or_default();
-            let donor_history: Vec<PriorDonation> = self
-                .donors
-                .get(donor)
-                .into_iter()
-                .flatten()
-                .chain(earlier_donations.iter())
-                .cloned()
-                .collect();
-            let spec = &self.specs[k];
-            let mut window = self.windows.get(&k).cloned().unwrap_or_default();
-            if spec.reads_any() {
-                let earlier = at_clinic.get(record.clinic_id.as_str());
-                for &(id, e) in earlier.into_iter().flatten() {
-                    add_to_window(&mut window, spec, record, e, id);
-                }
-            }
-            let ctx = RuleContext {
-                clinic: self.clinics.get(&record.clinic_id),
-                donor_history: &donor_history,
-                clinic_window: &window,
-            };
-            let started = Instant::now();
-            // A span per rule family and record would cost a large batch
-            // more than its rules do: a batch shows as one `rules` span.
-            findings.push(if fresh.len() == 1 {
-                engine.evaluate_traced(record, &ctx)
-            } else {
-                engine.evaluate(record, &ctx)
-            });
-            metrics::rule_evaluation(started.elapsed());
+    /// Every record's findings, in order.
+    pub(super) fn evaluate(
+        &self,
+        engine: &Engine,
+        fresh: &[(RecordId, &Record)],
+    ) -> Vec<Vec<Finding>> {
+        self.group
+            .evaluate(engine, &self.clinics, fresh, Evaluation::Arriving)
+    }
+}
 
-            earlier_donations.push(PriorDonation {
-                record_id: n.id,
-                organ: record.organ,
-                laterality: record.laterality,
-                kind: record.donor.kind,
-                procured_at: record.procured_at,
-            });
-            at_clinic
-                .entry(&record.clinic_id)
-                .or_default()
-                .push((n.id, record));
+/// Adds to each record's windows the group's earlier records at its clinic,
+/// which the store does not hold yet.
+fn count_earlier_in_windows(
+    windows: &mut [ClinicWindow],
+    specs: &[WindowSpec],
+    fresh: &[(RecordId, &Record)],
+) {
+    let mut at_clinic: HashMap<&str, Vec<(RecordId, &Record)>> = HashMap::new();
+    for (k, &(id, record)) in fresh.iter().enumerate() {
+        if specs[k].reads_any() {
+            let earlier = at_clinic.get(record.clinic_id.as_str());
+            for &(earlier_id, e) in earlier.into_iter().flatten() {
+                add_to_window(&mut windows[k], &specs[k], record, e, earlier_id);
+            }
         }
-        findings
+        at_clinic
+            .entry(&record.clinic_id)
+            .or_default()
+            .push((id, record));
     }
 }
 

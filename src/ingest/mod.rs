@@ -9,17 +9,16 @@ pub mod stream;
 pub use lanes::{LANES, lane_of};
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio::sync::oneshot;
 use tracing::{Instrument, info_span};
 
 use crate::domain::Severity;
-use crate::domain::{FingerprintKey, Record, RecordId, Submission};
-use crate::rules::{Engine, RuleContext, RuleId, WindowSpec};
+use crate::domain::{FingerprintKey, Record, Submission};
+use crate::rules::{Engine, RuleId};
 use crate::store::batch::StoredForm;
 use crate::store::ingest::content_hash;
-use crate::store::{ExistingRecord, IngestTx, Store, StoreError, StoredAck};
+use crate::store::{ExistingRecord, Store, StoreError, StoredAck};
 use crate::telemetry::metrics;
 
 /// What became of a record that was not refused.
@@ -194,52 +193,26 @@ impl Ingestor {
         if existing.content_hash == hash {
             return Ok(duplicate(&existing));
         }
-        let stored = tx
-            .amend(&existing, &record, reason)
-            .instrument(info_span!("persist"))
+        // The rules read what was stored before the record (its id keeps
+        // its place in history), before this transaction writes anything.
+        let group = [(existing.id, &record)];
+        let context = batch::Context::load(&mut tx, &self.engine, &group)
+            .instrument(info_span!("context"))
             .await?;
-        self.evaluate_and_flag(&mut tx, &stored, &record).await?;
-        tx.commit().instrument(info_span!("persist")).await?;
+        let findings = info_span!("rules").in_scope(|| context.evaluate(&self.engine, &group));
+        let findings = findings.into_iter().next().unwrap_or_default();
+        let stored = async {
+            let stored = tx.amend(&existing, &record, reason).await?;
+            tx.save_flags(&stored, &record, &findings).await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(stored)
+        }
+        .instrument(info_span!("persist"))
+        .await?;
         Ok(Ack {
             outcome: Outcome::Accepted,
             stored,
         })
-    }
-
-    /// Loads the rules' context as it stood before `stored`, runs the rules
-    /// and stores their findings, all inside `tx`; returns what was found.
-    async fn evaluate_and_flag(
-        &self,
-        tx: &mut IngestTx,
-        stored: &StoredAck,
-        record: &Record,
-    ) -> Result<Vec<(RuleId, Severity)>, StoreError> {
-        let before: RecordId = stored.id;
-        let spec = WindowSpec::for_record(record, self.engine.config());
-        let (clinic, donor_history, clinic_window) = async {
-            let clinic = tx.clinic(&record.clinic_id).await?;
-            let donor_history = tx
-                .donor_history(&record.donor.person.identifier, before)
-                .await?;
-            let clinic_window = tx
-                .clinic_window(&record.clinic_id, record.transplanted_at, spec, before)
-                .await?;
-            Ok::<_, StoreError>((clinic, donor_history, clinic_window))
-        }
-        .instrument(info_span!("context"))
-        .await?;
-        let ctx = RuleContext {
-            clinic: clinic.as_ref(),
-            donor_history: &donor_history,
-            clinic_window: &clinic_window,
-        };
-        let started = Instant::now();
-        let findings = info_span!("rules").in_scope(|| self.engine.evaluate_traced(record, &ctx));
-        metrics::rule_evaluation(started.elapsed());
-        tx.save_flags(stored, record, &findings)
-            .instrument(info_span!("persist"))
-            .await?;
-        Ok(findings.iter().map(|f| (f.rule, f.severity)).collect())
     }
 }
 

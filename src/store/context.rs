@@ -15,16 +15,6 @@ use super::StoreError;
 use super::body::parse;
 use super::ingest::donor_kind;
 
-/// Every record of this donor stored before `before` (all hospitals), oldest first.
-pub(super) async fn donor_history(
-    conn: &mut PgConnection,
-    donor: &Fingerprint,
-    before: RecordId,
-) -> Result<Vec<PriorDonation>, StoreError> {
-    let mut by_donor = donor_histories(conn, std::slice::from_ref(donor), before).await?;
-    Ok(by_donor.remove(donor).unwrap_or_default())
-}
-
 /// The clinic's records stored before `before` inside the windows ending at `at`.
 pub(super) async fn clinic_window(
     conn: &mut PgConnection,

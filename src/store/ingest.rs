@@ -9,13 +9,11 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::domain::chain::GENESIS;
-use crate::domain::{
-    ChainKey, Clinic, DonorKind, DonorType, Fingerprint, HlaTyping, Record, RecordId, Severity,
-};
-use crate::rules::{ClinicWindow, ContextKey, Finding, PriorDonation, WindowSpec};
+use crate::domain::{ChainKey, DonorKind, DonorType, HlaTyping, Record, RecordId, Severity};
+use crate::rules::{ContextKey, Finding};
 
 use super::body::{HlaBody, RecordBody, parse};
-use super::{Store, StoreError, chain, context, row};
+use super::{Store, StoreError, chain, row};
 
 /// A record already stored under a (hospital, external id).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,31 +154,6 @@ impl IngestTx {
         .fetch_one(&mut *self.tx)
         .await?;
         Ok(())
-    }
-
-    /// The clinic's current registry entry, if it is registered.
-    pub async fn clinic(&mut self, clinic_id: &str) -> Result<Option<Clinic>, StoreError> {
-        super::registry::current_clinic(&mut self.tx, clinic_id).await
-    }
-
-    /// Every record of this donor stored before `before` (all hospitals), oldest first.
-    pub async fn donor_history(
-        &mut self,
-        donor: &Fingerprint,
-        before: RecordId,
-    ) -> Result<Vec<PriorDonation>, StoreError> {
-        context::donor_history(&mut self.tx, donor, before).await
-    }
-
-    /// The clinic's records stored before `before` inside the windows ending at `at`.
-    pub async fn clinic_window(
-        &mut self,
-        clinic_id: &str,
-        at: DateTime<Utc>,
-        spec: WindowSpec,
-        before: RecordId,
-    ) -> Result<ClinicWindow, StoreError> {
-        context::clinic_window(&mut self.tx, clinic_id, at, spec, before).await
     }
 
     /// Replaces the current content of record `id` by `record` as a new

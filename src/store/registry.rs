@@ -56,14 +56,6 @@ impl Row {
     }
 }
 
-/// The current entry of a clinic, read on `conn`.
-pub(super) async fn current_clinic(
-    conn: &mut PgConnection,
-    clinic_id: &str,
-) -> Result<Option<Clinic>, StoreError> {
-    Ok(current_version(conn, clinic_id).await?.map(|v| v.clinic))
-}
-
 /// The current entries of these clinics, read on `conn`; unregistered ones are absent.
 pub(super) async fn current_clinics(
     conn: &mut PgConnection,

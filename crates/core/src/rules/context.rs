@@ -30,6 +30,19 @@ pub struct PriorDonation {
     pub procured_at: DateTime<Utc>,
 }
 
+impl PriorDonation {
+    /// Record `record_id`, as later records of its donor see it.
+    pub fn of(record_id: RecordId, record: &crate::domain::Record) -> Self {
+        Self {
+            record_id,
+            organ: record.organ,
+            laterality: record.laterality,
+            kind: record.donor.kind,
+            procured_at: record.procured_at,
+        }
+    }
+}
+
 /// A clinic's earlier records inside the rule windows, all ending at this
 /// record's `transplanted_at`; this record itself is not included.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
