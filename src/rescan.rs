@@ -9,7 +9,7 @@ use std::ops::ControlFlow;
 use crate::context::{Evaluation, GroupContext};
 use crate::domain::Record;
 use crate::domain::{Fingerprint, RecordId};
-use crate::rules::{ClinicWindow, Engine, PriorDonation, RuleId, RulesConfig, WindowSpec};
+use crate::rules::{ClinicWindow, Engine, Finding, PriorDonation, RuleId, RulesConfig, WindowSpec};
 use crate::store::rescan::{
     ExistingFlag, NewFlag, RescanRun, StoredRecord, TransplantRange, WindowProbe,
 };
@@ -119,86 +119,88 @@ pub async fn rescan(
     mut progress: impl FnMut(Progress) -> ControlFlow<()>,
 ) -> Result<RescanReport, RescanError> {
     let (run, rules, range) = prepare(store, engine, &request).await?;
-    let rule_ids: Vec<String> = rules.iter().map(|r| r.as_str().to_owned()).collect();
     let cursor = run.as_ref().map_or(RecordId(0), |r| r.cursor);
     let total = u64::try_from(store.count_records(range, cursor).await?).unwrap_or(0);
     let clinics = store.all_clinics().await?;
-    let chunk_size = if request.chunk_size > 0 {
-        request.chunk_size
-    } else {
-        DEFAULT_CHUNK
-    };
     let mut report = RescanReport {
         run_id: run.as_ref().map(|r| r.id),
         dry_run: request.dry_run,
         rules: rules.iter().map(|r| (*r, RuleChange::default())).collect(),
         ..RescanReport::default()
     };
-    let reader = Reader {
-        store: store.clone(),
-        config: engine.config().clone(),
-        range,
-        chunk_size,
-        rule_ids,
-        deceased: DeceasedCache::default(),
-        // Only a rescan that reads every record from the first one knows
-        // every donor below its cursor.
-        donors_seen: (cursor == RecordId(0) && range == TransplantRange::default())
-            .then(DonorFilter::new),
-    };
+    let reader = Reader::new(store, engine, &rules, range, cursor, request.chunk_size);
     // The run's id before any work, so that an interrupted caller can
     // resume it; stopping takes effect after a chunk.
-    let _ = progress(Progress {
-        run_id: report.run_id,
-        processed: 0,
-        total,
-        flags_added: 0,
-    });
+    let _ = progress(report.progress(total));
     let mut pending = Prefetch::start(reader, cursor);
     loop {
         let (reader, loaded) = pending.finish().await;
         let Some(loaded) = loaded? else { break };
-        let Loaded {
-            chunk,
-            group,
-            existing,
-        } = loaded;
-        let Some(last_id) = chunk.last().map(|r| r.id) else {
+        let Some(last_id) = loaded.chunk.last().map(|r| r.id) else {
             break;
         };
         // Read the next chunk while this one is evaluated and written.
         pending = Prefetch::start(reader, last_id);
-        let records: Vec<(RecordId, &Record)> = chunk.iter().map(|r| (r.id, &r.record)).collect();
-        let findings = group.evaluate(engine, &clinics, &records, Evaluation::Rescan(&rules));
+        let records: Vec<(RecordId, &Record)> =
+            loaded.chunk.iter().map(|r| (r.id, &r.record)).collect();
+        let findings =
+            loaded
+                .group
+                .evaluate(engine, &clinics, &records, Evaluation::Rescan(&rules));
+        let new_flags = report.compare(&rules, &loaded, &findings);
+        let processed = loaded.chunk.len() as u64;
+        if !request.dry_run {
+            report.flags_added += store
+                .commit_rescan_chunk(report.run_id, last_id, processed as i64, &new_flags)
+                .await?;
+        }
+        report.processed += processed;
+        if progress(report.progress(total)).is_break() {
+            // Dropping `pending` abandons the read ahead; it wrote nothing.
+            return Ok(report);
+        }
+    }
+    if let Some(run) = report.run_id {
+        store.finish_rescan(run).await?;
+    }
+    Ok(report)
+}
+
+impl RescanReport {
+    /// Where the run stands, of `total` records.
+    fn progress(&self, total: u64) -> Progress {
+        Progress {
+            run_id: self.run_id,
+            processed: self.processed,
+            total,
+            flags_added: self.flags_added,
+        }
+    }
+
+    /// Counts what `findings` (one per record of the chunk) change against
+    /// the chunk's existing flags of `rules`; returns the flags to add.
+    fn compare<'c>(
+        &mut self,
+        rules: &[RuleId],
+        loaded: &'c Loaded,
+        findings: &'c [Vec<Finding>],
+    ) -> Vec<NewFlag<'c>> {
+        let existing = &loaded.existing;
         let flagged: HashSet<RecordId> = existing.keys().map(|(id, _)| *id).collect();
         let mut new_flags = Vec::new();
-        for (stored, found) in chunk.iter().zip(&findings) {
+        for (stored, found) in loaded.chunk.iter().zip(findings) {
             if found.is_empty() && !flagged.contains(&stored.id) {
                 // Nothing raised and nothing to compare with: no change to count.
                 continue;
             }
             let fired: HashSet<RuleId> = found.iter().map(|f| f.rule).collect();
-            for rule in &rules {
-                let change = report.rules.entry(*rule).or_default();
-                let flag = existing.get(&(stored.id, *rule));
-                match (fired.contains(rule), flag) {
-                    (true, Some(_)) => change.still_raised += 1,
-                    (true, None) => {
-                        change.added += 1;
-                        if change.added_examples.len() < DEFAULT_EXAMPLES {
-                            change
-                                .added_examples
-                                .push((stored.id, stored.record.external_record_id.clone()));
-                        }
-                    }
-                    (false, Some(flag)) => {
-                        change.no_longer_raised += 1;
-                        if change.no_longer_raised_examples.len() < DEFAULT_EXAMPLES {
-                            change.no_longer_raised_examples.push(flag.flag_id);
-                        }
-                    }
-                    (false, None) => {}
-                }
+            for rule in rules {
+                let change = self.rules.entry(*rule).or_default();
+                change.count(
+                    stored,
+                    fired.contains(rule),
+                    existing.get(&(stored.id, *rule)),
+                );
             }
             new_flags.extend(
                 found
@@ -210,29 +212,32 @@ pub async fn rescan(
                     }),
             );
         }
-        let processed = chunk.len() as u64;
-        if !request.dry_run {
-            let run_id = report.run_id;
-            report.flags_added += store
-                .commit_rescan_chunk(run_id, last_id, processed as i64, &new_flags)
-                .await?;
-        }
-        report.processed += processed;
-        let step = Progress {
-            run_id: report.run_id,
-            processed: report.processed,
-            total,
-            flags_added: report.flags_added,
-        };
-        if progress(step).is_break() {
-            // Dropping `pending` abandons the read ahead; it wrote nothing.
-            return Ok(report);
+        new_flags
+    }
+}
+
+impl RuleChange {
+    /// Counts one record: whether the rule fired on it now, and its flag of
+    /// the rule from before, if any.
+    fn count(&mut self, stored: &StoredRecord, fired: bool, flag: Option<&ExistingFlag>) {
+        match (fired, flag) {
+            (true, Some(_)) => self.still_raised += 1,
+            (true, None) => {
+                self.added += 1;
+                if self.added_examples.len() < DEFAULT_EXAMPLES {
+                    self.added_examples
+                        .push((stored.id, stored.record.external_record_id.clone()));
+                }
+            }
+            (false, Some(flag)) => {
+                self.no_longer_raised += 1;
+                if self.no_longer_raised_examples.len() < DEFAULT_EXAMPLES {
+                    self.no_longer_raised_examples.push(flag.flag_id);
+                }
+            }
+            (false, None) => {}
         }
     }
-    if let Some(run) = report.run_id {
-        store.finish_rescan(run).await?;
-    }
-    Ok(report)
 }
 
 /// A chunk with everything its rules read besides the registry.
@@ -260,38 +265,40 @@ struct Reader {
 }
 
 impl Reader {
+    /// Reads the records of `range` after `cursor` in chunks of
+    /// `chunk_size` ([`DEFAULT_CHUNK`] when zero), for `rules`.
+    fn new(
+        store: &Store,
+        engine: &Engine,
+        rules: &[RuleId],
+        range: TransplantRange,
+        cursor: RecordId,
+        chunk_size: i64,
+    ) -> Self {
+        Self {
+            store: store.clone(),
+            config: engine.config().clone(),
+            range,
+            chunk_size: if chunk_size > 0 {
+                chunk_size
+            } else {
+                DEFAULT_CHUNK
+            },
+            rule_ids: rules.iter().map(|r| r.as_str().to_owned()).collect(),
+            deceased: DeceasedCache::default(),
+            // Only a rescan that reads every record from the first one knows
+            // every donor below its cursor.
+            donors_seen: (cursor == RecordId(0) && range == TransplantRange::default())
+                .then(DonorFilter::new),
+        }
+    }
+
     /// The chunk after `after`, or `None` past the last record.
     async fn read(&mut self, after: RecordId) -> Result<Option<Loaded>, StoreError> {
-        let ids = self
-            .store
-            .record_ids_after(after, self.chunk_size, self.range)
-            .await?;
-        let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else {
-            return Ok(None);
-        };
-        // Two halves on two connections, decoded on two threads.
-        let mid = ids[(ids.len() - 1) / 2];
-        let chunk = if mid < last {
-            let (store, range) = (self.store.clone(), self.range);
-            let head = tokio::spawn(async move { store.records_between(first, mid, range).await });
-            let tail = self
-                .store
-                .records_between(RecordId(mid.0 + 1), last, self.range)
-                .await?;
-            let mut chunk = match head.await {
-                Ok(head) => head?,
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(e) => unreachable!("rescan read cancelled: {e}"),
-            };
-            chunk.extend(tail);
-            chunk
-        } else {
-            self.store.records_between(first, last, self.range).await?
-        };
+        let chunk = self.records_after(after).await?;
         let Some(last_id) = chunk.last().map(|r| r.id) else {
             return Ok(None);
         };
-        let ids: Vec<RecordId> = chunk.iter().map(|r| r.id).collect();
         // Without a range the chunk holds every record from `after` to its
         // last: their donations come from the chunk itself, and only earlier
         // ones from the database (and, when every earlier record has been
@@ -303,6 +310,66 @@ impl Reader {
         } else {
             last_id
         };
+        let donors = self.donors_to_ask(&chunk);
+        let ids: Vec<RecordId> = chunk.iter().map(|r| r.id).collect();
+        let probes = WindowProbes::of(&chunk, &self.config);
+        let deceased: Vec<WindowProbe> = probes.deceased.iter().map(|(_, p)| p.clone()).collect();
+        let store = &self.store;
+        let (donations, existing, living, deceased) = tokio::try_join!(
+            store.donor_histories(&donors, history_before),
+            store.existing_flags(&ids, &self.rule_ids),
+            store.clinic_windows(&probes.living),
+            self.deceased.counts(store, &deceased),
+        )?;
+        let windows = probes.windows(chunk.len(), living, deceased);
+        let mut group = GroupContext { donations, windows };
+        if whole_span {
+            // The chunk's records are earlier donations to the ones after them.
+            group.add_group_donations(chunk.iter().map(|r| (r.id, &r.record)));
+        }
+        let existing = existing
+            .into_iter()
+            .filter_map(|((record, rule), flag)| Some(((record, rule.parse().ok()?), flag)))
+            .collect();
+        Ok(Some(Loaded {
+            chunk,
+            group,
+            existing,
+        }))
+    }
+
+    /// The next chunk's records after `after`, read in two halves on two
+    /// connections and decoded on two threads.
+    async fn records_after(&self, after: RecordId) -> Result<Vec<StoredRecord>, StoreError> {
+        let ids = self
+            .store
+            .record_ids_after(after, self.chunk_size, self.range)
+            .await?;
+        let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else {
+            return Ok(Vec::new());
+        };
+        let mid = ids[(ids.len() - 1) / 2];
+        if mid == last {
+            return self.store.records_between(first, last, self.range).await;
+        }
+        let (store, range) = (self.store.clone(), self.range);
+        let head = tokio::spawn(async move { store.records_between(first, mid, range).await });
+        let tail = self
+            .store
+            .records_between(RecordId(mid.0 + 1), last, self.range)
+            .await?;
+        let mut chunk = match head.await {
+            Ok(head) => head?,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => unreachable!("rescan read cancelled: {e}"),
+        };
+        chunk.extend(tail);
+        Ok(chunk)
+    }
+
+    /// The chunk's donors whose earlier records must be asked for: all of
+    /// them, or, when every earlier record has been read, those seen before.
+    fn donors_to_ask(&mut self, chunk: &[StoredRecord]) -> Vec<Fingerprint> {
         let donors: Vec<Fingerprint> = chunk
             .iter()
             .map(|r| r.record.donor.person.identifier)
@@ -315,20 +382,38 @@ impl Reader {
             .into_iter()
             .collect();
         if let Some(seen) = &mut self.donors_seen {
-            for stored in &chunk {
+            for stored in chunk {
                 seen.insert(&stored.record.donor.person.identifier);
             }
         }
-        let mut living_at = Vec::new();
-        let mut living = Vec::new();
-        let mut deceased = Vec::new();
+        donors
+    }
+}
+
+/// The window reads of a chunk: the foreign living donors by query, the
+/// deceased-donor share from the cache.
+struct WindowProbes<'c> {
+    /// Positions in the chunk of the `living` requests.
+    living_at: Vec<usize>,
+    living: Vec<WindowRequest<'c>>,
+    /// Positions in the chunk, with the cache's probe.
+    deceased: Vec<(usize, WindowProbe)>,
+}
+
+impl<'c> WindowProbes<'c> {
+    fn of(chunk: &'c [StoredRecord], config: &RulesConfig) -> Self {
+        let mut probes = Self {
+            living_at: Vec::new(),
+            living: Vec::new(),
+            deceased: Vec::new(),
+        };
         for (i, stored) in chunk.iter().enumerate() {
             let record = &stored.record;
-            let spec = WindowSpec::for_record(record, &self.config);
+            let spec = WindowSpec::for_record(record, config);
             let at = record.transplanted_at;
             if spec.foreign_living {
-                living_at.push(i);
-                living.push(WindowRequest {
+                probes.living_at.push(i);
+                probes.living.push(WindowRequest {
                     clinic_id: &record.clinic_id,
                     until: at,
                     // The deceased counts come from the cache.
@@ -346,39 +431,28 @@ impl Reader {
                     at,
                     before: stored.id,
                 };
-                deceased.push((i, probe));
+                probes.deceased.push((i, probe));
             }
         }
-        let deceased_probes: Vec<WindowProbe> = deceased.iter().map(|(_, p)| p.clone()).collect();
-        let store = &self.store;
-        let (donations, existing, living_windows, deceased_counts) = tokio::try_join!(
-            store.donor_histories(&donors, history_before),
-            store.existing_flags(&ids, &self.rule_ids),
-            store.clinic_windows(&living),
-            self.deceased.counts(store, &deceased_probes),
-        )?;
-        let mut windows = vec![ClinicWindow::default(); chunk.len()];
-        for (i, window) in living_at.into_iter().zip(living_windows) {
+        probes
+    }
+
+    /// Each of the chunk's `len` records' windows from what the reads gave.
+    fn windows(
+        &self,
+        len: usize,
+        living: Vec<ClinicWindow>,
+        deceased: Vec<(u64, u64)>,
+    ) -> Vec<ClinicWindow> {
+        let mut windows = vec![ClinicWindow::default(); len];
+        for (&i, window) in self.living_at.iter().zip(living) {
             windows[i] = window;
         }
-        for ((i, _), (total, non_resident)) in deceased.iter().zip(deceased_counts) {
+        for ((i, _), (total, non_resident)) in self.deceased.iter().zip(deceased) {
             windows[*i].deceased_transplants = total;
             windows[*i].deceased_to_non_residents = non_resident;
         }
-        let mut group = GroupContext { donations, windows };
-        if whole_span {
-            // The chunk's records are earlier donations to the ones after them.
-            group.add_group_donations(chunk.iter().map(|r| (r.id, &r.record)));
-        }
-        let existing = existing
-            .into_iter()
-            .filter_map(|((record, rule), flag)| Some(((record, rule.parse().ok()?), flag)))
-            .collect();
-        Ok(Some(Loaded {
-            chunk,
-            group,
-            existing,
-        }))
+        windows
     }
 }
 

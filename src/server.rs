@@ -12,6 +12,11 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use tonic_reflection::pb::v1::server_reflection_server::{
+    ServerReflection, ServerReflectionServer,
+};
+use tonic_reflection::pb::v1alpha::server_reflection_server as v1alpha;
+
 use crate::api::admin::AdminApi;
 use crate::api::audit::AuditApi;
 use crate::api::auth::{AuthLayer, Authenticator};
@@ -27,6 +32,10 @@ use crate::store::Store;
 use crate::telemetry::metrics;
 use crate::watch::FlagFeed;
 use crate::wire::pb;
+use crate::wire::pb::admin_service_server::AdminServiceServer;
+use crate::wire::pb::audit_service_server::AuditServiceServer;
+use crate::wire::pb::ingest_service_server::IngestServiceServer;
+use crate::wire::pb::registry_service_server::RegistryServiceServer;
 
 /// The largest request message accepted; a record is a few kilobytes.
 const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
@@ -211,30 +220,9 @@ pub async fn serve(
         .set_service_status(LIVENESS, ServingStatus::Serving)
         .await;
     let watcher = tokio::spawn(watch_database(app.store.clone(), health.clone()));
-
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-
-    let ingest = pb::ingest_service_server::IngestServiceServer::new(IngestApi::new(
-        app.ingestor.clone(),
-        &options,
-    ))
-    .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let registry = pb::registry_service_server::RegistryServiceServer::new(RegistryApi::new(
-        app.store.clone(),
-    ))
-    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
     let (feed, feed_handle) = FlagFeed::start(app.store.clone());
-    let audit =
-        pb::audit_service_server::AuditServiceServer::new(AuditApi::new(app.store.clone(), feed))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let auth = Arc::new(Authenticator::new(app.store.clone()));
+    let services = Services::new(&app, &options, feed);
     let mutual_tls = listeners
         .tls
         .as_ref()
@@ -245,17 +233,8 @@ pub async fn serve(
     if let Some(tls) = &listeners.tls {
         builder = builder.tls_config(tls_config(tls))?;
     }
-    let admin = pb::admin_service_server::AdminServiceServer::new(AdminApi::new(
-        app.store.clone(),
-        app.engine.clone(),
-        auth.clone(),
-    ))
-    .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     let (stop_accepting, accepting_stopped) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
     let health_only = listeners.health.map(|listener| {
         let router = Server::builder().add_service(health_service.clone());
         tokio::spawn(router.serve_with_incoming_shutdown(
@@ -267,14 +246,14 @@ pub async fn serve(
         .timeout(options.request_timeout)
         .layer(ObserveLayer)
         .layer(ConcurrencyCap::new(options.max_concurrent_calls))
-        .layer(AuthLayer::new(auth, mutual_tls))
+        .layer(AuthLayer::new(services.auth, mutual_tls))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ingest)
-        .add_service(registry)
-        .add_service(audit)
-        .add_service(admin);
+        .add_service(services.ingest)
+        .add_service(services.registry)
+        .add_service(services.audit)
+        .add_service(services.admin);
     // Without TCP_NODELAY a response's header and data frames wait on the
     // peer's delayed ACK (40 ms on Linux) whenever they leave as separate writes.
     let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
@@ -284,16 +263,12 @@ pub async fn serve(
     let result = tokio::select! {
         result = &mut server => result.map_err(ServeError::from).and_then(|r| Ok(r?)),
         () = shutdown => {
-            tracing::info!("shutting down: health NOT_SERVING, draining calls");
-            set_all(&health, ServingStatus::NotServing).await;
-            tokio::time::sleep(options.shutdown_grace).await;
-            let _ = stop_accepting.send(true);
-            // Watch streams never end by themselves.
-            feed_handle.close();
-            match tokio::time::timeout(options.shutdown_timeout, server).await {
-                Ok(result) => result.map_err(ServeError::from).and_then(|r| Ok(r?)),
-                Err(_) => Err(ServeError::DrainTimeout),
-            }
+            let stop = || {
+                let _ = stop_accepting.send(true);
+                // Watch streams never end by themselves.
+                feed_handle.close();
+            };
+            drain(&health, &options, stop, server).await
         }
     };
     watcher.abort();
@@ -301,6 +276,80 @@ pub async fn serve(
         health_only.abort();
     }
     result
+}
+
+/// Server reflection, v1 and v1alpha, over our protos and health's.
+fn reflection() -> Result<
+    (
+        ServerReflectionServer<impl ServerReflection>,
+        v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>,
+    ),
+    ServeError,
+> {
+    let v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    Ok((v1, v1alpha))
+}
+
+/// The four services, each refusing messages over [`MAX_MESSAGE_BYTES`],
+/// and the authenticator in front of them.
+struct Services {
+    ingest: IngestServiceServer<IngestApi>,
+    registry: RegistryServiceServer<RegistryApi>,
+    audit: AuditServiceServer<AuditApi>,
+    admin: AdminServiceServer<AdminApi>,
+    auth: Arc<Authenticator>,
+}
+
+impl Services {
+    fn new(app: &App, options: &ServeOptions, feed: FlagFeed) -> Self {
+        let auth = Arc::new(Authenticator::new(app.store.clone()));
+        Self {
+            ingest: IngestServiceServer::new(IngestApi::new(app.ingestor.clone(), options))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            registry: RegistryServiceServer::new(RegistryApi::new(app.store.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            audit: AuditServiceServer::new(AuditApi::new(app.store.clone(), feed))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            admin: AdminServiceServer::new(AdminApi::new(
+                app.store.clone(),
+                app.engine.clone(),
+                auth.clone(),
+            ))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            auth,
+        }
+    }
+}
+
+/// Resolves once `stop` says so.
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Shuts down: health NOT_SERVING for the grace period, then `stop` (the
+/// listeners close, watchers are told to end), then in-flight calls get
+/// the shutdown timeout to finish.
+async fn drain(
+    health: &HealthReporter,
+    options: &ServeOptions,
+    stop: impl FnOnce(),
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+) -> Result<(), ServeError> {
+    tracing::info!("shutting down: health NOT_SERVING, draining calls");
+    set_all(health, ServingStatus::NotServing).await;
+    tokio::time::sleep(options.shutdown_grace).await;
+    stop();
+    match tokio::time::timeout(options.shutdown_timeout, server).await {
+        Ok(result) => result.map_err(ServeError::from).and_then(|r| Ok(r?)),
+        Err(_) => Err(ServeError::DrainTimeout),
+    }
 }
 
 async fn set_all(health: &HealthReporter, status: ServingStatus) {

@@ -51,24 +51,7 @@ pub(super) async fn store_in(
         .map(|r| (r.hospital_id.as_str(), r.external_record_id.as_str()))
         .collect();
     let existing = tx.find_existing_many(&keys).await?;
-    let mut first_at: HashMap<(&str, &str), (usize, usize)> = HashMap::new();
-    let mut new: Vec<usize> = Vec::new();
-    let slots: Vec<Slot<'_>> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, &(hospital, external))| {
-            if let Some(e) = existing.get(&(hospital.to_owned(), external.to_owned())) {
-                Slot::Existing(e)
-            } else if let Some(&(first, k)) = first_at.get(&(hospital, external)) {
-                Slot::Repeat { first, k }
-            } else {
-                first_at.insert((hospital, external), (i, new.len()));
-                new.push(i);
-                Slot::New(new.len() - 1)
-            }
-        })
-        .collect();
-
+    let (slots, new) = slots_of(&keys, &existing);
     let ids = if new.is_empty() {
         Vec::new()
     } else {
@@ -81,53 +64,18 @@ pub(super) async fn store_in(
         // Whoever waits may have gone; the batch goes on regardless.
         let _ = ordered.send(());
     }
-    let mut acks: Vec<StoredAck> = Vec::new();
-    let mut raised = Vec::new();
-    if !new.is_empty() {
-        let fresh: Vec<NewRecord<'_>> = new
-            .iter()
-            .zip(&ids)
-            .map(|(&i, &id)| NewRecord {
-                id,
-                record: &records[i],
-                form: &forms[i],
-            })
-            .collect();
-        let group: Vec<(RecordId, &Record)> = fresh.iter().map(|n| (n.id, n.record)).collect();
-        let context = Context::load(tx, engine, &group)
-            .instrument(info_span!("context"))
-            .await?;
-        let findings = info_span!("rules").in_scope(|| context.evaluate(engine, &group));
-        let flags: Vec<NewFlag<'_>> = fresh
-            .iter()
-            .zip(&findings)
-            .flat_map(|(n, found)| {
-                found.iter().map(|finding| NewFlag {
-                    record_id: n.id,
-                    record: n.record,
-                    finding,
-                })
-            })
-            .collect();
-        let persisted = async {
-            let Some(stored) = tx.insert_new(&fresh).await? else {
-                return Ok(None);
-            };
-            tx.insert_flags(&flags).await?;
-            Ok::<_, StoreError>(Some(stored))
-        }
-        .instrument(info_span!("persist"))
-        .await?;
-        let Some(stored) = persisted else {
-            return Ok(None);
-        };
-        acks = stored;
-        raised = flags
-            .iter()
-            .map(|f| (f.finding.rule, f.finding.severity))
-            .collect();
-    }
-
+    let fresh: Vec<NewRecord<'_>> = new
+        .iter()
+        .zip(&ids)
+        .map(|(&i, &id)| NewRecord {
+            id,
+            record: &records[i],
+            form: &forms[i],
+        })
+        .collect();
+    let Some((acks, raised)) = store_new(tx, engine, &fresh).await? else {
+        return Ok(None);
+    };
     let answers = slots
         .iter()
         .enumerate()
@@ -149,6 +97,75 @@ pub(super) async fn store_in(
         })
         .collect();
     Ok(Some(Stored { answers, raised }))
+}
+
+/// What each position of a batch holds, and the positions of the records
+/// to store now, in batch order.
+fn slots_of<'e>(
+    keys: &[(&str, &str)],
+    existing: &'e HashMap<(String, String), ExistingRecord>,
+) -> (Vec<Slot<'e>>, Vec<usize>) {
+    let mut first_at: HashMap<(&str, &str), (usize, usize)> = HashMap::new();
+    let mut new: Vec<usize> = Vec::new();
+    let slots = keys
+        .iter()
+        .enumerate()
+        .map(|(i, &(hospital, external))| {
+            if let Some(e) = existing.get(&(hospital.to_owned(), external.to_owned())) {
+                Slot::Existing(e)
+            } else if let Some(&(first, k)) = first_at.get(&(hospital, external)) {
+                Slot::Repeat { first, k }
+            } else {
+                first_at.insert((hospital, external), (i, new.len()));
+                new.push(i);
+                Slot::New(new.len() - 1)
+            }
+        })
+        .collect();
+    (slots, new)
+}
+
+/// Loads the new records' context, runs the rules and stores the records
+/// with their flags; their acknowledgements and the flags raised, or `None`
+/// when a concurrent writer took one of their idempotency keys first.
+async fn store_new(
+    tx: &mut IngestTx,
+    engine: &Engine,
+    fresh: &[NewRecord<'_>],
+) -> Result<Option<(Vec<StoredAck>, Vec<(RuleId, Severity)>)>, StoreError> {
+    if fresh.is_empty() {
+        return Ok(Some((Vec::new(), Vec::new())));
+    }
+    let group: Vec<(RecordId, &Record)> = fresh.iter().map(|n| (n.id, n.record)).collect();
+    let context = Context::load(tx, engine, &group)
+        .instrument(info_span!("context"))
+        .await?;
+    let findings = info_span!("rules").in_scope(|| context.evaluate(engine, &group));
+    let flags: Vec<NewFlag<'_>> = fresh
+        .iter()
+        .zip(&findings)
+        .flat_map(|(n, found)| {
+            found.iter().map(|finding| NewFlag {
+                record_id: n.id,
+                record: n.record,
+                finding,
+            })
+        })
+        .collect();
+    let persisted = async {
+        let Some(stored) = tx.insert_new(fresh).await? else {
+            return Ok(None);
+        };
+        tx.insert_flags(&flags).await?;
+        Ok::<_, StoreError>(Some(stored))
+    }
+    .instrument(info_span!("persist"))
+    .await?;
+    let raised = flags
+        .iter()
+        .map(|f| (f.finding.rule, f.finding.severity))
+        .collect();
+    Ok(persisted.map(|acks| (acks, raised)))
 }
 
 /// What the rules read for new records (a batch's, or an amended one):
