@@ -14,6 +14,9 @@ admin=${ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 db=${LOADGEN_DATABASE:-ta_loadgen}
 export DATABASE_URL=${admin%/*}/$db
 export FINGERPRINT_KEY=${FINGERPRINT_KEY:-$(openssl rand -hex 32)}
+export SIGNING_KEY=${SIGNING_KEY:-$(openssl rand -hex 32)}
+# The ledger's digests go to a scratch file, not into the report.
+export LEDGER_DIGEST_FILE=${LEDGER_DIGEST_FILE:-$(mktemp -t ta-digests.XXXXXX)}
 export METRICS_ADDR=127.0.0.1:0 LISTEN_ADDR=127.0.0.1:50051 RUST_LOG=warn
 
 cargo build --release --quiet --bin transplant-audit --bin loadgen
@@ -22,7 +25,7 @@ if [[ -z ${LOADGEN_DATABASE:-} ]]; then
 fi
 bin=target/release/transplant-audit
 $bin migrate
-admin_key=$($bin keys create --role admin)
+admin_key=$($bin keys create --role admin --principal loadgen)
 hospital_key=$($bin keys create --role hospital --hospital-id H-DE-001)
 
 server=

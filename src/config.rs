@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::domain::identity::{FingerprintKey, MIN_KEY_LEN};
+use crate::domain::ledger::{BadSigningKey, SigningKey};
 use crate::server::ServeOptions;
 
 /// How log lines are written.
@@ -83,9 +84,62 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub tls: TlsArgs,
 
+    /// The ledger's seal.
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+
     /// Limits and timing.
     #[command(flatten)]
     pub options: ServeOptions,
+}
+
+/// The registry's Ed25519 signing key: it signs ledger digests and
+/// referral dossiers.
+#[derive(Debug, Clone, Args)]
+pub struct SigningArgs {
+    /// The signing key: 32 random bytes, hex-encoded; generated and kept
+    /// under --data-dir by the local default.
+    #[arg(long, env = "SIGNING_KEY", hide_env_values = true)]
+    pub signing_key: Option<String>,
+
+    /// File holding the signing key (hex), instead of SIGNING_KEY.
+    #[arg(long, env = "SIGNING_KEY_FILE", conflicts_with = "signing_key")]
+    pub signing_key_file: Option<PathBuf>,
+}
+
+/// How the server seals the ledger and where its digests go.
+#[derive(Debug, Clone, Args)]
+pub struct LedgerArgs {
+    /// The signing key.
+    #[command(flatten)]
+    pub signing: SigningArgs,
+
+    /// Milliseconds between seals: rows written are sealed into a block
+    /// within about this long.
+    #[arg(long, env = "LEDGER_SEAL_INTERVAL_MS", default_value_t = 2000)]
+    pub ledger_seal_interval_ms: u64,
+
+    /// Append every block's signed digest to this file (one JSON object per
+    /// line), for a write-once volume; the local default writes
+    /// digests.jsonl under --data-dir.
+    #[arg(long, env = "LEDGER_DIGEST_FILE")]
+    pub ledger_digest_file: Option<PathBuf>,
+
+    /// Print every digest on standard output, one JSON object per line, for
+    /// a log collector.
+    #[arg(long, env = "LEDGER_DIGEST_STDOUT")]
+    pub ledger_digest_stdout: bool,
+
+    /// POST every digest (JSON) to this URL.
+    #[arg(long, env = "LEDGER_DIGEST_URL")]
+    pub ledger_digest_url: Option<String>,
+}
+
+impl LedgerArgs {
+    /// The interval between seals.
+    pub fn seal_interval(&self) -> Duration {
+        Duration::from_millis(self.ledger_seal_interval_ms.max(1))
+    }
 }
 
 /// TLS of the gRPC listener.
@@ -199,8 +253,17 @@ pub enum ConfigError {
     /// The key is not usable.
     #[error("the fingerprint key {0}")]
     BadKey(String),
+    /// No signing key outside the local default.
+    #[error(
+        "no signing key: set SIGNING_KEY (or SIGNING_KEY_FILE) to 32 random bytes, \
+         hex-encoded (e.g. `openssl rand -hex 32`)"
+    )]
+    MissingSigningKey,
+    /// The signing key is not usable.
+    #[error("the signing key {0}")]
+    BadSigningKey(String),
     /// A key file could not be read or written.
-    #[error("fingerprint key file {path}: {source}")]
+    #[error("key file {path}: {source}")]
     KeyFile {
         /// The file.
         path: PathBuf,
@@ -237,22 +300,52 @@ impl DatabaseArgs {
 /// The key of the local default: read from `dir/fingerprint.key`, created
 /// (32 random bytes, owner-only) on first use.
 pub fn local_key(dir: &Path) -> Result<FingerprintKey, ConfigError> {
-    let path = dir.join("fingerprint.key");
+    parse_key(&local_secret(dir, "fingerprint.key")?)
+}
+
+/// A secret of the local default, hex: read from `dir/name`, created (32
+/// random bytes, owner-only) on first use.
+fn local_secret(dir: &Path, name: &str) -> Result<String, ConfigError> {
+    let path = dir.join(name);
     let io = |source| ConfigError::KeyFile {
         path: path.clone(),
         source,
     };
     match std::fs::read_to_string(&path) {
-        Ok(text) => parse_key(&text),
+        Ok(text) => Ok(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut secret = [0u8; 32];
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
                 .map_err(|_| io(std::io::Error::other("no system randomness")))?;
             std::fs::create_dir_all(dir).map_err(io)?;
             write_private(&path, &hex::encode(secret)).map_err(io)?;
-            parse_key(&hex::encode(secret))
+            Ok(hex::encode(secret))
         }
         Err(e) => Err(io(e)),
+    }
+}
+
+impl SigningArgs {
+    /// The configured signing key, or the local default's under `local_dir`
+    /// (generated on first use); `None` when neither is there.
+    pub fn key(&self, local_dir: Option<&Path>) -> Result<Option<SigningKey>, ConfigError> {
+        let bad = |e: BadSigningKey| ConfigError::BadSigningKey(e.to_string());
+        if let Some(text) = &self.signing_key {
+            return SigningKey::from_hex(text).map(Some).map_err(bad);
+        }
+        if let Some(path) = &self.signing_key_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::KeyFile {
+                path: path.clone(),
+                source,
+            })?;
+            return SigningKey::from_hex(&text).map(Some).map_err(bad);
+        }
+        match local_dir {
+            Some(dir) => SigningKey::from_hex(&local_secret(dir, "signing.key")?)
+                .map(Some)
+                .map_err(bad),
+            None => Ok(None),
+        }
     }
 }
 

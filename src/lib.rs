@@ -12,6 +12,7 @@ pub mod context;
 pub mod import;
 pub mod ingest;
 pub mod rescan;
+pub mod seal;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -26,8 +26,10 @@ use crate::api::observe::ObserveLayer;
 use crate::api::registry::RegistryApi;
 use crate::config::{self, TlsPem};
 use crate::domain::FingerprintKey;
+use crate::domain::ledger::SigningKey;
 use crate::ingest::Ingestor;
 use crate::rules::Engine;
+use crate::seal::{self, Sinks};
 use crate::store::Store;
 use crate::telemetry::metrics;
 use crate::watch::FlagFeed;
@@ -60,18 +62,38 @@ pub struct App {
     pub ingestor: Ingestor,
     /// The rules in force.
     pub engine: Arc<Engine>,
+    /// How the ledger is sealed.
+    pub sealing: Sealing,
+}
+
+/// How the server seals the ledger.
+#[derive(Clone, Debug)]
+pub struct Sealing {
+    /// The registry's signing key.
+    pub signer: SigningKey,
+    /// Where digests go besides the database.
+    pub sinks: Sinks,
+    /// The time between seals.
+    pub interval: Duration,
 }
 
 impl App {
     /// Wires the services over `store`, storing at most `batch_size`
-    /// records per ingest transaction.
-    pub fn new(store: Store, engine: Engine, key: FingerprintKey, batch_size: usize) -> Self {
+    /// records per ingest transaction and sealing as `sealing` says.
+    pub fn new(
+        store: Store,
+        engine: Engine,
+        key: FingerprintKey,
+        batch_size: usize,
+        sealing: Sealing,
+    ) -> Self {
         let engine = Arc::new(engine);
         let ingestor = Ingestor::new(store.clone(), engine.clone(), key, batch_size);
         Self {
             store,
             ingestor,
             engine,
+            sealing,
         }
     }
 }
@@ -220,6 +242,14 @@ pub async fn serve(
         .set_service_status(LIVENESS, ServingStatus::Serving)
         .await;
     let watcher = tokio::spawn(watch_database(app.store.clone(), health.clone()));
+    let (stop_sealing, sealing_stopped) = tokio::sync::watch::channel(false);
+    let sealer = tokio::spawn(seal::run(
+        app.store.clone(),
+        app.sealing.signer.clone(),
+        app.sealing.sinks.clone(),
+        app.sealing.interval,
+        sealing_stopped,
+    ));
     let (reflection_v1, reflection_v1alpha) = reflection()?;
     let (feed, feed_handle) = FlagFeed::start(app.store.clone());
     let services = Services::new(&app, &options, feed);
@@ -275,6 +305,14 @@ pub async fn serve(
     if let Some(health_only) = health_only {
         health_only.abort();
     }
+    // What the last calls wrote is sealed before the server goes.
+    let _ = stop_sealing.send(true);
+    if tokio::time::timeout(options.shutdown_timeout, sealer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the last seal did not finish in time; the next start seals it");
+    }
     result
 }
 
@@ -321,6 +359,7 @@ impl Services {
                 app.store.clone(),
                 app.engine.clone(),
                 auth.clone(),
+                app.sealing.signer.clone(),
             ))
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
             auth,

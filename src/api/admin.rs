@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use chrono::Utc;
 
 use crate::domain::access::{KeySpec, NewApiKey};
+use crate::domain::ledger::{Digest, SigningKey};
 use crate::domain::{Role, Violations};
 use crate::rescan::{self, RescanReport, RescanRequest};
 use crate::rules::{Engine, RuleId};
@@ -39,16 +40,23 @@ pub struct AdminApi {
     store: Store,
     engine: Arc<Engine>,
     auth: Arc<Authenticator>,
+    signer: SigningKey,
 }
 
 impl AdminApi {
     /// Serves administration of `store` under `engine`'s rules; revocations
-    /// reach `auth` at once.
-    pub fn new(store: Store, engine: Arc<Engine>, auth: Arc<Authenticator>) -> Self {
+    /// reach `auth` at once; digests are checked with `signer`'s public key.
+    pub fn new(
+        store: Store,
+        engine: Arc<Engine>,
+        auth: Arc<Authenticator>,
+        signer: SigningKey,
+    ) -> Self {
         Self {
             store,
             engine,
             auth,
+            signer,
         }
     }
 }
@@ -174,7 +182,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
-        let admin = caller(&request)?.key_id.clone();
+        let admin = caller(&request)?.clone();
         let req = request.get_ref();
         let mut v = Violations::default();
         let role: Option<Role> = required(&mut v, "role", req.role);
@@ -187,6 +195,7 @@ impl AdminService for AdminApi {
             Some(&req.hospital_id),
             &req.description,
             expires_at,
+            Some(&req.principal),
             Utc::now(),
         )
         .map_err(invalid)?;
@@ -194,8 +203,14 @@ impl AdminService for AdminApi {
             tracing::error!(error = %e, "no system randomness for a new key");
             ApiError::Internal
         })?;
-        let key = self.store.create_key(&new, &spec).await?;
-        tracing::info!(by = %admin, key_id = %key.key_id, role = %key.role, "API key created");
+        let key = self
+            .store
+            .create_key(&new, &spec, Some(&admin.principal))
+            .await?;
+        tracing::info!(
+            by = %admin.principal, by_key = %admin.key_id, key_id = %key.key_id,
+            principal = %key.principal, role = %key.role, "API key created"
+        );
         Ok(Response::new(pb::CreateApiKeyResponse {
             key: Some(key_to_proto(&key)),
             token: new.token,
@@ -229,7 +244,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::RevokeApiKeyRequest>,
     ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
-        let admin = caller(&request)?.key_id.clone();
+        let admin = caller(&request)?.principal.clone();
         let key_id = &request.get_ref().key_id;
         if key_id.is_empty() {
             return Err(invalid_field("key_id", "is required"));
@@ -248,20 +263,41 @@ impl AdminService for AdminApi {
 
     async fn verify_audit_trail(
         &self,
-        _request: Request<pb::VerifyAuditTrailRequest>,
+        request: Request<pb::VerifyAuditTrailRequest>,
     ) -> Result<Response<pb::VerifyAuditTrailResponse>, Status> {
-        let report = self.store.verify_chains().await?;
+        let mut v = Violations::default();
+        let digests: Vec<Digest> = request
+            .get_ref()
+            .digests
+            .iter()
+            .enumerate()
+            .filter_map(|(i, line)| {
+                v.check(
+                    format!("digests[{i}]"),
+                    serde_json::from_str::<Digest>(line).map_err(|_| "is not a digest"),
+                )
+            })
+            .collect();
+        if !v.is_empty() {
+            return Err(invalid(v));
+        }
+        let trusted = self.signer.public();
+        let report = self.store.verify(&digests, Some(&trusted)).await?;
         if let Some(b) = &report.first_break {
-            tracing::error!(table = b.table, entity = b.entity_id, entry = b.entry, reason = %b.reason, "audit trail broken");
+            tracing::error!(table = b.table, row = %b.row, block = ?b.block, reason = %b.reason, "audit trail broken");
         }
         Ok(Response::new(pb::VerifyAuditTrailResponse {
             record_versions_checked: report.record_versions,
-            flag_events_checked: report.flag_events,
+            flag_events_checked: report.flags,
             intact: report.first_break.is_none(),
+            blocks_checked: report.blocks,
+            digests_matched: report.digests,
+            sealed_rows_checked: report.sealed_rows,
+            unsealed_rows_checked: report.unsealed_rows,
             first_break: report.first_break.map(|b| pb::ChainBreak {
                 table: b.table.to_owned(),
-                entity_id: b.entity_id.to_string(),
-                entry: b.entry.to_string(),
+                entity_id: b.row,
+                entry: b.block.map(|n| n.to_string()).unwrap_or_default(),
                 reason: b.reason,
             }),
         }))
@@ -277,5 +313,7 @@ fn key_to_proto(key: &ApiKey) -> pb::ApiKey {
         created_at: Some(timestamp(key.created_at)),
         expires_at: key.expires_at.map(timestamp),
         revoked_at: key.revoked_at.map(timestamp),
+        principal: key.principal.clone(),
+        issued_by: key.issued_by.clone().unwrap_or_default(),
     }
 }

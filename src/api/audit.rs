@@ -13,9 +13,8 @@ use crate::store::{Store, TriageStep};
 use crate::watch::{self, FlagFeed};
 use crate::wire::listing;
 
-use super::auth::caller;
 use super::status::{ApiError, Resource, invalid};
-use super::{page_token, trace_id};
+use super::{Acting, page_token};
 use crate::wire::convert::{event_to_proto, flag_to_proto, instant, record_to_proto, required};
 use crate::wire::pb;
 use crate::wire::pb::audit_service_server::AuditService;
@@ -117,8 +116,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<pb::GetFlagRequest>,
     ) -> Result<Response<pb::GetFlagResponse>, Status> {
-        let reader = caller(&request)?.key_id.clone();
-        let trace = trace_id(&request);
+        let acting = Acting::of(&request)?;
         let mut v = Violations::default();
         let id = parse_id(&mut v, "flag_id", &request.get_ref().flag_id);
         let id = id.ok_or_else(|| invalid(v))?;
@@ -129,9 +127,9 @@ impl AuditService for AuditApi {
             .ok_or(ApiError::NotFound(Resource::Flag))?;
         // No case leaves the service without a record of who opened it.
         self.store
-            .record_case_access(id, &reader, trace.as_deref())
+            .record_access(&acting.actor(), "GetFlag", "flag", &id.to_string())
             .await?;
-        tracing::info!(flag_id = id, key_id = %reader, "case opened");
+        tracing::info!(flag_id = id, principal = %acting.caller().principal, "case opened");
         Ok(Response::new(pb::GetFlagResponse {
             flag: Some(flag_to_proto(&case.flag)),
             record: Some(record_to_proto(&case.record)),
@@ -144,8 +142,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<pb::UpdateFlagStatusRequest>,
     ) -> Result<Response<pb::UpdateFlagStatusResponse>, Status> {
-        let actor = caller(&request)?.key_id.clone();
-        let trace = trace_id(&request);
+        let acting = Acting::of(&request)?;
         let req = request.get_ref();
         let mut v = Violations::default();
         let id = parse_id(&mut v, "flag_id", &req.flag_id);
@@ -165,11 +162,10 @@ impl AuditService for AuditApi {
                 to,
                 note: req.note.trim(),
                 expected_revision: revision,
-                actor: &actor,
-                trace_id: trace.as_deref(),
+                actor: &acting.actor(),
             })
             .await?;
-        tracing::info!(flag_id = id, status = %to, "flag triaged");
+        tracing::info!(flag_id = id, status = %to, principal = %acting.caller().principal, "flag triaged");
         Ok(Response::new(pb::UpdateFlagStatusResponse {
             flag: Some(flag_to_proto(&flag)),
         }))

@@ -16,12 +16,47 @@ mod page_token;
 pub mod registry;
 pub mod status;
 
-/// The trace id of a call: its span's, or, when nothing traces the server
-/// (tests running it in-process), the caller's valid `traceparent`.
-pub(crate) fn trace_id<T>(req: &tonic::Request<T>) -> Option<String> {
-    if let Some(id) = crate::telemetry::propagation::trace_id(&tracing::Span::current()) {
-        return Some(id.to_string());
+/// Who acts in a call, as the trails record it: the caller's principal and
+/// key, the trace id the caller sent, and the service's own id of the call.
+#[derive(Debug, Clone)]
+pub(crate) struct Acting {
+    caller: crate::domain::Caller,
+    trace_id: Option<String>,
+    own_id: Option<String>,
+}
+
+impl Acting {
+    /// The actor of `request`, or UNAUTHENTICATED when no layer admitted it.
+    pub(crate) fn of<T>(request: &tonic::Request<T>) -> Result<Self, status::ApiError> {
+        Ok(Self {
+            caller: auth::caller(request)?.clone(),
+            trace_id: callers_trace_id(request),
+            own_id: request
+                .extensions()
+                .get::<observe::CallId>()
+                .map(|c| c.0.clone()),
+        })
     }
+
+    /// The caller.
+    pub(crate) fn caller(&self) -> &crate::domain::Caller {
+        &self.caller
+    }
+
+    /// As the store takes it.
+    pub(crate) fn actor(&self) -> crate::store::flags::Actor<'_> {
+        crate::store::flags::Actor {
+            key_id: &self.caller.key_id,
+            principal: &self.caller.principal,
+            issued_by: self.caller.issued_by.as_deref(),
+            trace_id: self.trace_id.as_deref(),
+            own_trace_id: self.own_id.as_deref(),
+        }
+    }
+}
+
+/// The trace id of the caller's valid `traceparent`, if it sent one.
+fn callers_trace_id<T>(req: &tonic::Request<T>) -> Option<String> {
     let value = req.metadata().get("traceparent")?.to_str().ok()?;
     let mut parts = value.split('-');
     let (_version, trace) = (parts.next()?, parts.next()?);

@@ -87,14 +87,16 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let (service, method) = known_methods()
             .get(request.uri().path())
             .copied()
             .unwrap_or((OTHER, OTHER));
-        let span = call_span(service, method, request.headers());
+        let call_id = CallId::new();
+        let span = call_span(service, method, request.headers(), &call_id);
+        request.extensions_mut().insert(call_id);
         let mut call = Call {
             service,
             method,
@@ -130,7 +132,12 @@ where
 
 /// The span of one call; health checks, polled every few seconds by
 /// orchestrators, are measured but not traced.
-fn call_span(service: &str, method: &str, headers: &http::HeaderMap) -> tracing::Span {
+fn call_span(
+    service: &str,
+    method: &str,
+    headers: &http::HeaderMap,
+    call_id: &CallId,
+) -> tracing::Span {
     if service == tonic_health::pb::health_server::SERVICE_NAME {
         return tracing::Span::none();
     }
@@ -144,12 +151,27 @@ fn call_span(service: &str, method: &str, headers: &http::HeaderMap) -> tracing:
         rpc.method = method,
         rpc.grpc.status_code = tracing::field::Empty,
         trace_id = tracing::field::Empty,
+        call_id = %call_id.0,
     );
     propagation::continue_trace(&span, headers);
     if let Some(trace_id) = propagation::trace_id(&span) {
         span.record("trace_id", tracing::field::display(trace_id));
     }
     span
+}
+
+/// The service's own id of a call: random, so unlike the caller's trace id
+/// nobody outside can choose it. Logs carry it, and so do the trails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallId(pub String);
+
+impl CallId {
+    fn new() -> Self {
+        let mut bytes = [0u8; 16];
+        // Without randomness the id is all zeros: still recorded, never guessed wrong.
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+        Self(hex::encode(bytes))
+    }
 }
 
 /// One call in flight, recorded once when it ends.

@@ -134,9 +134,19 @@ pub enum ApiError {
         /// The requested status.
         to: FlagStatus,
     },
-    /// A CRITICAL flag's dismissal approved by the auditor who proposed it.
+    /// A CRITICAL flag's dismissal approved by the principal who proposed it.
     #[error("dismissing a CRITICAL flag needs a second auditor to approve the proposal")]
     SecondAuditorRequired,
+    /// A CRITICAL flag's dismissal approved with a key from the administrator
+    /// who issued the proposer's, or by one who issued the other's key.
+    #[error(
+        "dismissing a CRITICAL flag needs two principals whose keys were not issued by one \
+         administrator, nor by each other"
+    )]
+    OneIssuer,
+    /// Evidence the call builds on was changed behind the service's back.
+    #[error("this evidence does not match its ledger; an administrator must run verify")]
+    EvidenceTampered,
     /// A rescan run to resume that already finished.
     #[error("rescan run {0} is already complete")]
     RescanFinished(i64),
@@ -192,6 +202,8 @@ impl ApiError {
             Contended => (Code::Aborted, "WRITE_CONTENTION", Some(Duration::ZERO)),
             IllegalTransition { .. } => (Code::FailedPrecondition, "ILLEGAL_TRANSITION", None),
             SecondAuditorRequired => (Code::FailedPrecondition, "SECOND_AUDITOR_REQUIRED", None),
+            OneIssuer => (Code::FailedPrecondition, "ONE_ISSUER", None),
+            EvidenceTampered => (Code::FailedPrecondition, "EVIDENCE_TAMPERED", None),
             RescanFinished(_) => (Code::FailedPrecondition, "RESCAN_RUN_FINISHED", None),
             RescanRuleUnknown { .. } => (Code::FailedPrecondition, "RESCAN_RULE_UNKNOWN", None),
             TooManyCalls => (Code::ResourceExhausted, "TOO_MANY_CALLS", Some(RETRY_DELAY)),
@@ -249,6 +261,9 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         if matches!(err, StoreError::Contended) {
             ApiError::Contended
+        } else if matches!(err, StoreError::Tampered(_)) {
+            // The store logged what and where; the caller learns only that.
+            ApiError::EvidenceTampered
         } else if err.is_unavailable() {
             tracing::warn!(error = %err, "database unavailable");
             ApiError::Unavailable
@@ -288,6 +303,8 @@ impl From<TriageError> for ApiError {
             TriageError::Stale { current } => ApiError::StaleEtag { current },
             TriageError::IllegalTransition { from, to } => ApiError::IllegalTransition { from, to },
             TriageError::SecondAuditorRequired => ApiError::SecondAuditorRequired,
+            TriageError::OneIssuer => ApiError::OneIssuer,
+            TriageError::Tampered => ApiError::EvidenceTampered,
             TriageError::NoteRequired(_) => {
                 let mut v = Violations::default();
                 v.add("note", err.to_string());
@@ -443,6 +460,8 @@ mod tests {
                 to: FlagStatus::Open,
             },
             ApiError::SecondAuditorRequired,
+            ApiError::OneIssuer,
+            ApiError::EvidenceTampered,
             ApiError::RescanFinished(3),
             ApiError::RescanRuleUnknown {
                 run: 3,
@@ -478,6 +497,8 @@ mod tests {
             Contended => (Code::Aborted, "WRITE_CONTENTION", true),
             IllegalTransition { .. } => (Code::FailedPrecondition, "ILLEGAL_TRANSITION", false),
             SecondAuditorRequired => (Code::FailedPrecondition, "SECOND_AUDITOR_REQUIRED", false),
+            OneIssuer => (Code::FailedPrecondition, "ONE_ISSUER", false),
+            EvidenceTampered => (Code::FailedPrecondition, "EVIDENCE_TAMPERED", false),
             RescanFinished(_) => (Code::FailedPrecondition, "RESCAN_RUN_FINISHED", false),
             RescanRuleUnknown { .. } => (Code::FailedPrecondition, "RESCAN_RULE_UNKNOWN", false),
             TooManyCalls => (Code::ResourceExhausted, "TOO_MANY_CALLS", true),
@@ -511,7 +532,7 @@ mod tests {
                 assert!(!message.contains("database error"), "{message}");
             }
         }
-        assert_eq!(reasons.len(), 24, "one_of_each lists every kind once");
+        assert_eq!(reasons.len(), 26, "one_of_each lists every kind once");
     }
 
     #[test]

@@ -46,6 +46,11 @@ pub struct CreateKeyArgs {
     /// When the key stops working (RFC 3339); never when omitted.
     #[arg(long, value_name = "RFC3339")]
     pub expires_at: Option<String>,
+    /// The person or system the key belongs to (for example an e-mail
+    /// address); required for auditor and admin keys. A hospital key
+    /// without one belongs to "hospital <hospital id>".
+    #[arg(long, value_name = "NAME")]
+    pub principal: Option<String>,
     /// The database.
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -86,6 +91,7 @@ fn spec(args: &CreateKeyArgs) -> Result<KeySpec, CliError> {
         args.hospital_id.as_deref(),
         &args.description,
         expires_at,
+        args.principal.as_deref(),
         chrono::Utc::now(),
     )
     .map_err(|v| {
@@ -99,10 +105,11 @@ fn spec(args: &CreateKeyArgs) -> Result<KeySpec, CliError> {
 
 async fn create(db: &Database, spec: &KeySpec) -> Result<(), CliError> {
     let new = NewApiKey::generate().map_err(anyhow::Error::from)?;
-    let key = db.store.create_key(&new, spec).await?;
+    // Made on the command line: whoever runs it holds the service's secrets.
+    let key = db.store.create_key(&new, spec, None).await?;
     eprintln!(
-        "Created {} key {}; it is shown only this once:",
-        key.role, key.key_id
+        "Created {} key {} of {}; it is shown only this once:",
+        key.role, key.key_id, key.principal
     );
     println!("{}", new.token);
     Ok(())
@@ -110,8 +117,8 @@ async fn create(db: &Database, spec: &KeySpec) -> Result<(), CliError> {
 
 async fn list(db: &Database) -> Result<(), CliError> {
     println!(
-        "{:<14} {:<9} {:<16} {:<25} {:<25} description",
-        "key id", "role", "hospital", "expires", "revoked"
+        "{:<14} {:<9} {:<24} {:<16} {:<25} {:<25} description",
+        "key id", "role", "principal", "hospital", "expires", "revoked"
     );
     let at = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or("-".into(), |t| t.to_rfc3339());
     let mut before = None;
@@ -119,9 +126,10 @@ async fn list(db: &Database) -> Result<(), CliError> {
         let page = db.store.keys(before, PAGE).await?;
         for key in &page.keys {
             println!(
-                "{:<14} {:<9} {:<16} {:<25} {:<25} {}",
+                "{:<14} {:<9} {:<24} {:<16} {:<25} {:<25} {}",
                 key.key_id,
                 key.role,
+                key.principal,
                 key.hospital_id.as_deref().unwrap_or("-"),
                 at(key.expires_at),
                 at(key.revoked_at),

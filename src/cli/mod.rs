@@ -3,6 +3,7 @@
 
 mod import;
 mod keys;
+mod ledger;
 mod progress;
 mod rescan;
 mod serve;
@@ -13,7 +14,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, ConfigError, DatabaseArgs, LogFormat, ServeArgs};
-use crate::domain::{ChainKey, FingerprintKey};
+use crate::domain::FingerprintKey;
 use crate::localdb::LocalPostgres;
 use crate::rules::{Engine, RulesConfig};
 use crate::store::{self, PoolSettings, SchemaState, Store, StoreError};
@@ -73,10 +74,14 @@ pub enum Command {
     /// exist; `rescan runs` lists runs that can be resumed.
     #[command(after_help = EXIT_CODES)]
     Rescan(rescan::RescanArgs),
-    /// Recompute the audit trail's hash chains and name the first broken
-    /// entry. Reads only: never migrates.
+    /// Check every piece of evidence against the ledger (and against
+    /// digests kept outside the database) and name the first row or block
+    /// that does not hold. Reads only: never migrates.
     #[command(after_help = EXIT_CODES)]
-    Verify(DatabaseArgs),
+    Verify(verify::VerifyArgs),
+    /// The ledger's digests and public key.
+    #[command(subcommand)]
+    Ledger(ledger::LedgerCommand),
     /// Load an NDJSON back-fill through the ingest pipeline, resuming an
     /// interrupted run of the same file.
     #[command(after_help = EXIT_CODES)]
@@ -153,7 +158,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Keys(command) => keys::run(command).await,
         Command::Rescan(args) => rescan::run(args).await,
-        Command::Verify(database) => verify::run(&database).await,
+        Command::Verify(args) => verify::run(&args).await,
+        Command::Ledger(command) => ledger::run(command).await,
         Command::Import(args) => import::run(args).await,
     }
 }
@@ -204,7 +210,7 @@ impl Database {
             max_connections: args.db_max_connections,
             ..PoolSettings::default()
         };
-        let store = Store::connect(url, &pool, ChainKey::derive(&key))
+        let store = Store::connect(url, &pool, &key)
             .map_err(|e| CliError::Usage(format!("DATABASE_URL: {e}")))?;
         if let Err(e) = prepare_schema(&store, access).await {
             store.pool().close().await;
@@ -228,6 +234,7 @@ async fn prepare_schema(store: &Store, access: Access) -> Result<(), CliError> {
         Access::Migrate => {
             store.migrate().await?;
             tracing::info!("database migrated");
+            store.adopt().await?;
         }
         Access::ReadOnly => {
             if let SchemaState::Behind { missing } = store.schema_state().await? {
@@ -361,10 +368,10 @@ mod tests {
             "postgres://x",
         ])
         .unwrap();
-        let Some(Command::Verify(db)) = cli.command else {
+        let Some(Command::Verify(args)) = cli.command else {
             panic!("verify")
         };
-        assert_eq!(db.database_url.as_deref(), Some("postgres://x"));
+        assert_eq!(args.database.database_url.as_deref(), Some("postgres://x"));
         assert!(
             Cli::try_parse_from([
                 "transplant-audit",

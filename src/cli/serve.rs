@@ -4,8 +4,9 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 
-use crate::config::{ServeArgs, Transport};
-use crate::server::{self, App, Listeners};
+use crate::config::{ConfigError, ServeArgs, Transport};
+use crate::seal::Sinks;
+use crate::server::{self, App, Listeners, Sealing};
 use crate::telemetry;
 
 use super::{Access, CliError, Database, engine};
@@ -14,12 +15,14 @@ use super::{Access, CliError, Database, engine};
 pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
     let engine = engine(&args.rules)?;
     let transport = args.tls.transport(args.listen_addr)?;
+    let sealing = sealing(&args)?;
     let db = Database::open(&args.database, Access::Migrate).await?;
     let app = App::new(
         db.store.clone(),
         engine,
         db.key.clone(),
         args.options.ingest_batch_size,
+        sealing,
     );
     let result = run(&args, transport, app).await;
     db.close(result).await
@@ -68,6 +71,48 @@ async fn run(args: &ServeArgs, transport: Transport, app: App) -> Result<(), Cli
     .await;
     metrics.abort();
     served.map_err(|e| CliError::Other(e.into()))
+}
+
+/// The signing key and digest sinks: configured, or the local default's
+/// (a generated key, digests appended to a file under the data folder).
+/// Without a sink configured elsewhere, digests go to standard output.
+fn sealing(args: &ServeArgs) -> Result<Sealing, CliError> {
+    let local = args
+        .database
+        .database_url
+        .is_none()
+        .then_some(args.database.data_dir.as_path());
+    let signer = args
+        .ledger
+        .signing
+        .key(local)?
+        .ok_or(ConfigError::MissingSigningKey)?;
+    let mut sinks = Sinks {
+        file: args.ledger.ledger_digest_file.clone(),
+        stdout: args.ledger.ledger_digest_stdout,
+        url: args.ledger.ledger_digest_url.clone(),
+    };
+    if !sinks.any() {
+        match local {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(anyhow::Error::from)?;
+                sinks.file = Some(dir.join("digests.jsonl"));
+            }
+            None => sinks.stdout = true,
+        }
+    }
+    tracing::info!(
+        public_key = %signer.public(),
+        file = ?sinks.file,
+        stdout = sinks.stdout,
+        url = ?sinks.url,
+        "ledger digests signed and written outside the database"
+    );
+    Ok(Sealing {
+        signer,
+        sinks,
+        interval: args.ledger.seal_interval(),
+    })
 }
 
 /// Binds `addr`, naming it in the error.

@@ -67,8 +67,9 @@ pub(super) async fn store_in(
     let fresh: Vec<NewRecord<'_>> = new
         .iter()
         .zip(&ids)
-        .map(|(&i, &id)| NewRecord {
+        .map(|(&i, &(id, seq))| NewRecord {
             id,
+            seq,
             record: &records[i],
             form: &forms[i],
         })

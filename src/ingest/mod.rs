@@ -203,7 +203,9 @@ impl Ingestor {
         let findings = findings.into_iter().next().unwrap_or_default();
         let stored = async {
             let stored = tx.amend(&existing, &record, reason).await?;
-            tx.save_flags(&stored, &record, &findings).await?;
+            let evaluated: Vec<RuleId> = self.engine.config().enabled_rules().collect();
+            tx.save_flags(&stored, &record, &findings, &evaluated)
+                .await?;
             tx.commit().await?;
             Ok::<_, StoreError>(stored)
         }

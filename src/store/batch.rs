@@ -13,8 +13,11 @@ use crate::rules::{ClinicWindow, Finding, PriorDonation};
 
 use super::body::HlaBody;
 use super::context::{self, WindowRequest};
-use super::ingest::{ExistingRecord, IngestTx, StoredAck, hla_json, kind_columns, severity_to_db};
+use super::ingest::{ExistingRecord, IngestTx, StoredAck, hla_json, kind_columns};
+use super::ledger::content::RecordState;
+use super::steps::{self, Raise};
 use super::{StoreError, chain};
+use crate::domain::ledger::RowMac;
 
 /// What a batch needs of a record's stored form (its pseudonymised body as
 /// JSON text): the text's SHA-256, the record's content hash.
@@ -38,6 +41,8 @@ impl StoredForm {
 pub struct NewRecord<'a> {
     /// Its allocated id.
     pub id: RecordId,
+    /// Its allocated place in the ledger's sequence.
+    pub seq: i64,
     /// The pseudonymised record.
     pub record: &'a Record,
     /// Its stored form.
@@ -87,19 +92,21 @@ impl IngestTx {
     }
 
     /// Takes the locks of `records`' keys (as [`IngestTx::lock_keys`]
-    /// does), then one new record id for each, ascending, in one statement:
-    /// the locks are an init plan, held before the first id is drawn. Ids
-    /// drawn under the locks are above every id of a record the rules read:
-    /// any writer of those keys has committed already.
+    /// does), then one new record id and one place in the ledger's sequence
+    /// for each, both ascending, in one statement: the locks are an init
+    /// plan, held before the first id is drawn. Ids drawn under the locks
+    /// are above every id of a record the rules read: any writer of those
+    /// keys has committed already.
     pub async fn lock_and_allocate(
         &mut self,
         records: &[&Record],
-    ) -> Result<Vec<RecordId>, StoreError> {
+    ) -> Result<Vec<(RecordId, i64)>, StoreError> {
         let n = i32::try_from(records.len())
             .map_err(|_| StoreError::Corrupt("batch too large".into()))?;
         let (keys, exclusive) = super::ingest::lock_order(records.iter().copied());
-        let mut ids = sqlx::query_scalar!(
-            r#"SELECT nextval(pg_get_serial_sequence('records', 'id')) AS "id!"
+        let rows = sqlx::query!(
+            r#"SELECT nextval(pg_get_serial_sequence('records', 'id')) AS "id!",
+                      nextval('ledger_seq') AS "seq!"
                FROM generate_series(1, $3)
                WHERE (SELECT count(*)
                       FROM unnest($1::bigint[], $2::bool[]) AS k(key, exclusive),
@@ -112,8 +119,11 @@ impl IngestTx {
         )
         .fetch_all(&mut *self.tx)
         .await?;
+        let (mut ids, mut seqs): (Vec<i64>, Vec<i64>) =
+            rows.into_iter().map(|r| (r.id, r.seq)).unzip();
         ids.sort_unstable();
-        Ok(ids.into_iter().map(RecordId).collect())
+        seqs.sort_unstable();
+        Ok(ids.into_iter().map(RecordId).zip(seqs).collect())
     }
 
     /// What the rules read for a batch, as stored before it: the current
@@ -178,11 +188,24 @@ impl IngestTx {
         records: &[NewRecord<'_>],
     ) -> Result<Option<Vec<StoredAck>>, StoreError> {
         let recorded_at = chain::now();
-        let c = Columns::of(records, |id, form| {
-            self.chain.link(
+        let c = Columns::of(records, |n| {
+            let chain_head = self.chain.link(
                 &GENESIS,
-                &chain::version_content(id.0, 1, &form.hash, None, recorded_at),
-            )
+                &chain::version_content(n.id.0, 1, &n.form.hash, None, recorded_at),
+            );
+            let state = RecordState {
+                id: n.id,
+                version: 1,
+                seq: n.seq,
+                prev: None,
+                received_at: recorded_at,
+                amended_at: None,
+                content_hash: &n.form.hash,
+                reason: None,
+                recorded_at,
+                chain_head: &chain_head,
+            };
+            (chain_head, self.ledger.mac(&state.input()))
         });
         let rows = sqlx::query!(
             "INSERT INTO records (
@@ -194,9 +217,10 @@ impl IngestTx {
                    donor_rh, donor_hla, donor_non_resident,
                    recipient_fp, recipient_nationality, recipient_residence, recipient_age,
                    recipient_sex, recipient_abo, recipient_rh, recipient_hla,
-                   recipient_non_resident, version_recorded_at)
+                   recipient_non_resident, ledger_seq, ledger_mac,
+                   version_recorded_at, received_at)
                OVERRIDING SYSTEM VALUE
-               SELECT *, $37::timestamptz FROM unnest(
+               SELECT *, $37::timestamptz, $37::timestamptz FROM unnest(
                    $1::bigint[], $2::bytea[], $3::bytea[], $4::text[], $5::text[],
                    $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
                    $11::timestamptz[], $12::int[], $13::bool[], $14::text[],
@@ -204,7 +228,8 @@ impl IngestTx {
                    $20::text[], $21::text[], $22::smallint[], $23::text[], $24::text[],
                    $25::text[], $26::jsonb[], $27::bool[],
                    $28::bytea[], $29::text[], $30::text[], $31::smallint[],
-                   $32::text[], $33::text[], $34::text[], $35::jsonb[], $36::bool[])
+                   $32::text[], $33::text[], $34::text[], $35::jsonb[], $36::bool[],
+                   $38::bigint[], $39::bytea[])
                ON CONFLICT ON CONSTRAINT records_idempotency DO NOTHING
                RETURNING id, received_at",
             &c.id,
@@ -244,6 +269,8 @@ impl IngestTx {
             &c.recipient.hla as &[Option<Json<HlaBody<'_>>>],
             &c.recipient.non_resident,
             recorded_at,
+            &c.seq,
+            &c.ledger_mac,
         )
         .fetch_all(&mut *self.tx)
         .await?;
@@ -263,63 +290,20 @@ impl IngestTx {
     }
 
     /// Stores findings on records stored in this transaction as new flags,
-    /// in one statement.
+    /// each with its RAISED step, in one statement.
     pub async fn insert_flags(&mut self, flags: &[NewFlag<'_>]) -> Result<(), StoreError> {
-        if flags.is_empty() {
-            // The insert trigger wakes every watcher, so only real flags may fire it.
-            return Ok(());
-        }
-        let mut record_id = Vec::with_capacity(flags.len());
-        let mut rule_id = Vec::with_capacity(flags.len());
-        let mut rule_version = Vec::with_capacity(flags.len());
-        let mut severity = Vec::with_capacity(flags.len());
-        let mut explanation = Vec::with_capacity(flags.len());
-        let mut evidence = Vec::with_capacity(flags.len());
-        let mut hospital_id = Vec::with_capacity(flags.len());
-        let mut clinic_id = Vec::with_capacity(flags.len());
-        let mut external_record_id = Vec::with_capacity(flags.len());
-        for f in flags {
-            record_id.push(f.record_id.0);
-            rule_id.push(f.finding.rule.as_str());
-            rule_version.push(f.finding.rule.version());
-            severity.push(severity_to_db(f.finding.severity));
-            explanation.push(f.finding.explanation.as_str());
-            evidence.push(array_literal(&f.finding.evidence));
-            hospital_id.push(f.record.hospital_id.as_str());
-            clinic_id.push(f.record.clinic_id.as_str());
-            external_record_id.push(f.record.external_record_id.as_str());
-        }
-        sqlx::query!(
-            "INSERT INTO flags (record_id, rule_id, rule_version, severity, explanation,
-                                evidence_record_ids, hospital_id, clinic_id, record_version,
-                                external_record_id)
-             SELECT f.record_id, f.rule_id, f.rule_version, f.severity, f.explanation,
-                    f.evidence::bigint[], f.hospital_id, f.clinic_id, 1, f.external_record_id
-             FROM unnest($1::bigint[], $2::text[], $3::int[], $4::smallint[], $5::text[],
-                         $6::text[], $7::text[], $8::text[], $9::text[])
-                  AS f(record_id, rule_id, rule_version, severity, explanation, evidence,
-                       hospital_id, clinic_id, external_record_id)",
-            &record_id,
-            &rule_id as &[&str],
-            &rule_version,
-            &severity,
-            &explanation as &[&str],
-            &evidence,
-            &hospital_id as &[&str],
-            &clinic_id as &[&str],
-            &external_record_id as &[&str],
-        )
-        .execute(&mut *self.tx)
-        .await?;
+        let raises: Vec<Raise<'_>> = flags
+            .iter()
+            .map(|f| Raise {
+                record_id: f.record_id,
+                record_version: 1,
+                record: f.record,
+                finding: f.finding,
+            })
+            .collect();
+        steps::raise(&mut self.tx, &self.ledger, &raises, "").await?;
         Ok(())
     }
-}
-
-/// Record ids as a Postgres array literal (`{1,2,3}`): a flag's evidence is
-/// an array, and arrays of arrays of different lengths cannot be bound.
-fn array_literal(ids: &[RecordId]) -> String {
-    let inner: Vec<String> = ids.iter().map(|id| id.0.to_string()).collect();
-    format!("{{{}}}", inner.join(","))
 }
 
 /// A person's columns, one array per column.
@@ -370,7 +354,9 @@ pub type BatchContext = (
 #[derive(Default)]
 struct Columns<'a> {
     id: Vec<i64>,
+    seq: Vec<i64>,
     chain_head: Vec<Vec<u8>>,
+    ledger_mac: Vec<Vec<u8>>,
     content_hash: Vec<&'a [u8]>,
     hospital_id: Vec<&'a str>,
     external_record_id: Vec<&'a str>,
@@ -392,14 +378,18 @@ struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
-    /// The columns of `records`, with each one's first chain link from `link`.
-    fn of(records: &[NewRecord<'a>], link: impl Fn(RecordId, &StoredForm) -> [u8; 32]) -> Self {
+    /// The columns of `records`, with each one's first chain link and row
+    /// MAC from `seal`.
+    fn of(records: &[NewRecord<'a>], seal: impl Fn(&NewRecord<'a>) -> ([u8; 32], RowMac)) -> Self {
         let mut c = Columns::default();
         for n in records {
             let r = n.record;
             let (relation, death_at, death_kind) = kind_columns(&r.donor.kind);
+            let (chain_head, mac) = seal(n);
             c.id.push(n.id.0);
-            c.chain_head.push(link(n.id, n.form).to_vec());
+            c.seq.push(n.seq);
+            c.chain_head.push(chain_head.to_vec());
+            c.ledger_mac.push(mac.to_vec());
             c.content_hash.push(&n.form.hash);
             c.hospital_id.push(&r.hospital_id);
             c.external_record_id.push(&r.external_record_id);

@@ -3,14 +3,17 @@
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, QueryBuilder};
 
-use crate::domain::{FlagEvent, FlagFilter, FlagStatus, FlagView, RecordId, RecordView, Severity};
+use crate::domain::flag_history::FlagStep;
+use crate::domain::{
+    FlagEvent, FlagFilter, FlagStatus, FlagView, RecordId, RecordView, Severity, StepKind,
+};
 use crate::rules::RuleId;
 
 use super::body::parse;
-use super::chain::{self, EventContent};
+use super::chain;
 use super::ingest::{severity_from_db, severity_to_db};
-use super::{Store, StoreError, row};
-use crate::domain::chain::GENESIS;
+use super::ledger::content;
+use super::{Store, StoreError, row, steps};
 
 #[derive(sqlx::FromRow)]
 pub(super) struct FlagRow {
@@ -151,6 +154,16 @@ pub enum TriageError {
     /// The auditor who proposed dismissing a CRITICAL flag cannot also approve it.
     #[error("dismissing a CRITICAL flag needs a second auditor to approve the proposal")]
     SecondAuditorRequired,
+    /// The proposer's and the approver's keys come from one administrator,
+    /// or one of them issued the other's.
+    #[error(
+        "dismissing a CRITICAL flag needs two principals whose keys were not issued by one \
+         administrator, nor by each other"
+    )]
+    OneIssuer,
+    /// The flag's row or steps were changed behind the service's back.
+    #[error("the flag's history does not match its row; an administrator must run verify")]
+    Tampered,
     /// Closing a case needs a note.
     #[error("a note is required to move a flag to {0}")]
     NoteRequired(FlagStatus),
@@ -177,9 +190,22 @@ pub struct TriageStep<'a> {
     /// The revision the caller read.
     pub expected_revision: i64,
     /// Who asks.
-    pub actor: &'a str,
-    /// Trace id of the call, if traced.
+    pub actor: &'a Actor<'a>,
+}
+
+/// Who acts on evidence, as the trails record it.
+#[derive(Debug, Clone, Copy)]
+pub struct Actor<'a> {
+    /// The API key used.
+    pub key_id: &'a str,
+    /// The person or system behind it.
+    pub principal: &'a str,
+    /// The administrator principal who issued the key, if one did.
+    pub issued_by: Option<&'a str>,
+    /// The caller's W3C trace id, if it sent one.
     pub trace_id: Option<&'a str>,
+    /// The trace id the service gave the call.
+    pub own_trace_id: Option<&'a str>,
 }
 
 impl Store {
@@ -253,26 +279,26 @@ impl Store {
             )));
         };
         let record = records.remove(pos);
-        let history = sqlx::query!(
-            "SELECT at, actor, from_status, to_status, note, trace_id, kind
-             FROM flag_events WHERE flag_id = $1 ORDER BY id",
-            flag_id,
-        )
-        .fetch_all(&mut *self.acquire().await?)
-        .await?
-        .into_iter()
-        .map(|e| {
-            Ok(FlagEvent {
-                at: e.at,
-                actor: e.actor,
-                from: parse(&e.from_status)?,
-                to: parse(&e.to_status)?,
-                note: e.note,
-                trace_id: e.trace_id,
-                dismissal_proposal: e.kind == "DISMISSAL_PROPOSED",
+        let history = steps::steps_of(&mut *self.acquire().await?, &[flag_id])
+            .await?
+            .remove(&flag_id)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| FlagEvent {
+                step: s.step.step,
+                kind: s.step.kind,
+                at: s.step.at,
+                key_id: s.step.key_id,
+                principal: s.step.principal,
+                from: s.step.from,
+                to: s.step.to,
+                note: s.step.note,
+                trace_id: s.step.trace_id,
+                own_trace_id: s.step.own_trace_id,
+                severity: s.step.finding.map(|f| f.severity),
+                cleared_in_version: s.step.cleared_in_version,
             })
-        })
-        .collect::<Result<_, StoreError>>()?;
+            .collect();
         Ok(Some(FlagCase {
             flag,
             record,
@@ -296,91 +322,133 @@ impl Store {
     }
 
     /// Applies one triage step, refusing stale revisions and illegal moves.
-    /// Dismissing a CRITICAL flag takes two auditors: the first call records
-    /// a proposal, a call by another auditor carries it out.
+    /// The flag's row and steps are checked first: the service never signs
+    /// a step on top of a flag changed behind its back. Dismissing a
+    /// CRITICAL flag takes two principals: the first call records a
+    /// proposal, a call by another principal carries it out, and the two
+    /// keys may not both come from one administrator.
     pub async fn triage(&self, step: TriageStep<'_>) -> Result<FlagView, TriageError> {
         if step.to.needs_note() && step.note.trim().is_empty() {
             return Err(TriageError::NoteRequired(step.to));
         }
         let mut tx = self.begin().await?;
-        let current = sqlx::query!(
-            "SELECT status, revision, severity, dismissal_proposed_by, chain_head
-             FROM flags WHERE id = $1 FOR UPDATE",
-            step.flag_id,
-        )
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(TriageError::NotFound)?;
-        let from: FlagStatus = parse(&current.status)?;
-        if current.revision != step.expected_revision {
+        let row = steps::flag_rows(&mut tx, &[step.flag_id])
+            .await?
+            .pop()
+            .ok_or(TriageError::NotFound)?;
+        let mut history = steps::steps_of(&mut tx, &[step.flag_id]).await?;
+        let history = history.remove(&step.flag_id).unwrap_or_default();
+        let folded = steps::check(&self.ledger, &row, &history).map_err(|reason| {
+            tracing::error!(flag_id = step.flag_id, %reason, "a flag was changed behind the service's back");
+            TriageError::Tampered
+        })?;
+        if folded.revision != step.expected_revision {
             return Err(TriageError::Stale {
-                current: current.revision,
+                current: folded.revision,
             });
         }
+        let from = folded.status;
         if !from.can_move_to(step.to) {
             return Err(TriageError::IllegalTransition { from, to: step.to });
         }
-        let two_person = step.to == FlagStatus::Dismissed
-            && severity_from_db(current.severity)? == Severity::Critical;
-        let (kind, to, proposed_by) = match current.dismissal_proposed_by.as_deref() {
-            _ if !two_person => ("TRANSITION", step.to, None),
-            None => ("DISMISSAL_PROPOSED", from, Some(step.actor)),
-            Some(proposer) if proposer == step.actor => {
-                return Err(TriageError::SecondAuditorRequired);
+        let actor = step.actor;
+        let two_person =
+            step.to == FlagStatus::Dismissed && folded.finding.severity == Severity::Critical;
+        let (kind, to) = match &folded.dismissal_proposed_by {
+            _ if !two_person => (StepKind::Transition, step.to),
+            None => (StepKind::DismissalProposed, from),
+            Some(proposer) => {
+                self.check_second_principal(&history, proposer, actor)
+                    .await?;
+                (StepKind::Transition, step.to)
             }
-            Some(_) => ("TRANSITION", step.to, None),
         };
-        let at = chain::now();
-        let content = EventContent {
-            flag_id: step.flag_id,
-            at,
-            actor: step.actor,
-            from: from.as_str(),
-            to: to.as_str(),
-            note: step.note,
-            trace_id: step.trace_id,
+        let new = FlagStep {
+            step: i32::try_from(folded.revision + 1).unwrap_or(i32::MAX),
             kind,
+            at: chain::now(),
+            key_id: actor.key_id.to_owned(),
+            principal: actor.principal.to_owned(),
+            from: Some(from),
+            to,
+            note: step.note.to_owned(),
+            trace_id: actor.trace_id.map(str::to_owned),
+            own_trace_id: actor.own_trace_id.map(str::to_owned),
+            finding: None,
+            cleared_in_version: None,
         };
-        let previous = current.chain_head.unwrap_or_else(|| GENESIS.to_vec());
-        let link = self.chain.link(&previous, &content.bytes());
-        sqlx::query!(
-            "WITH event AS (
-                INSERT INTO flag_events
-                    (flag_id, at, actor, from_status, to_status, note, trace_id, kind, chain_hash)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9))
-             UPDATE flags SET status = $5, revision = revision + 1, updated_at = $2,
-                              dismissal_proposed_by = $10, chain_head = $9
-             WHERE id = $1",
-            step.flag_id,
-            at,
-            step.actor,
-            from.as_str(),
-            to.as_str(),
-            step.note,
-            step.trace_id,
-            kind,
-            &link[..],
-            proposed_by,
-        )
-        .execute(&mut *tx)
-        .await?;
+        steps::append(&mut tx, &self.ledger, &row, &folded, new, None).await?;
         tx.commit().await?;
         self.flag(step.flag_id).await?.ok_or(TriageError::NotFound)
     }
 
-    /// Records that `key_id` opened the case of a flag.
-    pub async fn record_case_access(
+    /// Refuses the approval of a dismissal proposed by `proposer` when the
+    /// approver is the same principal, issued the proposer's key, or holds
+    /// a key issued by the administrator who issued the proposer's: one
+    /// administrator can mint any number of keys, so two of them are one
+    /// person for this rule.
+    async fn check_second_principal(
         &self,
-        flag_id: i64,
-        key_id: &str,
-        trace_id: Option<&str>,
+        history: &[steps::StoredStep],
+        proposer: &str,
+        approver: &Actor<'_>,
+    ) -> Result<(), TriageError> {
+        if proposer == approver.principal {
+            return Err(TriageError::SecondAuditorRequired);
+        }
+        let proposal_key = history
+            .iter()
+            .rev()
+            .find(|s| s.step.kind == StepKind::DismissalProposed)
+            .map(|s| s.step.key_id.clone())
+            .unwrap_or_default();
+        let proposer_issuer = match self.key_principals(&proposal_key).await {
+            Ok(found) => found.and_then(|(_, issuer)| issuer),
+            Err(StoreError::Tampered(_)) => return Err(TriageError::Tampered),
+            Err(e) => return Err(e.into()),
+        };
+        let one_issuer =
+            proposer_issuer.is_some() && proposer_issuer.as_deref() == approver.issued_by;
+        let issued_the_other = proposer_issuer.as_deref() == Some(approver.principal)
+            || approver.issued_by == Some(proposer);
+        if one_issuer || issued_the_other {
+            return Err(TriageError::OneIssuer);
+        }
+        Ok(())
+    }
+
+    /// Records that `actor` read `resource` `resource_id` through `action`.
+    pub async fn record_access(
+        &self,
+        actor: &Actor<'_>,
+        action: &str,
+        resource: &str,
+        resource_id: &str,
     ) -> Result<(), StoreError> {
+        let entry = content::Access {
+            at: chain::now(),
+            principal: actor.principal,
+            key_id: actor.key_id,
+            action,
+            resource,
+            resource_id,
+            trace_id: actor.trace_id,
+            own_trace_id: actor.own_trace_id,
+        };
+        let mac = self.ledger.mac(&entry.input());
         sqlx::query!(
-            "INSERT INTO case_access (flag_id, key_id, trace_id)
-             SELECT id, $2, $3 FROM flags WHERE id = $1",
-            flag_id,
-            key_id,
-            trace_id,
+            "INSERT INTO access_log (at, principal, key_id, action, resource, resource_id,
+                                     trace_id, own_trace_id, ledger_mac)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            entry.at,
+            entry.principal,
+            entry.key_id,
+            entry.action,
+            entry.resource,
+            entry.resource_id,
+            entry.trace_id,
+            entry.own_trace_id,
+            &mac[..],
         )
         .execute(&mut *self.acquire().await?)
         .await?;

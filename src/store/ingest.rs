@@ -9,10 +9,14 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::domain::chain::GENESIS;
+use crate::domain::ledger::LedgerKey;
 use crate::domain::{ChainKey, DonorKind, DonorType, HlaTyping, Record, RecordId, Severity};
-use crate::rules::{ContextKey, Finding};
+use crate::rules::{ContextKey, Finding, RuleId};
 
 use super::body::{HlaBody, RecordBody, parse};
+use super::ledger::content::RecordState;
+use super::ledger::{self, content};
+use super::steps::{self, Raise};
 use super::{Store, StoreError, chain, row};
 
 /// A record already stored under a (hospital, external id).
@@ -48,6 +52,7 @@ pub fn content_hash(record: &Record) -> Vec<u8> {
 pub struct IngestTx {
     pub(super) tx: Transaction<'static, Postgres>,
     pub(super) chain: Arc<ChainKey>,
+    pub(super) ledger: Arc<LedgerKey>,
     /// The pool the transaction came from, for reads that may run beside it.
     pub(super) pool: PgPool,
 }
@@ -58,6 +63,7 @@ impl Store {
         Ok(IngestTx {
             tx: self.begin().await?,
             chain: self.chain.clone(),
+            ledger: self.ledger.clone(),
             pool: self.pool.clone(),
         })
     }
@@ -183,16 +189,42 @@ impl IngestTx {
             previous,
             &chain::version_content(existing.id.0, version, &hash, Some(reason), recorded_at),
         );
+        let archived_mac = self.ledger.mac(&content::record_version(
+            existing.id.0,
+            current.version,
+            &current.content_hash,
+            current.reason.as_deref(),
+            current.recorded_at,
+            previous,
+        ));
+        let seq = ledger::allocate(&mut self.tx, 1)
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("no sequence number drawn".into()))?;
+        let state = RecordState {
+            id: existing.id,
+            version,
+            seq,
+            prev: Some(current.ledger.0),
+            received_at: current.received_at,
+            amended_at: Some(recorded_at),
+            content_hash: &hash,
+            reason: Some(reason),
+            recorded_at,
+            chain_head: &link,
+        };
+        let row_mac = self.ledger.mac(&state.input());
         let (relation, death_at, death_kind) = kind_columns(&record.donor.kind);
         let d = &record.donor.person;
         let r = &record.recipient;
         sqlx::query!(
             "WITH archived AS (
                 INSERT INTO record_versions
-                    (record_id, version, content_hash, body, reason, recorded_at, chain_hash)
-                VALUES ($1, $34, $35, $36::text::jsonb, $37, $38, $39))
+                    (record_id, version, content_hash, body, reason, recorded_at, chain_hash,
+                     ledger_mac)
+                VALUES ($1, $34, $35, $36::text::jsonb, $37, $38, $39, $44))
              UPDATE records SET
-                version = $40, amended_at = now(), content_hash = $2, clinic_id = $3,
+                version = $40, amended_at = $42, content_hash = $2, clinic_id = $3,
                 procedure_country = $4, organ = $5, laterality = $6, procured_at = $7,
                 transplanted_at = $8, cold_ischemia_minutes = $9, machine_perfusion = $10,
                 abo_exception = $11, donor_fp = $12, donor_type = $13, donor_relation = $14,
@@ -202,7 +234,8 @@ impl IngestTx {
                 recipient_nationality = $26, recipient_residence = $27, recipient_age = $28,
                 recipient_sex = $29, recipient_abo = $30, recipient_rh = $31,
                 recipient_hla = $32, recipient_non_resident = $33,
-                version_reason = $41, version_recorded_at = $42, chain_head = $43
+                version_reason = $41, version_recorded_at = $42, chain_head = $43,
+                ledger_seq = $45, ledger_prev = ledger_seq, ledger_mac = $46
              WHERE id = $1",
             existing.id.0,
             hash,
@@ -249,6 +282,9 @@ impl IngestTx {
             reason,
             recorded_at,
             &link[..],
+            &archived_mac[..],
+            seq,
+            &row_mac[..],
         )
         .execute(&mut *self.tx)
         .await?;
@@ -259,61 +295,98 @@ impl IngestTx {
         })
     }
 
-    /// Stores the findings of one evaluation of record `ack` as flags. A rule
-    /// that already flagged the record keeps its flag and its triage, with the
-    /// finding brought up to this version; one that no longer fires on this
-    /// version is marked cleared, never deleted.
+    /// Stores the findings of one evaluation of amended record `ack`: a
+    /// rule that already flagged the record keeps its flag and its triage,
+    /// with a REEVALUATED step bringing the finding up to this version; a
+    /// rule among `evaluated` that no longer fires gets a CLEARED step,
+    /// never a deletion; a new finding raises a new flag. Each flag is
+    /// checked against its steps before a step is added.
     pub async fn save_flags(
         &mut self,
         ack: &StoredAck,
         record: &Record,
         findings: &[Finding],
+        evaluated: &[RuleId],
     ) -> Result<(), StoreError> {
-        for f in findings {
-            let evidence: Vec<i64> = f.evidence.iter().map(|id| id.0).collect();
-            sqlx::query!(
-                "INSERT INTO flags (record_id, rule_id, rule_version, severity, explanation,
-                                    evidence_record_ids, hospital_id, clinic_id, record_version,
-                                    external_record_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                 ON CONFLICT ON CONSTRAINT flags_one_per_record_and_rule
-                 DO UPDATE SET rule_version = EXCLUDED.rule_version,
-                     severity = EXCLUDED.severity, explanation = EXCLUDED.explanation,
-                     evidence_record_ids = EXCLUDED.evidence_record_ids,
-                     clinic_id = EXCLUDED.clinic_id, record_version = EXCLUDED.record_version,
-                     cleared_in_version = NULL, updated_at = now()",
-                ack.id.0,
-                f.rule.as_str(),
-                f.rule.version(),
-                severity_to_db(f.severity),
-                f.explanation,
-                &evidence,
-                record.hospital_id,
-                record.clinic_id,
-                ack.version,
-                record.external_record_id,
-            )
-            .execute(&mut *self.tx)
-            .await?;
+        let existing = steps::flags_of_record(&mut self.tx, ack.id).await?;
+        let ids: Vec<i64> = existing.iter().map(|f| f.id).collect();
+        let mut history = steps::steps_of(&mut self.tx, &ids).await?;
+        let at = chain::now();
+        let mut raises = Vec::new();
+        for finding in findings {
+            match existing.iter().find(|f| f.rule_id == finding.rule.as_str()) {
+                Some(flag) => {
+                    let folded = self.checked(flag, history.remove(&flag.id))?;
+                    let found = steps::finding_of(finding, ack.version);
+                    let step = steps::amendment_step(&folded, at, Some(found), None);
+                    steps::append(
+                        &mut self.tx,
+                        &self.ledger,
+                        flag,
+                        &folded,
+                        step,
+                        Some(&record.clinic_id),
+                    )
+                    .await?;
+                }
+                None => raises.push(Raise {
+                    record_id: ack.id,
+                    record_version: ack.version,
+                    record,
+                    finding,
+                }),
+            }
         }
-        if ack.version > 1 {
-            let still: Vec<String> = findings
-                .iter()
-                .map(|f| f.rule.as_str().to_owned())
-                .collect();
-            sqlx::query!(
-                "UPDATE flags SET cleared_in_version = coalesce(cleared_in_version, $2),
-                                  clinic_id = $4, updated_at = now()
-                 WHERE record_id = $1 AND rule_id <> ALL($3)",
-                ack.id.0,
-                ack.version,
-                &still,
-                record.clinic_id,
-            )
-            .execute(&mut *self.tx)
-            .await?;
+        for flag in &existing {
+            let fired = findings.iter().any(|f| f.rule.as_str() == flag.rule_id);
+            let ran = evaluated.iter().any(|r| r.as_str() == flag.rule_id);
+            if fired || !ran {
+                continue;
+            }
+            let folded = self.checked(flag, history.remove(&flag.id))?;
+            let step = if folded.cleared_in_version.is_some() {
+                None
+            } else {
+                Some(steps::amendment_step(&folded, at, None, Some(ack.version)))
+            };
+            match step {
+                Some(step) => {
+                    steps::append(
+                        &mut self.tx,
+                        &self.ledger,
+                        flag,
+                        &folded,
+                        step,
+                        Some(&record.clinic_id),
+                    )
+                    .await?;
+                }
+                None => {
+                    // Already cleared: only the record's clinic may have moved.
+                    sqlx::query!(
+                        "UPDATE flags SET clinic_id = $2 WHERE id = $1",
+                        flag.id,
+                        record.clinic_id
+                    )
+                    .execute(&mut *self.tx)
+                    .await?;
+                }
+            }
         }
+        steps::raise(&mut self.tx, &self.ledger, &raises, "").await?;
         Ok(())
+    }
+
+    /// The fold of a flag's steps, once they and its row are checked.
+    fn checked(
+        &self,
+        flag: &steps::FlagRowState,
+        history: Option<Vec<steps::StoredStep>>,
+    ) -> Result<crate::domain::flag_history::FoldedFlag, StoreError> {
+        steps::check(&self.ledger, flag, history.as_deref().unwrap_or_default()).map_err(|reason| {
+            tracing::error!(flag_id = flag.id, %reason, "a flag was changed behind the service's back");
+            StoreError::Tampered(format!("flag {}: {reason}", flag.id))
+        })
     }
 
     /// Commits: the record and its flags become visible together.

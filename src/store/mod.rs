@@ -9,9 +9,11 @@ pub mod flags;
 pub mod imports;
 pub mod ingest;
 pub mod keys;
+pub mod ledger;
 pub mod registry;
 pub mod rescan;
 mod row;
+pub mod steps;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +21,8 @@ use std::time::{Duration, Instant};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres, Transaction};
 
-use crate::domain::ChainKey;
+use crate::domain::ledger::LedgerKey;
+use crate::domain::{ChainKey, FingerprintKey};
 use crate::telemetry::metrics;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
@@ -44,6 +47,10 @@ pub enum StoreError {
     /// A stored row holds something the code cannot read.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// Evidence the service is about to build on was changed behind its
+    /// back (its MAC or its history does not match): refused, and logged.
+    #[error("evidence was changed behind the service's back: {0}")]
+    Tampered(String),
 }
 
 impl StoreError {
@@ -86,6 +93,7 @@ pub enum SchemaState {
 pub struct Store {
     pool: PgPool,
     chain: Arc<ChainKey>,
+    ledger: Arc<LedgerKey>,
 }
 
 /// How to size and time the connection pool.
@@ -108,12 +116,13 @@ impl Default for PoolSettings {
 
 impl Store {
     /// Connects (lazily: the pool opens connections on demand, so start-up
-    /// survives a database that is still coming up). History entries are
-    /// chained under `chain`.
+    /// survives a database that is still coming up). Record versions are
+    /// chained, and every row of evidence MACed, under keys derived from
+    /// `secret`.
     pub fn connect(
         url: &str,
         settings: &PoolSettings,
-        chain: ChainKey,
+        secret: &FingerprintKey,
     ) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse()?;
         let pool = PgPoolOptions::new()
@@ -122,7 +131,8 @@ impl Store {
             .connect_lazy_with(options.application_name("transplant-audit"));
         Ok(Self {
             pool,
-            chain: Arc::new(chain),
+            chain: Arc::new(ChainKey::derive(secret)),
+            ledger: Arc::new(LedgerKey::derive(secret)),
         })
     }
 

@@ -8,7 +8,8 @@ use sqlx::PgConnection;
 use crate::domain::{Clinic, ClinicStatus, ClinicVersion, Organ};
 
 use super::body::parse;
-use super::{Store, StoreError};
+use super::ledger::content;
+use super::{Store, StoreError, chain};
 
 /// A page of clinics.
 #[derive(Debug, Clone)]
@@ -113,22 +114,27 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         let current = current_version(&mut tx, &clinic.clinic_id).await?;
-        if let Some(current) = current.filter(|c| c.clinic == *clinic) {
+        if let Some(current) = current.as_ref().filter(|c| c.clinic == *clinic) {
             tx.commit().await?;
-            return Ok((current, false));
+            return Ok((current.clone(), false));
         }
         let organs: Vec<String> = clinic
             .licensed_organs
             .iter()
             .map(|o| o.to_string())
             .collect();
-        let row = sqlx::query!(
+        let version = current.map_or(0, |c| c.version) + 1;
+        let recorded_at = chain::now();
+        let mac = self
+            .ledger
+            .mac(&content::clinic_version(clinic, version, recorded_at));
+        sqlx::query!(
             "INSERT INTO clinic_versions (clinic_id, version, name, country, licensed_organs,
-                 licence_valid_from, licence_valid_until, status, status_effective_from)
-             SELECT $1, coalesce(max(version), 0) + 1, $2, $3, $4, $5, $6, $7, $8
-             FROM clinic_versions WHERE clinic_id = $1
-             RETURNING version, recorded_at",
+                 licence_valid_from, licence_valid_until, status, status_effective_from,
+                 recorded_at, ledger_mac)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             clinic.clinic_id,
+            version,
             clinic.name,
             clinic.country.as_str(),
             &organs,
@@ -136,15 +142,17 @@ impl Store {
             clinic.licence_valid_until,
             clinic.status.as_str(),
             clinic.status_effective_from,
+            recorded_at,
+            &mac[..],
         )
-        .fetch_one(&mut *tx)
+        .execute(&mut *tx)
         .await?;
         sqlx::query!(
             "INSERT INTO clinics (clinic_id, current_version, country) VALUES ($1, $2, $3)
              ON CONFLICT (clinic_id) DO UPDATE
              SET current_version = EXCLUDED.current_version, country = EXCLUDED.country",
             clinic.clinic_id,
-            row.version,
+            version,
             clinic.country.as_str(),
         )
         .execute(&mut *tx)
@@ -153,8 +161,8 @@ impl Store {
         Ok((
             ClinicVersion {
                 clinic: clinic.clone(),
-                version: row.version,
-                recorded_at: row.recorded_at,
+                version,
+                recorded_at,
             },
             true,
         ))

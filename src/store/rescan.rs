@@ -9,8 +9,8 @@ use crate::domain::{Clinic, Fingerprint, Record, RecordId};
 use crate::rules::{ClinicWindow, Finding, PriorDonation, WindowSpec};
 
 use super::context::{self, WindowRequest};
-use super::ingest::severity_to_db;
 use super::row::RecordRow;
+use super::steps::{self, Raise};
 use super::{Store, StoreError};
 
 /// A rescan's parameters and how far it got.
@@ -253,7 +253,8 @@ impl Store {
         sqlx::query_as!(
             RecordRow,
             "SELECT id, version, content_hash, chain_head, version_reason, version_recorded_at,
-                    received_at, hospital_id, external_record_id, clinic_id, procedure_country,
+                    received_at, ledger_seq, ledger_prev, ledger_mac, hospital_id,
+                    external_record_id, clinic_id, procedure_country,
                     organ, laterality, procured_at, transplanted_at, cold_ischemia_minutes,
                     machine_perfusion, abo_exception, donor_fp, donor_type, donor_relation,
                     donor_death_at, donor_death_kind, donor_nationality, donor_residence,
@@ -377,65 +378,20 @@ impl Store {
         flags: &[NewFlag<'_>],
     ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let mut added = 0;
-        if !flags.is_empty() {
-            let record_ids: Vec<i64> = flags.iter().map(|f| f.record.id.0).collect();
-            let rule_ids: Vec<&str> = flags.iter().map(|f| f.finding.rule.as_str()).collect();
-            let versions: Vec<i32> = flags.iter().map(|f| f.finding.rule.version()).collect();
-            let severities: Vec<i16> = flags
-                .iter()
-                .map(|f| severity_to_db(f.finding.severity))
-                .collect();
-            let explanations: Vec<&str> = flags
-                .iter()
-                .map(|f| f.finding.explanation.as_str())
-                .collect();
-            // Evidence lists differ in length, so they travel as array literals.
-            let evidence: Vec<String> = flags
-                .iter()
-                .map(|f| {
-                    let ids: Vec<String> =
-                        f.finding.evidence.iter().map(|r| r.0.to_string()).collect();
-                    format!("{{{}}}", ids.join(","))
-                })
-                .collect();
-            let hospitals: Vec<&str> = flags
-                .iter()
-                .map(|f| f.record.record.hospital_id.as_str())
-                .collect();
-            let clinics: Vec<&str> = flags
-                .iter()
-                .map(|f| f.record.record.clinic_id.as_str())
-                .collect();
-            let record_versions: Vec<i32> = flags.iter().map(|f| f.record.version).collect();
-            let externals: Vec<&str> = flags
-                .iter()
-                .map(|f| f.record.record.external_record_id.as_str())
-                .collect();
-            added = sqlx::query!(
-                "INSERT INTO flags (record_id, rule_id, rule_version, severity, explanation,
-                                    evidence_record_ids, hospital_id, clinic_id, record_version,
-                                    external_record_id)
-                 SELECT r, rule, v, s, e, ev::bigint[], h, c, rv, x
-                 FROM unnest($1::bigint[], $2::text[], $3::int[], $4::smallint[], $5::text[],
-                             $6::text[], $7::text[], $8::text[], $9::int[], $10::text[])
-                      AS t(r, rule, v, s, e, ev, h, c, rv, x)
-                 ON CONFLICT ON CONSTRAINT flags_one_per_record_and_rule DO NOTHING",
-                &record_ids,
-                &rule_ids as &[&str],
-                &versions,
-                &severities,
-                &explanations as &[&str],
-                &evidence,
-                &hospitals as &[&str],
-                &clinics as &[&str],
-                &record_versions,
-                &externals as &[&str],
-            )
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        }
+        let raises: Vec<Raise<'_>> = flags
+            .iter()
+            .map(|f| Raise {
+                record_id: f.record.id,
+                record_version: f.record.version,
+                record: &f.record.record,
+                finding: f.finding,
+            })
+            .collect();
+        let note = match run {
+            Some(run) => format!("raised by rescan run {run}"),
+            None => "raised by a rescan".to_owned(),
+        };
+        let added = steps::raise(&mut tx, &self.ledger, &raises, &note).await?;
         if let Some(run) = run {
             sqlx::query!(
                 "UPDATE rescans SET cursor_record_id = $2, processed = processed + $3,

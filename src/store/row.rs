@@ -20,6 +20,9 @@ pub(super) struct RecordRow {
     pub(super) version_reason: Option<String>,
     pub(super) version_recorded_at: DateTime<Utc>,
     pub(super) received_at: DateTime<Utc>,
+    pub(super) ledger_seq: i64,
+    pub(super) ledger_prev: Option<i64>,
+    pub(super) ledger_mac: Option<Vec<u8>>,
     pub(super) hospital_id: String,
     pub(super) external_record_id: String,
     pub(super) clinic_id: String,
@@ -67,6 +70,9 @@ pub(super) struct CurrentVersion {
     pub(super) reason: Option<String>,
     pub(super) recorded_at: DateTime<Utc>,
     pub(super) received_at: DateTime<Utc>,
+    /// The row's place in the ledger's sequence, the place of the state it
+    /// replaced, and its MAC.
+    pub(super) ledger: (i64, Option<i64>, Option<Vec<u8>>),
     pub(super) record: Record,
     /// The stored (donor, recipient) non-resident columns, which the rules'
     /// window queries read and `record` derives.
@@ -133,6 +139,7 @@ impl RecordRow {
             reason: self.version_reason,
             recorded_at: self.version_recorded_at,
             received_at: self.received_at,
+            ledger: (self.ledger_seq, self.ledger_prev, self.ledger_mac),
             record,
         })
     }
@@ -160,7 +167,8 @@ pub(super) async fn record_rows(
     Ok(sqlx::query_as!(
         RecordRow,
         "SELECT r.id, r.version, r.content_hash, r.chain_head, r.version_reason,
-                r.version_recorded_at, r.received_at, r.hospital_id, r.external_record_id,
+                r.version_recorded_at, r.received_at, r.ledger_seq, r.ledger_prev,
+                r.ledger_mac, r.hospital_id, r.external_record_id,
                 r.clinic_id, r.procedure_country, r.organ, r.laterality, r.procured_at,
                 r.transplanted_at, r.cold_ischemia_minutes, r.machine_perfusion, r.abo_exception,
                 r.donor_fp, r.donor_type, r.donor_relation, r.donor_death_at, r.donor_death_kind,

@@ -37,6 +37,16 @@ pub const DATABASE_UP: &str = "transplant_audit_database_up";
 pub const FLAG_WATCHERS: &str = "transplant_audit_flag_watchers";
 /// Always 1; the labels say what is running.
 pub const BUILD_INFO: &str = "transplant_audit_build_info";
+/// Blocks the sealer added to the ledger.
+pub const BLOCKS_SEALED: &str = "transplant_audit_ledger_blocks_sealed_total";
+/// The last sequence number sealed, and when.
+pub const SEALED_THROUGH: &str = "transplant_audit_ledger_sealed_seq";
+/// When the last block was sealed (Unix seconds).
+pub const LAST_SEAL: &str = "transplant_audit_ledger_last_seal_timestamp_seconds";
+/// Rounds of sealing that waited in vain for a transaction held open.
+pub const SEAL_BLOCKED: &str = "transplant_audit_ledger_seal_blocked_total";
+/// Digests a sink failed to take, by sink.
+pub const DIGEST_SINK_FAILURES: &str = "transplant_audit_ledger_digest_sink_failures_total";
 
 /// Histogram buckets in seconds: from a cached key check to a slow batch.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -110,6 +120,21 @@ fn describe() {
     describe_gauge!(DATABASE_UP, "1 while the database answers, else 0");
     describe_gauge!(FLAG_WATCHERS, "Open WatchFlags streams");
     describe_gauge!(BUILD_INFO, "Always 1; the labels describe the build");
+    describe_counter!(BLOCKS_SEALED, "Blocks the sealer added to the ledger");
+    describe_gauge!(SEALED_THROUGH, "The last ledger sequence number sealed");
+    describe_gauge!(
+        LAST_SEAL,
+        Unit::Seconds,
+        "When the newest ledger block was sealed (Unix time)"
+    );
+    describe_counter!(
+        SEAL_BLOCKED,
+        "Rounds of sealing that waited in vain for a transaction held open"
+    );
+    describe_counter!(
+        DIGEST_SINK_FAILURES,
+        "Ledger digests a sink failed to take, by sink (file, http)"
+    );
 }
 
 /// Serves `GET /metrics` on `listener`, keeping histograms drained; runs
@@ -224,6 +249,26 @@ pub fn pool_wait(elapsed: Duration) {
 /// Records whether the database answers.
 pub fn database_up(up: bool) {
     gauge!(DATABASE_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Records a block sealed through sequence number `last_seq`.
+pub fn block_sealed(last_seq: i64) {
+    counter!(BLOCKS_SEALED).increment(1);
+    gauge!(SEALED_THROUGH).set(last_seq as f64);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    gauge!(LAST_SEAL).set(now);
+}
+
+/// Counts a round of sealing that waited in vain.
+pub fn seal_blocked() {
+    counter!(SEAL_BLOCKED).increment(1);
+}
+
+/// Counts a digest a sink failed to take.
+pub fn digest_sink_failed(sink: &'static str) {
+    counter!(DIGEST_SINK_FAILURES, "sink" => sink).increment(1);
 }
 
 /// Counts a `WatchFlags` stream opening (+1) or closing (-1).

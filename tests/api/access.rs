@@ -4,7 +4,6 @@
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use transplant_audit::domain::Role;
-use transplant_audit::rules::RulesConfig;
 use transplant_audit::wire::pb;
 use transplant_audit::wire::pb::admin_service_client::AdminServiceClient;
 use transplant_audit::wire::pb::audit_service_client::AuditServiceClient;
@@ -150,7 +149,7 @@ async fn call(channel: Authed, method: &str) -> Code {
         ),
         "VerifyAuditTrail" => code(
             admin
-                .verify_audit_trail(pb::VerifyAuditTrailRequest {})
+                .verify_audit_trail(pb::VerifyAuditTrailRequest::default())
                 .await
                 .map(drop),
         ),
@@ -313,6 +312,7 @@ async fn api_keys_are_listed_a_page_at_a_time() {
             .create_api_key(pb::CreateApiKeyRequest {
                 role: pb::Role::Auditor as i32,
                 description: format!("auditor {i}"),
+                principal: format!("auditor-{i}@registry.test"),
                 ..Default::default()
             })
             .await
@@ -381,6 +381,7 @@ async fn admins_create_list_and_revoke_keys_and_revocation_is_immediate() {
             hospital_id: "H-DE-001".into(),
             description: "the Charité's integration".into(),
             expires_at: None,
+            principal: String::new(),
         })
         .await
         .expect("create")
@@ -449,6 +450,7 @@ async fn admins_create_list_and_revoke_keys_and_revocation_is_immediate() {
             pb::CreateApiKeyRequest {
                 role: pb::Role::Auditor as i32,
                 hospital_id: "H-1".into(),
+                principal: "a.rossi@registry.test".into(),
                 ..Default::default()
             },
             "hospital_id",
@@ -458,9 +460,25 @@ async fn admins_create_list_and_revoke_keys_and_revocation_is_immediate() {
             pb::CreateApiKeyRequest {
                 role: pb::Role::Admin as i32,
                 expires_at: Some(ts("2001-01-01T00:00:00Z")),
+                principal: "a.rossi@registry.test".into(),
                 ..Default::default()
             },
             "expires_at",
+        ),
+        (
+            pb::CreateApiKeyRequest {
+                role: pb::Role::Auditor as i32,
+                ..Default::default()
+            },
+            "principal",
+        ),
+        (
+            pb::CreateApiKeyRequest {
+                role: pb::Role::Auditor as i32,
+                principal: "nul\0in a name".into(),
+                ..Default::default()
+            },
+            "principal",
         ),
     ] {
         let status = admin.create_api_key(request).await.expect_err("invalid");
@@ -540,7 +558,14 @@ async fn dismissing_a_critical_flag_takes_two_auditors() {
         pb::FlagStatus::InReview as i32,
         "one auditor alone cannot dismiss"
     );
-    assert_eq!(proposed.dismissal_proposed_by, key_id(&app.auditor_token));
+    let alice_principal = sqlx::query_scalar::<_, String>(
+        "SELECT p.name FROM api_keys k JOIN principals p ON p.id = k.principal_id WHERE k.key_id = $1",
+    )
+    .bind(key_id(&app.auditor_token))
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(proposed.dismissal_proposed_by, alice_principal);
 
     let status = alice
         .update_flag_status(step(
@@ -572,6 +597,7 @@ async fn dismissing_a_critical_flag_takes_two_auditors() {
     let steps: Vec<(String, bool, i32)> = case
         .history
         .iter()
+        .skip(1)
         .map(|e| (e.actor.clone(), e.dismissal_proposal, e.to_status))
         .collect();
     let alice_id = key_id(&app.auditor_token);
@@ -582,13 +608,16 @@ async fn dismissing_a_critical_flag_takes_two_auditors() {
             (alice_id, true, pb::FlagStatus::InReview as i32),
             (key_id(&bob_token), false, pb::FlagStatus::Dismissed as i32),
         ],
-        "every step is recorded with the auditor's key id"
+        "every step after the RAISED one is recorded with the auditor's key id"
     );
+    let principals: Vec<&str> = case.history.iter().map(|e| e.principal.as_str()).collect();
+    assert_eq!(principals[0], "rules");
+    assert_ne!(principals[2], principals[3], "two principals dismissed it");
     app.stop().await;
 }
 
 #[tokio::test]
-async fn opening_a_case_is_recorded_with_the_key_and_trace_id() {
+async fn opening_a_case_is_recorded_with_the_principal_key_and_trace_ids() {
     let app = spawn_app().await;
     let flag = critical_flag(&app).await;
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -604,13 +633,31 @@ async fn opening_a_case_is_recorded_with_the_key_and_trace_id() {
         .get_flag(request)
         .await
         .expect("open the case");
-    let rows: Vec<(String, Option<String>)> =
-        sqlx::query_as("SELECT key_id, trace_id FROM case_access")
-            .fetch_all(&app.pool)
+    let rows: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT key_id, resource_id, trace_id, own_trace_id FROM access_log WHERE action = 'GetFlag'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let (key, resource, callers, own) = &rows[0];
+    assert_eq!(
+        (key.as_str(), resource.as_str(), callers.as_deref()),
+        (
+            key_id(&app.auditor_token).as_str(),
+            flag.flag_id.as_str(),
+            Some(trace)
+        )
+    );
+    let own = own.as_deref().expect("the service's own id of the call");
+    assert!(own.len() == 32 && own != trace, "{own}");
+    let principal: String =
+        sqlx::query_scalar("SELECT principal FROM access_log WHERE action = 'GetFlag'")
+            .fetch_one(&app.pool)
             .await
             .unwrap();
-    assert_eq!(rows, [(key_id(&app.auditor_token), Some(trace.to_owned()))]);
-    let update = sqlx::query("UPDATE case_access SET key_id = 'someone-else'")
+    assert!(principal.starts_with("tester-"), "{principal}");
+    let update = sqlx::query("UPDATE access_log SET key_id = 'someone-else'")
         .execute(&app.pool)
         .await;
     assert!(update.is_err(), "the access log is append-only");
@@ -620,224 +667,10 @@ async fn opening_a_case_is_recorded_with_the_key_and_trace_id() {
 async fn verify(app: &TestApp) -> pb::VerifyAuditTrailResponse {
     app.admin
         .clone()
-        .verify_audit_trail(pb::VerifyAuditTrailRequest {})
+        .verify_audit_trail(pb::VerifyAuditTrailRequest::default())
         .await
         .expect("verify")
         .into_inner()
-}
-
-/// Runs `sql` with the append-only triggers off, as someone with the
-/// database's superuser rights could, behind the service's back.
-async fn tamper(app: &TestApp, table: &str, sql: &str) {
-    let mut tx = app.pool.begin().await.unwrap();
-    sqlx::query(&format!("ALTER TABLE {table} DISABLE TRIGGER USER"))
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query(sql).execute(&mut *tx).await.unwrap();
-    sqlx::query(&format!("ALTER TABLE {table} ENABLE TRIGGER USER"))
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-}
-
-#[tokio::test]
-async fn verify_names_the_first_entry_edited_behind_the_services_back() {
-    let app = spawn_app().await;
-    let flag = critical_flag(&app).await;
-    let mut audit = app.audit.clone();
-    let flag = audit
-        .update_flag_status(step(&flag, pb::FlagStatus::InReview, ""))
-        .await
-        .unwrap()
-        .into_inner()
-        .flag
-        .unwrap();
-    audit
-        .update_flag_status(step(
-            &flag,
-            pb::FlagStatus::Confirmed,
-            "trafficking confirmed",
-        ))
-        .await
-        .unwrap();
-    let mut amended = kidney("AMEND-V");
-    submit(&app, amended.clone()).await.unwrap();
-    amended.laterality = pb::Laterality::Right as i32;
-    amend(&app, amended, "side").await.unwrap();
-
-    let intact = verify(&app).await;
-    assert!(intact.intact, "{intact:?}");
-    assert_eq!(
-        (intact.record_versions_checked, intact.flag_events_checked),
-        (3, 2)
-    );
-
-    // An auditor's note rewritten.
-    let event: i64 = sqlx::query_scalar("SELECT max(id) FROM flag_events")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    tamper(
-        &app,
-        "flag_events",
-        &format!("UPDATE flag_events SET note = 'nothing found' WHERE id = {event}"),
-    )
-    .await;
-    let broken = verify(&app).await;
-    assert!(!broken.intact);
-    let at = broken.first_break.expect("a break");
-    assert_eq!(
-        (at.table.as_str(), at.entity_id.as_str(), at.entry),
-        ("flag_events", flag.flag_id.as_str(), event.to_string())
-    );
-
-    // The command says the same and fails.
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_transplant-audit"))
-        .arg("verify")
-        .env("DATABASE_URL", &app.database_url)
-        .env(
-            "FINGERPRINT_KEY",
-            TEST_KEY
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>(),
-        )
-        .output()
-        .expect("run verify");
-    assert_eq!(
-        output.status.code(),
-        Some(4),
-        "a broken trail has its own status"
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains(&format!(
-            "flag_events entry {event} of flag {}",
-            flag.flag_id
-        )),
-        "{stderr}"
-    );
-    app.stop().await;
-}
-
-#[tokio::test]
-async fn verify_catches_edited_removed_and_rehashed_record_versions() {
-    // (table edited, statement, table named as broken): a replaced version
-    // lives in record_versions, the current one in the record's row.
-    for (table, attack, broken) in [
-        (
-            "record_versions",
-            "UPDATE record_versions SET reason = 'innocent' WHERE version = 1",
-            "record_versions",
-        ),
-        (
-            "record_versions",
-            "UPDATE record_versions SET body = jsonb_set(body, '{organ}', '\"LIVER\"') WHERE version = 1",
-            "record_versions",
-        ),
-        (
-            "record_versions",
-            "UPDATE record_versions SET chain_hash = sha256(chain_hash) WHERE version = 1",
-            "record_versions",
-        ),
-        (
-            "record_versions",
-            "DELETE FROM record_versions WHERE version = 1",
-            "records",
-        ),
-        (
-            "records",
-            "UPDATE records SET version_reason = 'innocent'",
-            "records",
-        ),
-        (
-            "record_versions",
-            "UPDATE record_versions SET version = 5",
-            "record_versions",
-        ),
-        ("records", "UPDATE records SET organ = 'LIVER'", "records"),
-        ("records", "UPDATE records SET organ = 'SPLEEN'", "records"),
-        (
-            "records",
-            "UPDATE records SET donor_hla = '{\"a\": [1]}'::jsonb",
-            "records",
-        ),
-        (
-            "records",
-            "UPDATE records SET donor_non_resident = NOT donor_non_resident",
-            "records",
-        ),
-        (
-            "records",
-            "UPDATE records SET version_recorded_at = version_recorded_at - interval '1 day'",
-            "records",
-        ),
-        (
-            "records",
-            "UPDATE records SET chain_head = sha256(chain_head)",
-            "records",
-        ),
-    ] {
-        let app = spawn_app().await;
-        let mut r = kidney("V-1");
-        submit(&app, r.clone()).await.unwrap();
-        r.laterality = pb::Laterality::Right as i32;
-        amend(&app, r, "side").await.unwrap();
-        assert!(verify(&app).await.intact);
-        tamper(&app, table, attack).await;
-        let report = verify(&app).await;
-        let at = report
-            .first_break
-            .unwrap_or_else(|| panic!("{attack} went unnoticed"));
-        assert_eq!(at.table, broken, "{attack}: {at:?}");
-        app.stop().await;
-    }
-}
-
-#[tokio::test]
-async fn a_database_from_before_migration_0012_keeps_verifying_after_it() {
-    let app = spawn_app().await;
-    let mut amended = kidney("LEGACY-1");
-    submit(&app, amended.clone()).await.unwrap();
-    amended.laterality = pb::Laterality::Right as i32;
-    amend(&app, amended, "side").await.unwrap();
-    submit(&app, kidney("LEGACY-2")).await.unwrap();
-    let database_url = app.database_url.clone();
-    app.stop().await;
-
-    // Back to the layout of migration 0011: every version in record_versions,
-    // the current one too; the version columns of records gone.
-    let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
-    sqlx::raw_sql(
-        "INSERT INTO record_versions
-             (record_id, version, content_hash, body, reason, recorded_at, chain_hash)
-         SELECT id, version, content_hash, '{}'::jsonb, version_reason, version_recorded_at,
-                chain_head
-         FROM records;
-         ALTER TABLE records DROP COLUMN version_reason, DROP COLUMN version_recorded_at;
-         DROP INDEX records_donor;
-         CREATE INDEX records_donor ON records (donor_fp, id);
-         DELETE FROM _sqlx_migrations WHERE version >= 20261128000012;",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    pool.close().await;
-
-    // The server migrates at start: the current versions' reasons and entry
-    // times move into their rows, and their copies leave record_versions.
-    let app = spawn_app_on(&database_url, RulesConfig::default()).await;
-    assert_eq!(
-        app.count("record_versions").await,
-        1,
-        "only the version the amendment replaced stays"
-    );
-    let report = verify(&app).await;
-    assert!(report.intact, "{report:?}");
-    assert_eq!(report.record_versions_checked, 3, "{report:?}");
-    app.stop().await;
 }
 
 #[tokio::test]

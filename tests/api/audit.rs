@@ -148,9 +148,15 @@ async fn step(app: &TestApp, flag: &pb::Flag, to: pb::FlagStatus, note: &str) ->
         .unwrap_or_else(|s| panic!("moving flag {} to {to:?}: {s:?}", flag.flag_id))
 }
 
+/// The triage steps of a flag's history: every step after the one that raised it.
+fn triage_steps(history: &[pb::FlagEvent]) -> Vec<&pb::FlagEvent> {
+    history.iter().filter(|e| e.kind != "RAISED").collect()
+}
+
+/// The triage steps stored for a flag.
 async fn events_of(app: &TestApp, flag_id: &str) -> i64 {
     let id: i64 = flag_id.parse().expect("numeric flag id");
-    sqlx::query_scalar("SELECT count(*) FROM flag_events WHERE flag_id = $1")
+    sqlx::query_scalar("SELECT count(*) FROM flag_events WHERE flag_id = $1 AND kind <> 'RAISED'")
         .bind(id)
         .fetch_one(&app.pool)
         .await
@@ -798,7 +804,15 @@ async fn get_flag_returns_the_case_without_identifiers() {
         Some(&flag),
         "GetFlag's flag equals the listed one"
     );
-    assert!(case.history.is_empty(), "no triage yet: {:?}", case.history);
+    assert!(
+        triage_steps(&case.history).is_empty(),
+        "no triage yet: {:?}",
+        case.history
+    );
+    assert_eq!(
+        case.history[0].kind, "RAISED",
+        "only the step that raised it"
+    );
 
     let record = case.record.expect("the flagged record");
     assert_eq!(record.record_id, flag.record_id);
@@ -862,7 +876,11 @@ async fn get_flag_returns_the_case_without_identifiers() {
         Some(&moved),
         "GetFlag shows the flag after triage"
     );
-    assert_eq!(case.history.len(), 1, "history after one step");
+    assert_eq!(
+        triage_steps(&case.history).len(),
+        1,
+        "history after one step"
+    );
 }
 
 #[tokio::test]
@@ -941,7 +959,13 @@ async fn triage_walks_the_lifecycle_and_records_every_step() {
         flag = moved;
     }
 
-    let history = get_flag(&app, &flag.flag_id).await.history;
+    let all = get_flag(&app, &flag.flag_id).await.history;
+    assert_eq!(
+        (all[0].kind.as_str(), all[0].principal.as_str(), all[0].step),
+        ("RAISED", "rules", 1),
+        "the rules raised it: the first step"
+    );
+    let history = triage_steps(&all);
     assert_eq!(
         history.len(),
         steps.len(),
@@ -1046,7 +1070,7 @@ async fn closing_a_case_needs_a_note() {
     }
     let after = get_flag(&app, &flag.flag_id).await;
     assert_eq!(after.flag, before.flag, "nothing changed without a note");
-    assert_eq!(after.history.len(), 1);
+    assert_eq!(triage_steps(&after.history).len(), 1);
     let confirmed = step(&app, &review, Confirmed, "with a note").await;
     assert_eq!(confirmed.status, Confirmed as i32);
 }
@@ -1096,7 +1120,7 @@ async fn missing_garbage_and_stale_etags_are_refused() {
         Some(InReview as i32),
         "stale write changed nothing"
     );
-    assert_eq!(now.history.len(), 1);
+    assert_eq!(triage_steps(&now.history).len(), 1);
 
     let unknown = (flag.flag_id.parse::<i64>().expect("numeric") + 1000).to_string();
     assert_code(
@@ -1193,7 +1217,7 @@ async fn two_auditors_racing_on_one_etag_one_wins() {
             Some(&winner),
             "round {round}: stored flag is the winner's"
         );
-        assert_eq!(case.history.len(), 1);
+        assert_eq!(triage_steps(&case.history).len(), 1);
     }
 }
 
@@ -1235,11 +1259,11 @@ async fn two_auditors_closing_one_case_differently_one_wins() {
             "round {round}: stored status is the winner's"
         );
         assert_eq!(
-            case.history.len(),
+            triage_steps(&case.history).len(),
             2,
             "round {round}: IN_REVIEW and one close"
         );
-        assert_eq!(case.history[1].to_status, won);
+        assert_eq!(triage_steps(&case.history)[1].to_status, won);
     }
 }
 
@@ -1269,7 +1293,11 @@ async fn history_tables_are_append_only_in_the_database() {
     let mut amended = abo_incompatible("APPEND-1");
     amended.cold_ischemia_minutes = Some(120);
     amend(&app, amended, "add ischemia").await.expect("amend");
-    assert_eq!(app.count("flag_events").await, 2, "two events to protect");
+    assert_eq!(
+        app.count("flag_events").await,
+        4,
+        "steps to protect: raised, two triage steps, re-evaluated by the amendment"
+    );
     assert_eq!(
         app.count("record_versions").await,
         1,
@@ -1320,7 +1348,7 @@ async fn history_tables_are_append_only_in_the_database() {
     );
     let history = get_flag(&app, &flag.flag_id).await.history;
     let notes: Vec<&str> = history.iter().map(|e| e.note.as_str()).collect();
-    assert_eq!(notes, ["original note", "confirmed note"]);
+    assert_eq!(notes, ["", "original note", "confirmed note", ""]);
 }
 
 #[tokio::test]

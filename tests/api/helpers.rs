@@ -19,11 +19,13 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use transplant_audit::domain::access::{KeySpec, NewApiKey};
-use transplant_audit::domain::{ChainKey, FingerprintKey, Role, Submission};
+use transplant_audit::domain::ledger::SigningKey;
+use transplant_audit::domain::{FingerprintKey, Role, Submission};
 use transplant_audit::ingest::Ingestor;
 use transplant_audit::localdb::LocalPostgres;
 use transplant_audit::rules::{Engine, RulesConfig};
-use transplant_audit::server::{self, App, Listeners, ServeOptions};
+use transplant_audit::seal::Sinks;
+use transplant_audit::server::{self, App, Listeners, Sealing, ServeOptions};
 use transplant_audit::store::{self, PoolSettings, Store};
 use transplant_audit::wire::convert::submission;
 use transplant_audit::wire::pb;
@@ -87,6 +89,8 @@ pub struct TestApp {
     hospitals: Mutex<HashMap<String, IngestServiceClient<Authed>>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
+    /// The folder the server's digest sink appends to (`digests.jsonl`).
+    pub digests: tempfile::TempDir,
 }
 
 /// A connection of its own to the app, authenticating with `token`.
@@ -99,12 +103,52 @@ pub async fn second_connection(app: &TestApp, token: &str) -> Authed {
     InterceptedService::new(channel, Bearer::new(token))
 }
 
-/// Creates a key straight in the store; returns its token.
+/// Creates a key straight in the store, for a principal of its own (a
+/// hospital key: its hospital's); returns its token.
 pub async fn create_key(store: &Store, role: Role, hospital_id: Option<&str>) -> String {
+    static KEYS: AtomicU32 = AtomicU32::new(0);
+    let principal = (role != Role::Hospital).then(|| {
+        format!(
+            "tester-{}@registry.test",
+            KEYS.fetch_add(1, Ordering::Relaxed)
+        )
+    });
+    create_key_for(store, role, hospital_id, principal.as_deref()).await
+}
+
+/// Creates a key straight in the store for `principal`, as the command line
+/// does; returns its token.
+pub async fn create_key_for(
+    store: &Store,
+    role: Role,
+    hospital_id: Option<&str>,
+    principal: Option<&str>,
+) -> String {
     let new = NewApiKey::generate().expect("randomness");
-    let spec = KeySpec::new(role, hospital_id, "test", None, chrono::Utc::now()).expect("spec");
-    store.create_key(&new, &spec).await.expect("create key");
+    let spec = KeySpec::new(
+        role,
+        hospital_id,
+        "test",
+        None,
+        principal,
+        chrono::Utc::now(),
+    )
+    .expect("spec");
+    store
+        .create_key(&new, &spec, None)
+        .await
+        .expect("create key");
     new.token
+}
+
+/// The registry's signing key in tests.
+pub fn test_signing_key() -> SigningKey {
+    SigningKey::from_seed(&[0x3c; 32])
+}
+
+/// The hex seed of [`test_signing_key`], as SIGNING_KEY takes it.
+pub fn test_signing_key_hex() -> String {
+    hex::encode([0x3c; 32])
 }
 
 impl TestApp {
@@ -265,18 +309,23 @@ pub async fn spawn_app_configured(
     options: ServeOptions,
 ) -> TestApp {
     let key = FingerprintKey::from_bytes(&TEST_KEY).expect("key");
-    let store = Store::connect(
-        database_url,
-        &PoolSettings::default(),
-        ChainKey::derive(&key),
-    )
-    .expect("database url");
+    let store = Store::connect(database_url, &PoolSettings::default(), &key).expect("database url");
     store.migrate().await.expect("migrate");
+    let digests = tempfile::tempdir().expect("a folder for digests");
+    let sealing = Sealing {
+        signer: test_signing_key(),
+        sinks: Sinks {
+            file: Some(digests.path().join("digests.jsonl")),
+            ..Sinks::default()
+        },
+        interval: std::time::Duration::from_millis(200),
+    };
     let app = App::new(
         store.clone(),
         Engine::new(rules),
         key,
         options.ingest_batch_size,
+        sealing,
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -322,6 +371,7 @@ pub async fn spawn_app_configured(
         hospital_token,
         shutdown: Some(tx),
         server: Some(server),
+        digests,
     }
 }
 
@@ -553,6 +603,7 @@ impl ServerProcess {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_transplant-audit"))
             .env("DATABASE_URL", database_url)
             .env("FINGERPRINT_KEY", test_key_hex())
+            .env("SIGNING_KEY", test_signing_key_hex())
             .env("LISTEN_ADDR", "127.0.0.1:0")
             .env("METRICS_ADDR", "127.0.0.1:0")
             .env("LOG_FORMAT", "json")
@@ -666,7 +717,7 @@ pub async fn pipeline(max_connections: u32) -> (Store, Ingestor) {
             max_connections,
             ..PoolSettings::default()
         },
-        ChainKey::derive(&key),
+        &key,
     )
     .expect("database url");
     store.migrate().await.expect("migrate");

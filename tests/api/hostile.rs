@@ -137,7 +137,7 @@ async fn snapshot(app: &TestApp) -> Vec<(&'static str, i64)> {
         "clinics",
         "clinic_versions",
         "api_keys",
-        "case_access",
+        "access_log",
         "rescans",
     ] {
         counts.push((table, app.count(table).await));
@@ -857,6 +857,7 @@ async fn text_postgres_cannot_hold_is_refused_by_field() {
         .create_api_key(pb::CreateApiKeyRequest {
             role: pb::Role::Auditor as i32,
             description: "a\0b".into(),
+            principal: "a.rossi@registry.test".into(),
             ..Default::default()
         })
         .await;

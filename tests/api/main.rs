@@ -12,6 +12,7 @@ mod hostile;
 mod import;
 mod ingest;
 mod lanes;
+mod ledger;
 mod limits;
 mod logs;
 mod privacy;

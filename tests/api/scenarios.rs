@@ -311,7 +311,7 @@ async fn run_scenario(path: &Path, path_mode: Mode) -> Vec<String> {
     let trail = app
         .admin
         .clone()
-        .verify_audit_trail(pb::VerifyAuditTrailRequest {})
+        .verify_audit_trail(pb::VerifyAuditTrailRequest::default())
         .await
         .expect("verify")
         .into_inner();

@@ -240,6 +240,7 @@ async fn an_unreadable_collector_ca_stops_start_up_with_a_clear_error() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_transplant-audit"))
         .env("DATABASE_URL", &database_url)
         .env("FINGERPRINT_KEY", test_key_hex())
+        .env("SIGNING_KEY", test_signing_key_hex())
         .env("LISTEN_ADDR", "127.0.0.1:0")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", "https://localhost:4317")
         .env("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem")

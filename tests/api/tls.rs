@@ -176,6 +176,7 @@ async fn plaintext_beyond_loopback_needs_saying_so() {
     let refused = std::process::Command::new(env!("CARGO_BIN_EXE_transplant-audit"))
         .env("DATABASE_URL", &database_url)
         .env("FINGERPRINT_KEY", test_key_hex())
+        .env("SIGNING_KEY", test_signing_key_hex())
         .env("LISTEN_ADDR", "0.0.0.0:0")
         .env("METRICS_ADDR", "127.0.0.1:0")
         .env_remove("INSECURE_PLAINTEXT")

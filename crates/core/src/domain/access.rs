@@ -25,7 +25,34 @@ pub struct Caller {
     pub role: Role,
     /// For a HOSPITAL key, the one hospital it submits for.
     pub hospital_id: Option<String>,
+    /// The person or system the key belongs to: who acts, in every trail.
+    pub principal: String,
+    /// The principal of the administrator who issued the key; `None` when
+    /// it was made on the command line.
+    pub issued_by: Option<String>,
 }
+
+/// Whether a principal is a person or a system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrincipalKind {
+    /// A person, such as an auditor.
+    Person,
+    /// A system, such as a hospital's integration.
+    System,
+}
+
+impl PrincipalKind {
+    /// The stored form.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::Person => "PERSON",
+            PrincipalKind::System => "SYSTEM",
+        }
+    }
+}
+
+/// The longest principal name accepted.
+pub const MAX_PRINCIPAL_LEN: usize = 200;
 
 /// What a new key is for, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,19 +65,27 @@ pub struct KeySpec {
     pub description: String,
     /// When it stops working, if ever.
     pub expires_at: Option<DateTime<Utc>>,
+    /// The person or system it belongs to.
+    pub principal: String,
+    /// Whether that is a person or a system.
+    pub principal_kind: PrincipalKind,
 }
 
 impl KeySpec {
     /// Checks that a HOSPITAL key names its hospital and no other key does,
-    /// and that an expiry lies ahead.
+    /// that an expiry lies ahead, and that the key names its principal: a
+    /// person or system for auditor and administrator keys; a hospital's key
+    /// without one belongs to the hospital's system, `hospital <id>`.
     pub fn new(
         role: Role,
         hospital_id: Option<&str>,
         description: &str,
         expires_at: Option<DateTime<Utc>>,
+        principal: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Self, Violations> {
         let mut v = Violations::default();
+        let principal = principal.map(str::trim).filter(|p| !p.is_empty());
         let hospital_id = match (role, hospital_id.filter(|h| !h.is_empty())) {
             (Role::Hospital, Some(h)) => check_id(&mut v, "hospital_id", h),
             (Role::Hospital, None) => {
@@ -70,11 +105,42 @@ impl KeySpec {
         if expires_at.is_some_and(|e| e <= now) {
             v.add("expires_at", "must be in the future");
         }
+        let (principal, principal_kind) = match (principal, &hospital_id) {
+            (Some(p), _) => {
+                if p.len() > MAX_PRINCIPAL_LEN {
+                    v.add(
+                        "principal",
+                        format!("must be at most {MAX_PRINCIPAL_LEN} bytes"),
+                    );
+                }
+                v.check_storable("principal", p);
+                let kind = if role == Role::Hospital {
+                    PrincipalKind::System
+                } else {
+                    PrincipalKind::Person
+                };
+                (p.to_owned(), kind)
+            }
+            (None, Some(h)) if role == Role::Hospital => {
+                (format!("hospital {h}"), PrincipalKind::System)
+            }
+            (None, _) => {
+                if role != Role::Hospital {
+                    v.add(
+                        "principal",
+                        "is required: the person or system the key belongs to",
+                    );
+                }
+                (String::new(), PrincipalKind::Person)
+            }
+        };
         v.into_result(|| Self {
             role,
             hospital_id,
             description: description.to_owned(),
             expires_at,
+            principal,
+            principal_kind,
         })
     }
 }
@@ -193,27 +259,29 @@ mod tests {
     }
 
     #[test]
-    fn key_specs_bind_hospital_keys_to_a_hospital() {
+    fn key_specs_bind_hospital_keys_to_a_hospital_and_keys_to_principals() {
         let now = Utc::now();
-        assert!(KeySpec::new(Role::Hospital, Some("H-1"), "", None, now).is_ok());
-        assert!(KeySpec::new(Role::Hospital, None, "", None, now).is_err());
-        assert!(KeySpec::new(Role::Auditor, Some("H-1"), "", None, now).is_err());
-        assert!(
-            KeySpec::new(
-                Role::Admin,
-                None,
-                "",
-                Some(now - chrono::Duration::hours(1)),
-                now
-            )
-            .is_err()
-        );
+        let hospital = KeySpec::new(Role::Hospital, Some("H-1"), "", None, None, now).unwrap();
         assert_eq!(
-            KeySpec::new(Role::Auditor, Some(""), "x", None, now)
-                .unwrap()
-                .hospital_id,
-            None
+            (hospital.principal.as_str(), hospital.principal_kind),
+            ("hospital H-1", PrincipalKind::System)
         );
+        assert!(KeySpec::new(Role::Hospital, None, "", None, None, now).is_err());
+        assert!(KeySpec::new(Role::Auditor, Some("H-1"), "", None, Some("a"), now).is_err());
+        let past = Some(now - chrono::Duration::hours(1));
+        assert!(KeySpec::new(Role::Admin, None, "", past, Some("a"), now).is_err());
+        let auditor = KeySpec::new(Role::Auditor, Some(""), "x", None, Some(" a.rossi "), now);
+        let auditor = auditor.unwrap();
+        assert_eq!(auditor.hospital_id, None);
+        assert_eq!(
+            (auditor.principal.as_str(), auditor.principal_kind),
+            ("a.rossi", PrincipalKind::Person)
+        );
+        let nameless = KeySpec::new(Role::Auditor, None, "x", None, Some("  "), now).unwrap_err();
+        assert_eq!(nameless.0[0].field, "principal");
+        let long = "p".repeat(MAX_PRINCIPAL_LEN + 1);
+        assert!(KeySpec::new(Role::Admin, None, "", None, Some(&long), now).is_err());
+        assert!(KeySpec::new(Role::Admin, None, "", None, Some("a\0b"), now).is_err());
     }
 
     #[test]

@@ -223,6 +223,22 @@ impl FlagStatus {
 }
 
 text_enum! {
+    /// What one step in a flag's life did.
+    StepKind {
+        /// A rule raised the flag: what it found (the first step, always).
+        Raised = "RAISED",
+        /// Triage moved the flag from one status to another.
+        Transition = "TRANSITION",
+        /// An auditor proposed dismissing a CRITICAL flag; another must approve.
+        DismissalProposed = "DISMISSAL_PROPOSED",
+        /// An amendment of the record still raises the flag, with this finding.
+        Reevaluated = "REEVALUATED",
+        /// An amendment of the record no longer raises the flag.
+        Cleared = "CLEARED",
+    }
+}
+
+text_enum! {
     /// A registered clinic's standing; SUSPENDED and REVOKED apply from their effective date.
     ClinicStatus {
         Active = "ACTIVE",

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Clinic, FlagStatus, Record, RecordId, Severity};
+use super::{Clinic, FlagStatus, Record, RecordId, Severity, StepKind};
 
 /// A stored record version as auditors see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,27 +53,37 @@ pub struct FlagView {
     pub record_version: i32,
     /// The record version that no longer raises it, if any.
     pub cleared_in_version: Option<i32>,
-    /// The key id of the auditor who proposed dismissing this CRITICAL flag, awaiting a second.
+    /// The principal who proposed dismissing this CRITICAL flag, awaiting a second.
     pub dismissal_proposed_by: Option<String>,
 }
 
-/// One triage step.
+/// One step in a flag's life, as auditors read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlagEvent {
+    /// Its position, from 1 (the RAISED step).
+    pub step: i32,
+    /// What it did.
+    pub kind: StepKind,
     /// When.
     pub at: DateTime<Utc>,
-    /// Who.
-    pub actor: String,
-    /// Status before.
-    pub from: FlagStatus,
+    /// The API key that took it (empty for the rules' own steps).
+    pub key_id: String,
+    /// The person or system behind the key.
+    pub principal: String,
+    /// Status before; none for the RAISED step.
+    pub from: Option<FlagStatus>,
     /// Status after.
     pub to: FlagStatus,
     /// The note.
     pub note: String,
-    /// Trace id of the call, if traced.
+    /// The caller's trace id, if it sent one.
     pub trace_id: Option<String>,
-    /// Whether the step proposed dismissing a CRITICAL flag rather than moving it.
-    pub dismissal_proposal: bool,
+    /// The trace id the service gave the call.
+    pub own_trace_id: Option<String>,
+    /// For RAISED and REEVALUATED steps, the finding's severity.
+    pub severity: Option<Severity>,
+    /// For CLEARED steps, the record version that no longer raises the flag.
+    pub cleared_in_version: Option<i32>,
 }
 
 /// One stored version of a clinic.

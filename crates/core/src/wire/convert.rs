@@ -9,7 +9,8 @@ use crate::domain::validation::{self, Field, Violations, check_age, check_id};
 use crate::domain::{
     AboException, AboGroup, Clinic, ClinicStatus, CountryCode, DeathKind, Donor, DonorKind,
     DonorRelation, DonorType, FlagStatus, HlaTyping, IdentifierScheme, Laterality, Organ, Person,
-    PersonIdentifier, Record, RhFactor, Role, Severity, Sex, Submission, TransplantRecord,
+    PersonIdentifier, Record, RhFactor, Role, Severity, Sex, StepKind, Submission,
+    TransplantRecord,
 };
 use crate::domain::{ClinicVersion, FlagEvent, FlagView, RecordView};
 
@@ -565,12 +566,22 @@ pub fn flag_to_proto(f: &FlagView) -> pb::Flag {
 pub fn event_to_proto(e: &FlagEvent) -> pb::FlagEvent {
     pb::FlagEvent {
         at: Some(timestamp(e.at)),
-        actor: e.actor.clone(),
-        from_status: e.from.to_proto(),
+        actor: e.key_id.clone(),
+        from_status: e
+            .from
+            .map_or(pb::FlagStatus::Unspecified as i32, |f| f.to_proto()),
         to_status: e.to.to_proto(),
         note: e.note.clone(),
         trace_id: e.trace_id.clone().unwrap_or_default(),
-        dismissal_proposal: e.dismissal_proposal,
+        dismissal_proposal: e.kind == StepKind::DismissalProposed,
+        step: e.step,
+        kind: e.kind.as_str().to_owned(),
+        principal: e.principal.clone(),
+        own_trace_id: e.own_trace_id.clone().unwrap_or_default(),
+        severity: e
+            .severity
+            .map_or(pb::Severity::Unspecified as i32, |s| s.to_proto()),
+        cleared_in_version: e.cleared_in_version.unwrap_or_default(),
     }
 }
 

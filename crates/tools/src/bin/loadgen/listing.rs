@@ -366,7 +366,7 @@ async fn call(
         {
             Err(anyhow!(
                 "ListFlags: {:?}: {}; --mode list-flags needs an AUDITOR key (--api-key), \
-                 e.g. from `transplant-audit keys create --role auditor`",
+                 e.g. from `transplant-audit keys create --role auditor --principal NAME`",
                 status.code(),
                 status.message()
             ))

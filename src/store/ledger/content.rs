@@ -1,0 +1,217 @@
+//! What each table's row MAC covers: every column that is evidence, in a
+//! fixed order, the same when the service writes a row and when `verify`
+//! reads it back. Surrogate ids the database assigns are left out; rows
+//! name what they belong to by natural keys (a flag by its record and rule,
+//! a key's principal by name), so a row moved under another parent no
+//! longer matches. Where a row is updated in place (records, API keys,
+//! imports), its place in the ledger's sequence and the place of the state
+//! it replaced are covered too, so an old state put back shows.
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::flag_history::FlagStep;
+use crate::domain::ledger::{LedgerTable, MacInput};
+use crate::domain::{Clinic, RecordId};
+
+/// A record's current version, as its row holds it.
+pub(crate) struct RecordState<'a> {
+    pub id: RecordId,
+    pub version: i32,
+    pub seq: i64,
+    pub prev: Option<i64>,
+    pub received_at: DateTime<Utc>,
+    pub amended_at: Option<DateTime<Utc>>,
+    pub content_hash: &'a [u8],
+    pub reason: Option<&'a str>,
+    pub recorded_at: DateTime<Utc>,
+    pub chain_head: &'a [u8],
+}
+
+impl RecordState<'_> {
+    /// The MAC input. The content hash covers the record's columns, which
+    /// verification recomputes it from.
+    pub(crate) fn input(&self) -> MacInput {
+        MacInput::new(LedgerTable::Records, 1)
+            .int(self.id.0)
+            .int(i64::from(self.version))
+            .int(self.seq)
+            .opt_int(self.prev)
+            .instant(self.received_at)
+            .opt_instant(self.amended_at)
+            .bytes(self.content_hash)
+            .opt_text(self.reason)
+            .instant(self.recorded_at)
+            .bytes(self.chain_head)
+    }
+}
+
+/// A version an amendment replaced.
+pub(crate) fn record_version(
+    record_id: i64,
+    version: i32,
+    content_hash: &[u8],
+    reason: Option<&str>,
+    recorded_at: DateTime<Utc>,
+    chain_hash: &[u8],
+) -> MacInput {
+    MacInput::new(LedgerTable::RecordVersions, 1)
+        .int(record_id)
+        .int(i64::from(version))
+        .bytes(content_hash)
+        .opt_text(reason)
+        .instant(recorded_at)
+        .bytes(chain_hash)
+}
+
+/// A step of the flag of `record_id` and `rule_id`.
+pub(crate) fn flag_step(record_id: RecordId, rule_id: &str, s: &FlagStep) -> MacInput {
+    let finding = s.finding.as_ref();
+    let evidence: Vec<i64> = finding
+        .map(|f| f.evidence.iter().map(|r| r.0).collect())
+        .unwrap_or_default();
+    MacInput::new(LedgerTable::FlagEvents, 1)
+        .int(record_id.0)
+        .text(rule_id)
+        .int(i64::from(s.step))
+        .text(s.kind.as_str())
+        .instant(s.at)
+        .text(&s.key_id)
+        .text(&s.principal)
+        .opt_text(s.from.map(|f| f.as_str()))
+        .text(s.to.as_str())
+        .text(&s.note)
+        .opt_text(s.trace_id.as_deref())
+        .opt_text(s.own_trace_id.as_deref())
+        .boolean(finding.is_some())
+        .opt_int(finding.map(|f| i64::from(f.rule_version)))
+        .opt_text(finding.map(|f| f.severity.as_str()))
+        .opt_text(finding.map(|f| f.explanation.as_str()))
+        .ints(&evidence)
+        .opt_int(finding.map(|f| i64::from(f.record_version)))
+        .opt_int(s.cleared_in_version.map(i64::from))
+}
+
+/// A version of a clinic's registry entry.
+pub(crate) fn clinic_version(c: &Clinic, version: i32, recorded_at: DateTime<Utc>) -> MacInput {
+    let organs: Vec<&str> = c.licensed_organs.iter().map(|o| o.as_str()).collect();
+    MacInput::new(LedgerTable::ClinicVersions, 1)
+        .text(&c.clinic_id)
+        .int(i64::from(version))
+        .text(&c.name)
+        .text(c.country.as_str())
+        .texts(&organs)
+        .instant(c.licence_valid_from)
+        .opt_instant(c.licence_valid_until)
+        .text(c.status.as_str())
+        .opt_instant(c.status_effective_from)
+        .instant(recorded_at)
+}
+
+/// A principal.
+pub(crate) fn principal(
+    name: &str,
+    kind: &str,
+    created_by: Option<&str>,
+    created_at: DateTime<Utc>,
+) -> MacInput {
+    MacInput::new(LedgerTable::Principals, 1)
+        .text(name)
+        .text(kind)
+        .opt_text(created_by)
+        .instant(created_at)
+}
+
+/// An API key's state.
+pub(crate) struct KeyState<'a> {
+    pub key_id: &'a str,
+    pub secret_hash: &'a [u8],
+    pub role: &'a str,
+    pub hospital_id: Option<&'a str>,
+    pub description: &'a str,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub principal: &'a str,
+    pub created_by: Option<&'a str>,
+    pub seq: i64,
+    pub prev: Option<i64>,
+}
+
+impl KeyState<'_> {
+    /// The MAC input.
+    pub(crate) fn input(&self) -> MacInput {
+        MacInput::new(LedgerTable::ApiKeys, 1)
+            .text(self.key_id)
+            .bytes(self.secret_hash)
+            .text(self.role)
+            .opt_text(self.hospital_id)
+            .text(self.description)
+            .instant(self.created_at)
+            .opt_instant(self.expires_at)
+            .opt_instant(self.revoked_at)
+            .text(self.principal)
+            .opt_text(self.created_by)
+            .int(self.seq)
+            .opt_int(self.prev)
+    }
+}
+
+/// An import's checkpoint.
+pub(crate) struct ImportState<'a> {
+    pub file_sha256: &'a [u8],
+    pub file_name: &'a str,
+    pub lines_done: i64,
+    pub accepted: i64,
+    pub duplicates: i64,
+    pub rejected: i64,
+    pub started_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub seq: i64,
+    pub prev: Option<i64>,
+}
+
+impl ImportState<'_> {
+    /// The MAC input.
+    pub(crate) fn input(&self) -> MacInput {
+        MacInput::new(LedgerTable::Imports, 1)
+            .bytes(self.file_sha256)
+            .text(self.file_name)
+            .int(self.lines_done)
+            .int(self.accepted)
+            .int(self.duplicates)
+            .int(self.rejected)
+            .instant(self.started_at)
+            .instant(self.updated_at)
+            .opt_instant(self.finished_at)
+            .int(self.seq)
+            .opt_int(self.prev)
+    }
+}
+
+/// One read of evidence.
+pub(crate) struct Access<'a> {
+    pub at: DateTime<Utc>,
+    pub principal: &'a str,
+    pub key_id: &'a str,
+    pub action: &'a str,
+    pub resource: &'a str,
+    pub resource_id: &'a str,
+    pub trace_id: Option<&'a str>,
+    pub own_trace_id: Option<&'a str>,
+}
+
+impl Access<'_> {
+    /// The MAC input.
+    pub(crate) fn input(&self) -> MacInput {
+        MacInput::new(LedgerTable::AccessLog, 1)
+            .instant(self.at)
+            .text(self.principal)
+            .text(self.key_id)
+            .text(self.action)
+            .text(self.resource)
+            .text(self.resource_id)
+            .opt_text(self.trace_id)
+            .opt_text(self.own_trace_id)
+    }
+}
