@@ -53,6 +53,13 @@ const CONNECTION_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
 /// How often health checks that the database answers (and pool metrics are sampled).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
+/// How often it checks while the database is down, so that calls, refused
+/// meanwhile, go through again soon after it is back.
+const DOWN_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How long a health check waits for the database's answer.
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Everything the services share.
 #[derive(Clone, Debug)]
 pub struct App {
@@ -401,8 +408,22 @@ async fn set_all(health: &HealthReporter, status: ServingStatus) {
 /// Keeps health SERVING exactly while the database answers.
 async fn watch_database(store: Store, health: HealthReporter) {
     let mut last = None;
+    let mut probe = None;
     loop {
-        let up = store.ping().await;
+        if probe.is_none() {
+            probe = tokio::time::timeout(PING_TIMEOUT, store.probe())
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        let up = match probe.as_mut() {
+            Some(p) => p.ping(PING_TIMEOUT).await,
+            None => false,
+        };
+        if !up {
+            probe = None;
+        }
+        store.set_reachable(up);
         metrics::database_up(up);
         let (open, idle, max) = store.pool_shape();
         metrics::pool_state(open, idle, max);
@@ -419,7 +440,9 @@ async fn watch_database(store: Store, health: HealthReporter) {
             set_all(&health, status).await;
             last = Some(status);
         }
-        tokio::time::sleep(HEALTH_INTERVAL).await;
+        // While it is down, look often: calls are refused until it is back.
+        let interval = if up { HEALTH_INTERVAL } else { DOWN_INTERVAL };
+        tokio::time::sleep(interval).await;
     }
 }
 

@@ -264,6 +264,9 @@ impl From<StoreError> for ApiError {
         } else if matches!(err, StoreError::Tampered(_)) {
             // The store logged what and where; the caller learns only that.
             ApiError::EvidenceTampered
+        } else if matches!(err, StoreError::Unreachable) {
+            // The health check logged the outage once; calls are refused quietly.
+            ApiError::Unavailable
         } else if err.is_unavailable() {
             tracing::warn!(error = %err, "database unavailable");
             ApiError::Unavailable

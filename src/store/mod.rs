@@ -16,6 +16,7 @@ mod row;
 pub mod steps;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
@@ -47,6 +48,10 @@ pub enum StoreError {
     /// A stored row holds something the code cannot read.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The health check found the database unreachable and has not seen
+    /// it back yet: refused at once rather than after the pool's timeout.
+    #[error("the database is unreachable")]
+    Unreachable,
     /// Evidence the service is about to build on was changed behind its
     /// back (its MAC or its history does not match): refused, and logged.
     #[error("evidence was changed behind the service's back: {0}")]
@@ -57,15 +62,21 @@ impl StoreError {
     /// True when the database is unreachable or overloaded rather than the query wrong.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StoreError::Database(
-                sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::Io(_)
-                | sqlx::Error::WorkerCrashed,
-            ) => true,
+            StoreError::Database(e) => Self::unavailable(e),
+            StoreError::Unreachable => true,
+            _ => false,
+        }
+    }
+
+    fn unavailable(e: &sqlx::Error) -> bool {
+        match e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::WorkerCrashed => true,
             // Connection exceptions (08), insufficient resources (53) and
             // operator intervention such as a shutdown (57): retry later.
-            StoreError::Database(sqlx::Error::Database(e)) => e
+            sqlx::Error::Database(e) => e
                 .code()
                 .is_some_and(|code| ["08", "53", "57"].iter().any(|c| code.starts_with(c))),
             _ => false,
@@ -94,6 +105,26 @@ pub struct Store {
     pool: PgPool,
     chain: Arc<ChainKey>,
     ledger: Arc<LedgerKey>,
+    /// False while the database is known to be unreachable: calls then
+    /// fail at once instead of each waiting the pool's timeout.
+    reachable: Arc<AtomicBool>,
+    options: PgConnectOptions,
+}
+
+/// A connection that only checks the database answers.
+#[derive(Debug)]
+pub struct Probe(sqlx::PgConnection);
+
+impl Probe {
+    /// Whether the database answers a trivial query within `within`.
+    pub async fn ping(&mut self, within: Duration) -> bool {
+        let answered = tokio::time::timeout(
+            within,
+            sqlx::query_scalar!("SELECT 1 AS \"one!\"").fetch_one(&mut self.0),
+        )
+        .await;
+        matches!(answered, Ok(Ok(_)))
+    }
 }
 
 /// How to size and time the connection pool.
@@ -125,14 +156,17 @@ impl Store {
         secret: &FingerprintKey,
     ) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse()?;
+        let options = options.application_name("transplant-audit");
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
-            .connect_lazy_with(options.application_name("transplant-audit"));
+            .connect_lazy_with(options.clone());
         Ok(Self {
             pool,
             chain: Arc::new(ChainKey::derive(secret)),
             ledger: Arc::new(LedgerKey::derive(secret)),
+            reachable: Arc::new(AtomicBool::new(true)),
+            options,
         })
     }
 
@@ -141,20 +175,39 @@ impl Store {
         &self.pool
     }
 
-    /// A pooled connection; the wait is measured.
-    pub(crate) async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+    /// A pooled connection; the wait is measured. Refused at once while
+    /// the database is known to be unreachable.
+    pub(crate) async fn acquire(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+        self.fail_fast()?;
         let started = Instant::now();
         let conn = self.pool.acquire().await;
         metrics::pool_wait(started.elapsed());
-        conn
+        Ok(conn?)
     }
 
-    /// A transaction on a pooled connection; the wait is measured.
-    pub(crate) async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    /// A transaction on a pooled connection; the wait is measured. Refused
+    /// at once while the database is known to be unreachable.
+    pub(crate) async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.fail_fast()?;
         let started = Instant::now();
         let tx = self.pool.begin().await;
         metrics::pool_wait(started.elapsed());
-        tx
+        Ok(tx?)
+    }
+
+    /// The refusal of a call while the database is known to be down.
+    fn fail_fast(&self) -> Result<(), StoreError> {
+        if self.reachable.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(StoreError::Unreachable)
+        }
+    }
+
+    /// Records what the health check found, so calls fail fast while the
+    /// database is down and go through again as soon as it is back.
+    pub fn set_reachable(&self, up: bool) {
+        self.reachable.store(up, Ordering::Relaxed);
     }
 
     /// Connections open, of which idle, and the most the pool opens.
@@ -197,12 +250,12 @@ impl Store {
         })
     }
 
-    /// Whether the database answers a trivial query.
-    pub async fn ping(&self) -> bool {
-        sqlx::query_scalar!("SELECT 1 AS \"one!\"")
-            .fetch_one(&self.pool)
-            .await
-            .is_ok()
+    /// A connection of its own, outside the pool: a busy pool says nothing
+    /// of whether the database answers.
+    pub async fn probe(&self) -> Result<Probe, StoreError> {
+        use sqlx::Connection;
+        let conn = sqlx::PgConnection::connect_with(&self.options).await?;
+        Ok(Probe(conn))
     }
 }
 
