@@ -305,6 +305,9 @@ pub fn local_key(dir: &Path) -> Result<FingerprintKey, ConfigError> {
 
 /// A secret of the local default, hex: read from `dir/name`, created (32
 /// random bytes, owner-only) on first use.
+/// The local default's signing key, under --data-dir.
+const SIGNING_KEY_FILE: &str = "signing.key";
+
 fn local_secret(dir: &Path, name: &str) -> Result<String, ConfigError> {
     let path = dir.join(name);
     let io = |source| ConfigError::KeyFile {
@@ -327,6 +330,19 @@ fn local_secret(dir: &Path, name: &str) -> Result<String, ConfigError> {
 
 impl SigningArgs {
     /// The configured signing key, or the local default's under `local_dir`
+    /// if it was generated already: for commands that check, never sign.
+    pub fn existing_key(
+        &self,
+        local_dir: Option<&Path>,
+    ) -> Result<Option<SigningKey>, ConfigError> {
+        let generated = local_dir.filter(|dir| dir.join(SIGNING_KEY_FILE).exists());
+        if self.signing_key.is_none() && self.signing_key_file.is_none() && generated.is_none() {
+            return Ok(None);
+        }
+        self.key(generated)
+    }
+
+    /// The configured signing key, or the local default's under `local_dir`
     /// (generated on first use); `None` when neither is there.
     pub fn key(&self, local_dir: Option<&Path>) -> Result<Option<SigningKey>, ConfigError> {
         let bad = |e: BadSigningKey| ConfigError::BadSigningKey(e.to_string());
@@ -341,7 +357,7 @@ impl SigningArgs {
             return SigningKey::from_hex(&text).map(Some).map_err(bad);
         }
         match local_dir {
-            Some(dir) => SigningKey::from_hex(&local_secret(dir, "signing.key")?)
+            Some(dir) => SigningKey::from_hex(&local_secret(dir, SIGNING_KEY_FILE)?)
                 .map(Some)
                 .map_err(bad),
             None => Ok(None),

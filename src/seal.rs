@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::domain::ledger::{Digest, SigningKey};
 use crate::store::Store;
-use crate::store::ledger::SealError;
+use crate::store::ledger::{SealError, SealerLock};
 use crate::telemetry::metrics;
 
 /// Where digests go besides the database.
@@ -95,8 +95,14 @@ pub async fn run(
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap_or_default();
-    let mut lock = None;
+    let mut lock: Option<SealerLock> = None;
     loop {
+        if let Some(held) = &mut lock {
+            if !held.held().await {
+                tracing::warn!("the sealer's lock was lost with its connection; taking it again");
+                lock = None;
+            }
+        }
         if lock.is_none() {
             lock = match store.sealer_lock().await {
                 Ok(held) => held,
@@ -117,8 +123,9 @@ pub async fn run(
             }
         };
         if stopping {
-            if lock.is_some() {
+            if let Some(lock) = lock {
                 seal_once(&store, &signer, &sinks, &client).await;
+                lock.release().await;
             }
             return;
         }
@@ -140,9 +147,10 @@ pub async fn seal_once(
                 "block sealed"
             );
             metrics::block_sealed(digest.last_seq);
+            metrics::seal_round();
             sinks.write(&digest, client).await;
         }
-        Ok(None) => {}
+        Ok(None) => metrics::seal_round(),
         Err(SealError::Blocked { pid, since }) => {
             tracing::warn!(pid, %since, "sealing waits for a transaction held open");
             metrics::seal_blocked();

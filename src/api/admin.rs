@@ -282,7 +282,7 @@ impl AdminService for AdminApi {
             return Err(invalid(v));
         }
         let trusted = self.signer.public();
-        let report = self.store.verify(&digests, Some(&trusted)).await?;
+        let report = self.store.verify(&digests, &[trusted]).await?;
         if let Some(b) = &report.first_break {
             tracing::error!(table = b.table, row = %b.row, block = ?b.block, reason = %b.reason, "audit trail broken");
         }

@@ -294,6 +294,9 @@ impl From<IngestError> for ApiError {
                 hospital_id,
                 external_record_id,
             }),
+            // A hospital must not learn that an auditor's evidence is in
+            // question: the store logged it, the hospital sees an outage.
+            IngestError::Store(StoreError::Tampered(_)) => ApiError::Internal,
             IngestError::Store(e) => e.into(),
         }
     }
@@ -559,6 +562,11 @@ mod tests {
             details.bad_request().unwrap().field_violations[0].field,
             "note"
         );
+        let hospital_sees = Status::from(IngestError::Store(StoreError::Tampered(
+            "flag 5: its row is not the fold of its steps".into(),
+        )));
+        assert_eq!(hospital_sees.code(), Code::Internal);
+        assert!(!hospital_sees.message().contains("flag"));
         let corrupt = Status::from(StoreError::Corrupt("secret row text".into()));
         assert_eq!(corrupt.code(), Code::Internal);
         assert!(!corrupt.message().contains("secret"));

@@ -43,7 +43,7 @@ pub async fn run(command: LedgerCommand) -> Result<(), CliError> {
         LedgerCommand::PublicKey(args) => {
             let key = args
                 .signing
-                .key(Some(&args.data_dir))?
+                .existing_key(Some(&args.data_dir))?
                 .ok_or(crate::config::ConfigError::MissingSigningKey)?;
             println!("{}", key.public());
             Ok(())

@@ -18,10 +18,11 @@ pub struct VerifyArgs {
     /// they name must still be there, unchanged.
     #[arg(long, value_name = "FILE")]
     pub digests: Option<PathBuf>,
-    /// The registry's public key (hex) the digests are signed with; by
-    /// default that of the configured signing key.
-    #[arg(long, value_name = "HEX")]
-    pub public_key: Option<String>,
+    /// A public key (hex) the registry signs with; give each key it has
+    /// used since the oldest block. By default, that of the configured
+    /// signing key.
+    #[arg(long = "public-key", value_name = "HEX")]
+    pub public_keys: Vec<String>,
     /// The signing key, whose public half checks the digests.
     #[command(flatten)]
     pub signing: SigningArgs,
@@ -36,31 +37,46 @@ pub async fn run(args: &VerifyArgs) -> Result<(), CliError> {
         Some(path) => read_digests(path)?,
         None => Vec::new(),
     };
-    let trusted = trusted_key(args)?;
-    if !digests.is_empty() && trusted.is_none() {
-        return Err(CliError::Usage(
-            "--digests needs the registry's public key: --public-key, or SIGNING_KEY".into(),
-        ));
+    let trusted = trusted_keys(args)?;
+    if trusted.is_empty() {
+        if !digests.is_empty() {
+            return Err(CliError::Usage(
+                "--digests needs the registry's public key: --public-key, or SIGNING_KEY".into(),
+            ));
+        }
+        tracing::warn!(
+            "no public key given: blocks are checked against the keys they name, which \
+             shows the ledger consistent but not that the registry sealed it"
+        );
     }
     let db = Database::open(&args.database, Access::ReadOnly).await?;
-    let result = verify(&db, &digests, trusted.as_ref()).await;
+    let result = verify(&db, &digests, &trusted).await;
     db.close(result).await
 }
 
-/// The key digests must be signed with.
-fn trusted_key(args: &VerifyArgs) -> Result<Option<PublicKey>, CliError> {
-    if let Some(hex) = &args.public_key {
-        return hex
-            .parse()
-            .map(Some)
-            .map_err(|e| CliError::Usage(format!("--public-key: {e}")));
+/// The keys blocks and digests must be signed with.
+fn trusted_keys(args: &VerifyArgs) -> Result<Vec<PublicKey>, CliError> {
+    if !args.public_keys.is_empty() {
+        return args
+            .public_keys
+            .iter()
+            .map(|hex| {
+                hex.parse()
+                    .map_err(|e| CliError::Usage(format!("--public-key {hex}: {e}")))
+            })
+            .collect();
     }
     let local = args
         .database
         .database_url
         .is_none()
         .then_some(args.database.data_dir.as_path());
-    Ok(args.signing.key(local)?.map(|k| k.public()))
+    Ok(args
+        .signing
+        .existing_key(local)?
+        .map(|k| k.public())
+        .into_iter()
+        .collect())
 }
 
 /// The digests of a file, one JSON object per line.
@@ -82,11 +98,7 @@ fn read_digests(path: &std::path::Path) -> Result<Vec<Digest>, CliError> {
         .collect()
 }
 
-async fn verify(
-    db: &Database,
-    digests: &[Digest],
-    trusted: Option<&PublicKey>,
-) -> Result<(), CliError> {
+async fn verify(db: &Database, digests: &[Digest], trusted: &[PublicKey]) -> Result<(), CliError> {
     let report = db.store.verify(digests, trusted).await?;
     println!(
         "Checked {} blocks ({} against digests kept outside the database), {} sealed row \

@@ -43,6 +43,9 @@ pub const BLOCKS_SEALED: &str = "transplant_audit_ledger_blocks_sealed_total";
 pub const SEALED_THROUGH: &str = "transplant_audit_ledger_sealed_seq";
 /// When the last block was sealed (Unix seconds).
 pub const LAST_SEAL: &str = "transplant_audit_ledger_last_seal_timestamp_seconds";
+/// When the sealer last finished a round, sealing or finding nothing new
+/// (Unix seconds): set only by the replica holding the sealer's lock.
+pub const LAST_ROUND: &str = "transplant_audit_ledger_last_round_timestamp_seconds";
 /// Rounds of sealing that waited in vain for a transaction held open.
 pub const SEAL_BLOCKED: &str = "transplant_audit_ledger_seal_blocked_total";
 /// Digests a sink failed to take, by sink.
@@ -126,6 +129,11 @@ fn describe() {
         LAST_SEAL,
         Unit::Seconds,
         "When the newest ledger block was sealed (Unix time)"
+    );
+    describe_gauge!(
+        LAST_ROUND,
+        Unit::Seconds,
+        "When the sealer last finished a round, with or without a block (Unix time)"
     );
     describe_counter!(
         SEAL_BLOCKED,
@@ -255,10 +263,18 @@ pub fn database_up(up: bool) {
 pub fn block_sealed(last_seq: i64) {
     counter!(BLOCKS_SEALED).increment(1);
     gauge!(SEALED_THROUGH).set(last_seq as f64);
-    let now = std::time::SystemTime::now()
+    gauge!(LAST_SEAL).set(unix_now());
+}
+
+/// Records a round of sealing finished, with a block or with nothing new.
+pub fn seal_round() {
+    gauge!(LAST_ROUND).set(unix_now());
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    gauge!(LAST_SEAL).set(now);
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Counts a round of sealing that waited in vain.

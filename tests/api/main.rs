@@ -19,6 +19,7 @@ mod privacy;
 mod registry;
 mod rescan;
 mod scenarios;
+mod sealing;
 mod server;
 mod telemetry;
 mod tls;

@@ -159,18 +159,47 @@ impl Store {
         Ok(Some(digest))
     }
 
-    /// Holds the right to seal while the returned connection lives (a
-    /// session advisory lock), or `None` when another sealer holds it.
-    pub async fn sealer_lock(
-        &self,
-    ) -> Result<Option<sqlx::pool::PoolConnection<sqlx::Postgres>>, StoreError> {
+    /// The right to seal, or `None` when another sealer holds it.
+    pub async fn sealer_lock(&self) -> Result<Option<SealerLock>, StoreError> {
         let mut conn = self.acquire().await?;
         let held = sqlx::query_scalar!(
             r#"SELECT pg_try_advisory_lock(hashtext('transplant-audit/ledger/sealer')) AS "held!""#
         )
         .fetch_one(&mut *conn)
         .await?;
-        Ok(held.then_some(conn))
+        // Out of the pool: a connection returned to it would hold the lock
+        // for whoever borrows it next, and for as long as the pool lives.
+        Ok(held.then(|| SealerLock(conn.detach())))
+    }
+}
+
+/// The right to seal: a session advisory lock, held while its connection
+/// lives and let go when it is dropped. When the connection dies the
+/// database lets the lock go and another replica may take it, so the
+/// holder asks before every round.
+#[derive(Debug)]
+pub struct SealerLock(sqlx::PgConnection);
+
+impl SealerLock {
+    /// Whether the lock is still held on a live connection.
+    pub async fn held(&mut self) -> bool {
+        sqlx::query_scalar!(
+            r#"SELECT EXISTS (
+                   SELECT 1 FROM pg_locks
+                   WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+                     AND objid = hashtext('transplant-audit/ledger/sealer')::oid
+               ) AS "held!""#
+        )
+        .fetch_one(&mut self.0)
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Lets the lock go at once, for a standby to take.
+    pub async fn release(self) {
+        if let Err(e) = sqlx::Connection::close(self.0).await {
+            tracing::debug!(error = %e, "the sealer's lock connection closed uncleanly");
+        }
     }
 }
 

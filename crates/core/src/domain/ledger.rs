@@ -509,6 +509,15 @@ impl Digest {
             Err(DigestError::BadSignature)
         }
     }
+
+    /// Checks the signature against whichever of `trusted` the digest names:
+    /// a registry that rotated its key trusts the old key and the new.
+    pub fn check_any(&self, trusted: &[PublicKey]) -> Result<BlockHash, DigestError> {
+        match trusted.iter().find(|k| k.to_string() == self.public_key) {
+            Some(key) => self.check(key),
+            None => Err(DigestError::OtherSigner(self.public_key.clone())),
+        }
+    }
 }
 
 #[cfg(test)]
