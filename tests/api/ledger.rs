@@ -39,6 +39,32 @@ impl Db for TestApp {
     }
 }
 
+/// A database no server runs on (any more): nothing seals beside the insider.
+pub struct Offline {
+    pool: PgPool,
+    url: String,
+}
+
+impl Db for Offline {
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+/// Stops the app's server (it seals what is left first) and keeps its database.
+pub async fn stop(app: TestApp) -> Offline {
+    let stopped = Offline {
+        pool: app.pool.clone(),
+        url: app.database_url.clone(),
+    };
+    app.stop().await;
+    stopped
+}
+
 /// Waits until the sealer has sealed every row written so far; returns the
 /// digests the app's sink holds then (one JSON object per line).
 pub async fn sealed_digests(app: &TestApp) -> String {
@@ -108,6 +134,27 @@ pub fn assert_intact(db: &impl Db, digests: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Asserts that `verify --digests` finds the trail broken (exit 4) and says
+/// every one of `names` on standard error; returns what it said.
+#[track_caller]
+pub fn assert_named<S: AsRef<str>>(db: &impl Db, digests: &str, what: &str, names: &[S]) -> String {
+    let out = verify_with(db, digests);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{what}: verify should find the trail broken: {said}"
+    );
+    for name in names {
+        let name = name.as_ref();
+        assert!(
+            said.contains(name),
+            "{what}: verify should say {name:?}: {said}"
+        );
+    }
+    said
+}
+
 /// Runs `sql` as an insider with the table owner's rights would, triggers off.
 pub async fn tamper(db: &impl Db, sql: &str) {
     let mut tx = db.pool().begin().await.expect("begin");
@@ -145,6 +192,84 @@ const COVERED: &[&str] = &[
     "imports",
     "access_log",
 ];
+
+/// Takes an insider's copy of `tables` (in a schema of its own), to put back later.
+pub async fn keep(db: &impl Db, tables: &[&str]) {
+    let mut sql = "CREATE SCHEMA IF NOT EXISTS insider;".to_owned();
+    for t in tables {
+        sql += &format!(
+            "DROP TABLE IF EXISTS insider.{t}; CREATE TABLE insider.{t} AS SELECT * FROM public.{t};"
+        );
+    }
+    tamper(db, &sql).await;
+}
+
+/// Puts `tables` back as [`keep`] copied them, every column of every row
+/// (their places in the ledger and their MACs too).
+pub async fn put_back(db: &impl Db, tables: &[&str]) {
+    let sql: String = tables
+        .iter()
+        .map(|t| {
+            format!(
+                "DELETE FROM public.{t};
+                 INSERT INTO public.{t} OVERRIDING SYSTEM VALUE SELECT * FROM insider.{t};"
+            )
+        })
+        .collect();
+    tamper(db, &sql).await;
+}
+
+/// One number the database answers.
+async fn number(db: &impl Db, sql: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(db.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// One change an insider makes, and what `verify` must say of it.
+struct Attack {
+    what: &'static str,
+    sql: String,
+    names: Vec<String>,
+}
+
+fn attack(what: &'static str, sql: impl Into<String>, names: &[&str]) -> Attack {
+    Attack {
+        what,
+        sql: sql.into(),
+        names: names.iter().map(|n| (*n).to_owned()).collect(),
+    }
+}
+
+/// What `verify` says of a sealed row that is gone.
+fn gone(seq: i64, table: &str) -> String {
+    format!("the row sealed at sequence number {seq} ({table})")
+}
+
+/// The SQL that deletes a flag's newest step (its third) and rewinds its
+/// row to the fold of the two before.
+fn newest_step_deleted(flag: impl std::fmt::Display) -> String {
+    format!(
+        "DELETE FROM flag_events WHERE flag_id = {flag} AND step = 3;
+         UPDATE flags SET status = 'IN_REVIEW', revision = 2,
+             updated_at = (SELECT at FROM flag_events WHERE flag_id = {flag} AND step = 2)
+         WHERE id = {flag}"
+    )
+}
+
+/// Makes each attack in turn, `verify` naming each one, and undoes it from
+/// the insider's copy before the next (a change left behind would make
+/// `verify` name it instead); once all are undone the trail is intact.
+async fn each_named(db: &impl Db, digests: &str, attacks: &[Attack]) {
+    keep(db, EVIDENCE).await;
+    for a in attacks {
+        tamper(db, &a.sql).await;
+        assert_named(db, digests, a.what, &a.names);
+        put_back(db, EVIDENCE).await;
+    }
+    assert_intact(db, digests);
+}
 
 // ---------------------------------------------------------------- evidence through the API
 
@@ -195,6 +320,23 @@ async fn triage(
     Ok(response.into_inner().flag.expect("the flag after the step"))
 }
 
+/// An ABO-incompatible record's flag, taken to CONFIRMED by the default
+/// auditor in two steps (IN_REVIEW, CONFIRMED).
+async fn confirmed_flag(app: &TestApp, external_record_id: &str) -> pb::Flag {
+    let flag = flag_of(
+        app,
+        abo_incompatible(external_record_id),
+        "ABO_INCOMPATIBLE",
+    )
+    .await;
+    let flag = triage(&app.audit, &flag, pb::FlagStatus::InReview, "")
+        .await
+        .expect("in review");
+    triage(&app.audit, &flag, pb::FlagStatus::Confirmed, "fraud")
+        .await
+        .expect("confirmed")
+}
+
 /// Opens a flag's case as the default auditor (an access log entry).
 async fn open_case(app: &TestApp, flag: &pb::Flag) {
     app.audit
@@ -204,6 +346,40 @@ async fn open_case(app: &TestApp, flag: &pb::Flag) {
         })
         .await
         .expect("open the case");
+}
+
+fn id(text: &str) -> i64 {
+    text.parse().expect("a numeric id")
+}
+
+/// Evidence in every kind of row the attacks change, sealed over at least
+/// three blocks: a clinic; an ABO-incompatible record whose flag an auditor
+/// took to CONFIRMED; the auditor's read of the case.
+struct Scene {
+    db: Offline,
+    digests: String,
+    record: i64,
+    flag: i64,
+}
+
+/// The scene, its digests kept and its server stopped.
+async fn scene() -> Scene {
+    let app = spawn_app().await;
+    // Each wait ends a block: the keys, the clinic, then the case.
+    sealed_digests(&app).await;
+    upsert(&app, clinic(CLINIC, "DE")).await;
+    sealed_digests(&app).await;
+    let flag = confirmed_flag(&app, "SCENE-1").await;
+    open_case(&app, &flag).await;
+    let digests = sealed_digests(&app).await;
+    assert!(number(&app, "SELECT count(*) FROM ledger_blocks").await >= 3);
+    assert_intact(&app, &digests);
+    Scene {
+        db: stop(app).await,
+        digests,
+        record: id(&flag.record_id),
+        flag: id(&flag.flag_id),
+    }
 }
 
 // ---------------------------------------------------------------- the intact case
@@ -377,34 +553,173 @@ async fn evidence_from_every_path_verifies_and_no_table_can_be_truncated() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn digests_kept_from_before_name_an_edited_flag_status() {
-    let app = spawn_app().await;
-    app.registry
-        .clone()
-        .upsert_clinic(transplant_audit::wire::pb::UpsertClinicRequest {
-            clinic: Some(clinic("DE-BER-01", "DE")),
-        })
-        .await
-        .expect("clinic");
-    let mut record = kidney("LEDGER-1");
-    record.donor.as_mut().expect("donor").abo = transplant_audit::wire::pb::AboGroup::A as i32;
-    record.recipient.as_mut().expect("recipient").abo =
-        transplant_audit::wire::pb::AboGroup::O as i32;
-    submit(&app, record).await.expect("stored");
-    let digests = sealed_digests(&app).await;
-    let intact = verify_with(&app, &digests);
-    assert_eq!(
-        intact.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&intact.stderr)
-    );
+// ---------------------------------------------------------------- rows changed behind the service
 
-    tamper(&app, "UPDATE flags SET status = 'DISMISSED'").await;
-    let broken = verify_with(&app, &digests);
-    assert_eq!(broken.status.code(), Some(4));
-    let said = String::from_utf8_lossy(&broken.stderr);
-    assert!(said.contains("flag") && said.contains("status"), "{said}");
-    app.stop().await;
+#[tokio::test]
+async fn rows_edited_behind_the_service_are_named() {
+    let Scene {
+        db,
+        digests,
+        record,
+        flag,
+    } = scene().await;
+    let access = number(&db, "SELECT max(id) FROM access_log").await;
+    let flag_row = format!("flag {flag} (flags)");
+    let record_row = format!("record {record} version 1 (records)");
+    let edited = "its content does not match its MAC";
+    let entries = "set_byte(entries, 20, get_byte(entries, 20) # 1)";
+    let attacks = [
+        attack(
+            "a flag's status",
+            format!("UPDATE flags SET status = 'DISMISSED' WHERE id = {flag}"),
+            &[&flag_row, "status"],
+        ),
+        attack(
+            "a flag's severity",
+            format!("UPDATE flags SET severity = 1 WHERE id = {flag}"),
+            &[&flag_row, "finding"],
+        ),
+        attack(
+            "a flag's explanation",
+            format!("UPDATE flags SET explanation = 'a clerical slip' WHERE id = {flag}"),
+            &[&flag_row, "finding"],
+        ),
+        attack(
+            "a flag's evidence",
+            format!("UPDATE flags SET evidence_record_ids = '{{{record}}}' WHERE id = {flag}"),
+            &[&flag_row, "finding"],
+        ),
+        attack(
+            "a flag's hospital",
+            format!("UPDATE flags SET hospital_id = 'H-XX-999' WHERE id = {flag}"),
+            &[&flag_row, "hospital"],
+        ),
+        attack(
+            "a record's receipt time",
+            format!(
+                "UPDATE records SET received_at = received_at - interval '1 day' WHERE id = {record}"
+            ),
+            &[&record_row, edited],
+        ),
+        attack(
+            "a record's amendment time",
+            format!("UPDATE records SET amended_at = now() WHERE id = {record}"),
+            &[&record_row, edited],
+        ),
+        attack(
+            "an access log entry's principal",
+            format!("UPDATE access_log SET principal = 'someone else' WHERE id = {access}"),
+            &[&format!("access log entry {access} (access_log)"), edited],
+        ),
+        attack(
+            "a back-dated licence as a clinic's new version",
+            format!(
+                "INSERT INTO clinic_versions
+                     (clinic_id, version, name, country, licensed_organs, licence_valid_from,
+                      licence_valid_until, status, status_effective_from, recorded_at, ledger_mac)
+                 SELECT clinic_id, 2, name, country, licensed_organs, '2001-01-01',
+                        licence_valid_until, status, status_effective_from, now(), ledger_mac
+                 FROM clinic_versions WHERE clinic_id = '{CLINIC}' AND version = 1;
+                 UPDATE clinics SET current_version = 2 WHERE clinic_id = '{CLINIC}'"
+            ),
+            &[
+                &format!("clinic {CLINIC} version 2 (clinic_versions)"),
+                edited,
+            ],
+        ),
+        attack(
+            "a block's entries",
+            format!("UPDATE ledger_blocks SET entries = {entries} WHERE block = 1"),
+            &["block 1 (ledger_blocks)", "do not match its hash"],
+        ),
+        attack(
+            "a block's entries, its hash computed again",
+            format!(
+                "UPDATE ledger_blocks SET entries = {entries} WHERE block = 1;
+                 UPDATE ledger_blocks
+                 SET hash = sha256(convert_to('transplant-audit/ledger/block/v1', 'UTF8')
+                                   || prev_hash || int8send(block) || int8send(first_seq)
+                                   || int8send(last_seq) || int8send(length(entries)::bigint)
+                                   || entries)
+                 WHERE block = 1"
+            ),
+            &["block 1 (ledger_blocks)", "signature is not the registry's"],
+        ),
+    ];
+    each_named(&db, &digests, &attacks).await;
+}
+
+#[tokio::test]
+async fn rows_deleted_behind_the_service_are_named() {
+    let Scene {
+        db,
+        digests,
+        record,
+        flag,
+    } = scene().await;
+    let record_seq = format!("SELECT ledger_seq FROM records WHERE id = {record}");
+    let record_seq = number(&db, &record_seq).await;
+    let step =
+        |n| format!("SELECT ledger_seq FROM flag_events WHERE flag_id = {flag} AND step = {n}");
+    let (raised, confirmed) = (number(&db, &step(1)).await, number(&db, &step(3)).await);
+    let access = number(&db, "SELECT max(ledger_seq) FROM access_log").await;
+    let newest = number(&db, "SELECT max(block) FROM ledger_blocks").await;
+    let attacks = [
+        attack(
+            "the newest triage step, the flag's row rewound to match",
+            newest_step_deleted(flag),
+            &[&gone(confirmed, "flag_events"), "it is gone"],
+        ),
+        attack(
+            "every step of a flag, its row left",
+            format!("DELETE FROM flag_events WHERE flag_id = {flag}"),
+            &[&gone(raised, "flag_events")],
+        ),
+        attack(
+            "every step of a flag and its row",
+            format!(
+                "DELETE FROM flag_events WHERE flag_id = {flag}; DELETE FROM flags WHERE id = {flag}"
+            ),
+            &[&gone(raised, "flag_events")],
+        ),
+        attack(
+            "a record, its flags left",
+            format!("DELETE FROM records WHERE id = {record}"),
+            &[&gone(record_seq, "records")],
+        ),
+        attack(
+            "a record with its flags and their steps",
+            format!(
+                "DELETE FROM flag_events
+                 WHERE flag_id IN (SELECT id FROM flags WHERE record_id = {record});
+                 DELETE FROM flags WHERE record_id = {record};
+                 DELETE FROM records WHERE id = {record}"
+            ),
+            &[&gone(record_seq, "records")],
+        ),
+        attack(
+            "records, versions, flags and steps truncated",
+            "TRUNCATE records, record_versions, flags, flag_events CASCADE",
+            &[&gone(record_seq, "records")],
+        ),
+        attack(
+            "an access log entry",
+            format!("DELETE FROM access_log WHERE ledger_seq = {access}"),
+            &[&gone(access, "access_log")],
+        ),
+        attack(
+            "a block between others",
+            "DELETE FROM ledger_blocks WHERE block = 2",
+            &["block 2 (ledger_blocks)", "it is missing"],
+        ),
+        attack(
+            "the newest block",
+            format!("DELETE FROM ledger_blocks WHERE block = {newest}"),
+            &[
+                &format!("block {newest} (ledger_blocks)"),
+                "a digest kept outside the database names it, and it is gone",
+            ],
+        ),
+    ];
+    each_named(&db, &digests, &attacks).await;
 }
