@@ -352,6 +352,18 @@ fn id(text: &str) -> i64 {
     text.parse().expect("a numeric id")
 }
 
+/// Steps stored for a flag.
+async fn steps(db: &impl Db, flag: &pb::Flag) -> i64 {
+    number(
+        db,
+        &format!(
+            "SELECT count(*) FROM flag_events WHERE flag_id = {}",
+            flag.flag_id
+        ),
+    )
+    .await
+}
+
 /// Evidence in every kind of row the attacks change, sealed over at least
 /// three blocks: a clinic; an ABO-incompatible record whose flag an auditor
 /// took to CONFIRMED; the auditor's read of the case.
@@ -722,4 +734,52 @@ async fn rows_deleted_behind_the_service_are_named() {
         ),
     ];
     each_named(&db, &digests, &attacks).await;
+}
+
+#[tokio::test]
+async fn an_amendment_rolled_back_from_a_snapshot_is_named() {
+    let app = spawn_app().await;
+    upsert(&app, clinic(CLINIC, "DE")).await;
+    let flag = flag_of(&app, abo_incompatible("ROLL-1"), "ABO_INCOMPATIBLE").await;
+    sealed_digests(&app).await;
+    // The insider's snapshot of the record, its versions, flags and steps.
+    let rolled_back = ["records", "record_versions", "flags", "flag_events"];
+    keep(&app, &rolled_back).await;
+    // ABO-compatible after all: the flag is cleared.
+    let ack = amend(&app, kidney("ROLL-1"), "donor blood group mistyped")
+        .await
+        .expect("amended");
+    assert_eq!(ack.version, 2);
+    let digests = sealed_digests(&app).await;
+    let db = stop(app).await;
+    let cleared = number(
+        &db,
+        &format!(
+            "SELECT count(*) FROM flag_events WHERE flag_id = {} AND kind IN ('REEVALUATED', 'CLEARED')",
+            flag.flag_id
+        ),
+    )
+    .await;
+    assert_eq!(cleared, 1, "the amendment took a step on the flag");
+    assert_eq!(number(&db, "SELECT count(*) FROM record_versions").await, 1);
+    assert_intact(&db, &digests);
+
+    // Columns, content hash, chain head, version, reason, times and ledger
+    // columns of the record, its flag's row: as before; the archived version
+    // and the amendment's steps: gone.
+    put_back(&db, &rolled_back).await;
+    assert_eq!(
+        number(&db, "SELECT max(version)::bigint FROM records").await,
+        1
+    );
+    assert_eq!(steps(&db, &flag).await, 1, "only the RAISED step is left");
+    assert_named(
+        &db,
+        &digests,
+        "an amendment rolled back",
+        &[
+            &format!("record {} version 1 (records)", flag.record_id),
+            "rewound",
+        ],
+    );
 }
