@@ -17,6 +17,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tonic::Code;
 use transplant_audit::domain::Role;
+use transplant_audit::domain::ledger::{Digest, SigningKey};
 use transplant_audit::wire::pb;
 use transplant_audit::wire::pb::admin_service_client::AdminServiceClient;
 use transplant_audit::wire::pb::audit_service_client::AuditServiceClient;
@@ -1130,4 +1131,59 @@ async fn a_revoked_key_put_back_does_not_authenticate() {
         .expect_err("a revoked key, however its row reads now");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     app.stop().await;
+}
+
+// ---------------------------------------------------------------- digests
+
+#[tokio::test]
+async fn digests_not_signed_by_the_registry_are_refused() {
+    let app = spawn_app().await;
+    let digests = sealed_digests(&app).await;
+    let db = stop(app).await;
+    assert_intact(&db, &digests);
+    let (earlier, last) = digests
+        .trim_end()
+        .rsplit_once('\n')
+        .unwrap_or(("", digests.trim_end()));
+    let last: Digest = serde_json::from_str(last).expect("a digest");
+    let hash: [u8; 32] = hex::decode(&last.hash)
+        .expect("hex")
+        .try_into()
+        .expect("32 bytes");
+    let block = format!("block {} (ledger_blocks)", last.block);
+    let other = SigningKey::from_seed(&[0x77; 32]);
+    let forged = [
+        (
+            "signed by another key",
+            Digest::sign(&other, last.block, last.last_seq, &hash, last.sealed_at),
+            "not by the trusted key",
+        ),
+        (
+            "its sequence number edited",
+            Digest {
+                last_seq: last.last_seq - 1,
+                ..last.clone()
+            },
+            "its signature does not match its fields",
+        ),
+        (
+            "its hash edited",
+            Digest {
+                hash: hex::encode([0x11; 32]),
+                ..last.clone()
+            },
+            "its signature does not match its fields",
+        ),
+    ];
+    for (what, digest, why) in forged {
+        let lines = format!(
+            "{earlier}\n{}\n",
+            serde_json::to_string(&digest).expect("json")
+        );
+        assert_named(&db, &lines, what, &[block.as_str(), why]);
+    }
+    let keyless = run_verify(&db, &digests, None);
+    let said = String::from_utf8_lossy(&keyless.stderr);
+    assert_eq!(keyless.status.code(), Some(2), "a usage error: {said}");
+    assert!(said.contains("--public-key"), "{said}");
 }
