@@ -14,10 +14,12 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use tonic::Code;
 use transplant_audit::domain::Role;
 use transplant_audit::domain::ledger::{Digest, SigningKey};
+use transplant_audit::rules::RulesConfig;
+use transplant_audit::store::MIGRATOR;
 use transplant_audit::wire::pb;
 use transplant_audit::wire::pb::admin_service_client::AdminServiceClient;
 use transplant_audit::wire::pb::audit_service_client::AuditServiceClient;
@@ -1186,4 +1188,87 @@ async fn digests_not_signed_by_the_registry_are_refused() {
     let said = String::from_utf8_lossy(&keyless.stderr);
     assert_eq!(keyless.status.code(), Some(2), "a usage error: {said}");
     assert!(said.contains("--public-key"), "{said}");
+}
+
+// ---------------------------------------------------------------- a database from before the ledger
+
+/// A database with every migration applied but the ledger's (the last).
+async fn before_the_ledger() -> String {
+    let url = fresh_database().await;
+    let (last, earlier) = MIGRATOR.migrations.split_last().expect("migrations");
+    assert!(last.description.contains("ledger"), "{}", last.description);
+    let behind = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(earlier.to_vec()),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+    behind
+        .run(&mut conn)
+        .await
+        .expect("migrate all but the ledger");
+    conn.close().await.expect("close");
+    url
+}
+
+#[tokio::test]
+async fn rows_from_before_the_ledger_are_adopted_once() {
+    let url = before_the_ledger().await;
+    let (key_id, secret) = (
+        "1e9ac0000001",
+        "an-auditor-key-issued-before-the-ledger-existed",
+    );
+    let pool = PgPool::connect(&url).await.expect("connect");
+    sqlx::raw_sql(&format!(
+        "INSERT INTO api_keys (key_id, secret_hash, role, description, created_at)
+         VALUES ('{key_id}', sha256(convert_to('{secret}', 'UTF8')), 'AUDITOR', 'legacy',
+                 '2026-01-05T09:00:00Z');
+         INSERT INTO clinic_versions (clinic_id, version, name, country, licensed_organs,
+                                      licence_valid_from, status, recorded_at)
+         VALUES ('DE-OLD-01', 1, 'An old centre', 'DE', '{{KIDNEY,LIVER}}',
+                 '2010-01-01T00:00:00Z', 'ACTIVE', '2026-01-05T09:00:00Z');
+         INSERT INTO clinics (clinic_id, current_version, country) VALUES ('DE-OLD-01', 1, 'DE');
+         INSERT INTO imports (file_sha256, file_name, lines_done, accepted, duplicates, rejected,
+                              started_at, updated_at, finished_at)
+         VALUES (sha256('legacy'), 'legacy.ndjson', 10, 9, 0, 1, '2026-01-05T09:00:00Z',
+                 '2026-01-05T09:01:00Z', '2026-01-05T09:01:00Z')"
+    ))
+    .execute(&pool)
+    .await
+    .expect("rows as the old service wrote them");
+    pool.close().await;
+
+    // `migrate` (as `serve` does before it serves) migrates and adopts.
+    let db = Offline {
+        pool: PgPool::connect(&url).await.expect("connect"),
+        url: url.clone(),
+    };
+    let migrated = binary(&db, &["migrate"]);
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    let app = spawn_app_on(&url, RulesConfig::default()).await;
+    AuditServiceClient::new(app.authed(&format!("ta_{key_id}_{secret}")))
+        .list_flags(pb::ListFlagsRequest::default())
+        .await
+        .expect("the legacy key authenticates");
+    let digests = sealed_digests(&app).await;
+    assert_intact(&app, &digests);
+    let db = stop(app).await;
+
+    // After the first block, a row without a MAC is a break, not a row to adopt.
+    let stripped = "a legacy row's MAC removed";
+    tamper(&db, "UPDATE imports SET ledger_mac = NULL").await;
+    let import = ["import of legacy.ndjson (imports)"];
+    assert_named(&db, &digests, stripped, &import);
+    let migrated = binary(&db, &["migrate"]);
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    let unmaced = number(&db, "SELECT count(*) FROM imports WHERE ledger_mac IS NULL").await;
+    assert_eq!(unmaced, 1, "adopted once only");
+    assert_named(&db, &digests, stripped, &import);
 }
