@@ -6,6 +6,7 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::domain::FlagFilter;
+use crate::domain::validation::check_note;
 use crate::domain::{FlagStatus, Violations};
 use crate::rules::RuleId;
 use crate::store::feed::FeedCursor;
@@ -19,6 +20,9 @@ use super::{page_token, trace_id};
 use crate::wire::convert::{event_to_proto, flag_to_proto, instant, record_to_proto, required};
 use crate::wire::pb;
 use crate::wire::pb::audit_service_server::AuditService;
+
+/// The longest triage note accepted.
+const MAX_NOTE_LEN: usize = 4000;
 
 /// The gRPC face of flags and triage.
 #[derive(Clone, Debug)]
@@ -151,10 +155,8 @@ impl AuditService for AuditApi {
         let id = parse_id(&mut v, "flag_id", &req.flag_id);
         let to: Option<FlagStatus> = required(&mut v, "status", req.status);
         let revision = parse_id(&mut v, "etag", &req.etag);
-        if req.note.len() > 4000 {
-            v.add("note", "must be at most 4000 bytes");
-        }
-        v.check_storable("note", &req.note);
+        let note_required = to.is_some_and(FlagStatus::needs_note);
+        check_note(&mut v, "note", &req.note, MAX_NOTE_LEN, note_required);
         let (Some(id), Some(to), Some(revision), true) = (id, to, revision, v.is_empty()) else {
             return Err(invalid(v));
         };

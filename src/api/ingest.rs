@@ -10,6 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::domain::validation::check_note;
 use crate::domain::{Caller, Submission, Violations};
 use crate::ingest::stream::{Check, StreamLimits};
 use crate::ingest::{Ack, IngestError, Ingestor, Outcome};
@@ -250,12 +251,7 @@ impl IngestService for IngestApi {
         authorize(caller(&request)?, req.record.as_ref(), &parsed)?;
         let reason = req.reason.trim();
         let mut violations = parsed.as_ref().err().cloned().unwrap_or_default();
-        if reason.is_empty() {
-            violations.missing("reason");
-        } else if reason.len() > MAX_REASON_LEN {
-            violations.add("reason", format!("must be at most {MAX_REASON_LEN} bytes"));
-        }
-        violations.check_storable("reason", reason);
+        check_note(&mut violations, "reason", reason, MAX_REASON_LEN, true);
         let submission = match parsed {
             Ok(s) if violations.is_empty() => s,
             _ => return Err(invalid(violations)),

@@ -20,6 +20,7 @@ mod rescan;
 mod scenarios;
 mod server;
 mod telemetry;
+mod tenants;
 mod tls;
 mod validation;
 mod watch;
