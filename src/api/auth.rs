@@ -17,7 +17,7 @@ use super::status::ApiError;
 
 use super::client_cert;
 use crate::domain::access::PresentedKey;
-use crate::domain::{Caller, Role};
+use crate::domain::{Caller, HospitalId, Role};
 use crate::store::Store;
 use crate::store::keys::StoredKey;
 use crate::wire::pb;
@@ -95,7 +95,7 @@ impl Authenticator {
         Ok(Caller {
             key_id: stored.key.key_id,
             role: stored.key.role,
-            hospital_id: stored.key.hospital_id,
+            hospital_id: stored.key.hospital_id.as_deref().map(HospitalId::normalize),
         })
     }
 
@@ -178,9 +178,14 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Result<&Caller, ApiError> {
         .ok_or(ApiError::KeyMissing)
 }
 
-/// Refuses a hospital key acting for another hospital, and logs the denial.
+/// Refuses a hospital key acting for another hospital (ids compared in
+/// their normal form), and logs the denial.
 pub fn check_hospital(caller: &Caller, hospital_id: &str) -> Result<(), ApiError> {
-    if caller.role == Role::Hospital && caller.hospital_id.as_deref() != Some(hospital_id) {
+    let own = caller
+        .hospital_id
+        .as_ref()
+        .is_some_and(|h| h.is(hospital_id));
+    if caller.role == Role::Hospital && !own {
         tracing::warn!(key_id = %caller.key_id, "record for another hospital refused");
         return Err(ApiError::OtherHospital);
     }
@@ -227,7 +232,7 @@ pub struct AuthService<S> {
 
 /// Refuses a hospital key used without its hospital's client certificate.
 fn check_client_cert<B>(request: &http::Request<B>, caller: &Caller) -> Result<(), ApiError> {
-    let Some(hospital) = caller.hospital_id.as_deref() else {
+    let Some(hospital) = &caller.hospital_id else {
         return Ok(());
     };
     let bound = client_cert::presented(request)
@@ -331,9 +336,13 @@ mod tests {
         let hospital = Caller {
             key_id: "k".into(),
             role: Role::Hospital,
-            hospital_id: Some("H-1".into()),
+            hospital_id: Some(HospitalId::normalize("H-1")),
         };
         assert!(check_hospital(&hospital, "H-1").is_ok());
+        assert!(
+            check_hospital(&hospital, " h-1 ").is_ok(),
+            "one normal form"
+        );
         assert!(matches!(
             check_hospital(&hospital, "H-2"),
             Err(ApiError::OtherHospital)

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::domain::validation::check_note;
-use crate::domain::{Caller, Submission, Violations};
+use crate::domain::{Caller, HospitalId, Submission, Violations};
 use crate::ingest::stream::{Check, StreamLimits};
 use crate::ingest::{Ack, IngestError, Ingestor, Outcome};
 use crate::server::ServeOptions;
@@ -125,7 +125,7 @@ fn is_rejection(code: tonic::Code) -> bool {
 
 /// The hospital label of the caller's records (keys other than HOSPITAL keys have none).
 fn hospital_label(caller: &Caller) -> &str {
-    caller.hospital_id.as_deref().unwrap_or("")
+    caller.hospital_id.as_ref().map_or("", HospitalId::as_str)
 }
 
 /// Counts an acknowledged record by its outcome.

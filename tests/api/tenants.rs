@@ -5,9 +5,13 @@
 //! Each test is an attack that succeeded before these defences.
 
 use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use transplant_audit::domain::Role;
 use transplant_audit::wire::pb;
+use transplant_audit::wire::pb::ingest_service_client::IngestServiceClient;
 
 use crate::helpers::*;
+use crate::tls::{tls_channel, tls_server};
 
 /// A flag in review, ready to be closed with a note.
 async fn flag_in_review(app: &TestApp, ext: &str) -> pb::Flag {
@@ -88,4 +92,126 @@ async fn notes_that_reorder_or_hide_their_text_are_refused_and_change_nothing() 
         .await
         .expect("a plain reason");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_hospital_id_is_one_hospital_however_it_is_spelled() {
+    let app = spawn_app().await;
+    let created = app
+        .admin
+        .clone()
+        .create_api_key(pb::CreateApiKeyRequest {
+            role: pb::Role::Hospital as i32,
+            hospital_id: " h-de-007 ".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("a key for a spelling of H-DE-007")
+        .into_inner();
+    assert_eq!(created.key.expect("key").hospital_id, "H-DE-007");
+    let mut hospital = IngestServiceClient::new(app.authed(&created.token));
+    let mut record = abo_incompatible("SPELL-1");
+    record.hospital_id = "H-DE-007".into();
+    let mut respelled = record.clone();
+    respelled.hospital_id = "\th-De-007 ".into();
+    for r in [record, respelled] {
+        let ack = hospital
+            .submit_record(pb::SubmitRecordRequest { record: Some(r) })
+            .await
+            .expect("its own hospital, however spelled")
+            .into_inner()
+            .ack
+            .expect("ack");
+        assert_ne!(ack.outcome, pb::Outcome::Rejected as i32, "{ack:?}");
+    }
+    let stored: Vec<String> = sqlx::query_scalar("SELECT hospital_id FROM records")
+        .fetch_all(&app.pool)
+        .await
+        .expect("records");
+    assert_eq!(stored, ["H-DE-007"], "one record, in the normal form");
+    let flags = all_flags(
+        &app,
+        pb::ListFlagsRequest {
+            hospital_id: "h-de-007".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(
+        !flags.is_empty() && flags.iter().all(|f| f.external_record_id == "SPELL-1"),
+        "the filter reads the normal form too: {flags:?}"
+    );
+
+    // A key stored before ids were normalised still speaks for its hospital.
+    let legacy = create_key(&app.store, Role::Hospital, Some("H-DE-008")).await;
+    sqlx::query("UPDATE api_keys SET hospital_id = 'h-de-008' WHERE key_id = $1")
+        .bind(legacy.split('_').nth(1).expect("key id"))
+        .execute(&app.pool)
+        .await
+        .expect("a legacy spelling");
+    let mut theirs = kidney("SPELL-2");
+    theirs.hospital_id = "H-DE-008".into();
+    IngestServiceClient::new(app.authed(&legacy))
+        .submit_record(pb::SubmitRecordRequest {
+            record: Some(theirs),
+        })
+        .await
+        .expect("the legacy key's own hospital");
+    let mut other = kidney("SPELL-3");
+    other.hospital_id = "H-DE-0078".into();
+    let status = hospital
+        .submit_record(pb::SubmitRecordRequest {
+            record: Some(other),
+        })
+        .await
+        .expect_err("another hospital");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_certificate_binds_its_hospital_however_either_side_spells_it() {
+    let database_url = fresh_database().await;
+    let app = spawn_app_on(&database_url, Default::default()).await;
+    let hospital = create_key(&app.store, Role::Hospital, Some("H-DE-001")).await;
+    // As a key created before ids were normalised spelled it.
+    sqlx::query("UPDATE api_keys SET hospital_id = 'h-de-001' WHERE key_id = $1")
+        .bind(hospital.split('_').nth(1).expect("key id"))
+        .execute(&app.pool)
+        .await
+        .expect("a legacy spelling");
+    app.stop().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server_ca, clients) = (Ca::new("server CA"), Ca::new("client CA"));
+    let server = tls_server(&database_url, dir.path(), &server_ca, Some(&clients)).await;
+    let submit = |identity: (String, String), hospital_id: &'static str| {
+        let (server, server_ca, token) = (&server, &server_ca, hospital.clone());
+        async move {
+            let channel = tls_channel(server, server_ca, Some(&identity))
+                .await
+                .expect("connects");
+            let mut record = kidney(&format!("CERT-{}", hospital_id.trim()));
+            record.hospital_id = hospital_id.into();
+            IngestServiceClient::new(InterceptedService::new(channel, Bearer::new(&token)))
+                .submit_record(pb::SubmitRecordRequest {
+                    record: Some(record),
+                })
+                .await
+        }
+    };
+    // Key h-de-001, certificate H-De-001, record "H-DE-001 ": one hospital.
+    submit(clients.issue(&["H-De-001"]), "H-DE-001 ")
+        .await
+        .expect("the key's hospital, its certificate, its record");
+    let denied = submit(clients.issue(&["H-DE-0010"]), "H-DE-001")
+        .await
+        .expect_err("another hospital's certificate");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    server.signal(libc::SIGTERM);
+    let _ = server.drain().await;
+    let stored: Vec<String> = sqlx::query_scalar("SELECT hospital_id FROM records")
+        .fetch_all(&sqlx::PgPool::connect(&database_url).await.expect("connect"))
+        .await
+        .expect("records");
+    assert_eq!(stored, ["H-DE-001"]);
 }

@@ -13,8 +13,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use chrono::{DateTime, Utc};
 
-use super::Role;
-use super::validation::{Violations, check_id};
+use super::validation::{Violations, check_hospital_id};
+use super::{HospitalId, Role};
 
 /// Who is calling, once authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub struct Caller {
     /// What the key may do.
     pub role: Role,
     /// For a HOSPITAL key, the one hospital it submits for.
-    pub hospital_id: Option<String>,
+    pub hospital_id: Option<HospitalId>,
 }
 
 /// What a new key is for, checked.
@@ -52,7 +52,9 @@ impl KeySpec {
     ) -> Result<Self, Violations> {
         let mut v = Violations::default();
         let hospital_id = match (role, hospital_id.filter(|h| !h.is_empty())) {
-            (Role::Hospital, Some(h)) => check_id(&mut v, "hospital_id", h),
+            (Role::Hospital, Some(h)) => {
+                check_hospital_id(&mut v, "hospital_id", h).map(HospitalId::into_string)
+            }
             (Role::Hospital, None) => {
                 v.add("hospital_id", "is required for a HOSPITAL key");
                 None
@@ -214,6 +216,13 @@ mod tests {
                 .hospital_id,
             None
         );
+    }
+
+    #[test]
+    fn hospital_keys_name_their_hospital_in_its_normal_form() {
+        let now = Utc::now();
+        let spec = KeySpec::new(Role::Hospital, Some(" h-de-001 "), "", None, now).unwrap();
+        assert_eq!(spec.hospital_id.as_deref(), Some("H-DE-001"));
     }
 
     #[test]

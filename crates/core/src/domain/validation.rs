@@ -7,7 +7,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use super::{Laterality, Organ};
+use super::{HospitalId, Laterality, Organ};
 
 /// One bad field: its path in the request (`donor.age_years`) and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,6 +238,17 @@ pub fn check_note(
     }
 }
 
+/// Checks a hospital id and returns it in its normal form ([`HospitalId`]):
+/// present, at most [`MAX_ID_LEN`] bytes, printable.
+pub fn check_hospital_id(
+    v: &mut Violations,
+    field: impl fmt::Display,
+    value: &str,
+) -> Option<HospitalId> {
+    let id = HospitalId::normalize(value);
+    check_id(v, field, id.as_str()).map(|_| id)
+}
+
 /// Checks an age in years against 0–120.
 pub fn check_age(v: &mut Violations, field: impl fmt::Display, age: Option<i32>) -> Option<u8> {
     match age {
@@ -379,6 +390,23 @@ mod tests {
             note_violations(&blank, false).is_empty(),
             "optional notes may be blank"
         );
+    }
+
+    #[test]
+    fn hospital_ids_are_checked_in_their_normal_form() {
+        let mut v = Violations::default();
+        for spelling in ["H-DE-001", "h-de-001", "  H-de-001\t"] {
+            let id = check_hospital_id(&mut v, "hospital_id", spelling);
+            assert_eq!(id.as_ref().map(HospitalId::as_str), Some("H-DE-001"));
+        }
+        assert!(v.is_empty(), "{v:?}");
+        for bad in ["", "   ", "H\u{0}1", &"h".repeat(129)] {
+            assert!(
+                check_hospital_id(&mut v, "hospital_id", bad).is_none(),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(v.0.len(), 4);
     }
 
     #[test]
