@@ -23,6 +23,7 @@ use crate::api::auth::{AuthLayer, Authenticator};
 use crate::api::call_cap::ConcurrencyCap;
 use crate::api::ingest::IngestApi;
 use crate::api::observe::ObserveLayer;
+use crate::api::page_token::PageTokens;
 use crate::api::registry::RegistryApi;
 use crate::config::{self, TlsPem};
 use crate::domain::FingerprintKey;
@@ -60,6 +61,8 @@ pub struct App {
     pub ingestor: Ingestor,
     /// The rules in force.
     pub engine: Arc<Engine>,
+    /// The listings' page tokens.
+    pub page_tokens: PageTokens,
 }
 
 impl App {
@@ -67,11 +70,13 @@ impl App {
     /// records per ingest transaction.
     pub fn new(store: Store, engine: Engine, key: FingerprintKey, batch_size: usize) -> Self {
         let engine = Arc::new(engine);
+        let page_tokens = PageTokens::new(&key);
         let ingestor = Ingestor::new(store.clone(), engine.clone(), key, batch_size);
         Self {
             store,
             ingestor,
             engine,
+            page_tokens,
         }
     }
 }
@@ -313,14 +318,22 @@ impl Services {
         Self {
             ingest: IngestServiceServer::new(IngestApi::new(app.ingestor.clone(), options))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            registry: RegistryServiceServer::new(RegistryApi::new(app.store.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            audit: AuditServiceServer::new(AuditApi::new(app.store.clone(), feed))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            registry: RegistryServiceServer::new(RegistryApi::new(
+                app.store.clone(),
+                app.page_tokens.clone(),
+            ))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            audit: AuditServiceServer::new(AuditApi::new(
+                app.store.clone(),
+                feed,
+                app.page_tokens.clone(),
+            ))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
             admin: AdminServiceServer::new(AdminApi::new(
                 app.store.clone(),
                 app.engine.clone(),
                 auth.clone(),
+                app.page_tokens.clone(),
             ))
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
             auth,

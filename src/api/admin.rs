@@ -20,14 +20,14 @@ use crate::store::keys::ApiKey;
 use crate::store::rescan::TransplantRange;
 
 use super::auth::{Authenticator, caller};
-use super::page_token;
+use super::page_token::PageTokens;
 use super::status::{ApiError, Resource, invalid, invalid_field};
 use crate::wire::convert::{ProtoEnum, instant, required, timestamp};
 use crate::wire::listing::page_size;
 use crate::wire::pb;
 use crate::wire::pb::admin_service_server::AdminService;
 
-/// The filters of the key listing, for its page tokens: it has none.
+/// The listing name key page tokens are bound to.
 const KEYS_LISTING: &str = "keys";
 
 /// Progress messages buffered ahead of a slow reader; older ones are dropped.
@@ -39,16 +39,23 @@ pub struct AdminApi {
     store: Store,
     engine: Arc<Engine>,
     auth: Arc<Authenticator>,
+    tokens: PageTokens,
 }
 
 impl AdminApi {
-    /// Serves administration of `store` under `engine`'s rules; revocations
-    /// reach `auth` at once.
-    pub fn new(store: Store, engine: Arc<Engine>, auth: Arc<Authenticator>) -> Self {
+    /// Serves administration of `store` under `engine`'s rules, paging with
+    /// `tokens`; revocations reach `auth` at once.
+    pub fn new(
+        store: Store,
+        engine: Arc<Engine>,
+        auth: Arc<Authenticator>,
+        tokens: PageTokens,
+    ) -> Self {
         Self {
             store,
             engine,
             auth,
+            tokens,
         }
     }
 }
@@ -209,7 +216,7 @@ impl AdminService for AdminApi {
         let req = request.get_ref();
         let limit = page_size(req.page_size).map_err(invalid)?;
         let before =
-            match page_token::decode(KEYS_LISTING, &req.page_token)? {
+            match self.tokens.decode(KEYS_LISTING, "", &req.page_token)? {
                 Some(cursor) => Some(cursor.parse::<i64>().map_err(|_| {
                     invalid_field("page_token", "is not a token this listing issued")
                 })?),
@@ -220,7 +227,7 @@ impl AdminService for AdminApi {
             keys: page.keys.iter().map(key_to_proto).collect(),
             next_page_token: page
                 .next_before
-                .map(|b| page_token::encode(KEYS_LISTING, &b.to_string()))
+                .map(|b| self.tokens.encode(KEYS_LISTING, "", &b.to_string()))
                 .unwrap_or_default(),
         }))
     }

@@ -15,8 +15,9 @@ use crate::watch::{self, FlagFeed};
 use crate::wire::listing;
 
 use super::auth::caller;
+use super::page_token::PageTokens;
 use super::status::{ApiError, Resource, invalid};
-use super::{page_token, trace_id};
+use super::trace_id;
 use crate::wire::convert::{event_to_proto, flag_to_proto, instant, record_to_proto, required};
 use crate::wire::pb;
 use crate::wire::pb::audit_service_server::AuditService;
@@ -29,12 +30,21 @@ const MAX_NOTE_LEN: usize = 4000;
 pub struct AuditApi {
     store: Store,
     feed: FlagFeed,
+    tokens: PageTokens,
 }
 
+/// The listing name flag page tokens are bound to.
+const FLAGS_LISTING: &str = "flags";
+
 impl AuditApi {
-    /// Serves the flags kept in `store`, waking watchers from `feed`.
-    pub fn new(store: Store, feed: FlagFeed) -> Self {
-        Self { store, feed }
+    /// Serves the flags kept in `store`, waking watchers from `feed`,
+    /// paging with `tokens`.
+    pub fn new(store: Store, feed: FlagFeed, tokens: PageTokens) -> Self {
+        Self {
+            store,
+            feed,
+            tokens,
+        }
     }
 }
 
@@ -101,7 +111,10 @@ impl AuditService for AuditApi {
         let limit = listing::page_size(req.page_size).map_err(invalid)?;
         let filter = listing::flag_filter(req).map_err(invalid)?;
         let filters = format!("{filter:?}");
-        let before = match page_token::decode(&filters, &req.page_token)? {
+        let before = match self
+            .tokens
+            .decode(FLAGS_LISTING, &filters, &req.page_token)?
+        {
             Some(cursor) => Some(cursor.parse::<i64>().map_err(|_| {
                 super::status::invalid_field("page_token", "is not a token this listing issued")
             })?),
@@ -112,7 +125,7 @@ impl AuditService for AuditApi {
             flags: page.flags.iter().map(flag_to_proto).collect(),
             next_page_token: page
                 .next_before
-                .map(|b| page_token::encode(&filters, &b.to_string()))
+                .map(|b| self.tokens.encode(FLAGS_LISTING, &filters, &b.to_string()))
                 .unwrap_or_default(),
         }))
     }

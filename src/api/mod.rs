@@ -12,7 +12,7 @@ pub mod client_cert;
 mod hostile_input;
 pub mod ingest;
 pub mod observe;
-mod page_token;
+pub mod page_token;
 pub mod registry;
 pub mod status;
 

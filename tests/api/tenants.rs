@@ -8,7 +8,10 @@ use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use transplant_audit::domain::Role;
 use transplant_audit::wire::pb;
+use transplant_audit::wire::pb::admin_service_client::AdminServiceClient;
+use transplant_audit::wire::pb::audit_service_client::AuditServiceClient;
 use transplant_audit::wire::pb::ingest_service_client::IngestServiceClient;
+use transplant_audit::wire::pb::registry_service_client::RegistryServiceClient;
 
 use crate::helpers::*;
 use crate::tls::{tls_channel, tls_server};
@@ -214,4 +217,128 @@ async fn a_client_certificate_binds_its_hospital_however_either_side_spells_it()
         .await
         .expect("records");
     assert_eq!(stored, ["H-DE-001"]);
+}
+
+#[tokio::test]
+async fn forged_or_altered_page_tokens_are_invalid_argument_on_every_listing() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    let app = spawn_app().await;
+    for i in 0..3 {
+        submit(&app, abo_incompatible(&format!("PAGE-{i}")))
+            .await
+            .expect("flagged");
+        app.registry
+            .clone()
+            .upsert_clinic(pb::UpsertClinicRequest {
+                clinic: Some(clinic(&format!("DE-PAGE-{i}"), "DE")),
+            })
+            .await
+            .expect("a clinic");
+    }
+    let mut audit = AuditServiceClient::new(app.authed(&app.auditor_token));
+    let mut registry = RegistryServiceClient::new(app.authed(&app.admin_token));
+    let mut admin = AdminServiceClient::new(app.authed(&app.admin_token));
+    let real = [
+        audit
+            .list_flags(pb::ListFlagsRequest {
+                page_size: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("flags")
+            .into_inner()
+            .next_page_token,
+        registry
+            .list_clinics(pb::ListClinicsRequest {
+                page_size: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("clinics")
+            .into_inner()
+            .next_page_token,
+        admin
+            .list_api_keys(pb::ListApiKeysRequest {
+                page_size: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("keys")
+            .into_inner()
+            .next_page_token,
+    ];
+    assert!(real.iter().all(|t| !t.is_empty()), "{real:?}");
+    let altered = |token: &str| {
+        let mut raw = URL_SAFE_NO_PAD.decode(token).expect("base64");
+        let last = raw.len() - 1;
+        raw[last] ^= 0x01;
+        URL_SAFE_NO_PAD.encode(raw)
+    };
+    // Tokens as the unsigned layout spelled them: the filters' digest then
+    // the position, here a NUL (which once reached Postgres) or another id.
+    let unsigned =
+        |position: &str| URL_SAFE_NO_PAD.encode(format!("v1|{}|{position}", "0123456789abcdef"));
+    let mut forged: Vec<String> = real.iter().map(|t| altered(t)).collect();
+    forged.extend([
+        unsigned("\u{0}"),
+        unsigned("1"),
+        unsigned("DE-PAGE-0' OR '1'='1"),
+        real[1].clone(), // a clinics token on other listings, and so on
+        real[2].clone(),
+        real[0].clone(),
+        "%%%".into(),
+        "A".repeat(5000),
+    ]);
+    let mut wrong = Vec::new();
+    for token in &forged {
+        let answers = [
+            (
+                "ListFlags",
+                audit
+                    .list_flags(pb::ListFlagsRequest {
+                        page_token: token.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "ListClinics",
+                registry
+                    .list_clinics(pb::ListClinicsRequest {
+                        page_token: token.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "ListApiKeys",
+                admin
+                    .list_api_keys(pb::ListApiKeysRequest {
+                        page_token: token.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop),
+            ),
+        ];
+        for (listing, answer) in answers {
+            let own = real
+                .iter()
+                .position(|t| t == token)
+                .is_some_and(|i| ["ListFlags", "ListClinics", "ListApiKeys"][i] == listing);
+            match answer {
+                Ok(()) if own => {}
+                Err(s)
+                    if s.code() == Code::InvalidArgument
+                        && violated_fields(&s) == ["page_token"] => {}
+                other => wrong.push(format!("{listing} with {token:.40}: {other:?}")),
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    app.stop().await;
 }
