@@ -61,6 +61,8 @@ pub struct App {
     pub ingestor: Ingestor,
     /// The rules in force.
     pub engine: Arc<Engine>,
+    /// The API keys' check.
+    pub auth: Arc<Authenticator>,
     /// The listings' page tokens.
     pub page_tokens: PageTokens,
 }
@@ -73,6 +75,7 @@ impl App {
         let page_tokens = PageTokens::new(&key);
         let ingestor = Ingestor::new(store.clone(), engine.clone(), key, batch_size);
         Self {
+            auth: Arc::new(Authenticator::new(store.clone())),
             store,
             ingestor,
             engine,
@@ -225,6 +228,10 @@ pub async fn serve(
         .set_service_status(LIVENESS, ServingStatus::Serving)
         .await;
     let watcher = tokio::spawn(watch_database(app.store.clone(), health.clone()));
+    if let Err(e) = app.auth.refresh().await {
+        tracing::warn!(error = %e, "cannot read the API keys yet; calls are refused until they are");
+    }
+    let keys = tokio::spawn(app.auth.clone().keep_fresh());
     let (reflection_v1, reflection_v1alpha) = reflection()?;
     let (feed, feed_handle) = FlagFeed::start(app.store.clone());
     let services = Services::new(&app, &options, feed);
@@ -277,6 +284,7 @@ pub async fn serve(
         }
     };
     watcher.abort();
+    keys.abort();
     if let Some(health_only) = health_only {
         health_only.abort();
     }
@@ -314,7 +322,7 @@ struct Services {
 
 impl Services {
     fn new(app: &App, options: &ServeOptions, feed: FlagFeed) -> Self {
-        let auth = Arc::new(Authenticator::new(app.store.clone()));
+        let auth = app.auth.clone();
         Self {
             ingest: IngestServiceServer::new(IngestApi::new(app.ingestor.clone(), options))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),

@@ -44,7 +44,7 @@ pub struct AdminApi {
 
 impl AdminApi {
     /// Serves administration of `store` under `engine`'s rules, paging with
-    /// `tokens`; revocations reach `auth` at once.
+    /// `tokens`; keys created and revoked reach `auth` at once.
     pub fn new(
         store: Store,
         engine: Arc<Engine>,
@@ -202,6 +202,7 @@ impl AdminService for AdminApi {
             ApiError::Internal
         })?;
         let key = self.store.create_key(&new, &spec).await?;
+        self.auth.learn(&key.key_id);
         tracing::info!(by = %admin, key_id = %key.key_id, role = %key.role, "API key created");
         Ok(Response::new(pb::CreateApiKeyResponse {
             key: Some(key_to_proto(&key)),

@@ -18,6 +18,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use transplant_audit::api::auth::Authenticator;
 use transplant_audit::domain::access::{KeySpec, NewApiKey};
 use transplant_audit::domain::{ChainKey, FingerprintKey, Role, Submission};
 use transplant_audit::ingest::Ingestor;
@@ -80,6 +81,8 @@ pub struct TestApp {
     pub database_url: String,
     /// The store, to create keys behind the API.
     pub store: Store,
+    /// The server's key check, to tell it about keys made behind its back.
+    pub auth: Arc<Authenticator>,
     /// The tokens of the keys the clients above use.
     pub admin_token: String,
     pub auditor_token: String,
@@ -107,7 +110,20 @@ pub async fn create_key(store: &Store, role: Role, hospital_id: Option<&str>) ->
     new.token
 }
 
+/// The key id of a token (`ta_<key id>_<secret>`).
+pub fn key_id(token: &str) -> String {
+    token.split('_').nth(1).expect("key id").to_owned()
+}
+
 impl TestApp {
+    /// Creates a key straight in the store and tells the server at once, as
+    /// a key created through it (others learn of it within two seconds).
+    pub async fn key(&self, role: Role, hospital_id: Option<&str>) -> String {
+        let token = create_key(&self.store, role, hospital_id).await;
+        self.auth.learn(&key_id(&token));
+        token
+    }
+
     /// A client with this token.
     pub fn authed(&self, token: &str) -> Authed {
         InterceptedService::new(self.channel.clone(), Bearer::new(token))
@@ -118,7 +134,7 @@ impl TestApp {
         if let Some(client) = self.hospitals.lock().await.get(hospital_id) {
             return client.clone();
         }
-        let token = create_key(&self.store, Role::Hospital, Some(hospital_id)).await;
+        let token = self.key(Role::Hospital, Some(hospital_id)).await;
         let client = IngestServiceClient::new(self.authed(&token));
         self.hospitals
             .lock()
@@ -278,6 +294,7 @@ pub async fn spawn_app_configured(
         key,
         options.ingest_batch_size,
     );
+    let auth = app.auth.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel();
@@ -301,6 +318,9 @@ pub async fn spawn_app_configured(
     let admin_token = create_key(&store, Role::Admin, None).await;
     let auditor_token = create_key(&store, Role::Auditor, None).await;
     let hospital_token = create_key(&store, Role::Hospital, Some(DEFAULT_HOSPITAL)).await;
+    for token in [&admin_token, &auditor_token, &hospital_token] {
+        auth.learn(&key_id(token));
+    }
     let with = |token: &str| InterceptedService::new(channel.clone(), Bearer::new(token));
     let ingest = IngestServiceClient::new(with(&hospital_token));
     TestApp {
@@ -317,6 +337,7 @@ pub async fn spawn_app_configured(
         pool,
         database_url: database_url.to_owned(),
         store,
+        auth,
         admin_token,
         auditor_token,
         hospital_token,

@@ -4,6 +4,8 @@
 //! tokens, notes that hide their text, and hospital ids spelled two ways.
 //! Each test is an attack that succeeded before these defences.
 
+use std::sync::{Arc, Mutex};
+
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use transplant_audit::domain::Role;
@@ -146,9 +148,9 @@ async fn a_hospital_id_is_one_hospital_however_it_is_spelled() {
     );
 
     // A key stored before ids were normalised still speaks for its hospital.
-    let legacy = create_key(&app.store, Role::Hospital, Some("H-DE-008")).await;
+    let legacy = app.key(Role::Hospital, Some("H-DE-008")).await;
     sqlx::query("UPDATE api_keys SET hospital_id = 'h-de-008' WHERE key_id = $1")
-        .bind(legacy.split('_').nth(1).expect("key id"))
+        .bind(key_id(&legacy))
         .execute(&app.pool)
         .await
         .expect("a legacy spelling");
@@ -340,5 +342,119 @@ async fn forged_or_altered_page_tokens_are_invalid_argument_on_every_listing() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    app.stop().await;
+}
+
+/// A well-formed key that no one created.
+fn made_up_key(i: u32) -> String {
+    format!(
+        "ta_{:012x}_{}",
+        0xa000_0000_u64 + u64::from(i),
+        "Z".repeat(43)
+    )
+}
+
+/// Log lines written on this thread, for a server running on it.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().expect("lock"))
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_flood_of_made_up_keys_costs_no_key_lookup_and_few_log_lines() {
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .finish();
+    // The server runs on this test's one thread, so it logs here.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let app = spawn_app().await;
+    let lookups = app.auth.key_lookups();
+    let flood = 500;
+    for i in 0..flood {
+        let status = IngestServiceClient::new(app.authed(&made_up_key(i)))
+            .submit_record(pb::SubmitRecordRequest {
+                record: Some(kidney("FLOOD")),
+            })
+            .await
+            .expect_err("made up");
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert_eq!(reason(&status).0, "API_KEY_REFUSED");
+    }
+    assert_eq!(
+        app.auth.key_lookups(),
+        lookups,
+        "no key id the server does not hold is looked up"
+    );
+    let refusals: Vec<String> = log
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("unauthenticated call refused"))
+        .collect();
+    // One line a second at most (other tests' refusals share the budget).
+    assert!(
+        refusals.len() <= 5,
+        "{flood} refusals logged in {} lines",
+        refusals.len()
+    );
+    // A real key still works, and is looked up.
+    submit(&app, kidney("REAL-1")).await.expect("a real key");
+    assert_eq!(app.auth.key_lookups(), lookups + 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn keys_made_and_revoked_behind_the_servers_back_count_within_seconds() {
+    let app = spawn_app().await;
+    // As `keys create` or another replica would: straight in the store.
+    let token = create_key(&app.store, Role::Auditor, None).await;
+    let mut audit = AuditServiceClient::new(app.authed(&token));
+    let works = |audit: &mut AuditServiceClient<Authed>| {
+        let mut audit = audit.clone();
+        async move {
+            audit
+                .list_flags(pb::ListFlagsRequest::default())
+                .await
+                .map(drop)
+        }
+    };
+    let mut waited = 0;
+    while let Err(status) = works(&mut audit).await {
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        waited += 1;
+        assert!(waited < 100, "the new key never worked");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    app.store
+        .revoke_key(&key_id(&token))
+        .await
+        .expect("revoked elsewhere");
+    let mut waited = 0;
+    while works(&mut audit).await.is_ok() {
+        waited += 1;
+        assert!(waited < 100, "the revoked key kept working");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     app.stop().await;
 }
