@@ -24,6 +24,7 @@ use crate::api::call_cap::ConcurrencyCap;
 use crate::api::ingest::IngestApi;
 use crate::api::observe::ObserveLayer;
 use crate::api::page_token::PageTokens;
+use crate::api::quota::TenantCap;
 use crate::api::registry::RegistryApi;
 use crate::config::{self, TlsPem};
 use crate::domain::FingerprintKey;
@@ -128,6 +129,21 @@ pub struct ServeOptions {
     /// RESOURCE_EXHAUSTED. A stream counts until its last batch is stored.
     #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 32)]
     pub max_concurrent_streams: usize,
+
+    /// SubmitRecords streams one tenant (a hospital's keys together, or
+    /// another key) may have open at once; more are refused with
+    /// RESOURCE_EXHAUSTED. MAX_CONCURRENT_STREAMS stays the server's cap.
+    #[arg(long, env = "MAX_STREAMS_PER_TENANT", default_value_t = 8)]
+    pub max_streams_per_tenant: usize,
+
+    /// Calls one tenant may have in flight at once; more are refused with
+    /// RESOURCE_EXHAUSTED. MAX_CONCURRENT_CALLS stays the server's cap.
+    #[arg(long, env = "MAX_CALLS_PER_TENANT", default_value_t = 64)]
+    pub max_calls_per_tenant: usize,
+
+    /// grpc.health.v1.Health/Watch streams open at once (probes use Check).
+    #[arg(long, env = "MAX_HEALTH_WATCHES", default_value_t = 8)]
+    pub max_health_watches: usize,
 
     /// Records one SubmitRecords stream may carry.
     #[arg(long, env = "MAX_STREAM_RECORDS", default_value_t = 1_000_000)]
@@ -246,9 +262,14 @@ pub async fn serve(
         builder = builder.tls_config(tls_config(tls))?;
     }
 
+    let tenant_cap = TenantCap::new(options.max_calls_per_tenant, options.max_health_watches);
     let (stop_accepting, accepting_stopped) = tokio::sync::watch::channel(false);
     let health_only = listeners.health.map(|listener| {
-        let router = Server::builder().add_service(health_service.clone());
+        // Check needs no key there either; a Watch does, and takes a slot.
+        let router = Server::builder()
+            .layer(AuthLayer::new(services.auth.clone(), false))
+            .layer(tenant_cap.clone())
+            .add_service(health_service.clone());
         tokio::spawn(router.serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
             stopped(accepting_stopped.clone()),
@@ -259,6 +280,7 @@ pub async fn serve(
         .layer(ObserveLayer)
         .layer(ConcurrencyCap::new(options.max_concurrent_calls))
         .layer(AuthLayer::new(services.auth, mutual_tls))
+        .layer(tenant_cap)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -49,7 +49,7 @@ const ADMIN: &str = pb::admin_service_server::SERVICE_NAME;
 /// Who may call a method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// Anyone, unauthenticated: the health check.
+    /// Anyone, unauthenticated: the health check (Check, not Watch).
     Open,
     /// Any valid key: server reflection.
     AnyRole,
@@ -64,7 +64,9 @@ pub fn access_for(path: &str) -> Access {
         .split_once('/')
         .unwrap_or((path, ""));
     match (service, method) {
-        (HEALTH, _) => Access::Open,
+        // Probes call Check; a Watch stream is held open, so it needs a key.
+        (HEALTH, "Check") => Access::Open,
+        (HEALTH, _) => Access::AnyRole,
         (INGEST, _) => Access::Roles(&[Role::Hospital]),
         (AUDIT, _) => Access::Roles(&[Role::Auditor]),
         (REGISTRY, "GetClinic" | "ListClinics") => Access::Roles(&[Role::Admin, Role::Auditor]),
@@ -432,6 +434,7 @@ mod tests {
     fn the_matrix() {
         use Access::*;
         assert_eq!(access_for("/grpc.health.v1.Health/Check"), Open);
+        assert_eq!(access_for("/grpc.health.v1.Health/Watch"), AnyRole);
         assert_eq!(
             access_for("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
             AnyRole

@@ -16,8 +16,10 @@ use crate::ingest::stream::{Check, StreamLimits};
 use crate::ingest::{Ack, IngestError, Ingestor, Outcome};
 use crate::server::ServeOptions;
 use crate::telemetry::metrics;
+use crate::throttled_warn;
 
 use super::auth::{caller, check_hospital};
+use super::quota::TenantQuota;
 use super::status::{ApiError, invalid, to_rpc_status};
 use crate::wire::convert::{submission, timestamp};
 use crate::wire::pb::ingest_service_server::IngestService;
@@ -34,6 +36,7 @@ const MAX_REASON_LEN: usize = 2000;
 pub struct IngestApi {
     ingestor: Ingestor,
     streams: Arc<Semaphore>,
+    tenant_streams: Arc<TenantQuota>,
     stream_limits: StreamLimits,
 }
 
@@ -43,6 +46,7 @@ impl IngestApi {
         Self {
             ingestor,
             streams: Arc::new(Semaphore::new(limits.max_concurrent_streams)),
+            tenant_streams: TenantQuota::new(limits.max_streams_per_tenant),
             stream_limits: StreamLimits {
                 max_records: limits.max_stream_records,
                 batch_size: limits.ingest_batch_size.max(1),
@@ -208,8 +212,15 @@ impl IngestService for IngestApi {
         request: Request<Streaming<pb::SubmitRecordsRequest>>,
     ) -> Result<Response<Self::SubmitRecordsStream>, Status> {
         let caller = caller(&request)?.clone();
+        let tenant = caller.tenant();
+        let tenant_permit = self.tenant_streams.try_acquire(&tenant).ok_or_else(|| {
+            throttled_warn!(%tenant, key_id = %caller.key_id, "stream refused: the tenant's open streams are at their quota");
+            Status::from(ApiError::TenantTooManyStreams {
+                limit: self.tenant_streams.limit(),
+            })
+        })?;
         let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
-            tracing::warn!(key_id = %caller.key_id, "stream refused: too many open streams");
+            throttled_warn!(key_id = %caller.key_id, "stream refused: too many open streams");
             Status::from(ApiError::TooManyStreams)
         })?;
         let (tx, rx) = mpsc::channel(ACK_BUFFER);
@@ -221,7 +232,7 @@ impl IngestService for IngestApi {
         tokio::spawn(
             async move {
                 // The stream counts among the open ones until its batches are stored.
-                let _permit = permit;
+                let _permits = (permit, tenant_permit);
                 ingestor.submit_stream(messages, check, limits, tx).await;
             }
             .instrument(tracing::Span::current()),

@@ -154,6 +154,30 @@ pub enum ApiError {
     /// The server has as many `SubmitRecords` streams open as it takes.
     #[error("too many SubmitRecords streams are open; retry later")]
     TooManyStreams,
+    /// The caller's tenant (its hospital, or the key) has as many calls in
+    /// flight as its quota allows.
+    #[error(
+        "this hospital or key has {limit} calls in flight, its quota; retry once one has ended"
+    )]
+    TenantTooManyCalls {
+        /// Calls in flight per tenant.
+        limit: usize,
+    },
+    /// The caller's tenant has as many `SubmitRecords` streams open as its
+    /// quota allows.
+    #[error(
+        "this hospital or key has {limit} SubmitRecords streams open, its quota; retry once one has ended"
+    )]
+    TenantTooManyStreams {
+        /// Open streams per tenant.
+        limit: usize,
+    },
+    /// As many `grpc.health.v1.Health/Watch` streams are open as the server takes.
+    #[error("{limit} health watches are open, as many as the server takes; use Health/Check")]
+    TooManyHealthWatches {
+        /// Health watches at once.
+        limit: usize,
+    },
     /// A stream carried more records than one stream may.
     #[error("a stream carries at most {limit} records; send the rest on a new stream")]
     StreamTooLong {
@@ -200,6 +224,21 @@ impl ApiError {
                 "TOO_MANY_STREAMS",
                 Some(RETRY_DELAY),
             ),
+            TenantTooManyCalls { .. } => (
+                Code::ResourceExhausted,
+                "TENANT_TOO_MANY_CALLS",
+                Some(RETRY_DELAY),
+            ),
+            TenantTooManyStreams { .. } => (
+                Code::ResourceExhausted,
+                "TENANT_TOO_MANY_STREAMS",
+                Some(RETRY_DELAY),
+            ),
+            TooManyHealthWatches { .. } => (
+                Code::ResourceExhausted,
+                "TOO_MANY_HEALTH_WATCHES",
+                Some(RETRY_DELAY),
+            ),
             // A new stream helps, not waiting.
             StreamTooLong { .. } => (Code::ResourceExhausted, "STREAM_TOO_LONG", None),
             Unavailable => (Code::Unavailable, "DATABASE_UNAVAILABLE", Some(RETRY_DELAY)),
@@ -214,6 +253,15 @@ impl ApiError {
             ApiError::StaleEtag { current } => [("etag".to_owned(), current.to_string())].into(),
             ApiError::StreamTooLong { limit } => {
                 [("max_stream_records".to_owned(), limit.to_string())].into()
+            }
+            ApiError::TenantTooManyCalls { limit } => {
+                [("max_calls_per_tenant".to_owned(), limit.to_string())].into()
+            }
+            ApiError::TenantTooManyStreams { limit } => {
+                [("max_streams_per_tenant".to_owned(), limit.to_string())].into()
+            }
+            ApiError::TooManyHealthWatches { limit } => {
+                [("max_health_watches".to_owned(), limit.to_string())].into()
             }
             _ => HashMap::new(),
         }
@@ -450,6 +498,9 @@ mod tests {
             },
             ApiError::TooManyCalls,
             ApiError::TooManyStreams,
+            ApiError::TenantTooManyCalls { limit: 4 },
+            ApiError::TenantTooManyStreams { limit: 2 },
+            ApiError::TooManyHealthWatches { limit: 8 },
             ApiError::StreamTooLong { limit: 10 },
             ApiError::Unavailable,
             ApiError::ShuttingDown,
@@ -482,6 +533,13 @@ mod tests {
             RescanRuleUnknown { .. } => (Code::FailedPrecondition, "RESCAN_RULE_UNKNOWN", false),
             TooManyCalls => (Code::ResourceExhausted, "TOO_MANY_CALLS", true),
             TooManyStreams => (Code::ResourceExhausted, "TOO_MANY_STREAMS", true),
+            TenantTooManyCalls { .. } => (Code::ResourceExhausted, "TENANT_TOO_MANY_CALLS", true),
+            TenantTooManyStreams { .. } => {
+                (Code::ResourceExhausted, "TENANT_TOO_MANY_STREAMS", true)
+            }
+            TooManyHealthWatches { .. } => {
+                (Code::ResourceExhausted, "TOO_MANY_HEALTH_WATCHES", true)
+            }
             StreamTooLong { .. } => (Code::ResourceExhausted, "STREAM_TOO_LONG", false),
             Unavailable => (Code::Unavailable, "DATABASE_UNAVAILABLE", true),
             ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN", true),
@@ -511,7 +569,7 @@ mod tests {
                 assert!(!message.contains("database error"), "{message}");
             }
         }
-        assert_eq!(reasons.len(), 24, "one_of_each lists every kind once");
+        assert_eq!(reasons.len(), 27, "one_of_each lists every kind once");
     }
 
     #[test]
@@ -520,6 +578,32 @@ mod tests {
         let details = status.get_error_details();
         let info = details.error_info().expect("an ErrorInfo");
         assert_eq!(info.metadata.get("etag").map(String::as_str), Some("7"));
+    }
+
+    #[test]
+    fn quota_refusals_name_their_limit() {
+        for (err, key, value) in [
+            (
+                ApiError::TenantTooManyCalls { limit: 64 },
+                "max_calls_per_tenant",
+                "64",
+            ),
+            (
+                ApiError::TenantTooManyStreams { limit: 8 },
+                "max_streams_per_tenant",
+                "8",
+            ),
+            (
+                ApiError::TooManyHealthWatches { limit: 4 },
+                "max_health_watches",
+                "4",
+            ),
+        ] {
+            let status = Status::from(err);
+            let details = status.get_error_details();
+            let info = details.error_info().expect("an ErrorInfo");
+            assert_eq!(info.metadata.get(key).map(String::as_str), Some(value));
+        }
     }
 
     #[test]

@@ -6,9 +6,13 @@
 
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use transplant_audit::domain::Role;
+use transplant_audit::rules::RulesConfig;
+use transplant_audit::server::ServeOptions;
 use transplant_audit::wire::pb;
 use transplant_audit::wire::pb::admin_service_client::AdminServiceClient;
 use transplant_audit::wire::pb::audit_service_client::AuditServiceClient;
@@ -457,4 +461,208 @@ async fn keys_made_and_revoked_behind_the_servers_back_count_within_seconds() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     app.stop().await;
+}
+
+async fn app_with(options: ServeOptions) -> TestApp {
+    spawn_app_configured(&fresh_database().await, RulesConfig::default(), options).await
+}
+
+/// A record of `hospital`.
+fn record_of(hospital: &str, ext: &str) -> pb::TransplantRecord {
+    let mut record = kidney(ext);
+    record.hospital_id = hospital.into();
+    record
+}
+
+/// Opens a SubmitRecords stream with `client` and sends nothing on it.
+async fn idle_stream(
+    client: &IngestServiceClient<Authed>,
+) -> Result<
+    (
+        mpsc::Sender<pb::SubmitRecordsRequest>,
+        tonic::Streaming<pb::SubmitRecordsResponse>,
+    ),
+    tonic::Status,
+> {
+    let (tx, rx) = mpsc::channel(1);
+    let acks = client
+        .clone()
+        .submit_records(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok((tx, acks))
+}
+
+#[tokio::test]
+async fn a_hospital_holding_idle_streams_does_not_shut_out_another() {
+    let app = app_with(ServeOptions {
+        max_concurrent_streams: 4,
+        max_streams_per_tenant: 2,
+        ..ServeOptions::default()
+    })
+    .await;
+    let attacker = app.ingest_for("H-DE-666").await;
+    // A second key of the same hospital shares its quota.
+    let accomplice =
+        IngestServiceClient::new(app.authed(&app.key(Role::Hospital, Some("h-de-666")).await));
+    let mut held = Vec::new();
+    let mut refused = Vec::new();
+    for client in [&attacker, &accomplice, &attacker, &accomplice] {
+        match idle_stream(client).await {
+            Ok(stream) => held.push(stream),
+            Err(status) => refused.push(status),
+        }
+    }
+    assert_eq!(held.len(), 2, "the hospital's quota of streams");
+    for status in &refused {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert_eq!(reason(status), ("TENANT_TOO_MANY_STREAMS".to_owned(), true));
+    }
+
+    // Another hospital still opens a stream and submits on it.
+    let (tx, mut acks) = idle_stream(&app.ingest_for("H-DE-001").await)
+        .await
+        .expect("another hospital's stream opens");
+    tx.send(pb::SubmitRecordsRequest {
+        record: Some(record_of("H-DE-001", "OTHER-1")),
+    })
+    .await
+    .expect("send");
+    let ack = acks.message().await.expect("ack").expect("an ack");
+    assert_eq!(ack.ack.expect("ack").outcome, pb::Outcome::Accepted as i32);
+    drop((tx, acks, held));
+    app.stop().await;
+}
+
+/// Calls SubmitRecord with `token` and never sends the request message.
+fn bodiless_call(app: &TestApp, token: &str) -> tokio::task::JoinHandle<tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(app.authed(token));
+    tokio::spawn(async move {
+        if let Err(e) = grpc.ready().await {
+            return tonic::Status::unavailable(e.to_string());
+        }
+        let never = futures::stream::pending::<pb::SubmitRecordRequest>();
+        grpc.client_streaming::<_, pb::SubmitRecordRequest, pb::SubmitRecordResponse, _>(
+            tonic::Request::new(never),
+            http::uri::PathAndQuery::from_static("/transplant_audit.v1.IngestService/SubmitRecord"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("no message, no record")
+    })
+}
+
+#[tokio::test]
+async fn calls_that_never_send_their_message_do_not_shut_out_another_tenant() {
+    use futures::StreamExt;
+
+    let app = app_with(ServeOptions {
+        max_concurrent_calls: 8,
+        max_calls_per_tenant: 4,
+        ..ServeOptions::default()
+    })
+    .await;
+    let token = app.key(Role::Hospital, Some("H-DE-666")).await;
+    let mut hanging: futures::stream::FuturesUnordered<_> =
+        (0..8).map(|_| bodiless_call(&app, &token)).collect();
+    // Four hang on the server; the other four are refused at the hospital's quota.
+    for _ in 0..4 {
+        let refused = tokio::time::timeout(std::time::Duration::from_secs(10), hanging.next())
+            .await
+            .expect("calls past the hospital's quota are refused")
+            .expect("a call")
+            .expect("joined");
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        assert_eq!(reason(&refused), ("TENANT_TOO_MANY_CALLS".to_owned(), true));
+    }
+    let status = submit(&app, record_of("H-DE-666", "MORE-1"))
+        .await
+        .expect_err("the hospital is at its quota");
+    assert_eq!(reason(&status).0, "TENANT_TOO_MANY_CALLS");
+    submit(&app, record_of("H-DE-001", "OTHER-1"))
+        .await
+        .expect("another hospital's call goes through");
+    app.audit
+        .clone()
+        .list_flags(pb::ListFlagsRequest::default())
+        .await
+        .expect("and an auditor's");
+    for call in hanging {
+        call.abort();
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn health_watch_needs_a_key_and_is_capped_while_check_stays_open() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let (database_url, auditor) = {
+        let app = spawn_app().await;
+        let auditor = app.auditor_token.clone();
+        let url = app.database_url.clone();
+        app.stop().await;
+        (url, auditor)
+    };
+    let probe = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let health_addr = probe.local_addr().expect("addr").to_string();
+    drop(probe);
+    let server = ServerProcess::start_with(
+        &database_url,
+        "info",
+        &[("HEALTH_ADDR", &health_addr), ("MAX_HEALTH_WATCHES", "2")],
+    )
+    .await;
+    for addr in [&server.addr, &health_addr] {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        let check = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest::default())
+            .await
+            .expect("Check needs no key")
+            .into_inner();
+        assert_eq!(check.status, 1, "SERVING");
+        let refused = HealthClient::new(channel.clone())
+            .watch(HealthCheckRequest::default())
+            .await
+            .expect_err("Watch needs a key");
+        assert_eq!(refused.code(), Code::Unauthenticated, "{addr}: {refused:?}");
+    }
+    // With a key: two watches at most, across both listeners.
+    let mut watches = Vec::new();
+    for addr in [&server.addr, &health_addr, &server.addr] {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        let answer = HealthClient::new(InterceptedService::new(channel, Bearer::new(&auditor)))
+            .watch(HealthCheckRequest::default())
+            .await;
+        watches.push(answer);
+    }
+    let refused = watches.pop().expect("three").expect_err("over the cap");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(
+        reason(&refused),
+        ("TOO_MANY_HEALTH_WATCHES".to_owned(), true)
+    );
+    for watch in watches {
+        let first = watch
+            .expect("a watch with a key")
+            .into_inner()
+            .message()
+            .await
+            .expect("a status")
+            .expect("a status");
+        assert_eq!(first.status, 1, "SERVING");
+    }
+    server.signal(libc::SIGTERM);
+    let _ = server.drain().await;
 }

@@ -27,6 +27,35 @@ pub struct Caller {
     pub hospital_id: Option<HospitalId>,
 }
 
+/// Whose quotas a call counts against: a hospital's keys share their
+/// hospital's, every other key has its own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Tenant {
+    /// All the keys of one hospital.
+    Hospital(HospitalId),
+    /// One auditor or admin key, by key id.
+    Key(String),
+}
+
+impl Caller {
+    /// The tenant the caller belongs to.
+    pub fn tenant(&self) -> Tenant {
+        match &self.hospital_id {
+            Some(hospital) => Tenant::Hospital(hospital.clone()),
+            None => Tenant::Key(self.key_id.clone()),
+        }
+    }
+}
+
+impl fmt::Display for Tenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Tenant::Hospital(id) => write!(f, "hospital {id}"),
+            Tenant::Key(id) => write!(f, "key {id}"),
+        }
+    }
+}
+
 /// What a new key is for, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeySpec {
@@ -219,10 +248,23 @@ mod tests {
     }
 
     #[test]
-    fn hospital_keys_name_their_hospital_in_its_normal_form() {
+    fn hospital_keys_name_their_hospital_in_its_normal_form_and_are_its_tenant() {
         let now = Utc::now();
         let spec = KeySpec::new(Role::Hospital, Some(" h-de-001 "), "", None, now).unwrap();
         assert_eq!(spec.hospital_id.as_deref(), Some("H-DE-001"));
+        let hospital = |key_id: &str| Caller {
+            key_id: key_id.into(),
+            role: Role::Hospital,
+            hospital_id: Some(HospitalId::normalize("H-DE-001")),
+        };
+        assert_eq!(hospital("a").tenant(), hospital("b").tenant());
+        let auditor = |key_id: &str| Caller {
+            key_id: key_id.into(),
+            role: Role::Auditor,
+            hospital_id: None,
+        };
+        assert_ne!(auditor("a").tenant(), auditor("b").tenant());
+        assert_eq!(auditor("a").tenant(), Tenant::Key("a".into()));
     }
 
     #[test]
