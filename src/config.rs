@@ -119,6 +119,15 @@ pub fn seconds(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("{text:?} is not a whole number of seconds"))
 }
 
+/// Reads a number of seconds that must not be zero: a timeout of nothing
+/// would refuse every call.
+pub fn positive_seconds(text: &str) -> Result<Duration, String> {
+    match seconds(text)? {
+        Duration::ZERO => Err("must be at least 1 second".to_owned()),
+        d => Ok(d),
+    }
+}
+
 /// How the gRPC listener protects its traffic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport {
@@ -403,5 +412,20 @@ mod tests {
         assert_eq!(args.options.ingest_batch_size, defaults.ingest_batch_size);
         assert_eq!(defaults.request_timeout, Duration::from_secs(30));
         assert!(serve(&["--request-timeout-secs", "soon"]).is_err());
+    }
+
+    #[test]
+    fn the_new_timeouts_refuse_zero() {
+        for flag in [
+            "--request-message-timeout-secs",
+            "--stream-idle-timeout-secs",
+        ] {
+            let refused = serve(&[flag, "0"]).expect_err(flag);
+            assert!(
+                refused.to_string().contains("at least 1 second"),
+                "{refused}"
+            );
+            assert!(serve(&[flag, "3"]).is_ok(), "{flag}");
+        }
     }
 }

@@ -22,6 +22,7 @@ use crate::api::audit::AuditApi;
 use crate::api::auth::{AuthLayer, Authenticator};
 use crate::api::call_cap::ConcurrencyCap;
 use crate::api::ingest::IngestApi;
+use crate::api::message_deadline::MessageDeadline;
 use crate::api::observe::ObserveLayer;
 use crate::api::page_token::PageTokens;
 use crate::api::quota::TenantCap;
@@ -144,6 +145,29 @@ pub struct ServeOptions {
     /// grpc.health.v1.Health/Watch streams open at once (probes use Check).
     #[arg(long, env = "MAX_HEALTH_WATCHES", default_value_t = 8)]
     pub max_health_watches: usize,
+
+    /// Seconds a call's request message may take to arrive (all of it,
+    /// from the call's start); then the call is refused DEADLINE_EXCEEDED.
+    /// SubmitRecords is bound by STREAM_IDLE_TIMEOUT_SECS instead.
+    #[arg(
+        long = "request-message-timeout-secs",
+        env = "REQUEST_MESSAGE_TIMEOUT_SECS",
+        value_name = "SECS",
+        default_value = "10",
+        value_parser = config::positive_seconds
+    )]
+    pub request_message_timeout: Duration,
+
+    /// Seconds a SubmitRecords stream may wait for its next record while
+    /// none of its records is being stored; then it ends DEADLINE_EXCEEDED.
+    #[arg(
+        long = "stream-idle-timeout-secs",
+        env = "STREAM_IDLE_TIMEOUT_SECS",
+        value_name = "SECS",
+        default_value = "60",
+        value_parser = config::positive_seconds
+    )]
+    pub stream_idle_timeout: Duration,
 
     /// Records one SubmitRecords stream may carry.
     #[arg(long, env = "MAX_STREAM_RECORDS", default_value_t = 1_000_000)]
@@ -269,6 +293,7 @@ pub async fn serve(
         let router = Server::builder()
             .layer(AuthLayer::new(services.auth.clone(), false))
             .layer(tenant_cap.clone())
+            .layer(MessageDeadline::new(options.request_message_timeout))
             .add_service(health_service.clone());
         tokio::spawn(router.serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
@@ -281,6 +306,7 @@ pub async fn serve(
         .layer(ConcurrencyCap::new(options.max_concurrent_calls))
         .layer(AuthLayer::new(services.auth, mutual_tls))
         .layer(tenant_cap)
+        .layer(MessageDeadline::new(options.request_message_timeout))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

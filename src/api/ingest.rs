@@ -50,6 +50,7 @@ impl IngestApi {
             stream_limits: StreamLimits {
                 max_records: limits.max_stream_records,
                 batch_size: limits.ingest_batch_size.max(1),
+                idle_timeout: limits.stream_idle_timeout,
             },
         }
     }

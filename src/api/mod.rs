@@ -12,6 +12,8 @@ pub mod client_cert;
 #[cfg(test)]
 mod hostile_input;
 pub mod ingest;
+pub mod message_deadline;
+pub mod methods;
 pub mod observe;
 pub mod page_token;
 pub mod quota;

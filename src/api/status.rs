@@ -184,6 +184,21 @@ pub enum ApiError {
         /// Records one stream may carry.
         limit: u64,
     },
+    /// A stream's client sent nothing for too long.
+    #[error(
+        "nothing arrived on this stream for {}; it ends: send the rest on a new stream",
+        secs(*.timeout)
+    )]
+    StreamIdle {
+        /// How long a stream may wait for its next message.
+        timeout: Duration,
+    },
+    /// A call's request message did not arrive in time.
+    #[error("the request message did not arrive within {}", secs(*.timeout))]
+    RequestMessageTimeout {
+        /// How long a call may wait for its request message.
+        timeout: Duration,
+    },
     /// The database cannot be reached.
     #[error("the database is unavailable; retry later")]
     Unavailable,
@@ -241,6 +256,11 @@ impl ApiError {
             ),
             // A new stream helps, not waiting.
             StreamTooLong { .. } => (Code::ResourceExhausted, "STREAM_TOO_LONG", None),
+            // The client's own silence: sending, not waiting, helps.
+            StreamIdle { .. } => (Code::DeadlineExceeded, "STREAM_IDLE", None),
+            RequestMessageTimeout { .. } => {
+                (Code::DeadlineExceeded, "REQUEST_MESSAGE_TIMEOUT", None)
+            }
             Unavailable => (Code::Unavailable, "DATABASE_UNAVAILABLE", Some(RETRY_DELAY)),
             ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN", Some(RETRY_DELAY)),
             Internal => (Code::Internal, "INTERNAL", None),
@@ -263,6 +283,14 @@ impl ApiError {
             ApiError::TooManyHealthWatches { limit } => {
                 [("max_health_watches".to_owned(), limit.to_string())].into()
             }
+            ApiError::StreamIdle { timeout } => {
+                [("stream_idle_timeout_secs".to_owned(), secs_value(*timeout))].into()
+            }
+            ApiError::RequestMessageTimeout { timeout } => [(
+                "request_message_timeout_secs".to_owned(),
+                secs_value(*timeout),
+            )]
+            .into(),
             _ => HashMap::new(),
         }
     }
@@ -372,6 +400,7 @@ impl From<StreamError<Status>> for Status {
             // The client's own stream broke: tonic's status says how.
             StreamError::Broken(status) => status,
             StreamError::TooLong { limit } => ApiError::StreamTooLong { limit }.into(),
+            StreamError::Idle { timeout } => ApiError::StreamIdle { timeout }.into(),
             StreamError::Store(e) => e.into(),
             StreamError::Lost => ApiError::Internal.into(),
         }
@@ -401,6 +430,17 @@ pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
     let mut v = Violations::default();
     v.add(field, description);
     invalid(v)
+}
+
+/// A duration in seconds, as the settings are written (fractions for the
+/// short timeouts tests use).
+fn secs_value(d: Duration) -> String {
+    d.as_secs_f64().to_string()
+}
+
+/// A duration for people: `30 s`.
+fn secs(d: Duration) -> String {
+    format!("{} s", secs_value(d))
 }
 
 /// The message of an INVALID_ARGUMENT: the field, or the fields' names.
@@ -502,6 +542,12 @@ mod tests {
             ApiError::TenantTooManyStreams { limit: 2 },
             ApiError::TooManyHealthWatches { limit: 8 },
             ApiError::StreamTooLong { limit: 10 },
+            ApiError::StreamIdle {
+                timeout: Duration::from_secs(60),
+            },
+            ApiError::RequestMessageTimeout {
+                timeout: Duration::from_millis(500),
+            },
             ApiError::Unavailable,
             ApiError::ShuttingDown,
             ApiError::Internal,
@@ -541,6 +587,10 @@ mod tests {
                 (Code::ResourceExhausted, "TOO_MANY_HEALTH_WATCHES", true)
             }
             StreamTooLong { .. } => (Code::ResourceExhausted, "STREAM_TOO_LONG", false),
+            StreamIdle { .. } => (Code::DeadlineExceeded, "STREAM_IDLE", false),
+            RequestMessageTimeout { .. } => {
+                (Code::DeadlineExceeded, "REQUEST_MESSAGE_TIMEOUT", false)
+            }
             Unavailable => (Code::Unavailable, "DATABASE_UNAVAILABLE", true),
             ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN", true),
             Internal => (Code::Internal, "INTERNAL", false),
@@ -569,7 +619,7 @@ mod tests {
                 assert!(!message.contains("database error"), "{message}");
             }
         }
-        assert_eq!(reasons.len(), 27, "one_of_each lists every kind once");
+        assert_eq!(reasons.len(), 29, "one_of_each lists every kind once");
     }
 
     #[test]
@@ -581,7 +631,7 @@ mod tests {
     }
 
     #[test]
-    fn quota_refusals_name_their_limit() {
+    fn limits_are_named_in_the_refusal() {
         for (err, key, value) in [
             (
                 ApiError::TenantTooManyCalls { limit: 64 },
@@ -597,6 +647,20 @@ mod tests {
                 ApiError::TooManyHealthWatches { limit: 4 },
                 "max_health_watches",
                 "4",
+            ),
+            (
+                ApiError::StreamIdle {
+                    timeout: Duration::from_secs(60),
+                },
+                "stream_idle_timeout_secs",
+                "60",
+            ),
+            (
+                ApiError::RequestMessageTimeout {
+                    timeout: Duration::from_millis(500),
+                },
+                "request_message_timeout_secs",
+                "0.5",
             ),
         ] {
             let status = Status::from(err);

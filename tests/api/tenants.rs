@@ -5,6 +5,7 @@
 //! Each test is an attack that succeeded before these defences.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -559,6 +560,7 @@ async fn calls_that_never_send_their_message_do_not_shut_out_another_tenant() {
     let app = app_with(ServeOptions {
         max_concurrent_calls: 8,
         max_calls_per_tenant: 4,
+        request_message_timeout: Duration::from_secs(3),
         ..ServeOptions::default()
     })
     .await;
@@ -587,9 +589,21 @@ async fn calls_that_never_send_their_message_do_not_shut_out_another_tenant() {
         .list_flags(pb::ListFlagsRequest::default())
         .await
         .expect("and an auditor's");
-    for call in hanging {
-        call.abort();
+    // The four that hang are let go at the message deadline, their slots with them.
+    while let Some(ended) = tokio::time::timeout(Duration::from_secs(20), hanging.next())
+        .await
+        .expect("the message deadline ends them")
+    {
+        let status = ended.expect("joined");
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        assert_eq!(
+            reason(&status),
+            ("REQUEST_MESSAGE_TIMEOUT".to_owned(), false)
+        );
     }
+    submit(&app, record_of("H-DE-666", "MORE-2"))
+        .await
+        .expect("the hospital's slots came back");
     app.stop().await;
 }
 
@@ -665,4 +679,89 @@ async fn health_watch_needs_a_key_and_is_capped_while_check_stays_open() {
     }
     server.signal(libc::SIGTERM);
     let _ = server.drain().await;
+}
+
+#[tokio::test]
+async fn a_stream_that_sends_nothing_ends_and_gives_its_slot_back() {
+    let app = app_with(ServeOptions {
+        max_concurrent_streams: 1,
+        stream_idle_timeout: Duration::from_secs(1),
+        ..ServeOptions::default()
+    })
+    .await;
+    // Silent from the start, and silent after a record.
+    let (silent_tx, mut silent) = idle_stream(&app.ingest).await.expect("opens");
+    let status = tokio::time::timeout(Duration::from_secs(20), silent.message())
+        .await
+        .expect("the idle timeout ends it")
+        .expect_err("ended by the server");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(reason(&status), ("STREAM_IDLE".to_owned(), false));
+    drop(silent_tx);
+    let (tx, mut acks) = reopen(&app).await;
+    tx.send(pb::SubmitRecordsRequest {
+        record: Some(kidney("IDLE-1")),
+    })
+    .await
+    .expect("send");
+    acks.message().await.expect("ack").expect("an ack");
+    let status = tokio::time::timeout(Duration::from_secs(20), acks.message())
+        .await
+        .expect("the idle timeout ends it")
+        .expect_err("ended by the server");
+    assert_eq!(reason(&status).0, "STREAM_IDLE");
+    drop(tx);
+    let (tx, acks) = reopen(&app).await;
+    drop((tx, acks));
+    assert_eq!(app.count("records").await, 1, "what was acknowledged stays");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_waiting_on_its_own_slow_batch_is_not_idle() {
+    let app = app_with(ServeOptions {
+        stream_idle_timeout: Duration::from_secs(1),
+        ..ServeOptions::default()
+    })
+    .await;
+    submit(&app, kidney("SLOW-0")).await.expect("stored");
+    // The batch waits on a lock for longer than the idle timeout.
+    let held = hold_key(&app.pool, "SLOW-0", "SLOW-1").await;
+    let (tx, mut acks) = idle_stream(&app.ingest).await.expect("opens");
+    tx.send(pb::SubmitRecordsRequest {
+        record: Some(kidney("SLOW-1")),
+    })
+    .await
+    .expect("send");
+    until_waiting(&app.pool, 1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    held.rollback().await.expect("rollback");
+    let ack = acks.message().await.expect("still open").expect("an ack");
+    assert_eq!(ack.ack.expect("ack").outcome, pb::Outcome::Accepted as i32);
+    tx.send(pb::SubmitRecordsRequest {
+        record: Some(kidney("SLOW-2")),
+    })
+    .await
+    .expect("send");
+    acks.message().await.expect("still open").expect("an ack");
+    drop(tx);
+    assert!(acks.message().await.expect("a clean end").is_none());
+    app.stop().await;
+}
+
+/// Opens a stream once the server has a slot for it again.
+async fn reopen(
+    app: &TestApp,
+) -> (
+    mpsc::Sender<pb::SubmitRecordsRequest>,
+    tonic::Streaming<pb::SubmitRecordsResponse>,
+) {
+    for _ in 0..250 {
+        match idle_stream(&app.ingest).await {
+            Ok(stream) => return stream,
+            Err(status) => assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the stream's slot never came back");
 }
