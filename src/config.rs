@@ -419,6 +419,9 @@ mod tests {
         for flag in [
             "--request-message-timeout-secs",
             "--stream-idle-timeout-secs",
+            "--handshake-timeout-secs",
+            "--keepalive-interval-secs",
+            "--keepalive-timeout-secs",
         ] {
             let refused = serve(&[flag, "0"]).expect_err(flag);
             assert!(

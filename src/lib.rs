@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod import;
+pub mod incoming;
 pub mod ingest;
 pub mod rescan;
 pub mod server;

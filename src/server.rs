@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -29,6 +27,7 @@ use crate::api::quota::TenantCap;
 use crate::api::registry::RegistryApi;
 use crate::config::{self, TlsPem};
 use crate::domain::FingerprintKey;
+use crate::incoming::{ConnectionLimits, TlsSetupError, incoming, tls_config};
 use crate::ingest::Ingestor;
 use crate::rules::Engine;
 use crate::store::Store;
@@ -50,6 +49,10 @@ const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// connection's streams may have buffered at once.
 const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
 const CONNECTION_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
+
+/// Connections the health-only listener holds at once: probes open one at
+/// a time.
+const HEALTH_MAX_CONNECTIONS: usize = 64;
 
 /// How often health checks that the database answers (and pool metrics are sampled).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
@@ -169,6 +172,42 @@ pub struct ServeOptions {
     )]
     pub stream_idle_timeout: Duration,
 
+    /// Connections open at once; one more is closed as soon as it is
+    /// accepted. Keep it below the process's file descriptor limit.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Seconds a new connection has to finish its TLS handshake and send the
+    /// HTTP/2 preface; then it is closed.
+    #[arg(
+        long = "handshake-timeout-secs",
+        env = "HANDSHAKE_TIMEOUT_SECS",
+        value_name = "SECS",
+        default_value = "10",
+        value_parser = config::positive_seconds
+    )]
+    pub handshake_timeout: Duration,
+
+    /// Seconds between HTTP/2 pings on every connection.
+    #[arg(
+        long = "keepalive-interval-secs",
+        env = "KEEPALIVE_INTERVAL_SECS",
+        value_name = "SECS",
+        default_value = "30",
+        value_parser = config::positive_seconds
+    )]
+    pub keepalive_interval: Duration,
+
+    /// Seconds a ping may go unanswered before its connection is closed.
+    #[arg(
+        long = "keepalive-timeout-secs",
+        env = "KEEPALIVE_TIMEOUT_SECS",
+        value_name = "SECS",
+        default_value = "10",
+        value_parser = config::positive_seconds
+    )]
+    pub keepalive_timeout: Duration,
+
     /// Records one SubmitRecords stream may carry.
     #[arg(long, env = "MAX_STREAM_RECORDS", default_value_t = 1_000_000)]
     pub max_stream_records: u64,
@@ -216,21 +255,15 @@ impl Listeners {
     }
 }
 
-/// The server's TLS settings from the PEM files.
-fn tls_config(pem: &TlsPem) -> ServerTlsConfig {
-    let tls = ServerTlsConfig::new().identity(Identity::from_pem(&pem.cert, &pem.key));
-    match &pem.client_ca {
-        Some(ca) => tls.client_ca_root(Certificate::from_pem(ca)),
-        None => tls,
-    }
-}
-
 /// Why serving stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The transport failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The TLS files do not make a TLS configuration.
+    #[error("{0}")]
+    Tls(#[from] TlsSetupError),
     /// Reflection could not read the descriptors.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -279,28 +312,40 @@ pub async fn serve(
         .tls
         .as_ref()
         .is_some_and(|t| t.client_ca.is_some());
-    let mut builder = Server::builder()
-        .initial_stream_window_size(STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
-    if let Some(tls) = &listeners.tls {
-        builder = builder.tls_config(tls_config(tls))?;
-    }
+    let tls = listeners.tls.as_ref().map(tls_config).transpose()?;
+    let limits = ConnectionLimits {
+        max_connections: options.max_connections,
+        handshake_timeout: options.handshake_timeout,
+    };
+    // Pings find peers that went away without closing (a cable pulled, a
+    // NAT entry dropped), whose calls would otherwise hold their slots.
+    let builder = || {
+        Server::builder()
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            .http2_keepalive_interval(Some(options.keepalive_interval))
+            .http2_keepalive_timeout(Some(options.keepalive_timeout))
+    };
 
     let tenant_cap = TenantCap::new(options.max_calls_per_tenant, options.max_health_watches);
     let (stop_accepting, accepting_stopped) = tokio::sync::watch::channel(false);
     let health_only = listeners.health.map(|listener| {
         // Check needs no key there either; a Watch does, and takes a slot.
-        let router = Server::builder()
+        let router = builder()
             .layer(AuthLayer::new(services.auth.clone(), false))
             .layer(tenant_cap.clone())
             .layer(MessageDeadline::new(options.request_message_timeout))
             .add_service(health_service.clone());
-        tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            stopped(accepting_stopped.clone()),
-        ))
+        let limits = ConnectionLimits {
+            max_connections: HEALTH_MAX_CONNECTIONS,
+            ..limits
+        };
+        let incoming = incoming(listener, None, limits, accepting_stopped.clone());
+        tokio::spawn(
+            router.serve_with_incoming_shutdown(incoming, stopped(accepting_stopped.clone())),
+        )
     });
-    let router = builder
+    let router = builder()
         .timeout(options.request_timeout)
         .layer(ObserveLayer)
         .layer(ConcurrencyCap::new(options.max_concurrent_calls))
@@ -314,9 +359,7 @@ pub async fn serve(
         .add_service(services.registry)
         .add_service(services.audit)
         .add_service(services.admin);
-    // Without TCP_NODELAY a response's header and data frames wait on the
-    // peer's delayed ACK (40 ms on Linux) whenever they leave as separate writes.
-    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+    let incoming = incoming(listeners.grpc, tls, limits, accepting_stopped.clone());
     let mut server =
         tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped(accepting_stopped)));
 

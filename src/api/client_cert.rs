@@ -2,17 +2,14 @@
 //! certificate belongs to the same hospital, so a leaked key alone cannot
 //! submit records.
 
-use rustls_pki_types::CertificateDer;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-
 use crate::domain::HospitalId;
+use crate::incoming::ConnectionInfo;
+use rustls_pki_types::CertificateDer;
 
 /// The leaf certificate the client presented on the request's connection.
 pub fn presented<B>(request: &http::Request<B>) -> Option<CertificateDer<'static>> {
-    let info = request
-        .extensions()
-        .get::<TlsConnectInfo<TcpConnectInfo>>()?;
-    info.peer_certs()?.first().cloned()
+    let info = request.extensions().get::<ConnectionInfo>()?;
+    info.peer_certificates.as_ref()?.first().cloned()
 }
 
 /// Whether `cert` names `hospital` as a subjectAltName DNS entry, compared

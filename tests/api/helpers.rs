@@ -825,3 +825,13 @@ pub fn submissions(records: &[pb::TransplantRecord]) -> Vec<Submission> {
         .map(|r| submission("record", Some(r), chrono::Utc::now()).expect("valid"))
         .collect()
 }
+
+/// The resident set size of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}

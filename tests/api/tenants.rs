@@ -22,6 +22,7 @@ use transplant_audit::wire::pb::registry_service_client::RegistryServiceClient;
 
 use crate::helpers::*;
 use crate::tls::{tls_channel, tls_server};
+use rustls_pki_types::pem::PemObject;
 
 /// A flag in review, ready to be closed with a note.
 async fn flag_in_review(app: &TestApp, ext: &str) -> pb::Flag {
@@ -764,4 +765,238 @@ async fn reopen(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("the stream's slot never came back");
+}
+
+/// Reads from `stream` until the server closes it; false if it has not
+/// within twenty seconds.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> bool {
+    closed_by(
+        stream,
+        tokio::time::Instant::now() + Duration::from_secs(20),
+    )
+    .await
+}
+
+/// How many of `sockets` the server has not closed within twenty seconds.
+async fn left_open(sockets: &mut [tokio::net::TcpStream]) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let closed =
+        futures::future::join_all(sockets.iter_mut().map(|s| closed_by(s, deadline))).await;
+    closed.into_iter().filter(|closed| !closed).count()
+}
+
+/// Reads from `stream` until the server closes it; false if it has not by `deadline`.
+async fn closed_by(stream: &mut tokio::net::TcpStream, deadline: tokio::time::Instant) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {} // what the server says before it closes
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn idle_connections_past_the_cap_are_closed_and_clients_still_connect() {
+    let app = app_with(ServeOptions {
+        max_connections: 8,
+        handshake_timeout: Duration::from_millis(500),
+        ..ServeOptions::default()
+    })
+    .await;
+    // The test's own client holds one slot; forty sockets that say nothing.
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(
+            tokio::net::TcpStream::connect(app.addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    assert_eq!(left_open(&mut idle).await, 0, "idle sockets still open");
+    submit(&app, kidney("CONN-1"))
+        .await
+        .expect("the client connected before the flood was served throughout");
+    let fresh = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("a new client connects");
+    IngestServiceClient::new(InterceptedService::new(
+        fresh,
+        Bearer::new(&app.hospital_token),
+    ))
+    .submit_record(pb::SubmitRecordRequest {
+        record: Some(kidney("CONN-2")),
+    })
+    .await
+    .expect("and is served");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_dropped() {
+    use tokio::io::AsyncWriteExt;
+    let app = app_with(ServeOptions {
+        keepalive_interval: Duration::from_millis(300),
+        keepalive_timeout: Duration::from_millis(300),
+        ..ServeOptions::default()
+    })
+    .await;
+    let mut peer = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    // The preface and an empty SETTINGS frame: HTTP/2 begun, then silence.
+    peer.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("preface");
+    peer.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+        .await
+        .expect("settings");
+    assert!(
+        closed_by_server(&mut peer).await,
+        "a connection whose pings go unanswered is closed"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn memory_goes_back_after_a_flood_of_idle_connections() {
+    let database_url = fresh_database().await;
+    let token = {
+        let app = spawn_app_on(&database_url, Default::default()).await;
+        let token = app.hospital_token.clone();
+        app.stop().await;
+        token
+    };
+    let server = ServerProcess::start_with(
+        &database_url,
+        "info",
+        &[("HANDSHAKE_TIMEOUT_SECS", "1"), ("MAX_CONNECTIONS", "256")],
+    )
+    .await;
+    let mut ingest = IngestServiceClient::new(server.connect(&token).await);
+    ingest
+        .submit_record(pb::SubmitRecordRequest {
+            record: Some(kidney("MEM-1")),
+        })
+        .await
+        .expect("served before");
+    let baseline = rss_kib(server.pid());
+    let mut idle = Vec::new();
+    // Fewer than the listener's backlog, so the kernel queues none for later.
+    for _ in 0..1000 {
+        match tokio::net::TcpStream::connect(&server.addr).await {
+            Ok(socket) => idle.push(socket),
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    let peak = rss_kib(server.pid());
+    assert_eq!(
+        left_open(&mut idle).await,
+        0,
+        "every idle connection is closed by the server"
+    );
+    drop(idle);
+    let after = rss_kib(server.pid());
+    eprintln!(
+        "RSS {baseline} KiB before, {peak} KiB during, {after} KiB after 1000 idle connections"
+    );
+    assert!(
+        after < baseline + 16 * 1024,
+        "memory goes back: {baseline} KiB before, {after} KiB after"
+    );
+    ingest
+        .submit_record(pb::SubmitRecordRequest {
+            record: Some(kidney("MEM-2")),
+        })
+        .await
+        .expect("served after");
+    server.signal(libc::SIGTERM);
+    let (status, _) = server.drain().await;
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn tls_connections_that_do_not_begin_http2_in_time_are_closed() {
+    use tokio_rustls::rustls;
+
+    let database_url = fresh_database().await;
+    let token = {
+        let app = spawn_app_on(&database_url, Default::default()).await;
+        let token = app.auditor_token.clone();
+        app.stop().await;
+        token
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("server CA");
+    let (cert, key) = ca.issue(&["localhost"]);
+    let (cert, key) = (
+        write(dir.path(), "server.pem", &cert),
+        write(dir.path(), "server.key", &key),
+    );
+    let server = ServerProcess::start_with(
+        &database_url,
+        "info",
+        &[
+            ("TLS_CERT_FILE", cert.to_str().expect("utf-8")),
+            ("TLS_KEY_FILE", key.to_str().expect("utf-8")),
+            ("HANDSHAKE_TIMEOUT_SECS", "1"),
+        ],
+    )
+    .await;
+    // No handshake at all.
+    let mut silent = tokio::net::TcpStream::connect(&server.addr)
+        .await
+        .expect("connect");
+    // A handshake, then no HTTP/2.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(
+            rustls_pki_types::CertificateDer::from_pem_slice(ca.pem().as_bytes())
+                .expect("CA certificate"),
+        )
+        .expect("a root");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(&server.addr)
+        .await
+        .expect("connect");
+    let mut handshaken = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("localhost".try_into().expect("name"), tcp)
+        .await
+        .expect("the handshake completes");
+    assert!(
+        closed_by_server(&mut silent).await,
+        "no TLS handshake in time"
+    );
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        use tokio::io::AsyncReadExt;
+        loop {
+            match handshaken.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "no HTTP/2 preface in time");
+    // A real client is served.
+    let channel = crate::tls::tls_channel(&server, &ca, None)
+        .await
+        .expect("a TLS client connects");
+    AuditServiceClient::new(InterceptedService::new(channel, Bearer::new(&token)))
+        .list_flags(pb::ListFlagsRequest::default())
+        .await
+        .expect("and is served");
+    server.signal(libc::SIGTERM);
+    let _ = server.drain().await;
 }
