@@ -113,10 +113,22 @@ fn describe() {
 }
 
 /// Serves `GET /metrics` on `listener`, keeping histograms drained; runs
-/// until its task is aborted.
+/// until its task is aborted. Warns when the endpoint listens beyond
+/// loopback: it is unauthenticated and labels records by hospital and
+/// flags by rule.
 pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
+
+    if let Ok(addr) = listener.local_addr() {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "metrics on a non-loopback address: GET /metrics is unauthenticated and names \
+                 hospitals and the rules raising flags; keep it reachable by the scraper only"
+            );
+        }
+    }
 
     let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
     loop {

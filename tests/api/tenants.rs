@@ -1000,3 +1000,27 @@ async fn tls_connections_that_do_not_begin_http2_in_time_are_closed() {
     server.signal(libc::SIGTERM);
     let _ = server.drain().await;
 }
+
+#[tokio::test]
+async fn metrics_beyond_loopback_are_warned_about_at_start() {
+    let database_url = fresh_database().await;
+    spawn_app_on(&database_url, Default::default())
+        .await
+        .stop()
+        .await;
+    let warning = "metrics on a non-loopback address";
+    for (metrics_addr, warned) in [("0.0.0.0:0", true), ("127.0.0.1:0", false)] {
+        let server =
+            ServerProcess::start_with(&database_url, "info", &[("METRICS_ADDR", metrics_addr)])
+                .await;
+        server.signal(libc::SIGTERM);
+        let (_, log) = server.drain().await;
+        let lines: Vec<&String> = log.iter().filter(|l| l.contains(warning)).collect();
+        assert_eq!(
+            lines.len(),
+            usize::from(warned),
+            "{metrics_addr}: {lines:?}"
+        );
+        assert!(lines.iter().all(|l| l.contains("\"WARN\"")), "{lines:?}");
+    }
+}
