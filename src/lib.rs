@@ -3,7 +3,8 @@
 //!
 //! Layers, dependencies pointing inward: [`domain`] (pure types), [`rules`]
 //! (pure functions), [`store`] (all SQL), [`ingest`] (the pipeline), [`api`]
-//! (tonic adapters), [`server`] (wiring, health, reflection, shutdown).
+//! (tonic adapters), [`server`] (wiring, health, reflection, shutdown),
+//! [`incoming`] (accepting connections).
 
 pub mod api;
 pub mod cli;
