@@ -113,13 +113,10 @@ fn describe() {
 }
 
 /// Serves `GET /metrics` on `listener`, keeping histograms drained; runs
-/// until its task is aborted. Warns when the endpoint listens beyond
-/// loopback: it is unauthenticated and labels records by hospital and
-/// flags by rule.
-pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
-    use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
-
+/// until its task is aborted. Warns at once, before the future is first
+/// polled, when the endpoint listens beyond loopback: it is unauthenticated
+/// and labels records by hospital and flags by rule.
+pub fn serve(listener: TcpListener, handle: PrometheusHandle) -> impl Future<Output = ()> {
     if let Ok(addr) = listener.local_addr() {
         if !addr.ip().is_loopback() {
             tracing::warn!(
@@ -129,6 +126,12 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
             );
         }
     }
+    exposition_loop(listener, handle)
+}
+
+async fn exposition_loop(listener: TcpListener, handle: PrometheusHandle) {
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
 
     let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
     loop {
