@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::domain::identity::{FingerprintKey, MIN_KEY_LEN};
-use crate::domain::ledger::{BadSigningKey, SigningKey};
+use crate::domain::ledger::{BadSigningKey, PublicKey, SigningKey};
 use crate::server::ServeOptions;
 
 /// How log lines are written.
@@ -133,6 +133,16 @@ pub struct LedgerArgs {
     /// POST every digest (JSON) to this URL.
     #[arg(long, env = "LEDGER_DIGEST_URL")]
     pub ledger_digest_url: Option<String>,
+
+    /// Public keys (hex, comma-separated) the registry signed blocks with
+    /// before its current signing key: `VerifyAuditTrail` trusts them too.
+    #[arg(long, env = "LEDGER_PREVIOUS_PUBLIC_KEYS", value_delimiter = ',', value_parser = public_key)]
+    pub ledger_previous_public_keys: Vec<PublicKey>,
+}
+
+fn public_key(text: &str) -> Result<PublicKey, String> {
+    text.parse()
+        .map_err(|e: crate::domain::ledger::BadPublicKey| format!("{text:?}: {e}"))
 }
 
 impl LedgerArgs {
@@ -171,6 +181,15 @@ pub fn seconds(text: &str) -> Result<Duration, String> {
         .parse::<u64>()
         .map(Duration::from_secs)
         .map_err(|_| format!("{text:?} is not a whole number of seconds"))
+}
+
+/// Reads a number of seconds that must not be zero: a timeout of nothing
+/// would refuse every call.
+pub fn positive_seconds(text: &str) -> Result<Duration, String> {
+    match seconds(text)? {
+        Duration::ZERO => Err("must be at least 1 second".to_owned()),
+        d => Ok(d),
+    }
 }
 
 /// How the gRPC listener protects its traffic.
@@ -512,5 +531,23 @@ mod tests {
         assert_eq!(args.options.ingest_batch_size, defaults.ingest_batch_size);
         assert_eq!(defaults.request_timeout, Duration::from_secs(30));
         assert!(serve(&["--request-timeout-secs", "soon"]).is_err());
+    }
+
+    #[test]
+    fn the_new_timeouts_refuse_zero() {
+        for flag in [
+            "--request-message-timeout-secs",
+            "--stream-idle-timeout-secs",
+            "--handshake-timeout-secs",
+            "--keepalive-interval-secs",
+            "--keepalive-timeout-secs",
+        ] {
+            let refused = serve(&[flag, "0"]).expect_err(flag);
+            assert!(
+                refused.to_string().contains("at least 1 second"),
+                "{refused}"
+            );
+            assert!(serve(&[flag, "3"]).is_ok(), "{flag}");
+        }
     }
 }

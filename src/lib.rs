@@ -3,13 +3,15 @@
 //!
 //! Layers, dependencies pointing inward: [`domain`] (pure types), [`rules`]
 //! (pure functions), [`store`] (all SQL), [`ingest`] (the pipeline), [`api`]
-//! (tonic adapters), [`server`] (wiring, health, reflection, shutdown).
+//! (tonic adapters), [`server`] (wiring, health, reflection, shutdown),
+//! [`incoming`] (accepting connections).
 
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod context;
 pub mod import;
+pub mod incoming;
 pub mod ingest;
 pub mod rescan;
 pub mod seal;

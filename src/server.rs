@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -22,11 +20,15 @@ use crate::api::audit::AuditApi;
 use crate::api::auth::{AuthLayer, Authenticator};
 use crate::api::call_cap::ConcurrencyCap;
 use crate::api::ingest::IngestApi;
+use crate::api::message_deadline::MessageDeadline;
 use crate::api::observe::ObserveLayer;
+use crate::api::page_token::PageTokens;
+use crate::api::quota::TenantCap;
 use crate::api::registry::RegistryApi;
 use crate::config::{self, TlsPem};
 use crate::domain::FingerprintKey;
-use crate::domain::ledger::SigningKey;
+use crate::domain::ledger::{PublicKey, SigningKey};
+use crate::incoming::{ConnectionLimits, TlsSetupError, incoming, tls_config};
 use crate::ingest::Ingestor;
 use crate::rules::Engine;
 use crate::seal::{self, Sinks};
@@ -50,6 +52,10 @@ const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
 const CONNECTION_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
 
+/// Connections the health-only listener holds at once: probes open one at
+/// a time.
+const HEALTH_MAX_CONNECTIONS: usize = 64;
+
 /// How often health checks that the database answers (and pool metrics are sampled).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -69,6 +75,10 @@ pub struct App {
     pub ingestor: Ingestor,
     /// The rules in force.
     pub engine: Arc<Engine>,
+    /// The API keys' check.
+    pub auth: Arc<Authenticator>,
+    /// The listings' page tokens.
+    pub page_tokens: PageTokens,
     /// How the ledger is sealed.
     pub sealing: Sealing,
 }
@@ -78,6 +88,9 @@ pub struct App {
 pub struct Sealing {
     /// The registry's signing key.
     pub signer: SigningKey,
+    /// Public keys the registry signed with before `signer`, still trusted
+    /// for the blocks they signed.
+    pub previous_keys: Vec<PublicKey>,
     /// Where digests go besides the database.
     pub sinks: Sinks,
     /// The time between seals.
@@ -95,13 +108,25 @@ impl App {
         sealing: Sealing,
     ) -> Self {
         let engine = Arc::new(engine);
+        let page_tokens = PageTokens::new(&key);
         let ingestor = Ingestor::new(store.clone(), engine.clone(), key, batch_size);
         Self {
+            auth: Arc::new(Authenticator::new(store.clone())),
             store,
             ingestor,
             engine,
+            page_tokens,
             sealing,
         }
+    }
+}
+
+impl Sealing {
+    /// The public keys blocks and digests may be signed with.
+    pub fn trusted(&self) -> Arc<[PublicKey]> {
+        std::iter::once(self.signer.public())
+            .chain(self.previous_keys.iter().copied())
+            .collect()
     }
 }
 
@@ -150,6 +175,80 @@ pub struct ServeOptions {
     #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 32)]
     pub max_concurrent_streams: usize,
 
+    /// SubmitRecords streams one tenant (a hospital's keys together, or
+    /// another key) may have open at once; more are refused with
+    /// RESOURCE_EXHAUSTED. MAX_CONCURRENT_STREAMS stays the server's cap.
+    #[arg(long, env = "MAX_STREAMS_PER_TENANT", default_value_t = 8)]
+    pub max_streams_per_tenant: usize,
+
+    /// Calls one tenant may have in flight at once; more are refused with
+    /// RESOURCE_EXHAUSTED. MAX_CONCURRENT_CALLS stays the server's cap.
+    #[arg(long, env = "MAX_CALLS_PER_TENANT", default_value_t = 64)]
+    pub max_calls_per_tenant: usize,
+
+    /// grpc.health.v1.Health/Watch streams open at once (probes use Check).
+    #[arg(long, env = "MAX_HEALTH_WATCHES", default_value_t = 8)]
+    pub max_health_watches: usize,
+
+    /// Seconds a call's request message may take to arrive (all of it,
+    /// from the call's start); then the call is refused DEADLINE_EXCEEDED.
+    /// SubmitRecords is bound by STREAM_IDLE_TIMEOUT_SECS instead.
+    #[arg(
+        long = "request-message-timeout-secs",
+        env = "REQUEST_MESSAGE_TIMEOUT_SECS",
+        value_name = "SECS",
+        default_value = "10",
+        value_parser = config::positive_seconds
+    )]
+    pub request_message_timeout: Duration,
+
+    /// Seconds a SubmitRecords stream may wait for its next record while
+    /// none of its records is being stored; then it ends DEADLINE_EXCEEDED.
+    #[arg(
+        long = "stream-idle-timeout-secs",
+        env = "STREAM_IDLE_TIMEOUT_SECS",
+        value_name = "SECS",
+        default_value = "60",
+        value_parser = config::positive_seconds
+    )]
+    pub stream_idle_timeout: Duration,
+
+    /// Connections open at once; one more is closed as soon as it is
+    /// accepted. Keep it below the process's file descriptor limit.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Seconds a new connection has to finish its TLS handshake and send the
+    /// HTTP/2 preface; then it is closed.
+    #[arg(
+        long = "handshake-timeout-secs",
+        env = "HANDSHAKE_TIMEOUT_SECS",
+        value_name = "SECS",
+        default_value = "10",
+        value_parser = config::positive_seconds
+    )]
+    pub handshake_timeout: Duration,
+
+    /// Seconds between HTTP/2 pings on every connection.
+    #[arg(
+        long = "keepalive-interval-secs",
+        env = "KEEPALIVE_INTERVAL_SECS",
+        value_name = "SECS",
+        default_value = "30",
+        value_parser = config::positive_seconds
+    )]
+    pub keepalive_interval: Duration,
+
+    /// Seconds a ping may go unanswered before its connection is closed.
+    #[arg(
+        long = "keepalive-timeout-secs",
+        env = "KEEPALIVE_TIMEOUT_SECS",
+        value_name = "SECS",
+        default_value = "10",
+        value_parser = config::positive_seconds
+    )]
+    pub keepalive_timeout: Duration,
+
     /// Records one SubmitRecords stream may carry.
     #[arg(long, env = "MAX_STREAM_RECORDS", default_value_t = 1_000_000)]
     pub max_stream_records: u64,
@@ -197,21 +296,15 @@ impl Listeners {
     }
 }
 
-/// The server's TLS settings from the PEM files.
-fn tls_config(pem: &TlsPem) -> ServerTlsConfig {
-    let tls = ServerTlsConfig::new().identity(Identity::from_pem(&pem.cert, &pem.key));
-    match &pem.client_ca {
-        Some(ca) => tls.client_ca_root(Certificate::from_pem(ca)),
-        None => tls,
-    }
-}
-
 /// Why serving stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The transport failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The TLS files do not make a TLS configuration.
+    #[error("{0}")]
+    Tls(#[from] TlsSetupError),
     /// Reflection could not read the descriptors.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -257,6 +350,10 @@ pub async fn serve(
         app.sealing.interval,
         sealing_stopped,
     ));
+    if let Err(e) = app.auth.refresh().await {
+        tracing::warn!(error = %e, "cannot read the API keys yet; calls are refused until they are");
+    }
+    let keys = tokio::spawn(app.auth.clone().keep_fresh());
     let (reflection_v1, reflection_v1alpha) = reflection()?;
     let (feed, feed_handle) = FlagFeed::start(app.store.clone());
     let services = Services::new(&app, &options, feed);
@@ -264,26 +361,46 @@ pub async fn serve(
         .tls
         .as_ref()
         .is_some_and(|t| t.client_ca.is_some());
-    let mut builder = Server::builder()
-        .initial_stream_window_size(STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
-    if let Some(tls) = &listeners.tls {
-        builder = builder.tls_config(tls_config(tls))?;
-    }
+    let tls = listeners.tls.as_ref().map(tls_config).transpose()?;
+    let limits = ConnectionLimits {
+        max_connections: options.max_connections,
+        handshake_timeout: options.handshake_timeout,
+    };
+    // Pings find peers that went away without closing (a cable pulled, a
+    // NAT entry dropped), whose calls would otherwise hold their slots.
+    let builder = || {
+        Server::builder()
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            .http2_keepalive_interval(Some(options.keepalive_interval))
+            .http2_keepalive_timeout(Some(options.keepalive_timeout))
+    };
 
+    let tenant_cap = TenantCap::new(options.max_calls_per_tenant, options.max_health_watches);
     let (stop_accepting, accepting_stopped) = tokio::sync::watch::channel(false);
     let health_only = listeners.health.map(|listener| {
-        let router = Server::builder().add_service(health_service.clone());
-        tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            stopped(accepting_stopped.clone()),
-        ))
+        // Check needs no key there either; a Watch does, and takes a slot.
+        let router = builder()
+            .layer(AuthLayer::new(services.auth.clone(), false))
+            .layer(tenant_cap.clone())
+            .layer(MessageDeadline::new(options.request_message_timeout))
+            .add_service(health_service.clone());
+        let limits = ConnectionLimits {
+            max_connections: HEALTH_MAX_CONNECTIONS,
+            ..limits
+        };
+        let incoming = incoming(listener, None, limits, accepting_stopped.clone());
+        tokio::spawn(
+            router.serve_with_incoming_shutdown(incoming, stopped(accepting_stopped.clone())),
+        )
     });
-    let router = builder
+    let router = builder()
         .timeout(options.request_timeout)
         .layer(ObserveLayer)
         .layer(ConcurrencyCap::new(options.max_concurrent_calls))
         .layer(AuthLayer::new(services.auth, mutual_tls))
+        .layer(tenant_cap)
+        .layer(MessageDeadline::new(options.request_message_timeout))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -291,9 +408,7 @@ pub async fn serve(
         .add_service(services.registry)
         .add_service(services.audit)
         .add_service(services.admin);
-    // Without TCP_NODELAY a response's header and data frames wait on the
-    // peer's delayed ACK (40 ms on Linux) whenever they leave as separate writes.
-    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+    let incoming = incoming(listeners.grpc, tls, limits, accepting_stopped.clone());
     let mut server =
         tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped(accepting_stopped)));
 
@@ -309,6 +424,7 @@ pub async fn serve(
         }
     };
     watcher.abort();
+    keys.abort();
     if let Some(health_only) = health_only {
         health_only.abort();
     }
@@ -354,19 +470,27 @@ struct Services {
 
 impl Services {
     fn new(app: &App, options: &ServeOptions, feed: FlagFeed) -> Self {
-        let auth = Arc::new(Authenticator::new(app.store.clone()));
+        let auth = app.auth.clone();
         Self {
             ingest: IngestServiceServer::new(IngestApi::new(app.ingestor.clone(), options))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            registry: RegistryServiceServer::new(RegistryApi::new(app.store.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            audit: AuditServiceServer::new(AuditApi::new(app.store.clone(), feed))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            registry: RegistryServiceServer::new(RegistryApi::new(
+                app.store.clone(),
+                app.page_tokens.clone(),
+            ))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            audit: AuditServiceServer::new(AuditApi::new(
+                app.store.clone(),
+                feed,
+                app.page_tokens.clone(),
+            ))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
             admin: AdminServiceServer::new(AdminApi::new(
                 app.store.clone(),
                 app.engine.clone(),
                 auth.clone(),
-                app.sealing.signer.clone(),
+                app.sealing.trusted(),
+                app.page_tokens.clone(),
             ))
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
             auth,

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use chrono::Utc;
 
 use crate::domain::access::{KeySpec, NewApiKey};
-use crate::domain::ledger::{Digest, SigningKey};
+use crate::domain::ledger::{Digest, PublicKey};
 use crate::domain::{Role, Violations};
 use crate::rescan::{self, RescanReport, RescanRequest};
 use crate::rules::{Engine, RuleId};
@@ -21,14 +21,14 @@ use crate::store::keys::ApiKey;
 use crate::store::rescan::TransplantRange;
 
 use super::auth::{Authenticator, caller};
-use super::page_token;
+use super::page_token::PageTokens;
 use super::status::{ApiError, Resource, invalid, invalid_field};
 use crate::wire::convert::{ProtoEnum, instant, required, timestamp};
 use crate::wire::listing::page_size;
 use crate::wire::pb;
 use crate::wire::pb::admin_service_server::AdminService;
 
-/// The filters of the key listing, for its page tokens: it has none.
+/// The listing name key page tokens are bound to.
 const KEYS_LISTING: &str = "keys";
 
 /// Progress messages buffered ahead of a slow reader; older ones are dropped.
@@ -40,23 +40,27 @@ pub struct AdminApi {
     store: Store,
     engine: Arc<Engine>,
     auth: Arc<Authenticator>,
-    signer: SigningKey,
+    trusted: Arc<[PublicKey]>,
+    tokens: PageTokens,
 }
 
 impl AdminApi {
-    /// Serves administration of `store` under `engine`'s rules; revocations
-    /// reach `auth` at once; digests are checked with `signer`'s public key.
+    /// Serves administration of `store` under `engine`'s rules, paging with
+    /// `tokens`; keys created and revoked reach `auth` at once; blocks and
+    /// digests are checked against the `trusted` public keys.
     pub fn new(
         store: Store,
         engine: Arc<Engine>,
         auth: Arc<Authenticator>,
-        signer: SigningKey,
+        trusted: Arc<[PublicKey]>,
+        tokens: PageTokens,
     ) -> Self {
         Self {
             store,
             engine,
             auth,
-            signer,
+            trusted,
+            tokens,
         }
     }
 }
@@ -207,6 +211,7 @@ impl AdminService for AdminApi {
             .store
             .create_key(&new, &spec, Some(&admin.principal))
             .await?;
+        self.auth.learn(&key.key_id);
         tracing::info!(
             by = %admin.principal, by_key = %admin.key_id, key_id = %key.key_id,
             principal = %key.principal, role = %key.role, "API key created"
@@ -224,7 +229,7 @@ impl AdminService for AdminApi {
         let req = request.get_ref();
         let limit = page_size(req.page_size).map_err(invalid)?;
         let before =
-            match page_token::decode(KEYS_LISTING, &req.page_token)? {
+            match self.tokens.decode(KEYS_LISTING, "", &req.page_token)? {
                 Some(cursor) => Some(cursor.parse::<i64>().map_err(|_| {
                     invalid_field("page_token", "is not a token this listing issued")
                 })?),
@@ -235,7 +240,7 @@ impl AdminService for AdminApi {
             keys: page.keys.iter().map(key_to_proto).collect(),
             next_page_token: page
                 .next_before
-                .map(|b| page_token::encode(KEYS_LISTING, &b.to_string()))
+                .map(|b| self.tokens.encode(KEYS_LISTING, "", &b.to_string()))
                 .unwrap_or_default(),
         }))
     }
@@ -281,8 +286,7 @@ impl AdminService for AdminApi {
         if !v.is_empty() {
             return Err(invalid(v));
         }
-        let trusted = self.signer.public();
-        let report = self.store.verify(&digests, &[trusted]).await?;
+        let report = self.store.verify(&digests, &self.trusted).await?;
         if let Some(b) = &report.first_break {
             tracing::error!(table = b.table, row = %b.row, block = ?b.block, reason = %b.reason, "audit trail broken");
         }

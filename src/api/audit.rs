@@ -6,6 +6,7 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::domain::FlagFilter;
+use crate::domain::validation::check_note;
 use crate::domain::{FlagStatus, Violations};
 use crate::rules::RuleId;
 use crate::store::feed::FeedCursor;
@@ -13,23 +14,36 @@ use crate::store::{Store, TriageStep};
 use crate::watch::{self, FlagFeed};
 use crate::wire::listing;
 
+use super::Acting;
+use super::page_token::PageTokens;
 use super::status::{ApiError, Resource, invalid};
-use super::{Acting, page_token};
 use crate::wire::convert::{event_to_proto, flag_to_proto, instant, record_to_proto, required};
 use crate::wire::pb;
 use crate::wire::pb::audit_service_server::AuditService;
+
+/// The longest triage note accepted.
+const MAX_NOTE_LEN: usize = 4000;
 
 /// The gRPC face of flags and triage.
 #[derive(Clone, Debug)]
 pub struct AuditApi {
     store: Store,
     feed: FlagFeed,
+    tokens: PageTokens,
 }
 
+/// The listing name flag page tokens are bound to.
+const FLAGS_LISTING: &str = "flags";
+
 impl AuditApi {
-    /// Serves the flags kept in `store`, waking watchers from `feed`.
-    pub fn new(store: Store, feed: FlagFeed) -> Self {
-        Self { store, feed }
+    /// Serves the flags kept in `store`, waking watchers from `feed`,
+    /// paging with `tokens`.
+    pub fn new(store: Store, feed: FlagFeed, tokens: PageTokens) -> Self {
+        Self {
+            store,
+            feed,
+            tokens,
+        }
     }
 }
 
@@ -96,7 +110,10 @@ impl AuditService for AuditApi {
         let limit = listing::page_size(req.page_size).map_err(invalid)?;
         let filter = listing::flag_filter(req).map_err(invalid)?;
         let filters = format!("{filter:?}");
-        let before = match page_token::decode(&filters, &req.page_token)? {
+        let before = match self
+            .tokens
+            .decode(FLAGS_LISTING, &filters, &req.page_token)?
+        {
             Some(cursor) => Some(cursor.parse::<i64>().map_err(|_| {
                 super::status::invalid_field("page_token", "is not a token this listing issued")
             })?),
@@ -107,7 +124,7 @@ impl AuditService for AuditApi {
             flags: page.flags.iter().map(flag_to_proto).collect(),
             next_page_token: page
                 .next_before
-                .map(|b| page_token::encode(&filters, &b.to_string()))
+                .map(|b| self.tokens.encode(FLAGS_LISTING, &filters, &b.to_string()))
                 .unwrap_or_default(),
         }))
     }
@@ -148,10 +165,8 @@ impl AuditService for AuditApi {
         let id = parse_id(&mut v, "flag_id", &req.flag_id);
         let to: Option<FlagStatus> = required(&mut v, "status", req.status);
         let revision = parse_id(&mut v, "etag", &req.etag);
-        if req.note.len() > 4000 {
-            v.add("note", "must be at most 4000 bytes");
-        }
-        v.check_storable("note", &req.note);
+        let note_required = to.is_some_and(FlagStatus::needs_note);
+        check_note(&mut v, "note", &req.note, MAX_NOTE_LEN, note_required);
         let (Some(id), Some(to), Some(revision), true) = (id, to, revision, v.is_empty()) else {
             return Err(invalid(v));
         };

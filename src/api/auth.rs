@@ -3,9 +3,11 @@
 //! against its stored hash; the caller's role checked against the method.
 //!
 //! Missing or bad key: UNAUTHENTICATED. Valid key, wrong role: PERMISSION_DENIED.
-//! Every denial is logged with the key id, never the key.
+//! Denials are logged with the key id, never the key, at most one line a
+//! second per kind of denial (with the count of those left out).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -17,16 +19,25 @@ use super::status::ApiError;
 
 use super::client_cert;
 use crate::domain::access::PresentedKey;
-use crate::domain::{Caller, Role};
+use crate::domain::{Caller, HospitalId, Role};
 use crate::store::keys::StoredKey;
 use crate::store::{Store, StoreError};
+use crate::throttled_warn;
 use crate::wire::pb;
 
 /// How long a looked-up key is trusted before it is read again; a revoked
 /// key stops working within this time on every replica.
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
 
-/// Most keys (or unknown key ids) remembered at once.
+/// How often the ids of the usable keys are read again: a key created or
+/// revoked through another replica, or with the `keys` command, counts here
+/// within this time (through this replica, at once).
+pub const KEY_SET_REFRESH: Duration = Duration::from_secs(2);
+
+/// Keys read per query when the key ids are read again.
+const KEY_SET_PAGE: i64 = 1000;
+
+/// Most keys remembered at once.
 const KEY_CACHE_CAPACITY: usize = 10_000;
 
 const HEALTH: &str = tonic_health::pb::health_server::SERVICE_NAME;
@@ -38,7 +49,7 @@ const ADMIN: &str = pb::admin_service_server::SERVICE_NAME;
 /// Who may call a method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// Anyone, unauthenticated: the health check.
+    /// Anyone, unauthenticated: the health check (Check, not Watch).
     Open,
     /// Any valid key: server reflection.
     AnyRole,
@@ -53,7 +64,9 @@ pub fn access_for(path: &str) -> Access {
         .split_once('/')
         .unwrap_or((path, ""));
     match (service, method) {
-        (HEALTH, _) => Access::Open,
+        // Probes call Check; a Watch stream is held open, so it needs a key.
+        (HEALTH, "Check") => Access::Open,
+        (HEALTH, _) => Access::AnyRole,
         (INGEST, _) => Access::Roles(&[Role::Hospital]),
         (AUDIT, _) => Access::Roles(&[Role::Auditor]),
         (REGISTRY, "GetClinic" | "ListClinics") => Access::Roles(&[Role::Admin, Role::Auditor]),
@@ -64,20 +77,118 @@ pub fn access_for(path: &str) -> Access {
     }
 }
 
-/// Checks presented keys against the stored ones, with a short-lived cache.
+/// The ids of the keys that can be used, as last read, and what this
+/// replica changed since.
+#[derive(Debug, Default)]
+struct KnownKeys {
+    /// `None` until the first read.
+    ids: Option<HashSet<String>>,
+    /// When the read that `ids` holds began.
+    read_at: Option<Instant>,
+    /// Keys created (true) or revoked (false) through this replica, with
+    /// when: a read that began before the change does not hold it.
+    changes: Vec<(Instant, String, bool)>,
+}
+
+impl KnownKeys {
+    fn apply(&mut self, key_id: &str, usable: bool) {
+        if let Some(ids) = self.ids.as_mut() {
+            if usable {
+                ids.insert(key_id.to_owned());
+            } else {
+                ids.remove(key_id);
+            }
+        }
+    }
+}
+
+/// Checks presented keys against the stored ones. An id that is not one of
+/// the usable keys' (read every [`KEY_SET_REFRESH`]) is refused from memory,
+/// so a flood of made-up keys costs no database read; the others are read
+/// through a short-lived cache.
 #[derive(Debug)]
 pub struct Authenticator {
     store: Store,
+    known: Mutex<KnownKeys>,
     cache: Mutex<HashMap<String, (Instant, Option<StoredKey>)>>,
+    lookups: AtomicU64,
 }
 
 impl Authenticator {
-    /// Authenticates against the keys in `store`.
+    /// Authenticates against the keys in `store`; refuses every key until
+    /// [`Authenticator::refresh`] has read them once.
     pub fn new(store: Store) -> Self {
         Self {
             store,
+            known: Mutex::new(KnownKeys::default()),
             cache: Mutex::new(HashMap::new()),
+            lookups: AtomicU64::new(0),
         }
+    }
+
+    /// Reads the ids of the usable keys again; returns how many there are.
+    /// Keys go through the store's own reading of key rows.
+    pub async fn refresh(&self) -> Result<usize, StoreError> {
+        let started = Instant::now();
+        let now = chrono::Utc::now();
+        let mut ids = HashSet::new();
+        let mut before = None;
+        loop {
+            let page = self.store.keys(before, KEY_SET_PAGE).await?;
+            ids.extend(
+                page.keys
+                    .into_iter()
+                    .filter(|k| k.is_usable_at(now))
+                    .map(|k| k.key_id),
+            );
+            match page.next_before {
+                Some(next) => before = Some(next),
+                None => break,
+            }
+        }
+        let count = ids.len();
+        let mut known = lock(&self.known);
+        if known.read_at.is_some_and(|at| at > started) {
+            // A read that began later finished first: it is the fresher.
+            return Ok(count);
+        }
+        lock(&self.cache).retain(|key_id, _| ids.contains(key_id));
+        known.ids = Some(ids);
+        known.read_at = Some(started);
+        known.changes.retain(|(at, _, _)| *at >= started);
+        let changes = std::mem::take(&mut known.changes);
+        for (_, key_id, usable) in &changes {
+            known.apply(key_id, *usable);
+        }
+        known.changes = changes;
+        Ok(count)
+    }
+
+    /// Reads the usable keys every [`KEY_SET_REFRESH`], for ever; while the
+    /// database is unreachable the last set read stays in force.
+    pub async fn keep_fresh(self: Arc<Self>) {
+        let mut failing = false;
+        loop {
+            tokio::time::sleep(KEY_SET_REFRESH).await;
+            match self.refresh().await {
+                Ok(_) if failing => {
+                    tracing::info!("API keys read again");
+                    failing = false;
+                }
+                Ok(_) => {}
+                Err(e) if !failing => {
+                    tracing::warn!(error = %e, "cannot read the API keys; keeping the last ones read");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// How many times a key has been read from the database to check a
+    /// presented one.
+    pub fn key_lookups(&self) -> u64 {
+        self.lookups.load(Ordering::Relaxed)
     }
 
     /// The caller a header value identifies, or UNAUTHENTICATED.
@@ -85,6 +196,12 @@ impl Authenticator {
         let presented = header
             .and_then(PresentedKey::from_bearer)
             .ok_or(ApiError::KeyMissing)?;
+        match lock(&self.known).ids.as_ref() {
+            Some(ids) if ids.contains(&presented.key_id) => {}
+            Some(_) => return Err(ApiError::KeyRefused),
+            // Never read: the database was unreachable since the start.
+            None => return Err(ApiError::Unavailable),
+        }
         let stored = self.lookup(&presented.key_id).await?;
         let stored = stored
             .filter(|s| presented.matches(&s.secret_hash))
@@ -95,7 +212,7 @@ impl Authenticator {
         Ok(Caller {
             key_id: stored.key.key_id,
             role: stored.key.role,
-            hospital_id: stored.key.hospital_id,
+            hospital_id: stored.key.hospital_id.as_deref().map(HospitalId::normalize),
             principal: stored.key.principal,
             issued_by: stored.key.issued_by,
         })
@@ -105,16 +222,14 @@ impl Authenticator {
         if let Some(hit) = self.cached(key_id) {
             return Ok(hit);
         }
+        self.lookups.fetch_add(1, Ordering::Relaxed);
         let found = match self.store.key(key_id).await {
             Ok(found) => found,
             // A row forged behind the service (logged by the store) is no key.
             Err(StoreError::Tampered(_)) => None,
             Err(e) => return Err(e.into()),
         };
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cache = lock(&self.cache);
         if cache.len() >= KEY_CACHE_CAPACITY {
             cache.clear();
         }
@@ -122,21 +237,29 @@ impl Authenticator {
         Ok(found)
     }
 
-    /// Forgets what is cached of a key, so a revocation through this replica
-    /// takes effect at once (other replicas follow within [`KEY_CACHE_TTL`]).
+    /// Takes a key created through this replica into account at once
+    /// (other replicas follow within [`KEY_SET_REFRESH`]).
+    pub fn learn(&self, key_id: &str) {
+        self.change(key_id, true);
+    }
+
+    /// Forgets a key, so a revocation through this replica takes effect at
+    /// once (other replicas follow within [`KEY_SET_REFRESH`]).
     pub fn forget(&self, key_id: &str) {
-        self.cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(key_id);
+        lock(&self.cache).remove(key_id);
+        self.change(key_id, false);
+    }
+
+    fn change(&self, key_id: &str, usable: bool) {
+        let mut known = lock(&self.known);
+        known.apply(key_id, usable);
+        known
+            .changes
+            .push((Instant::now(), key_id.to_owned(), usable));
     }
 
     fn cached(&self, key_id: &str) -> Option<Option<StoredKey>> {
-        let cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        cache
+        lock(&self.cache)
             .get(key_id)
             .filter(|(at, _)| at.elapsed() < KEY_CACHE_TTL)
             .map(|(_, key)| key.clone())
@@ -156,7 +279,7 @@ impl Authenticator {
             Ok(caller) => caller,
             Err(status) => {
                 let key_id = header.and_then(PresentedKey::from_bearer).map(|k| k.key_id);
-                tracing::warn!(
+                throttled_warn!(
                     key_id = key_id.as_deref().unwrap_or("-"),
                     method = path,
                     "unauthenticated call refused"
@@ -166,7 +289,7 @@ impl Authenticator {
         };
         if let Access::Roles(roles) = access {
             if !roles.contains(&caller.role) {
-                tracing::warn!(key_id = %caller.key_id, role = %caller.role, method = path, "call denied");
+                throttled_warn!(key_id = %caller.key_id, role = %caller.role, method = path, "call denied");
                 return Err(ApiError::RoleNotAllowed {
                     role: caller.role,
                     method: path.to_owned(),
@@ -177,6 +300,12 @@ impl Authenticator {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The authenticated caller of a request, as the layer left it.
 pub fn caller<T>(request: &tonic::Request<T>) -> Result<&Caller, ApiError> {
     request
@@ -185,10 +314,15 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Result<&Caller, ApiError> {
         .ok_or(ApiError::KeyMissing)
 }
 
-/// Refuses a hospital key acting for another hospital, and logs the denial.
+/// Refuses a hospital key acting for another hospital (ids compared in
+/// their normal form), and logs the denial.
 pub fn check_hospital(caller: &Caller, hospital_id: &str) -> Result<(), ApiError> {
-    if caller.role == Role::Hospital && caller.hospital_id.as_deref() != Some(hospital_id) {
-        tracing::warn!(key_id = %caller.key_id, "record for another hospital refused");
+    let own = caller
+        .hospital_id
+        .as_ref()
+        .is_some_and(|h| h.is(hospital_id));
+    if caller.role == Role::Hospital && !own {
+        throttled_warn!(key_id = %caller.key_id, "record for another hospital refused");
         return Err(ApiError::OtherHospital);
     }
     Ok(())
@@ -234,7 +368,7 @@ pub struct AuthService<S> {
 
 /// Refuses a hospital key used without its hospital's client certificate.
 fn check_client_cert<B>(request: &http::Request<B>, caller: &Caller) -> Result<(), ApiError> {
-    let Some(hospital) = caller.hospital_id.as_deref() else {
+    let Some(hospital) = &caller.hospital_id else {
         return Ok(());
     };
     let bound = client_cert::presented(request)
@@ -242,7 +376,7 @@ fn check_client_cert<B>(request: &http::Request<B>, caller: &Caller) -> Result<(
     if bound {
         return Ok(());
     }
-    tracing::warn!(
+    throttled_warn!(
         key_id = %caller.key_id,
         "hospital key refused: the client certificate is not its hospital's"
     );
@@ -307,6 +441,7 @@ mod tests {
     fn the_matrix() {
         use Access::*;
         assert_eq!(access_for("/grpc.health.v1.Health/Check"), Open);
+        assert_eq!(access_for("/grpc.health.v1.Health/Watch"), AnyRole);
         assert_eq!(
             access_for("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
             AnyRole
@@ -338,11 +473,15 @@ mod tests {
         let hospital = Caller {
             key_id: "k".into(),
             role: Role::Hospital,
-            hospital_id: Some("H-1".into()),
+            hospital_id: Some(HospitalId::normalize("H-1")),
             principal: "hospital H-1".into(),
             issued_by: None,
         };
         assert!(check_hospital(&hospital, "H-1").is_ok());
+        assert!(
+            check_hospital(&hospital, " h-1 ").is_ok(),
+            "one normal form"
+        );
         assert!(matches!(
             check_hospital(&hospital, "H-2"),
             Err(ApiError::OtherHospital)

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tonic::Status;
 
 use super::auth::{Access, access_for};
 use super::status::ApiError;
+use crate::throttled_warn;
 
 /// The layer capping calls in flight.
 #[derive(Clone, Debug)]
@@ -73,7 +74,7 @@ where
             match self.permits.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
-                    tracing::warn!(method = request.uri().path(), "overloaded: call refused");
+                    throttled_warn!(method = request.uri().path(), "overloaded: call refused");
                     let refused = Status::from(ApiError::TooManyCalls);
                     return Box::pin(async move { Ok(refused.into_http()) });
                 }
@@ -82,26 +83,34 @@ where
         Box::pin(async move {
             let response = inner.call(request).await?;
             Ok(match permit {
-                // The permit lives as long as the response body, so a stream counts until it ends.
-                Some(permit) => response.map(|body| {
-                    tonic::body::Body::new(Holding {
-                        body,
-                        _permit: permit,
-                    })
-                }),
+                Some(permit) => holding(response, permit),
                 None => response,
             })
         })
     }
 }
 
-/// A response body that keeps its call's permit until it is done.
-struct Holding {
-    body: tonic::body::Body,
-    _permit: OwnedSemaphorePermit,
+/// `response` with `permit` held until its body is done, so a stream
+/// counts until it ends.
+pub(crate) fn holding<P: Send + Unpin + 'static>(
+    response: http::Response<tonic::body::Body>,
+    permit: P,
+) -> http::Response<tonic::body::Body> {
+    response.map(|body| {
+        tonic::body::Body::new(Holding {
+            body,
+            _permit: permit,
+        })
+    })
 }
 
-impl http_body::Body for Holding {
+/// A response body that keeps its call's permits until it is done.
+struct Holding<P> {
+    body: tonic::body::Body,
+    _permit: P,
+}
+
+impl<P: Send + Unpin + 'static> http_body::Body for Holding<P> {
     type Data = bytes::Bytes;
     type Error = Status;
 

@@ -2,25 +2,22 @@
 //! certificate belongs to the same hospital, so a leaked key alone cannot
 //! submit records.
 
-use rustls_pki_types::{CertificateDer, ServerName};
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use crate::domain::HospitalId;
+use crate::incoming::ConnectionInfo;
+use rustls_pki_types::CertificateDer;
 
 /// The leaf certificate the client presented on the request's connection.
 pub fn presented<B>(request: &http::Request<B>) -> Option<CertificateDer<'static>> {
-    let info = request
-        .extensions()
-        .get::<TlsConnectInfo<TcpConnectInfo>>()?;
-    info.peer_certs()?.first().cloned()
+    let info = request.extensions().get::<ConnectionInfo>()?;
+    info.peer_certificates.as_ref()?.first().cloned()
 }
 
-/// Whether `cert` names `hospital_id` as a subjectAltName DNS entry (case-insensitive).
-pub fn names_hospital(cert: &CertificateDer<'_>, hospital_id: &str) -> bool {
-    let Ok(name) = ServerName::try_from(hospital_id) else {
-        // An id that cannot be a DNS name cannot be in a certificate's SAN.
-        return false;
-    };
+/// Whether `cert` names `hospital` as a subjectAltName DNS entry, compared
+/// in the hospital id's normal form (as keys and records are), not by DNS
+/// matching: a wildcard name binds no hospital but one spelled as it.
+pub fn names_hospital(cert: &CertificateDer<'_>, hospital: &HospitalId) -> bool {
     webpki::EndEntityCert::try_from(cert)
-        .is_ok_and(|leaf| leaf.verify_is_valid_for_subject_name(&name).is_ok())
+        .is_ok_and(|leaf| leaf.valid_dns_names().any(|name| hospital.is(name)))
 }
 
 #[cfg(test)]
@@ -36,17 +33,19 @@ mod tests {
     }
 
     #[test]
-    fn a_certificate_names_the_hospitals_in_its_san() {
-        let cert = cert_for(&["H-DE-001", "h-de-002"]);
-        assert!(names_hospital(&cert, "H-DE-001"));
-        assert!(names_hospital(&cert, "h-de-001"), "DNS names ignore case");
-        assert!(names_hospital(&cert, "H-DE-002"));
-        assert!(!names_hospital(&cert, "H-DE-003"));
-        assert!(!names_hospital(&cert, "H-DE-00"));
-        assert!(!names_hospital(&cert, "not a dns name"));
+    fn a_certificate_names_the_hospitals_in_its_san_in_their_normal_form() {
+        let cert = cert_for(&["H-DE-001", "h-de-002", "*.example.org"]);
+        let names = |id: &str| names_hospital(&cert, &HospitalId::normalize(id));
+        assert!(names("H-DE-001"));
+        assert!(names("h-de-001"), "case is not part of a hospital id");
+        assert!(names(" H-DE-002 "), "nor is surrounding whitespace");
+        assert!(!names("H-DE-003"));
+        assert!(!names("H-DE-00"));
+        assert!(!names("not a dns name"));
+        assert!(!names("h.example.org"), "no wildcard matching");
         assert!(!names_hospital(
             &CertificateDer::from(vec![1, 2, 3]),
-            "H-DE-001"
+            &HospitalId::normalize("H-DE-001")
         ));
     }
 }

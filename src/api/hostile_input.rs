@@ -9,11 +9,11 @@ use prost::Message;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use super::page_token;
+use super::page_token::PageTokens;
 use super::status::MAX_REPORTED_VIOLATIONS;
-use crate::domain::FlagFilter;
 use crate::domain::validation::{FUTURE_TOLERANCE, MAX_ID_LEN, earliest_instant};
 use crate::domain::{Clinic, DonorKind, Submission, Violations};
+use crate::domain::{FingerprintKey, FlagFilter};
 use crate::wire::convert::{ProtoEnum, clinic, submission};
 use crate::wire::listing::{flag_filter as filter, page_size};
 use crate::wire::ndjson;
@@ -87,7 +87,8 @@ fn clinic_fit_to_store(c: &Clinic) -> bool {
 fn list_flags(req: &pb::ListFlagsRequest) -> Result<FlagFilter, Status> {
     page_size(req.page_size).map_err(super::status::invalid)?;
     let filter = filter(req).map_err(super::status::invalid)?;
-    page_token::decode(&format!("{filter:?}"), &req.page_token)?;
+    let tokens = PageTokens::new(&FingerprintKey::from_bytes(&[7; 32]).expect("a key"));
+    tokens.decode("flags", &format!("{filter:?}"), &req.page_token)?;
     Ok(filter)
 }
 

@@ -10,13 +10,16 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::domain::{Caller, Submission, Violations};
+use crate::domain::validation::check_note;
+use crate::domain::{Caller, HospitalId, Submission, Violations};
 use crate::ingest::stream::{Check, StreamLimits};
 use crate::ingest::{Ack, IngestError, Ingestor, Outcome};
 use crate::server::ServeOptions;
 use crate::telemetry::metrics;
+use crate::throttled_warn;
 
 use super::auth::{caller, check_hospital};
+use super::quota::TenantQuota;
 use super::status::{ApiError, invalid, to_rpc_status};
 use crate::wire::convert::{submission, timestamp};
 use crate::wire::pb::ingest_service_server::IngestService;
@@ -33,6 +36,7 @@ const MAX_REASON_LEN: usize = 2000;
 pub struct IngestApi {
     ingestor: Ingestor,
     streams: Arc<Semaphore>,
+    tenant_streams: Arc<TenantQuota>,
     stream_limits: StreamLimits,
 }
 
@@ -42,9 +46,11 @@ impl IngestApi {
         Self {
             ingestor,
             streams: Arc::new(Semaphore::new(limits.max_concurrent_streams)),
+            tenant_streams: TenantQuota::new(limits.max_streams_per_tenant),
             stream_limits: StreamLimits {
                 max_records: limits.max_stream_records,
                 batch_size: limits.ingest_batch_size.max(1),
+                idle_timeout: limits.stream_idle_timeout,
             },
         }
     }
@@ -124,7 +130,7 @@ fn is_rejection(code: tonic::Code) -> bool {
 
 /// The hospital label of the caller's records (keys other than HOSPITAL keys have none).
 fn hospital_label(caller: &Caller) -> &str {
-    caller.hospital_id.as_deref().unwrap_or("")
+    caller.hospital_id.as_ref().map_or("", HospitalId::as_str)
 }
 
 /// Counts an acknowledged record by its outcome.
@@ -207,8 +213,15 @@ impl IngestService for IngestApi {
         request: Request<Streaming<pb::SubmitRecordsRequest>>,
     ) -> Result<Response<Self::SubmitRecordsStream>, Status> {
         let caller = caller(&request)?.clone();
+        let tenant = caller.tenant();
+        let tenant_permit = self.tenant_streams.try_acquire(&tenant).ok_or_else(|| {
+            throttled_warn!(%tenant, key_id = %caller.key_id, "stream refused: the tenant's open streams are at their quota");
+            Status::from(ApiError::TenantTooManyStreams {
+                limit: self.tenant_streams.limit(),
+            })
+        })?;
         let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
-            tracing::warn!(key_id = %caller.key_id, "stream refused: too many open streams");
+            throttled_warn!(key_id = %caller.key_id, "stream refused: too many open streams");
             Status::from(ApiError::TooManyStreams)
         })?;
         let (tx, rx) = mpsc::channel(ACK_BUFFER);
@@ -220,7 +233,7 @@ impl IngestService for IngestApi {
         tokio::spawn(
             async move {
                 // The stream counts among the open ones until its batches are stored.
-                let _permit = permit;
+                let _permits = (permit, tenant_permit);
                 ingestor.submit_stream(messages, check, limits, tx).await;
             }
             .instrument(tracing::Span::current()),
@@ -250,12 +263,7 @@ impl IngestService for IngestApi {
         authorize(caller(&request)?, req.record.as_ref(), &parsed)?;
         let reason = req.reason.trim();
         let mut violations = parsed.as_ref().err().cloned().unwrap_or_default();
-        if reason.is_empty() {
-            violations.missing("reason");
-        } else if reason.len() > MAX_REASON_LEN {
-            violations.add("reason", format!("must be at most {MAX_REASON_LEN} bytes"));
-        }
-        violations.check_storable("reason", reason);
+        check_note(&mut violations, "reason", reason, MAX_REASON_LEN, true);
         let submission = match parsed {
             Ok(s) if violations.is_empty() => s,
             _ => return Err(invalid(violations)),

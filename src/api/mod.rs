@@ -1,7 +1,8 @@
 //! The gRPC adapters: one per service (ingest, registry, audit, admin), each
 //! converting between the wire and the domain and calling the layer below;
 //! the one error map ([`status`]); and the tower layers every call passes
-//! (authentication, the cap on calls in flight, tracing and metrics).
+//! (authentication, the caps on calls in flight, the tenants' quotas,
+//! tracing and metrics).
 
 pub mod admin;
 pub mod audit;
@@ -11,8 +12,11 @@ pub mod client_cert;
 #[cfg(test)]
 mod hostile_input;
 pub mod ingest;
+pub mod message_deadline;
+pub mod methods;
 pub mod observe;
-mod page_token;
+pub mod page_token;
+pub mod quota;
 pub mod registry;
 pub mod status;
 

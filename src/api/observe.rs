@@ -3,54 +3,19 @@
 //! when its response body does, so a stream is measured to its last message,
 //! and a call the client abandons counts as CANCELLED.
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use prost::Message;
 use tonic::{Code, Status};
 use tracing::Instrument;
 
+use super::methods;
 use crate::telemetry::{metrics, propagation};
-use crate::wire::pb;
 
 /// The label for a path that names no method this server has.
 const OTHER: &str = "_OTHER";
-
-/// Service and method names by gRPC path, for every method the server has:
-/// labels come from this table, so a client cannot mint label values.
-fn known_methods() -> &'static HashMap<String, (&'static str, &'static str)> {
-    static KNOWN: OnceLock<HashMap<String, (&'static str, &'static str)>> = OnceLock::new();
-    KNOWN.get_or_init(|| {
-        let sets = [
-            pb::FILE_DESCRIPTOR_SET,
-            tonic_health::pb::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-        ];
-        let mut known = HashMap::new();
-        for set in sets {
-            // The sets are compiled in; one that does not decode names nothing.
-            let Ok(set) = prost_types::FileDescriptorSet::decode(set) else {
-                continue;
-            };
-            for file in &set.file {
-                for service in &file.service {
-                    let full = format!("{}.{}", file.package(), service.name());
-                    let full: &'static str = Box::leak(full.into_boxed_str());
-                    for method in &service.method {
-                        let name: &'static str = Box::leak(method.name().into());
-                        known.insert(format!("/{full}/{name}"), (full, name));
-                    }
-                }
-            }
-        }
-        known
-    })
-}
 
 /// The layer that traces and measures every call.
 #[derive(Clone, Copy, Debug, Default)]
@@ -90,10 +55,8 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let (service, method) = known_methods()
-            .get(request.uri().path())
-            .copied()
-            .unwrap_or((OTHER, OTHER));
+        let (service, method) =
+            methods::method(request.uri().path()).map_or((OTHER, OTHER), |m| (m.service, m.name));
         let call_id = CallId::new();
         let span = call_span(service, method, request.headers(), &call_id);
         request.extensions_mut().insert(call_id);

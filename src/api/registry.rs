@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 use crate::domain::CountryCode;
 use crate::store::Store;
 
-use super::page_token;
+use super::page_token::PageTokens;
 use super::status::{ApiError, Resource, invalid, invalid_field};
 use crate::wire::convert::{clinic, clinic_to_proto};
 use crate::wire::listing::page_size;
@@ -16,12 +16,16 @@ use crate::wire::pb::registry_service_server::RegistryService;
 #[derive(Clone, Debug)]
 pub struct RegistryApi {
     store: Store,
+    tokens: PageTokens,
 }
 
+/// The listing name clinic page tokens are bound to.
+const CLINICS_LISTING: &str = "clinics";
+
 impl RegistryApi {
-    /// Serves the registry kept in `store`.
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    /// Serves the registry kept in `store`, paging with `tokens`.
+    pub fn new(store: Store, tokens: PageTokens) -> Self {
+        Self { store, tokens }
     }
 }
 
@@ -93,7 +97,9 @@ impl RegistryService for RegistryApi {
             "country={}",
             country.map(|c| c.to_string()).unwrap_or_default()
         );
-        let after = page_token::decode(&filters, &req.page_token)?;
+        let after = self
+            .tokens
+            .decode(CLINICS_LISTING, &filters, &req.page_token)?;
         let page = self
             .store
             .list_clinics(
@@ -106,7 +112,7 @@ impl RegistryService for RegistryApi {
             clinics: page.clinics.iter().map(clinic_to_proto).collect(),
             next_page_token: page
                 .next_after
-                .map(|a| page_token::encode(&filters, &a))
+                .map(|a| self.tokens.encode(CLINICS_LISTING, &filters, &a))
                 .unwrap_or_default(),
         }))
     }

@@ -164,11 +164,50 @@ pub enum ApiError {
     /// The server has as many `SubmitRecords` streams open as it takes.
     #[error("too many SubmitRecords streams are open; retry later")]
     TooManyStreams,
+    /// The caller's tenant (its hospital, or the key) has as many calls in
+    /// flight as its quota allows.
+    #[error(
+        "this hospital or key has {limit} calls in flight, its quota; retry once one has ended"
+    )]
+    TenantTooManyCalls {
+        /// Calls in flight per tenant.
+        limit: usize,
+    },
+    /// The caller's tenant has as many `SubmitRecords` streams open as its
+    /// quota allows.
+    #[error(
+        "this hospital or key has {limit} SubmitRecords streams open, its quota; retry once one has ended"
+    )]
+    TenantTooManyStreams {
+        /// Open streams per tenant.
+        limit: usize,
+    },
+    /// As many `grpc.health.v1.Health/Watch` streams are open as the server takes.
+    #[error("{limit} health watches are open, as many as the server takes; use Health/Check")]
+    TooManyHealthWatches {
+        /// Health watches at once.
+        limit: usize,
+    },
     /// A stream carried more records than one stream may.
     #[error("a stream carries at most {limit} records; send the rest on a new stream")]
     StreamTooLong {
         /// Records one stream may carry.
         limit: u64,
+    },
+    /// A stream's client sent nothing for too long.
+    #[error(
+        "nothing arrived on this stream for {}; it ends: send the rest on a new stream",
+        secs(*.timeout)
+    )]
+    StreamIdle {
+        /// How long a stream may wait for its next message.
+        timeout: Duration,
+    },
+    /// A call's request message did not arrive in time.
+    #[error("the request message did not arrive within {}", secs(*.timeout))]
+    RequestMessageTimeout {
+        /// How long a call may wait for its request message.
+        timeout: Duration,
     },
     /// The database cannot be reached.
     #[error("the database is unavailable; retry later")]
@@ -212,8 +251,28 @@ impl ApiError {
                 "TOO_MANY_STREAMS",
                 Some(RETRY_DELAY),
             ),
+            TenantTooManyCalls { .. } => (
+                Code::ResourceExhausted,
+                "TENANT_TOO_MANY_CALLS",
+                Some(RETRY_DELAY),
+            ),
+            TenantTooManyStreams { .. } => (
+                Code::ResourceExhausted,
+                "TENANT_TOO_MANY_STREAMS",
+                Some(RETRY_DELAY),
+            ),
+            TooManyHealthWatches { .. } => (
+                Code::ResourceExhausted,
+                "TOO_MANY_HEALTH_WATCHES",
+                Some(RETRY_DELAY),
+            ),
             // A new stream helps, not waiting.
             StreamTooLong { .. } => (Code::ResourceExhausted, "STREAM_TOO_LONG", None),
+            // The client's own silence: sending, not waiting, helps.
+            StreamIdle { .. } => (Code::DeadlineExceeded, "STREAM_IDLE", None),
+            RequestMessageTimeout { .. } => {
+                (Code::DeadlineExceeded, "REQUEST_MESSAGE_TIMEOUT", None)
+            }
             Unavailable => (Code::Unavailable, "DATABASE_UNAVAILABLE", Some(RETRY_DELAY)),
             ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN", Some(RETRY_DELAY)),
             Internal => (Code::Internal, "INTERNAL", None),
@@ -227,6 +286,23 @@ impl ApiError {
             ApiError::StreamTooLong { limit } => {
                 [("max_stream_records".to_owned(), limit.to_string())].into()
             }
+            ApiError::TenantTooManyCalls { limit } => {
+                [("max_calls_per_tenant".to_owned(), limit.to_string())].into()
+            }
+            ApiError::TenantTooManyStreams { limit } => {
+                [("max_streams_per_tenant".to_owned(), limit.to_string())].into()
+            }
+            ApiError::TooManyHealthWatches { limit } => {
+                [("max_health_watches".to_owned(), limit.to_string())].into()
+            }
+            ApiError::StreamIdle { timeout } => {
+                [("stream_idle_timeout_secs".to_owned(), secs_value(*timeout))].into()
+            }
+            ApiError::RequestMessageTimeout { timeout } => [(
+                "request_message_timeout_secs".to_owned(),
+                secs_value(*timeout),
+            )]
+            .into(),
             _ => HashMap::new(),
         }
     }
@@ -347,6 +423,7 @@ impl From<StreamError<Status>> for Status {
             // The client's own stream broke: tonic's status says how.
             StreamError::Broken(status) => status,
             StreamError::TooLong { limit } => ApiError::StreamTooLong { limit }.into(),
+            StreamError::Idle { timeout } => ApiError::StreamIdle { timeout }.into(),
             StreamError::Store(e) => e.into(),
             StreamError::Lost => ApiError::Internal.into(),
         }
@@ -376,6 +453,17 @@ pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
     let mut v = Violations::default();
     v.add(field, description);
     invalid(v)
+}
+
+/// A duration in seconds, as the settings are written (fractions for the
+/// short timeouts tests use).
+fn secs_value(d: Duration) -> String {
+    d.as_secs_f64().to_string()
+}
+
+/// A duration for people: `30 s`.
+fn secs(d: Duration) -> String {
+    format!("{} s", secs_value(d))
 }
 
 /// The message of an INVALID_ARGUMENT: the field, or the fields' names.
@@ -475,7 +563,16 @@ mod tests {
             },
             ApiError::TooManyCalls,
             ApiError::TooManyStreams,
+            ApiError::TenantTooManyCalls { limit: 4 },
+            ApiError::TenantTooManyStreams { limit: 2 },
+            ApiError::TooManyHealthWatches { limit: 8 },
             ApiError::StreamTooLong { limit: 10 },
+            ApiError::StreamIdle {
+                timeout: Duration::from_secs(60),
+            },
+            ApiError::RequestMessageTimeout {
+                timeout: Duration::from_millis(500),
+            },
             ApiError::Unavailable,
             ApiError::ShuttingDown,
             ApiError::Internal,
@@ -509,7 +606,18 @@ mod tests {
             RescanRuleUnknown { .. } => (Code::FailedPrecondition, "RESCAN_RULE_UNKNOWN", false),
             TooManyCalls => (Code::ResourceExhausted, "TOO_MANY_CALLS", true),
             TooManyStreams => (Code::ResourceExhausted, "TOO_MANY_STREAMS", true),
+            TenantTooManyCalls { .. } => (Code::ResourceExhausted, "TENANT_TOO_MANY_CALLS", true),
+            TenantTooManyStreams { .. } => {
+                (Code::ResourceExhausted, "TENANT_TOO_MANY_STREAMS", true)
+            }
+            TooManyHealthWatches { .. } => {
+                (Code::ResourceExhausted, "TOO_MANY_HEALTH_WATCHES", true)
+            }
             StreamTooLong { .. } => (Code::ResourceExhausted, "STREAM_TOO_LONG", false),
+            StreamIdle { .. } => (Code::DeadlineExceeded, "STREAM_IDLE", false),
+            RequestMessageTimeout { .. } => {
+                (Code::DeadlineExceeded, "REQUEST_MESSAGE_TIMEOUT", false)
+            }
             Unavailable => (Code::Unavailable, "DATABASE_UNAVAILABLE", true),
             ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN", true),
             Internal => (Code::Internal, "INTERNAL", false),
@@ -538,7 +646,7 @@ mod tests {
                 assert!(!message.contains("database error"), "{message}");
             }
         }
-        assert_eq!(reasons.len(), 26, "one_of_each lists every kind once");
+        assert_eq!(reasons.len(), 31, "one_of_each lists every kind once");
     }
 
     #[test]
@@ -547,6 +655,46 @@ mod tests {
         let details = status.get_error_details();
         let info = details.error_info().expect("an ErrorInfo");
         assert_eq!(info.metadata.get("etag").map(String::as_str), Some("7"));
+    }
+
+    #[test]
+    fn limits_are_named_in_the_refusal() {
+        for (err, key, value) in [
+            (
+                ApiError::TenantTooManyCalls { limit: 64 },
+                "max_calls_per_tenant",
+                "64",
+            ),
+            (
+                ApiError::TenantTooManyStreams { limit: 8 },
+                "max_streams_per_tenant",
+                "8",
+            ),
+            (
+                ApiError::TooManyHealthWatches { limit: 4 },
+                "max_health_watches",
+                "4",
+            ),
+            (
+                ApiError::StreamIdle {
+                    timeout: Duration::from_secs(60),
+                },
+                "stream_idle_timeout_secs",
+                "60",
+            ),
+            (
+                ApiError::RequestMessageTimeout {
+                    timeout: Duration::from_millis(500),
+                },
+                "request_message_timeout_secs",
+                "0.5",
+            ),
+        ] {
+            let status = Status::from(err);
+            let details = status.get_error_details();
+            let info = details.error_info().expect("an ErrorInfo");
+            assert_eq!(info.metadata.get(key).map(String::as_str), Some(value));
+        }
     }
 
     #[test]

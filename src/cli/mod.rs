@@ -55,7 +55,7 @@ pub struct Cli {
 
     /// `serve`'s flags, for when no command is given.
     #[command(flatten)]
-    pub serve: ServeArgs,
+    pub serve: Box<ServeArgs>,
 }
 
 /// The commands.
@@ -63,7 +63,7 @@ pub struct Cli {
 pub enum Command {
     /// Apply migrations and serve gRPC until SIGTERM or SIGINT.
     #[command(after_help = EXIT_CODES)]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply pending database migrations and exit.
     #[command(after_help = EXIT_CODES)]
     Migrate(DatabaseArgs),
@@ -151,7 +151,7 @@ impl CliError {
 /// Runs the command the line names.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command.unwrap_or(Command::Serve(cli.serve)) {
-        Command::Serve(args) => serve::serve(args).await,
+        Command::Serve(args) => serve::serve(*args).await,
         Command::Migrate(database) => {
             let db = Database::open(&database, Access::Migrate).await?;
             db.close(Ok(())).await

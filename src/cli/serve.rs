@@ -110,6 +110,7 @@ fn sealing(args: &ServeArgs) -> Result<Sealing, CliError> {
     );
     Ok(Sealing {
         signer,
+        previous_keys: args.ledger.ledger_previous_public_keys.clone(),
         sinks,
         interval: args.ledger.seal_interval(),
     })

@@ -6,6 +6,8 @@
 //! the answers go back through a channel, each once its record's
 //! transaction has committed.
 
+use std::time::Duration;
+
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
@@ -60,6 +62,13 @@ pub enum StreamError<E> {
         /// Records one stream may carry.
         limit: u64,
     },
+    /// Nothing arrived for this long while the stream owed the client
+    /// nothing: its client holds it open without using it.
+    #[error("nothing arrived on the stream for {timeout:?}")]
+    Idle {
+        /// How long a stream may wait for its next message.
+        timeout: Duration,
+    },
     /// The client's side broke (for example a message too large to decode).
     #[error("the stream broke")]
     Broken(E),
@@ -79,6 +88,9 @@ pub struct StreamLimits {
     pub max_records: u64,
     /// Most records read into one batch.
     pub batch_size: usize,
+    /// How long the stream waits for a message while none of its records
+    /// is being stored (its client has every answer it is owed).
+    pub idle_timeout: Duration,
 }
 
 /// What is sent back: an answer per message, in order, then at most one error.
@@ -182,6 +194,11 @@ impl<C: Check, E: Send + 'static> StreamRun<'_, C, E> {
                     } else {
                         end
                     };
+                }
+                // Re-armed at every turn of the loop: only time spent waiting
+                // on the client alone counts, not time spent storing.
+                () = tokio::time::sleep(self.limits.idle_timeout), if may_read && self.storing.is_empty() => {
+                    ending = Ending::Failed(StreamError::Idle { timeout: self.limits.idle_timeout });
                 }
                 () = async {
                     match ordering.as_mut() {

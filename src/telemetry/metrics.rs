@@ -146,8 +146,23 @@ fn describe() {
 }
 
 /// Serves `GET /metrics` on `listener`, keeping histograms drained; runs
-/// until its task is aborted.
-pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
+/// until its task is aborted. Warns at once, before the future is first
+/// polled, when the endpoint listens beyond loopback: it is unauthenticated
+/// and labels records by hospital and flags by rule.
+pub fn serve(listener: TcpListener, handle: PrometheusHandle) -> impl Future<Output = ()> {
+    if let Ok(addr) = listener.local_addr() {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "metrics on a non-loopback address: GET /metrics is unauthenticated and names \
+                 hospitals and the rules raising flags; keep it reachable by the scraper only"
+            );
+        }
+    }
+    exposition_loop(listener, handle)
+}
+
+async fn exposition_loop(listener: TcpListener, handle: PrometheusHandle) {
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
 

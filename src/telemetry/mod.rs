@@ -8,6 +8,7 @@
 
 pub mod metrics;
 pub mod propagation;
+pub mod throttle;
 
 use std::io::IsTerminal;
 use std::time::Duration;

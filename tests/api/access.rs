@@ -189,11 +189,11 @@ fn allowed(role: Role, method: &str) -> bool {
 #[tokio::test]
 async fn every_cell_of_the_authorisation_matrix() {
     let app = spawn_app().await;
-    let hospital = create_key(&app.store, Role::Hospital, Some(DEFAULT_HOSPITAL)).await;
-    let revoked = create_key(&app.store, Role::Admin, None).await;
+    let hospital = app.key(Role::Hospital, Some(DEFAULT_HOSPITAL)).await;
+    let revoked = app.key(Role::Admin, None).await;
     let revoked_id = revoked.split('_').nth(1).expect("key id").to_owned();
     app.store.revoke_key(&revoked_id).await.expect("revoke");
-    let expired = create_key(&app.store, Role::Admin, None).await;
+    let expired = app.key(Role::Admin, None).await;
     sqlx::query("UPDATE api_keys SET expires_at = now() - interval '1 minute' WHERE key_id = $1")
         .bind(expired.split('_').nth(1).expect("key id"))
         .execute(&app.pool)
@@ -495,10 +495,6 @@ async fn admins_create_list_and_revoke_keys_and_revocation_is_immediate() {
     app.stop().await;
 }
 
-fn key_id(token: &str) -> String {
-    token.split('_').nth(1).expect("key id").to_owned()
-}
-
 /// A living heart donor: LIVING_DONOR_ORGAN, a CRITICAL flag.
 async fn critical_flag(app: &TestApp) -> pb::Flag {
     let mut r = kidney("CRIT-1");
@@ -532,7 +528,7 @@ async fn dismissing_a_critical_flag_takes_two_auditors() {
     let app = spawn_app().await;
     let flag = critical_flag(&app).await;
     let mut alice = app.audit.clone();
-    let bob_token = create_key(&app.store, Role::Auditor, None).await;
+    let bob_token = app.key(Role::Auditor, None).await;
     let mut bob = AuditServiceClient::new(app.authed(&bob_token));
 
     let flag = alice

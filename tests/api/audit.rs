@@ -1162,7 +1162,7 @@ async fn missing_garbage_and_stale_etags_are_refused() {
 
 /// Another auditor, with a key of their own, on a connection of their own.
 async fn second_auditor(app: &TestApp) -> AuditServiceClient<Authed> {
-    let token = create_key(&app.store, Role::Auditor, None).await;
+    let token = app.key(Role::Auditor, None).await;
     AuditServiceClient::new(second_connection(app, &token).await)
 }
 

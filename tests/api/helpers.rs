@@ -18,6 +18,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use transplant_audit::api::auth::Authenticator;
 use transplant_audit::domain::access::{KeySpec, NewApiKey};
 use transplant_audit::domain::ledger::SigningKey;
 use transplant_audit::domain::{FingerprintKey, Role, Submission};
@@ -82,6 +83,8 @@ pub struct TestApp {
     pub database_url: String,
     /// The store, to create keys behind the API.
     pub store: Store,
+    /// The server's key check, to tell it about keys made behind its back.
+    pub auth: Arc<Authenticator>,
     /// The tokens of the keys the clients above use.
     pub admin_token: String,
     pub auditor_token: String,
@@ -141,6 +144,27 @@ pub async fn create_key_for(
     new.token
 }
 
+/// A HOSPITAL key stored with `spelling` as its hospital id, exactly, as the
+/// service wrote keys before hospital ids had one normal form.
+pub async fn legacy_hospital_key(store: &Store, spelling: &str) -> String {
+    let new = NewApiKey::generate().expect("randomness");
+    let mut spec = KeySpec::new(
+        Role::Hospital,
+        Some(spelling),
+        "legacy",
+        None,
+        None,
+        chrono::Utc::now(),
+    )
+    .expect("spec");
+    spec.hospital_id = Some(spelling.to_owned());
+    store
+        .create_key(&new, &spec, None)
+        .await
+        .expect("create key");
+    new.token
+}
+
 /// The registry's signing key in tests.
 pub fn test_signing_key() -> SigningKey {
     SigningKey::from_seed(&[0x3c; 32])
@@ -151,7 +175,20 @@ pub fn test_signing_key_hex() -> String {
     hex::encode([0x3c; 32])
 }
 
+/// The key id of a token (`ta_<key id>_<secret>`).
+pub fn key_id(token: &str) -> String {
+    token.split('_').nth(1).expect("key id").to_owned()
+}
+
 impl TestApp {
+    /// Creates a key straight in the store and tells the server at once, as
+    /// a key created through it (others learn of it within two seconds).
+    pub async fn key(&self, role: Role, hospital_id: Option<&str>) -> String {
+        let token = create_key(&self.store, role, hospital_id).await;
+        self.auth.learn(&key_id(&token));
+        token
+    }
+
     /// A client with this token.
     pub fn authed(&self, token: &str) -> Authed {
         InterceptedService::new(self.channel.clone(), Bearer::new(token))
@@ -162,7 +199,7 @@ impl TestApp {
         if let Some(client) = self.hospitals.lock().await.get(hospital_id) {
             return client.clone();
         }
-        let token = create_key(&self.store, Role::Hospital, Some(hospital_id)).await;
+        let token = self.key(Role::Hospital, Some(hospital_id)).await;
         let client = IngestServiceClient::new(self.authed(&token));
         self.hospitals
             .lock()
@@ -314,6 +351,7 @@ pub async fn spawn_app_configured(
     let digests = tempfile::tempdir().expect("a folder for digests");
     let sealing = Sealing {
         signer: test_signing_key(),
+        previous_keys: Vec::new(),
         sinks: Sinks {
             file: Some(digests.path().join("digests.jsonl")),
             ..Sinks::default()
@@ -327,6 +365,7 @@ pub async fn spawn_app_configured(
         options.ingest_batch_size,
         sealing,
     );
+    let auth = app.auth.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel();
@@ -350,6 +389,9 @@ pub async fn spawn_app_configured(
     let admin_token = create_key(&store, Role::Admin, None).await;
     let auditor_token = create_key(&store, Role::Auditor, None).await;
     let hospital_token = create_key(&store, Role::Hospital, Some(DEFAULT_HOSPITAL)).await;
+    for token in [&admin_token, &auditor_token, &hospital_token] {
+        auth.learn(&key_id(token));
+    }
     let with = |token: &str| InterceptedService::new(channel.clone(), Bearer::new(token));
     let ingest = IngestServiceClient::new(with(&hospital_token));
     TestApp {
@@ -366,6 +408,7 @@ pub async fn spawn_app_configured(
         pool,
         database_url: database_url.to_owned(),
         store,
+        auth,
         admin_token,
         auditor_token,
         hospital_token,
@@ -854,4 +897,14 @@ pub fn submissions(records: &[pb::TransplantRecord]) -> Vec<Submission> {
         .iter()
         .map(|r| submission("record", Some(r), chrono::Utc::now()).expect("valid"))
         .collect()
+}
+
+/// The resident set size of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
 }

@@ -875,16 +875,6 @@ async fn text_postgres_cannot_hold_is_refused_by_field() {
     app.stop().await;
 }
 
-/// The resident set size of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 /// What a flood's attackers saw.
 #[derive(Debug, Default)]
 struct Flood {

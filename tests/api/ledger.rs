@@ -1008,8 +1008,12 @@ async fn two_auditors_dismiss_a_critical_flag_only_as_two_independent_principals
             .into_inner();
         minted.push(created.token);
     }
-    let cli =
-        |principal: &'static str| create_key_for(&app.store, Role::Auditor, None, Some(principal));
+    let (store, auth) = (&app.store, &app.auth);
+    let cli = |principal: &'static str| async move {
+        let token = create_key_for(store, Role::Auditor, None, Some(principal)).await;
+        auth.learn(&key_id(&token));
+        token
+    };
     let dora = [
         cli("dora@registry.test").await,
         cli("dora@registry.test").await,

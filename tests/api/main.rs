@@ -22,6 +22,7 @@ mod scenarios;
 mod sealing;
 mod server;
 mod telemetry;
+mod tenants;
 mod tls;
 mod validation;
 mod watch;

@@ -26,7 +26,7 @@ async fn lock_holder(app: &TestApp) -> Option<i32> {
 }
 
 /// `verify` with these public keys and, when given, these digests.
-fn verify_trusting(app: &TestApp, keys: &[String], digests: Option<&str>) -> Output {
+fn verify_trusting(database_url: &str, keys: &[String], digests: Option<&str>) -> Output {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut command = Command::new(env!("CARGO_BIN_EXE_transplant-audit"));
     command.arg("verify");
@@ -39,12 +39,27 @@ fn verify_trusting(app: &TestApp, keys: &[String], digests: Option<&str>) -> Out
         command.arg("--digests").arg(file);
     }
     command
-        .env("DATABASE_URL", &app.database_url)
+        .env("DATABASE_URL", database_url)
         .env("FINGERPRINT_KEY", test_key_hex())
         .env_remove("SIGNING_KEY")
         .env("RUST_LOG", "error")
         .output()
         .expect("run verify")
+}
+
+/// `VerifyAuditTrail` on a server process, with `digests` (JSON lines).
+async fn audit_trail(
+    server: &ServerProcess,
+    admin: &str,
+    digests: &str,
+) -> pb::VerifyAuditTrailResponse {
+    pb::admin_service_client::AdminServiceClient::new(server.connect(admin).await)
+        .verify_audit_trail(pb::VerifyAuditTrailRequest {
+            digests: digests.lines().map(str::to_owned).collect(),
+        })
+        .await
+        .expect("VerifyAuditTrail")
+        .into_inner()
 }
 
 fn said(output: &Output) -> String {
@@ -111,6 +126,8 @@ async fn a_rotated_signing_key_verifies_with_both_public_keys_and_not_with_one()
     let old_key = test_signing_key().public().to_string();
     let pool = app.pool.clone();
     let database_url = app.database_url.clone();
+    let token = create_key(&app.store, Role::Hospital, Some(DEFAULT_HOSPITAL)).await;
+    let admin = create_key(&app.store, Role::Admin, None).await;
     app.stop().await;
 
     // The replica that stopped let its lock go: one with the new key seals.
@@ -125,13 +142,6 @@ async fn a_rotated_signing_key_verifies_with_both_public_keys_and_not_with_one()
         ],
     )
     .await;
-    let store = transplant_audit::store::Store::connect(
-        &database_url,
-        &Default::default(),
-        &transplant_audit::domain::FingerprintKey::from_bytes(&TEST_KEY).expect("key"),
-    )
-    .expect("store");
-    let token = create_key(&store, Role::Hospital, Some(DEFAULT_HOSPITAL)).await;
     pb::ingest_service_client::IngestServiceClient::new(server.connect(&token).await)
         .submit_record(pb::SubmitRecordRequest {
             record: Some(kidney("AFTER-ROTATION")),
@@ -161,27 +171,71 @@ async fn a_rotated_signing_key_verifies_with_both_public_keys_and_not_with_one()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(sealed_by_new, "the new replica sealed what it wrote");
+    let trail = audit_trail(&server, &admin, &old_digests).await;
+    assert!(!trail.intact, "the old key's blocks are not trusted yet");
+    server.signal(libc::SIGTERM);
+    server.drain().await;
+    let server = ServerProcess::start_with(
+        &database_url,
+        "info",
+        &[
+            ("SIGNING_KEY", &new_seed),
+            ("LEDGER_PREVIOUS_PUBLIC_KEYS", &old_key),
+        ],
+    )
+    .await;
+    let trail = audit_trail(&server, &admin, &old_digests).await;
+    assert!(trail.intact, "{:?}", trail.first_break);
+    assert!(trail.digests_matched >= 1);
     server.signal(libc::SIGTERM);
     server.drain().await;
 
-    let app = spawn_app_on(&database_url, Default::default()).await;
     let both = verify_trusting(
-        &app,
+        &database_url,
         &[old_key.clone(), new_key.clone()],
         Some(&old_digests),
     );
     assert_eq!(both.status.code(), Some(0), "{}", said(&both));
-    let old_only = verify_trusting(&app, std::slice::from_ref(&old_key), None);
+    let old_only = verify_trusting(&database_url, std::slice::from_ref(&old_key), None);
     assert_eq!(old_only.status.code(), Some(4), "{}", said(&old_only));
     assert!(said(&old_only).contains("signature"), "{}", said(&old_only));
-    let new_only = verify_trusting(&app, &[new_key], Some(&old_digests));
+    let new_only = verify_trusting(&database_url, &[new_key], Some(&old_digests));
     assert_eq!(new_only.status.code(), Some(4), "{}", said(&new_only));
     assert!(
         said(&new_only).contains("not genuine"),
         "{}",
         said(&new_only)
     );
-    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_previous_public_key_that_is_not_one_stops_the_server_before_it_starts() {
+    let database_url = fresh_database().await;
+    for bad in ["zz", "00", &format!("{},abc", test_signing_key().public())] {
+        let output = Command::new(env!("CARGO_BIN_EXE_transplant-audit"))
+            .arg("serve")
+            .env("DATABASE_URL", &database_url)
+            .env("FINGERPRINT_KEY", test_key_hex())
+            .env("SIGNING_KEY", test_signing_key_hex())
+            .env("LEDGER_PREVIOUS_PUBLIC_KEYS", bad)
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("METRICS_ADDR", "127.0.0.1:0")
+            .output()
+            .expect("run serve");
+        assert_eq!(output.status.code(), Some(2), "{bad}: {}", said(&output));
+        assert!(
+            said(&output).contains("previous-public-keys"),
+            "{bad}: {}",
+            said(&output)
+        );
+    }
+    let pool = sqlx::PgPool::connect(&database_url).await.expect("connect");
+    let migrated: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+            .fetch_one(&pool)
+            .await
+            .expect("lookup");
+    assert_eq!(migrated, None, "nothing was written");
 }
 
 #[tokio::test]
@@ -197,7 +251,11 @@ async fn a_row_numbered_outside_the_sequence_is_named() {
         let app = spawn_app().await;
         submit(&app, kidney("NUMBERED")).await.expect("stored");
         sealed_digests(&app).await;
-        let before = verify_trusting(&app, &[test_signing_key().public().to_string()], None);
+        let before = verify_trusting(
+            &app.database_url,
+            &[test_signing_key().public().to_string()],
+            None,
+        );
         assert_eq!(before.status.code(), Some(0), "{}", said(&before));
         tamper(
             &app,
@@ -208,7 +266,11 @@ async fn a_row_numbered_outside_the_sequence_is_named() {
             ),
         )
         .await;
-        let after = verify_trusting(&app, &[test_signing_key().public().to_string()], None);
+        let after = verify_trusting(
+            &app.database_url,
+            &[test_signing_key().public().to_string()],
+            None,
+        );
         assert_eq!(after.status.code(), Some(4), "{number}: {}", said(&after));
         assert!(
             said(&after).contains("principals") && said(&after).contains("no sequence number"),
@@ -241,7 +303,7 @@ async fn a_copied_row_not_yet_sealed_is_named() {
         .await
         .expect("read the flag");
     let trusted = [test_signing_key().public().to_string()];
-    let before = verify_trusting(&app, &trusted, None);
+    let before = verify_trusting(&app.database_url, &trusted, None);
     assert_eq!(before.status.code(), Some(0), "{}", said(&before));
     tamper(
         &app,
@@ -252,7 +314,7 @@ async fn a_copied_row_not_yet_sealed_is_named() {
          FROM access_log ORDER BY id LIMIT 1",
     )
     .await;
-    let after = verify_trusting(&app, &trusted, None);
+    let after = verify_trusting(&app.database_url, &trusted, None);
     assert_eq!(after.status.code(), Some(4), "{}", said(&after));
     assert!(
         said(&after).contains("access_log") && said(&after).contains("holds too"),

@@ -14,7 +14,7 @@ use transplant_audit::wire::pb::ingest_service_client::IngestServiceClient;
 use crate::helpers::*;
 
 /// A TLS client of `server` trusting `ca`, presenting `identity` if given.
-async fn tls_channel(
+pub async fn tls_channel(
     server: &ServerProcess,
     ca: &Ca,
     identity: Option<&(String, String)>,
@@ -33,7 +33,7 @@ async fn tls_channel(
 }
 
 /// A server process with TLS from files; mutual when `client_ca` is given.
-async fn tls_server(
+pub async fn tls_server(
     database_url: &str,
     dir: &Path,
     server_ca: &Ca,

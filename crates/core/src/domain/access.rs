@@ -13,8 +13,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use chrono::{DateTime, Utc};
 
-use super::Role;
-use super::validation::{Violations, check_id};
+use super::validation::{Violations, check_hospital_id};
+use super::{HospitalId, Role};
 
 /// Who is calling, once authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,12 +24,41 @@ pub struct Caller {
     /// What the key may do.
     pub role: Role,
     /// For a HOSPITAL key, the one hospital it submits for.
-    pub hospital_id: Option<String>,
+    pub hospital_id: Option<HospitalId>,
     /// The person or system the key belongs to: who acts, in every trail.
     pub principal: String,
     /// The principal of the administrator who issued the key; `None` when
     /// it was made on the command line.
     pub issued_by: Option<String>,
+}
+
+/// Whose quotas a call counts against: a hospital's keys share their
+/// hospital's, every other key has its own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Tenant {
+    /// All the keys of one hospital.
+    Hospital(HospitalId),
+    /// One auditor or admin key, by key id.
+    Key(String),
+}
+
+impl Caller {
+    /// The tenant the caller belongs to.
+    pub fn tenant(&self) -> Tenant {
+        match &self.hospital_id {
+            Some(hospital) => Tenant::Hospital(hospital.clone()),
+            None => Tenant::Key(self.key_id.clone()),
+        }
+    }
+}
+
+impl fmt::Display for Tenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Tenant::Hospital(id) => write!(f, "hospital {id}"),
+            Tenant::Key(id) => write!(f, "key {id}"),
+        }
+    }
 }
 
 /// Whether a principal is a person or a system.
@@ -87,7 +116,9 @@ impl KeySpec {
         let mut v = Violations::default();
         let principal = principal.map(str::trim).filter(|p| !p.is_empty());
         let hospital_id = match (role, hospital_id.filter(|h| !h.is_empty())) {
-            (Role::Hospital, Some(h)) => check_id(&mut v, "hospital_id", h),
+            (Role::Hospital, Some(h)) => {
+                check_hospital_id(&mut v, "hospital_id", h).map(HospitalId::into_string)
+            }
             (Role::Hospital, None) => {
                 v.add("hospital_id", "is required for a HOSPITAL key");
                 None
@@ -282,6 +313,31 @@ mod tests {
         let long = "p".repeat(MAX_PRINCIPAL_LEN + 1);
         assert!(KeySpec::new(Role::Admin, None, "", None, Some(&long), now).is_err());
         assert!(KeySpec::new(Role::Admin, None, "", None, Some("a\0b"), now).is_err());
+    }
+
+    #[test]
+    fn hospital_keys_name_their_hospital_in_its_normal_form_and_are_its_tenant() {
+        let now = Utc::now();
+        let spec = KeySpec::new(Role::Hospital, Some(" h-de-001 "), "", None, None, now).unwrap();
+        assert_eq!(spec.hospital_id.as_deref(), Some("H-DE-001"));
+        assert_eq!(spec.principal, "hospital H-DE-001");
+        let hospital = |key_id: &str| Caller {
+            key_id: key_id.into(),
+            role: Role::Hospital,
+            hospital_id: Some(HospitalId::normalize("H-DE-001")),
+            principal: "hospital H-DE-001".into(),
+            issued_by: None,
+        };
+        assert_eq!(hospital("a").tenant(), hospital("b").tenant());
+        let auditor = |key_id: &str| Caller {
+            key_id: key_id.into(),
+            role: Role::Auditor,
+            hospital_id: None,
+            principal: "a.rossi".into(),
+            issued_by: None,
+        };
+        assert_ne!(auditor("a").tenant(), auditor("b").tenant());
+        assert_eq!(auditor("a").tenant(), Tenant::Key("a".into()));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use super::{Laterality, Organ};
+use super::{HospitalId, Laterality, Organ};
 
 /// One bad field: its path in the request (`donor.age_years`) and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +177,78 @@ pub fn check_id(v: &mut Violations, field: impl fmt::Display, value: &str) -> Op
     Some(value.to_owned())
 }
 
+/// Format characters that reorder the text around them: the bidirectional
+/// embeddings, overrides and isolates, and the directional marks. In a note
+/// they make what an auditor reads differ from what was stored (a name shown
+/// reversed, a sentence's end moved to its start).
+const BIDI_CONTROLS: &[char] = &[
+    '\u{061C}', // ARABIC LETTER MARK
+    '\u{200E}', // LEFT-TO-RIGHT MARK
+    '\u{200F}', // RIGHT-TO-LEFT MARK
+    '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', // LRE, RLE, PDF, LRO, RLO
+    '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}', // LRI, RLI, FSI, PDI
+];
+
+/// Characters that draw nothing: a note of only these (and whitespace) says nothing.
+const INVISIBLE: &[char] = &[
+    '\u{00AD}', '\u{034F}', '\u{115F}', '\u{1160}', '\u{17B4}', '\u{17B5}', '\u{180E}', '\u{200B}',
+    '\u{200C}', '\u{200D}', '\u{2060}', '\u{2061}', '\u{2062}', '\u{2063}', '\u{2064}', '\u{206A}',
+    '\u{206B}', '\u{206C}', '\u{206D}', '\u{206E}', '\u{206F}', '\u{2800}', '\u{3164}', '\u{FEFF}',
+    '\u{FFA0}',
+];
+
+/// Whether `c` may stand in a note: not a control character (line feeds and
+/// tabs aside, which prose uses), not a line or paragraph separator (which
+/// break lines as a carriage return does), not a bidirectional control.
+fn allowed_in_note(c: char) -> bool {
+    if c == '\n' || c == '\t' {
+        return true;
+    }
+    !(c.is_control() || c == '\u{2028}' || c == '\u{2029}' || BIDI_CONTROLS.contains(&c))
+}
+
+/// Whether `c` shows something on screen.
+fn is_visible(c: char) -> bool {
+    !c.is_whitespace() && !c.is_control() && !INVISIBLE.contains(&c) && !BIDI_CONTROLS.contains(&c)
+}
+
+/// Checks free text that people write and other people read later (a
+/// triage note, an amendment's reason): at most `max_bytes`, no control
+/// characters but line feeds and tabs, no bidirectional controls
+/// (U+202A–U+202E, U+2066–U+2069, the directional marks), and, when
+/// `required`, some visible text rather than only whitespace or invisible
+/// characters.
+pub fn check_note(
+    v: &mut Violations,
+    field: impl fmt::Display,
+    text: &str,
+    max_bytes: usize,
+    required: bool,
+) {
+    if text.len() > max_bytes {
+        v.add(field, format!("must be at most {max_bytes} bytes"));
+    } else if !text.chars().all(allowed_in_note) {
+        v.add(
+            field,
+            "must not contain control characters (line feeds and tabs aside) or \
+             bidirectional formatting characters",
+        );
+    } else if required && !text.chars().any(is_visible) {
+        v.add(field, "is required: write some visible text");
+    }
+}
+
+/// Checks a hospital id and returns it in its normal form ([`HospitalId`]):
+/// present, at most [`MAX_ID_LEN`] bytes, printable.
+pub fn check_hospital_id(
+    v: &mut Violations,
+    field: impl fmt::Display,
+    value: &str,
+) -> Option<HospitalId> {
+    let id = HospitalId::normalize(value);
+    check_id(v, field, id.as_str()).map(|_| id)
+}
+
 /// Checks an age in years against 0–120.
 pub fn check_age(v: &mut Violations, field: impl fmt::Display, age: Option<i32>) -> Option<u8> {
     match age {
@@ -255,6 +327,86 @@ mod tests {
         check_laterality(&mut v, "laterality", Organ::Kidney, Some(Laterality::Both));
         check_laterality(&mut v, "laterality", Organ::Liver, None);
         assert_eq!(v.0.len(), 3);
+    }
+
+    /// The fields a note's check names, one per text.
+    fn note_violations(texts: &[&str], required: bool) -> Vec<usize> {
+        texts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, text)| {
+                let mut v = Violations::default();
+                check_note(&mut v, "note", text, 40, required);
+                (!v.is_empty()).then_some(i)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn notes_refuse_controls_and_reordering_and_need_visible_text() {
+        let fine = [
+            "the hospital sent the consent papers",
+            "two lines\nand a\ttab",
+            "Ärztin bestätigt: كلية",
+            "\u{200D}👩\u{200D}⚕️ emoji with joiners",
+        ];
+        assert!(note_violations(&fine, true).is_empty());
+        let refused = [
+            "a\u{0}b",
+            "carriage\rreturn",
+            "escape \u{1b}[2J",
+            "delete \u{7f}",
+            "c1 \u{85}",
+            "line\u{2028}separator",
+            "invoice \u{202E}fdp.exe",
+            "\u{202A}embedded\u{202C}",
+            "\u{202B}",
+            "\u{202D}",
+            "isolate \u{2066}x\u{2069}",
+            "\u{2067}",
+            "\u{2068}",
+            "mark \u{200F}",
+            "mark \u{200E}",
+            "mark \u{061C}",
+            &"x".repeat(41),
+        ];
+        assert_eq!(
+            note_violations(&refused, false),
+            (0..refused.len()).collect::<Vec<_>>(),
+            "every one refused, required or not"
+        );
+        let blank = [
+            "",
+            "   ",
+            "\n\t",
+            "\u{200B}\u{FEFF}",
+            " \u{00A0}\u{3000}\u{2800} ",
+        ];
+        assert_eq!(
+            note_violations(&blank, true),
+            (0..blank.len()).collect::<Vec<_>>()
+        );
+        assert!(
+            note_violations(&blank, false).is_empty(),
+            "optional notes may be blank"
+        );
+    }
+
+    #[test]
+    fn hospital_ids_are_checked_in_their_normal_form() {
+        let mut v = Violations::default();
+        for spelling in ["H-DE-001", "h-de-001", "  H-de-001\t"] {
+            let id = check_hospital_id(&mut v, "hospital_id", spelling);
+            assert_eq!(id.as_ref().map(HospitalId::as_str), Some("H-DE-001"));
+        }
+        assert!(v.is_empty(), "{v:?}");
+        for bad in ["", "   ", "H\u{0}1", &"h".repeat(129)] {
+            assert!(
+                check_hospital_id(&mut v, "hospital_id", bad).is_none(),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(v.0.len(), 4);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::validation::{self, Field, Violations, check_age, check_id};
+use crate::domain::validation::{self, Field, Violations, check_age, check_hospital_id, check_id};
 use crate::domain::{
     AboException, AboGroup, Clinic, ClinicStatus, CountryCode, DeathKind, Donor, DonorKind,
     DonorRelation, DonorType, FlagStatus, HlaTyping, IdentifierScheme, Laterality, Organ, Person,
@@ -210,7 +210,7 @@ pub fn submission(
     let prefix = Field::root(prefix);
     let f = |name| prefix.child(name);
     let external_record_id = check_id(&mut v, f("external_record_id"), &r.external_record_id);
-    let hospital_id = check_id(&mut v, f("hospital_id"), &r.hospital_id);
+    let hospital_id = check_hospital_id(&mut v, f("hospital_id"), &r.hospital_id);
     let clinic_id = check_id(&mut v, f("clinic_id"), &r.clinic_id);
     let procedure_country = country(&mut v, f("procedure_country"), &r.procedure_country);
     let organ: Option<Organ> = required(&mut v, f("organ"), r.organ);
@@ -246,7 +246,7 @@ pub fn submission(
     let build = || -> Option<Submission> {
         Some(TransplantRecord {
             external_record_id: external_record_id?,
-            hospital_id: hospital_id?,
+            hospital_id: hospital_id?.into_string(),
             clinic_id: clinic_id?,
             procedure_country: procedure_country?,
             organ: organ?,

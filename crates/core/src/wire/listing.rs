@@ -1,7 +1,7 @@
 //! Listing requests read as domain filters: page sizes (AIP-158) and the
 //! filters of `ListFlags` and `WatchFlags`, each bad field named.
 
-use crate::domain::{FlagFilter, Violations};
+use crate::domain::{FlagFilter, HospitalId, Violations};
 use crate::rules::RuleId;
 
 use super::convert::{instant, optional};
@@ -32,6 +32,13 @@ pub fn text(v: &mut Violations, field: &str, s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_owned())
 }
 
+/// A hospital filter, in the normal form records are stored in; empty means "any".
+fn hospital_filter(v: &mut Violations, raw: &str) -> Option<String> {
+    text(v, "hospital_id", raw)
+        .map(|h| HospitalId::normalize(&h).into_string())
+        .filter(|h| !h.is_empty())
+}
+
 /// A rule id filter, checked against the catalogue.
 fn rule_filter(v: &mut Violations, raw: &str) -> Option<String> {
     let rule_id = text(v, "rule_id", raw);
@@ -50,7 +57,7 @@ pub fn flag_filter(req: &pb::ListFlagsRequest) -> Result<FlagFilter, Violations>
         min_severity: optional(&mut v, "min_severity", req.min_severity),
         rule_id,
         clinic_id: text(&mut v, "clinic_id", &req.clinic_id),
-        hospital_id: text(&mut v, "hospital_id", &req.hospital_id),
+        hospital_id: hospital_filter(&mut v, &req.hospital_id),
         raised_after: instant(&mut v, "raised_after", req.raised_after.as_ref()),
         raised_before: instant(&mut v, "raised_before", req.raised_before.as_ref()),
     };
@@ -64,7 +71,7 @@ pub fn watch_filter(v: &mut Violations, req: &pb::WatchFlagsRequest) -> FlagFilt
         min_severity: optional(v, "min_severity", req.min_severity),
         rule_id: rule_filter(v, &req.rule_id),
         clinic_id: text(v, "clinic_id", &req.clinic_id),
-        hospital_id: text(v, "hospital_id", &req.hospital_id),
+        hospital_id: hospital_filter(v, &req.hospital_id),
         ..FlagFilter::default()
     }
 }
@@ -80,5 +87,17 @@ mod tests {
         assert_eq!(page_size(10_000).unwrap(), 500);
         assert_eq!(page_size(i32::MAX).unwrap(), 500);
         assert_eq!(page_size(-1).unwrap_err().0[0].field, "page_size");
+    }
+
+    #[test]
+    fn a_hospital_filter_is_read_in_the_normal_form() {
+        let request = |hospital_id: &str| pb::ListFlagsRequest {
+            hospital_id: hospital_id.into(),
+            ..Default::default()
+        };
+        let filter = |raw: &str| flag_filter(&request(raw)).unwrap().hospital_id;
+        assert_eq!(filter(" h-de-001 ").as_deref(), Some("H-DE-001"));
+        assert_eq!(filter("  "), None, "blank means any");
+        assert_eq!(filter(""), None);
     }
 }
