@@ -338,10 +338,20 @@ impl Store {
             .ok_or(TriageError::NotFound)?;
         let mut history = steps::steps_of(&mut tx, &[step.flag_id]).await?;
         let history = history.remove(&step.flag_id).unwrap_or_default();
-        let folded = steps::check(&self.ledger, &row, &history).map_err(|reason| {
+        let checked = steps::check(&self.ledger, &row, &history).map_err(|reason| {
             tracing::error!(flag_id = step.flag_id, %reason, "a flag was changed behind the service's back");
             TriageError::Tampered
         })?;
+        self.view
+            .check_current(&self.pool, checked.head, || {
+                format!("flag {}'s newest step", step.flag_id)
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::Tampered(_) => TriageError::Tampered,
+                e => e.into(),
+            })?;
+        let folded = &checked.folded;
         if folded.revision != step.expected_revision {
             return Err(TriageError::Stale {
                 current: folded.revision,
@@ -377,7 +387,7 @@ impl Store {
             finding: None,
             cleared_in_version: None,
         };
-        steps::append(&mut tx, &self.ledger, &row, &folded, new, None).await?;
+        steps::append(&mut tx, &self.ledger, &row, &checked, new, None).await?;
         tx.commit().await?;
         self.flag(step.flag_id).await?.ok_or(TriageError::NotFound)
     }

@@ -15,6 +15,7 @@ use crate::rules::{ContextKey, Finding, RuleId};
 
 use super::body::{HlaBody, RecordBody, parse};
 use super::ledger::content::RecordState;
+use super::ledger::view::LedgerView;
 use super::ledger::{self, content};
 use super::steps::{self, Raise};
 use super::{Store, StoreError, chain, row};
@@ -53,6 +54,7 @@ pub struct IngestTx {
     pub(super) tx: Transaction<'static, Postgres>,
     pub(super) chain: Arc<ChainKey>,
     pub(super) ledger: Arc<LedgerKey>,
+    pub(super) view: Arc<LedgerView>,
     /// The pool the transaction came from, for reads that may run beside it.
     pub(super) pool: PgPool,
 }
@@ -64,6 +66,7 @@ impl Store {
             tx: self.begin().await?,
             chain: self.chain.clone(),
             ledger: self.ledger.clone(),
+            view: self.view.clone(),
             pool: self.pool.clone(),
         })
     }
@@ -181,6 +184,7 @@ impl IngestTx {
             .await?
             .pop()
             .ok_or_else(|| StoreError::Corrupt(format!("record {} vanished", existing.id.0)))?;
+        self.check_current(&current).await?;
         let hash = content_hash(record);
         let version = current.version + 1;
         let recorded_at = chain::now();
@@ -316,14 +320,14 @@ impl IngestTx {
         for finding in findings {
             match existing.iter().find(|f| f.rule_id == finding.rule.as_str()) {
                 Some(flag) => {
-                    let folded = self.checked(flag, history.remove(&flag.id))?;
+                    let checked = self.checked(flag, history.remove(&flag.id)).await?;
                     let found = steps::finding_of(finding, ack.version);
-                    let step = steps::amendment_step(&folded, at, Some(found), None);
+                    let step = steps::amendment_step(&checked.folded, at, Some(found), None);
                     steps::append(
                         &mut self.tx,
                         &self.ledger,
                         flag,
-                        &folded,
+                        &checked,
                         step,
                         Some(&record.clinic_id),
                     )
@@ -343,11 +347,16 @@ impl IngestTx {
             if fired || !ran {
                 continue;
             }
-            let folded = self.checked(flag, history.remove(&flag.id))?;
-            let step = if folded.cleared_in_version.is_some() {
+            let checked = self.checked(flag, history.remove(&flag.id)).await?;
+            let step = if checked.folded.cleared_in_version.is_some() {
                 None
             } else {
-                Some(steps::amendment_step(&folded, at, None, Some(ack.version)))
+                Some(steps::amendment_step(
+                    &checked.folded,
+                    at,
+                    None,
+                    Some(ack.version),
+                ))
             };
             match step {
                 Some(step) => {
@@ -355,7 +364,7 @@ impl IngestTx {
                         &mut self.tx,
                         &self.ledger,
                         flag,
-                        &folded,
+                        &checked,
                         step,
                         Some(&record.clinic_id),
                     )
@@ -377,16 +386,63 @@ impl IngestTx {
         Ok(())
     }
 
-    /// The fold of a flag's steps, once they and its row are checked.
-    fn checked(
+    /// Refuses to amend a record whose row was changed behind the service:
+    /// its columns no longer hash to its content hash, its MAC does not
+    /// match, or a sealed block holds a later state of it (an amendment
+    /// rolled back). The archived version is MACed anew, so it must be
+    /// what the service wrote.
+    async fn check_current(&self, current: &row::CurrentVersion) -> Result<(), StoreError> {
+        let (seq, prev, mac) = &current.ledger;
+        let state = RecordState {
+            id: current.id,
+            version: current.version,
+            seq: *seq,
+            prev: *prev,
+            received_at: current.received_at,
+            amended_at: current.amended_at,
+            content_hash: &current.content_hash,
+            reason: current.reason.as_deref(),
+            recorded_at: current.recorded_at,
+            chain_head: current.chain_head.as_deref().unwrap_or_default(),
+        };
+        let genuine = current.chain_head.is_some()
+            && content_hash(&current.record) == current.content_hash
+            && mac
+                .as_deref()
+                .is_some_and(|m| self.ledger.verify(&state.input(), m));
+        if !genuine {
+            tracing::error!(
+                record_id = current.id.0,
+                "a record was changed behind the service's back"
+            );
+            return Err(StoreError::Tampered(format!(
+                "record {} does not match its MAC",
+                current.id.0
+            )));
+        }
+        self.view
+            .check_current(&self.pool, *seq, || format!("record {}", current.id.0))
+            .await
+    }
+
+    /// A flag's row and steps, checked against each other and against the
+    /// sealed blocks (its newest step has no sealed successor).
+    async fn checked(
         &self,
         flag: &steps::FlagRowState,
         history: Option<Vec<steps::StoredStep>>,
-    ) -> Result<crate::domain::flag_history::FoldedFlag, StoreError> {
-        steps::check(&self.ledger, flag, history.as_deref().unwrap_or_default()).map_err(|reason| {
-            tracing::error!(flag_id = flag.id, %reason, "a flag was changed behind the service's back");
-            StoreError::Tampered(format!("flag {}: {reason}", flag.id))
-        })
+    ) -> Result<steps::Checked, StoreError> {
+        let checked = steps::check(&self.ledger, flag, history.as_deref().unwrap_or_default())
+            .map_err(|reason| {
+                tracing::error!(flag_id = flag.id, %reason, "a flag was changed behind the service's back");
+                StoreError::Tampered(format!("flag {}: {reason}", flag.id))
+            })?;
+        self.view
+            .check_current(&self.pool, checked.head, || {
+                format!("flag {}'s newest step", flag.id)
+            })
+            .await?;
+        Ok(checked)
     }
 
     /// Commits: the record and its flags become visible together.

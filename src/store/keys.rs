@@ -249,12 +249,19 @@ impl Store {
     }
 
     /// A key by its public id; an error when its row does not match its MAC.
+    /// A key whose row was put back to a state the ledger sealed a
+    /// successor of (a revocation undone) is an error too.
     pub async fn key(&self, key_id: &str) -> Result<Option<StoredKey>, StoreError> {
-        key_query!("WHERE k.key_id = $1", key_id)
+        let Some(row) = key_query!("WHERE k.key_id = $1", key_id)
             .fetch_optional(&mut *self.acquire().await?)
             .await?
-            .map(|r| r.into_checked(&self.ledger))
-            .transpose()
+        else {
+            return Ok(None);
+        };
+        self.view
+            .check_current(&self.pool, row.ledger_seq, || format!("API key {key_id}"))
+            .await?;
+        row.into_checked(&self.ledger).map(Some)
     }
 
     /// A page of keys, newest first: at most `limit` created before the key
@@ -268,11 +275,18 @@ impl Store {
         .fetch_all(&mut *self.acquire().await?)
         .await?;
         let more = rows.len() as i64 > limit;
+        let seqs: Vec<i64> = rows.iter().map(|r| r.ledger_seq).collect();
+        let rewound = self.view.followed(&self.pool, &seqs).await?;
         let mut keys = Vec::with_capacity(rows.len());
         let mut last = None;
         for row in rows.into_iter().take(usize::try_from(limit).unwrap_or(0)) {
             last = Some(row.id);
-            // A forged row is logged and left out, never listed as a key.
+            // A forged or rewound row is logged and left out, never listed
+            // as a key.
+            if rewound.contains(&row.ledger_seq) {
+                tracing::error!(key_id = %row.key_id, "an API key's row was rewound to a state the ledger sealed a successor of");
+                continue;
+            }
             if let Ok(key) = row.into_checked(&self.ledger) {
                 keys.push(key.key);
             }
@@ -293,6 +307,9 @@ impl Store {
             return Ok(None);
         };
         check_row(&self.ledger, &row)?;
+        self.view
+            .check_current(&self.pool, row.ledger_seq, || format!("API key {key_id}"))
+            .await?;
         if row.revoked_at.is_some() {
             return Ok(Some(row.into_checked(&self.ledger)?.key));
         }

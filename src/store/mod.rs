@@ -25,6 +25,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use crate::domain::ledger::LedgerKey;
 use crate::domain::{ChainKey, FingerprintKey};
 use crate::telemetry::metrics;
+use ledger::view::LedgerView;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use context::WindowRequest;
@@ -105,6 +106,8 @@ pub struct Store {
     pool: PgPool,
     chain: Arc<ChainKey>,
     ledger: Arc<LedgerKey>,
+    /// Which row states the sealed blocks say were followed.
+    view: Arc<LedgerView>,
     /// False while the database is known to be unreachable: calls then
     /// fail at once instead of each waiting the pool's timeout.
     reachable: Arc<AtomicBool>,
@@ -165,6 +168,7 @@ impl Store {
             pool,
             chain: Arc::new(ChainKey::derive(secret)),
             ledger: Arc::new(LedgerKey::derive(secret)),
+            view: Arc::default(),
             reachable: Arc::new(AtomicBool::new(true)),
             options,
         })

@@ -253,7 +253,7 @@ impl Store {
         sqlx::query_as!(
             RecordRow,
             "SELECT id, version, content_hash, chain_head, version_reason, version_recorded_at,
-                    received_at, ledger_seq, ledger_prev, ledger_mac, hospital_id,
+                    received_at, amended_at, ledger_seq, ledger_prev, ledger_mac, hospital_id,
                     external_record_id, clinic_id, procedure_country,
                     organ, laterality, procured_at, transplanted_at, cold_ischemia_minutes,
                     machine_perfusion, abo_exception, donor_fp, donor_type, donor_relation,

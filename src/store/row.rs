@@ -20,6 +20,7 @@ pub(super) struct RecordRow {
     pub(super) version_reason: Option<String>,
     pub(super) version_recorded_at: DateTime<Utc>,
     pub(super) received_at: DateTime<Utc>,
+    pub(super) amended_at: Option<DateTime<Utc>>,
     pub(super) ledger_seq: i64,
     pub(super) ledger_prev: Option<i64>,
     pub(super) ledger_mac: Option<Vec<u8>>,
@@ -70,6 +71,8 @@ pub(super) struct CurrentVersion {
     pub(super) reason: Option<String>,
     pub(super) recorded_at: DateTime<Utc>,
     pub(super) received_at: DateTime<Utc>,
+    /// When the current version replaced the one before, if it did.
+    pub(super) amended_at: Option<DateTime<Utc>>,
     /// The row's place in the ledger's sequence, the place of the state it
     /// replaced, and its MAC.
     pub(super) ledger: (i64, Option<i64>, Option<Vec<u8>>),
@@ -139,6 +142,7 @@ impl RecordRow {
             reason: self.version_reason,
             recorded_at: self.version_recorded_at,
             received_at: self.received_at,
+            amended_at: self.amended_at,
             ledger: (self.ledger_seq, self.ledger_prev, self.ledger_mac),
             record,
         })
@@ -167,7 +171,7 @@ pub(super) async fn record_rows(
     Ok(sqlx::query_as!(
         RecordRow,
         "SELECT r.id, r.version, r.content_hash, r.chain_head, r.version_reason,
-                r.version_recorded_at, r.received_at, r.ledger_seq, r.ledger_prev,
+                r.version_recorded_at, r.received_at, r.amended_at, r.ledger_seq, r.ledger_prev,
                 r.ledger_mac, r.hospital_id, r.external_record_id,
                 r.clinic_id, r.procedure_country, r.organ, r.laterality, r.procured_at,
                 r.transplanted_at, r.cold_ischemia_minutes, r.machine_perfusion, r.abo_exception,

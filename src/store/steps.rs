@@ -133,7 +133,12 @@ pub(crate) async fn raise(
         let step = raised_step(step_finding(f, r.record_version), at, note);
         mac.push(
             ledger
-                .mac(&content::flag_step(r.record_id, f.rule.as_str(), &step))
+                .mac(&content::flag_step(
+                    r.record_id,
+                    f.rule.as_str(),
+                    &step,
+                    None,
+                ))
                 .to_vec(),
         );
         record_id.push(r.record_id.0);
@@ -233,11 +238,24 @@ impl FlagRowState {
     }
 }
 
-/// A stored step with its MAC.
+/// A stored step with its place in the ledger and its MAC.
 #[derive(Debug, Clone)]
 pub(crate) struct StoredStep {
     pub step: FlagStep,
+    /// Its sequence number.
+    pub seq: i64,
+    /// The sequence number of the step it follows, when it names it.
+    pub prev: Option<i64>,
     pub mac: Option<Vec<u8>>,
+}
+
+/// A flag whose row and steps were checked: their fold, and the step a new
+/// one follows.
+#[derive(Debug, Clone)]
+pub(crate) struct Checked {
+    pub folded: FoldedFlag,
+    /// The sequence number of its newest step.
+    pub head: i64,
 }
 
 /// The rows of these flags, locked for update: a triage or an amendment
@@ -301,7 +319,7 @@ pub(crate) async fn steps_of(
     let rows = sqlx::query!(
         "SELECT flag_id, step, kind, at, key_id, principal, from_status, to_status, note,
                 trace_id, own_trace_id, rule_version, severity, explanation, evidence_record_ids,
-                record_version, cleared_in_version, ledger_mac
+                record_version, cleared_in_version, ledger_seq, ledger_prev, ledger_mac
          FROM flag_events WHERE flag_id = ANY($1) ORDER BY flag_id, step",
         flag_ids,
     )
@@ -329,6 +347,8 @@ pub(crate) async fn steps_of(
         })?;
         by_flag.entry(r.flag_id).or_default().push(StoredStep {
             step,
+            seq: r.ledger_seq,
+            prev: r.ledger_prev,
             mac: r.ledger_mac,
         });
     }
@@ -390,15 +410,17 @@ pub(crate) fn step_of(c: StepColumns<'_>) -> Result<FlagStep, StoreError> {
     })
 }
 
-/// Checks a flag's steps (each one's MAC, and the rules of a flag's life)
-/// and its row against their fold; returns the fold, or what is wrong.
+/// Checks a flag's steps (each one's MAC, each link to the step before,
+/// and the rules of a flag's life) and its row against their fold; returns
+/// the fold, or what is wrong.
 pub(crate) fn check(
     ledger: &LedgerKey,
     row: &FlagRowState,
     steps: &[StoredStep],
-) -> Result<FoldedFlag, String> {
+) -> Result<Checked, String> {
+    let mut before: Option<i64> = None;
     for s in steps {
-        let input = content::flag_step(row.record_id, &row.rule_id, &s.step);
+        let input = content::flag_step(row.record_id, &row.rule_id, &s.step, s.prev);
         let genuine = s.mac.as_deref().is_some_and(|m| ledger.verify(&input, m));
         if !genuine {
             return Err(format!(
@@ -406,28 +428,42 @@ pub(crate) fn check(
                 s.step.step
             ));
         }
+        if s.prev.is_some() && s.prev != before {
+            return Err(format!(
+                "step {} follows a step that is not the one before it",
+                s.step.step
+            ));
+        }
+        before = Some(s.seq);
     }
     let plain: Vec<FlagStep> = steps.iter().map(|s| s.step.clone()).collect();
     let folded = fold(&plain).map_err(|e| e.to_string())?;
-    match row.differs_from(&folded) {
-        Some(reason) => Err(format!("the flag's row disagrees with its steps: {reason}")),
-        None => Ok(folded),
+    match (row.differs_from(&folded), before) {
+        (Some(reason), _) => Err(format!("the flag's row disagrees with its steps: {reason}")),
+        (None, None) => Err("the flag has no steps".into()),
+        (None, Some(head)) => Ok(Checked { folded, head }),
     }
 }
 
-/// Appends `step` to a checked flag (its fold `folded`) and brings its row
-/// to the new fold; returns it.
+/// Appends `step` to a checked flag, after its newest step, and brings its
+/// row to the new fold; returns it.
 pub(crate) async fn append(
     conn: &mut PgConnection,
     ledger: &LedgerKey,
     row: &FlagRowState,
-    folded: &FoldedFlag,
+    checked: &Checked,
     step: FlagStep,
     clinic_id: Option<&str>,
 ) -> Result<FoldedFlag, StoreError> {
-    let next = fold_after(folded, &step)
+    let next = fold_after(&checked.folded, &step)
         .map_err(|e| StoreError::Corrupt(format!("a new step breaks the flag's history: {e}")))?;
-    let mac = ledger.mac(&content::flag_step(row.record_id, &row.rule_id, &step));
+    let prev = Some(checked.head);
+    let mac = ledger.mac(&content::flag_step(
+        row.record_id,
+        &row.rule_id,
+        &step,
+        prev,
+    ));
     let finding = step.finding.as_ref();
     let evidence: Option<Vec<i64>> = finding.map(|f| f.evidence.iter().map(|r| r.0).collect());
     sqlx::query!(
@@ -435,9 +471,10 @@ pub(crate) async fn append(
              INSERT INTO flag_events (flag_id, step, kind, at, key_id, principal, from_status,
                                       to_status, note, trace_id, own_trace_id, rule_version,
                                       severity, explanation, evidence_record_ids,
-                                      record_version, cleared_in_version, ledger_mac)
+                                      record_version, cleared_in_version, ledger_mac,
+                                      ledger_prev)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                     $18))
+                     $18, $29))
          UPDATE flags SET status = $19, revision = $20, rule_version = $21, severity = $22,
                           explanation = $23, evidence_record_ids = $24, record_version = $25,
                           cleared_in_version = $26, updated_at = $4,
@@ -476,6 +513,7 @@ pub(crate) async fn append(
         next.cleared_in_version,
         next.dismissal_proposed_by,
         clinic_id,
+        prev,
     )
     .execute(&mut *conn)
     .await?;

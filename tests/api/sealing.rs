@@ -324,3 +324,42 @@ async fn a_copied_row_not_yet_sealed_is_named() {
     app.stop().await;
     lock.close().await.expect("close");
 }
+
+#[tokio::test]
+async fn a_sealed_record_amended_before_the_next_block_verifies_intact() {
+    let app = spawn_app().await;
+    submit(&app, kidney("LATE-1")).await.expect("stored");
+    sealed_digests(&app).await;
+    // A transaction begun before the amendment holds the sealer back (it
+    // waits for every writer that may hold an older number), so the
+    // amendment's state stays unsealed while its predecessor is sealed.
+    let mut holder = app.pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1")
+        .execute(&mut *holder)
+        .await
+        .expect("a statement");
+    let mut right = kidney("LATE-1");
+    right.laterality = pb::Laterality::Right as i32;
+    amend(&app, right, "side").await.expect("amended");
+    let sealed: i64 = sqlx::query_scalar("SELECT max(last_seq) FROM ledger_blocks")
+        .fetch_one(&app.pool)
+        .await
+        .expect("blocks");
+    let current: i64 = sqlx::query_scalar("SELECT ledger_seq FROM records")
+        .fetch_one(&app.pool)
+        .await
+        .expect("the record");
+    assert!(current > sealed, "the amendment is not sealed yet");
+
+    let report = app
+        .admin
+        .clone()
+        .verify_audit_trail(pb::VerifyAuditTrailRequest::default())
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(report.intact, "{report:?}");
+    assert!(report.unsealed_rows_checked >= 2, "{report:?}");
+    holder.rollback().await.expect("rollback");
+    app.stop().await;
+}

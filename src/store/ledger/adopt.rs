@@ -178,6 +178,7 @@ pub(super) async fn flag_steps(tx: &mut Tx<'_>, ledger: &LedgerKey) -> Result<u6
                     RecordId(r.record_id),
                     &r.rule_id,
                     &step,
+                    None,
                 ))
                 .to_vec(),
         );

@@ -63,13 +63,22 @@ pub(crate) fn record_version(
         .bytes(chain_hash)
 }
 
-/// A step of the flag of `record_id` and `rule_id`.
-pub(crate) fn flag_step(record_id: RecordId, rule_id: &str, s: &FlagStep) -> MacInput {
+/// A step of the flag of `record_id` and `rule_id`, following the step at
+/// sequence number `prev`. Steps that name the step they follow use the
+/// second format, which covers that link; a link removed or added behind
+/// the service then no longer matches.
+pub(crate) fn flag_step(
+    record_id: RecordId,
+    rule_id: &str,
+    s: &FlagStep,
+    prev: Option<i64>,
+) -> MacInput {
     let finding = s.finding.as_ref();
     let evidence: Vec<i64> = finding
         .map(|f| f.evidence.iter().map(|r| r.0).collect())
         .unwrap_or_default();
-    MacInput::new(LedgerTable::FlagEvents, 1)
+    let format = if prev.is_some() { 2 } else { 1 };
+    let input = MacInput::new(LedgerTable::FlagEvents, format)
         .int(record_id.0)
         .text(rule_id)
         .int(i64::from(s.step))
@@ -88,7 +97,11 @@ pub(crate) fn flag_step(record_id: RecordId, rule_id: &str, s: &FlagStep) -> Mac
         .opt_text(finding.map(|f| f.explanation.as_str()))
         .ints(&evidence)
         .opt_int(finding.map(|f| i64::from(f.record_version)))
-        .opt_int(s.cleared_in_version.map(i64::from))
+        .opt_int(s.cleared_in_version.map(i64::from));
+    match prev {
+        Some(prev) => input.int(prev),
+        None => input,
+    }
 }
 
 /// A version of a clinic's registry entry.

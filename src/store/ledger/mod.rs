@@ -5,6 +5,7 @@
 
 pub(crate) mod content;
 pub mod verify;
+pub mod view;
 
 use std::time::{Duration, Instant};
 
@@ -95,17 +96,7 @@ impl Store {
 
     /// Up to `limit` blocks after block `after`, in order.
     pub async fn blocks_after(&self, after: i64, limit: i64) -> Result<Vec<Block>, StoreError> {
-        let blocks = sqlx::query_as!(
-            Block,
-            "SELECT block, first_seq, last_seq, entries, prev_hash, hash, sealed_at, public_key,
-                    signature
-             FROM ledger_blocks WHERE block > $1 ORDER BY block LIMIT $2",
-            after,
-            limit,
-        )
-        .fetch_all(&mut *self.acquire().await?)
-        .await?;
-        Ok(blocks)
+        blocks_after(&mut *self.acquire().await?, after, limit).await
     }
 
     /// Seals every row state written up to now that no block covers yet
@@ -203,9 +194,15 @@ impl SealerLock {
     }
 }
 
+/// The `application_name` of verify's read-only snapshot, which writes
+/// nothing and so is not waited for by the sealer.
+const VERIFY_APPLICATION: &str = "transplant-audit verify";
+
 /// Waits until every other transaction of this database and role that
 /// began before `since` has ended: those are the only ones that may still
-/// write a row with a sequence number taken before `since`.
+/// write a row with a sequence number taken before `since`. (A transaction
+/// that drew a number holds no xid until it writes, so read-only ones cannot
+/// be told apart by theirs.)
 async fn wait_for_writers(conn: &mut PgConnection, since: DateTime<Utc>) -> Result<(), SealError> {
     let started = Instant::now();
     loop {
@@ -213,8 +210,10 @@ async fn wait_for_writers(conn: &mut PgConnection, since: DateTime<Utc>) -> Resu
             r#"SELECT pid AS "pid!", xact_start AS "since!" FROM pg_stat_activity
                WHERE datname = current_database() AND usename = current_user
                  AND pid <> pg_backend_pid() AND xact_start < $1
+                 AND application_name IS DISTINCT FROM $2
                ORDER BY xact_start LIMIT 1"#,
             since,
+            VERIFY_APPLICATION,
         )
         .fetch_optional(&mut *conn)
         .await?;
@@ -245,7 +244,7 @@ async fn entries_between(
                SELECT 2::smallint, ledger_seq, NULL, ledger_mac
                FROM record_versions WHERE ledger_seq > $1 AND ledger_seq <= $2
                UNION ALL
-               SELECT 3::smallint, ledger_seq, NULL, ledger_mac
+               SELECT 3::smallint, ledger_seq, ledger_prev, ledger_mac
                FROM flag_events WHERE ledger_seq > $1 AND ledger_seq <= $2
                UNION ALL
                SELECT 4::smallint, ledger_seq, NULL, ledger_mac
@@ -318,3 +317,21 @@ impl Store {
 }
 
 mod adopt;
+
+/// Up to `limit` blocks after block `after`, in order, read on `conn`.
+async fn blocks_after(
+    conn: &mut PgConnection,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Block>, StoreError> {
+    Ok(sqlx::query_as!(
+        Block,
+        "SELECT block, first_seq, last_seq, entries, prev_hash, hash, sealed_at, public_key,
+                signature
+         FROM ledger_blocks WHERE block > $1 ORDER BY block LIMIT $2",
+        after,
+        limit,
+    )
+    .fetch_all(conn)
+    .await?)
+}

@@ -14,7 +14,8 @@
 //!    state a later entry replaced but whose row holds it still (rewound)
 //!    are breaks. Every row's MAC is recomputed from its content.
 //! 3. Rows not sealed yet: their MACs, and no second successor to a sealed
-//!    state.
+//!    state (an unsealed step that follows a step a sealed step followed
+//!    already means that sealed step was deleted and replaced).
 //! 4. What the MACs cannot say alone: each record's versions chain and
 //!    match its columns; each flag's row is the fold of its steps, and a
 //!    CRITICAL flag was dismissed by two principals whose keys no single
@@ -101,10 +102,22 @@ impl Store {
         trusted: &[PublicKey],
     ) -> Result<VerifyReport, StoreError> {
         let mut report = VerifyReport::default();
-        let mut conn = self.acquire().await?;
-        let found = self
-            .verify_steps(&mut conn, digests, trusted, &mut report)
+        // One snapshot for every read: rows written or sealed while verify
+        // runs must not look like rows that are gone or were never sealed.
+        let mut tx = self.begin().await?;
+        sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
             .await?;
+        sqlx::query!(
+            "SELECT set_config('application_name', $1, true)",
+            super::VERIFY_APPLICATION
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let found = self
+            .verify_steps(&mut tx, digests, trusted, &mut report)
+            .await?;
+        tx.rollback().await?;
         report.first_break = found;
         Ok(report)
     }
@@ -116,17 +129,27 @@ impl Store {
         trusted: &[PublicKey],
         report: &mut VerifyReport,
     ) -> Found<Break> {
-        let index = match check_blocks(self, digests, trusted, report).await? {
+        let index = match check_blocks(conn, digests, trusted, report).await? {
             Ok(index) => index,
             Err(found) => return Ok(Some(found)),
         };
         if let Some(found) = check_numbered(conn).await? {
             return Ok(Some(found));
         }
-        if let Some(found) = check_sealed(self, conn, &self.ledger, &index, report).await? {
+        let unsealed = ledger_rows(conn, &self.ledger, index.sealed_through, None).await?;
+        // A sealed state of a row updated in place may have been replaced by
+        // one not sealed yet; that one's MAC is checked with the unsealed rows.
+        let replaced_since: HashSet<i64> = unsealed
+            .iter()
+            .filter(|r| r.table != LedgerTable::FlagEvents)
+            .filter_map(|r| r.prev)
+            .collect();
+        if let Some(found) =
+            check_sealed(conn, &self.ledger, &index, &replaced_since, report).await?
+        {
             return Ok(Some(found));
         }
-        if let Some(found) = check_unsealed(conn, &self.ledger, &index, report).await? {
+        if let Some(found) = check_unsealed(unsealed, &index, report) {
             return Ok(Some(found));
         }
         if let Some(found) = self.check_records(conn, report).await? {
@@ -143,8 +166,12 @@ impl Store {
 struct BlockIndex {
     /// The blocks' spans of sequence numbers, in order.
     spans: Vec<(i64, i64, i64)>,
-    /// Sequence numbers of row states a later sealed state replaced.
+    /// Sequence numbers of row states a later sealed state of the same row
+    /// replaced (tables updated in place: the old state must be gone).
     superseded: HashSet<i64>,
+    /// Sequence numbers of flag steps a later sealed step followed (the
+    /// step stays; it must not be followed twice).
+    followed: HashSet<i64>,
     /// The last sequence number sealed.
     sealed_through: i64,
 }
@@ -160,7 +187,7 @@ fn block_break(block: i64, reason: impl Into<String>) -> Break {
 
 /// Checks the chain of blocks and the digests; the index of what they seal.
 async fn check_blocks(
-    store: &Store,
+    conn: &mut PgConnection,
     digests: &[Digest],
     trusted: &[PublicKey],
     report: &mut VerifyReport,
@@ -188,12 +215,13 @@ async fn check_blocks(
     let mut index = BlockIndex {
         spans: Vec::new(),
         superseded: HashSet::new(),
+        followed: HashSet::new(),
         sealed_through: 0,
     };
     let mut previous: BlockHash = GENESIS_BLOCK;
     let mut number = 0i64;
     loop {
-        let blocks = store.blocks_after(number, BLOCKS_PER_READ).await?;
+        let blocks = super::blocks_after(conn, number, BLOCKS_PER_READ).await?;
         if blocks.is_empty() {
             break;
         }
@@ -264,9 +292,13 @@ async fn check_blocks(
             if !in_order {
                 return Ok(Err(block_break(b.block, "its entries are out of order")));
             }
-            index
-                .superseded
-                .extend(entries.iter().filter(|e| e.prev != 0).map(|e| e.prev));
+            for e in entries.iter().filter(|e| e.prev != 0) {
+                if e.table == LedgerTable::FlagEvents {
+                    index.followed.insert(e.prev);
+                } else {
+                    index.superseded.insert(e.prev);
+                }
+            }
             index.spans.push((b.block, b.first_seq, b.last_seq));
             index.sealed_through = b.last_seq;
             previous = hash;
@@ -306,10 +338,10 @@ impl LedgerRow {
 
 /// Matches every block's entries with the rows that hold their numbers.
 async fn check_sealed(
-    store: &Store,
     conn: &mut PgConnection,
     ledger: &LedgerKey,
     index: &BlockIndex,
+    replaced_since: &HashSet<i64>,
     report: &mut VerifyReport,
 ) -> Found<Break> {
     let mut i = 0;
@@ -337,14 +369,19 @@ async fn check_sealed(
             }
             by_seq.insert(row.seq, row);
         }
-        let blocks = store
-            .blocks_after(first_block - 1, i64::try_from(j - i).unwrap_or(i64::MAX))
-            .await?;
+        let blocks = super::blocks_after(
+            conn,
+            first_block - 1,
+            i64::try_from(j - i).unwrap_or(i64::MAX),
+        )
+        .await?;
         for b in &blocks {
             let entries = unpack(&b.entries).unwrap_or_default();
             for entry in entries {
                 report.sealed_rows += 1;
-                if let Some(found) = match_entry(&entry, b.block, &mut by_seq, index) {
+                if let Some(found) =
+                    match_entry(&entry, b.block, &mut by_seq, index, replaced_since)
+                {
                     return Ok(Some(found));
                 }
             }
@@ -371,10 +408,11 @@ fn match_entry(
     block: i64,
     by_seq: &mut HashMap<i64, LedgerRow>,
     index: &BlockIndex,
+    replaced_since: &HashSet<i64>,
 ) -> Option<Break> {
     let replaced = index.superseded.contains(&entry.seq);
     match by_seq.remove(&entry.seq) {
-        None if replaced => None,
+        None if replaced || replaced_since.contains(&entry.seq) => None,
         None => Some(Break {
             table: entry.table.name(),
             row: format!("the row sealed at sequence number {}", entry.seq),
@@ -441,39 +479,44 @@ async fn check_numbered(conn: &mut PgConnection) -> Found<Break> {
 }
 
 /// Checks the rows written after the last block.
-async fn check_unsealed(
-    conn: &mut PgConnection,
-    ledger: &LedgerKey,
+fn check_unsealed(
+    mut rows: Vec<LedgerRow>,
     index: &BlockIndex,
     report: &mut VerifyReport,
-) -> Found<Break> {
-    let mut rows = ledger_rows(conn, ledger, index.sealed_through, None).await?;
+) -> Option<Break> {
     rows.sort_by_key(|r| r.seq);
     if let Some(pair) = rows.windows(2).find(|w| w[0].seq == w[1].seq) {
-        return Ok(Some(pair[1].broken(
+        return Some(pair[1].broken(
             None,
             format!(
                 "it claims sequence number {}, which {} holds too",
                 pair[1].seq, pair[0].label
             ),
-        )));
+        ));
     }
     for row in rows {
         report.unsealed_rows += 1;
         if !row.genuine {
-            return Ok(Some(row.broken(
+            return Some(row.broken(
                 None,
                 "its content does not match its MAC: edited or written behind the service",
-            )));
+            ));
         }
-        if row.prev.is_some_and(|p| index.superseded.contains(&p)) {
-            return Ok(Some(row.broken(
+        let Some(prev) = row.prev else { continue };
+        if row.table == LedgerTable::FlagEvents && index.followed.contains(&prev) {
+            return Some(row.broken(
+                None,
+                "it follows a step that a sealed step followed already: a step was deleted",
+            ));
+        }
+        if index.superseded.contains(&prev) {
+            return Some(row.broken(
                 None,
                 "it replaces a state that a sealed state replaced already: rewound",
-            )));
+            ));
         }
     }
-    Ok(None)
+    None
 }
 
 /// Every covered row with a sequence number in `(lo, hi]` (`hi` open when
@@ -555,7 +598,7 @@ async fn ledger_rows(
                   e.at, e.key_id, e.principal, e.from_status, e.to_status, e.note, e.trace_id,
                   e.own_trace_id, e.rule_version, e.severity, e.explanation,
                   e.evidence_record_ids, e.record_version, e.cleared_in_version, e.ledger_seq,
-                  e.ledger_mac
+                  e.ledger_prev, e.ledger_mac
            FROM flag_events e LEFT JOIN flags f ON f.id = e.flag_id
            WHERE e.ledger_seq > $1 AND e.ledger_seq <= $2"#,
         lo,
@@ -585,7 +628,7 @@ async fn ledger_rows(
         });
         let genuine = match (step, r.record_id, r.rule_id.as_deref()) {
             (Ok(step), Some(record_id), Some(rule_id)) => {
-                let input = content::flag_step(RecordId(record_id), rule_id, &step);
+                let input = content::flag_step(RecordId(record_id), rule_id, &step, r.ledger_prev);
                 mac_ok(ledger, &input, r.ledger_mac.as_deref())
             }
             _ => false,
@@ -593,7 +636,7 @@ async fn ledger_rows(
         rows.push(LedgerRow {
             table: LedgerTable::FlagEvents,
             seq: r.ledger_seq,
-            prev: None,
+            prev: r.ledger_prev,
             mac: r.ledger_mac,
             genuine,
             label,
