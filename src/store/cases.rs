@@ -371,22 +371,7 @@ impl Store {
 
     /// One case.
     pub async fn case(&self, case_id: i64) -> Result<Option<CaseView>, StoreError> {
-        let mut conn = self.acquire().await?;
-        let row = sqlx::query_as!(
-            CaseRow,
-            "SELECT id, title, summary, status, assignee, referred_to, revision, opened_by,
-                    opened_at, updated_at
-             FROM cases WHERE id = $1",
-            case_id
-        )
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let flags = flags_of(&mut conn, &[case_id])
-            .await?
-            .remove(&case_id)
-            .unwrap_or_default();
-        row.into_view(flags.into_iter().collect()).map(Some)
+        case_on(&mut *self.acquire().await?, case_id).await
     }
 
     /// A case with its flags, their records and histories, and its events.
@@ -498,6 +483,28 @@ impl Store {
             )
         }))
     }
+}
+
+/// One case, read on `conn`.
+pub(super) async fn case_on(
+    conn: &mut PgConnection,
+    case_id: i64,
+) -> Result<Option<CaseView>, StoreError> {
+    let row = sqlx::query_as!(
+        CaseRow,
+        "SELECT id, title, summary, status, assignee, referred_to, revision, opened_by,
+                    opened_at, updated_at
+             FROM cases WHERE id = $1",
+        case_id
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let flags = flags_of(conn, &[case_id])
+        .await?
+        .remove(&case_id)
+        .unwrap_or_default();
+    row.into_view(flags.into_iter().collect()).map(Some)
 }
 
 /// Puts `flag_id` in case `case_id`, refusing a flag that does not exist or
@@ -705,7 +712,7 @@ pub(crate) async fn case_event_rows(
 }
 
 /// The events of these cases, each case's in order.
-async fn events_of(
+pub(super) async fn events_of(
     conn: &mut PgConnection,
     case_ids: &[i64],
 ) -> Result<HashMap<i64, Vec<StoredCaseEvent>>, StoreError> {

@@ -9,4 +9,5 @@
 pub mod domain;
 pub mod dossier;
 pub mod rules;
+pub mod suggest;
 pub mod wire;
