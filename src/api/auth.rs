@@ -43,6 +43,7 @@ const KEY_CACHE_CAPACITY: usize = 10_000;
 const HEALTH: &str = tonic_health::pb::health_server::SERVICE_NAME;
 const INGEST: &str = pb::ingest_service_server::SERVICE_NAME;
 const AUDIT: &str = pb::audit_service_server::SERVICE_NAME;
+const INVESTIGATION: &str = pb::investigation_service_server::SERVICE_NAME;
 const REGISTRY: &str = pb::registry_service_server::SERVICE_NAME;
 const ADMIN: &str = pb::admin_service_server::SERVICE_NAME;
 
@@ -69,6 +70,8 @@ pub fn access_for(path: &str) -> Access {
         (HEALTH, _) => Access::AnyRole,
         (INGEST, _) => Access::Roles(&[Role::Hospital]),
         (AUDIT, _) => Access::Roles(&[Role::Auditor]),
+        (INVESTIGATION, "ListAccessLog") => Access::Roles(&[Role::Admin]),
+        (INVESTIGATION, _) => Access::Roles(&[Role::Auditor, Role::Admin]),
         (REGISTRY, "GetClinic" | "ListClinics") => Access::Roles(&[Role::Admin, Role::Auditor]),
         (REGISTRY, _) => Access::Roles(&[Role::Admin]),
         (ADMIN, _) => Access::Roles(&[Role::Admin]),
@@ -464,6 +467,14 @@ mod tests {
         );
         assert_eq!(
             access_for("/transplant_audit.v1.AdminService/Rescan"),
+            Roles(&[Role::Admin])
+        );
+        assert_eq!(
+            access_for("/transplant_audit.v1.InvestigationService/SearchRecords"),
+            Roles(&[Role::Auditor, Role::Admin])
+        );
+        assert_eq!(
+            access_for("/transplant_audit.v1.InvestigationService/ListAccessLog"),
             Roles(&[Role::Admin])
         );
     }

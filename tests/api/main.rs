@@ -11,6 +11,7 @@ mod faults;
 mod hostile;
 mod import;
 mod ingest;
+mod investigation;
 mod lanes;
 mod ledger;
 mod limits;
