@@ -2,6 +2,7 @@
 
 pub mod batch;
 mod body;
+pub mod cases;
 pub mod chain;
 mod context;
 pub mod feed;

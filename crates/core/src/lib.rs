@@ -7,5 +7,6 @@
 //! be tested, benchmarked and fuzzed alone.
 
 pub mod domain;
+pub mod dossier;
 pub mod rules;
 pub mod wire;
