@@ -14,6 +14,7 @@ use prost::Message;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::audit::AuditError;
 use crate::domain::{FlagStatus, Role, Violations};
 use crate::ingest::IngestError;
 use crate::ingest::stream::StreamError;
@@ -393,6 +394,15 @@ impl From<TriageError> for ApiError {
                 ApiError::InvalidFields(v)
             }
             TriageError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<AuditError> for ApiError {
+    fn from(err: AuditError) -> Self {
+        match err {
+            AuditError::FlagNotFound => ApiError::NotFound(Resource::Flag),
+            AuditError::Store(e) => e.into(),
         }
     }
 }

@@ -10,9 +10,11 @@ pub mod imports;
 pub mod ingest;
 pub mod keys;
 pub mod ledger;
+pub mod records;
 pub mod registry;
 pub mod rescan;
 mod row;
+pub mod sessions;
 pub mod steps;
 
 use std::sync::Arc;

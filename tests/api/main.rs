@@ -7,6 +7,7 @@ mod access;
 mod audit;
 mod cli;
 mod concurrency;
+mod console;
 mod faults;
 mod hostile;
 mod import;
