@@ -2,6 +2,7 @@
 //! the live inbox; `browser` drives it in headless Chromium.
 
 mod http;
+mod live;
 
 use std::time::Duration;
 
