@@ -115,7 +115,9 @@ async fn security_headers(State(tls): State<bool>, request: Request, next: Next)
     );
     set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(headers, header::X_FRAME_OPTIONS, "DENY");
-    set(headers, header::REFERRER_POLICY, "no-referrer");
+    // Same-origin, not no-referrer: with no-referrer a browser sends
+    // `Origin: null` on form posts, and the origin check needs the origin.
+    set(headers, header::REFERRER_POLICY, "same-origin");
     set(
         headers,
         header::HeaderName::from_static("cross-origin-opener-policy"),

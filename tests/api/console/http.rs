@@ -161,7 +161,7 @@ async fn every_page_carries_a_strict_content_security_policy() {
         assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"));
         assert_eq!(h["x-content-type-options"], "nosniff");
         assert_eq!(h["x-frame-options"], "DENY");
-        assert_eq!(h["referrer-policy"], "no-referrer");
+        assert_eq!(h["referrer-policy"], "same-origin");
     }
     let html = site.page(&session, "/flags").await;
     assert!(!html.contains("<script>"), "no inline script");

@@ -1,6 +1,7 @@
 //! The auditors' web console over HTTP: sign-in, sessions, CSRF, escaping,
 //! the live inbox; `browser` drives it in headless Chromium.
 
+mod browser;
 mod http;
 mod live;
 
