@@ -158,6 +158,26 @@ async fn triage(browser: &Client, to: &str, note: &str) -> String {
         .expect("status")
 }
 
+/// Clicks `button` and waits for the page it loads (the old page is
+/// marked first, so the wait cannot find an element of the old one).
+async fn click_and_load(browser: &Client, button: &str) {
+    browser
+        .execute(
+            "document.body.setAttribute('data-left', '1'); return null;",
+            vec![],
+        )
+        .await
+        .expect("mark the page");
+    browser
+        .find(Locator::Css(button))
+        .await
+        .expect("the button")
+        .click()
+        .await
+        .expect("click");
+    wait_for(browser, "body:not([data-left])").await;
+}
+
 /// Submits the open flag page's triage form.
 async fn submit_triage(browser: &Client, to: &str, note: &str) {
     let select = wait_for(browser, "select#to").await;
@@ -169,13 +189,7 @@ async fn submit_triage(browser: &Client, to: &str, note: &str) {
         .send_keys(note)
         .await
         .expect("type the note");
-    browser
-        .find(Locator::Css("#apply-triage"))
-        .await
-        .expect("apply")
-        .click()
-        .await
-        .expect("submit");
+    click_and_load(browser, "#apply-triage").await;
 }
 
 async fn flag_id(site: &Site, external_record_id: &str, rule_id: &str) -> String {
@@ -230,13 +244,7 @@ async fn an_auditor_triages_in_a_real_browser_and_sees_new_flags_arrive() {
         .select_by_value("OPEN")
         .await
         .expect("status");
-    browser
-        .find(Locator::Css("#apply-filters"))
-        .await
-        .expect("filter")
-        .click()
-        .await
-        .expect("submit");
+    click_and_load(&browser, "#apply-filters").await;
     let row = wait_for(&browser, &format!("tr[data-flag-id=\"{flag}\"]")).await;
     let url = browser.current_url().await.expect("url");
     assert!(url.as_str().contains("rule_id=ABO_INCOMPATIBLE"), "{url}");
