@@ -514,6 +514,33 @@ mod tests {
     }
 
     #[test]
+    fn the_console_is_off_unless_asked_and_plain_http_stays_on_loopback() {
+        let args = serve(&[]).unwrap();
+        assert_eq!(
+            args.console.addr(false),
+            None,
+            "off in production when unset"
+        );
+        assert_eq!(args.console.addr(true), Some(LOCAL_CONSOLE_ADDR));
+        assert_eq!(args.console.session_idle, Duration::from_secs(1800));
+        let addr = LOCAL_CONSOLE_ADDR;
+        assert_eq!(
+            args.console.transport(&args.tls, addr).unwrap(),
+            Transport::PlaintextLoopback
+        );
+        let open: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        for flags in [&[][..], &["--insecure-plaintext"][..]] {
+            let args = serve(flags).unwrap();
+            let refused = args.console.transport(&args.tls, open).unwrap_err();
+            assert!(
+                matches!(refused, ConfigError::ConsolePlaintextRefused(_)),
+                "{refused}"
+            );
+        }
+        assert!(serve(&["--console-session-idle-secs", "0"]).is_err());
+    }
+
+    #[test]
     fn tls_needs_both_files_and_reads_them() {
         let dir = tempfile::tempdir().unwrap();
         let path = |name: &str| {

@@ -64,13 +64,6 @@ async fn run(
         }
         None => None,
     };
-    let grpc = bind(args.listen_addr).await?;
-    tracing::info!(
-        addr = %grpc.local_addr().map_err(anyhow::Error::from)?,
-        tls = tls.is_some(),
-        mutual_tls = tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
-        "serving gRPC"
-    );
     let console = match console {
         Some((addr, transport)) => {
             let listener = bind(addr).await?;
@@ -89,6 +82,13 @@ async fn run(
         }
         None => None,
     };
+    let grpc = bind(args.listen_addr).await?;
+    tracing::info!(
+        addr = %grpc.local_addr().map_err(anyhow::Error::from)?,
+        tls = tls.is_some(),
+        mutual_tls = tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        "serving gRPC"
+    );
     let served = server::serve(
         Listeners {
             grpc,

@@ -4,6 +4,7 @@
 mod browser;
 mod http;
 mod live;
+mod tls;
 
 use std::time::Duration;
 
