@@ -7,8 +7,10 @@
 //! [`incoming`] (accepting connections).
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod context;
 pub mod dossier;
 pub mod export;

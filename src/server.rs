@@ -26,7 +26,9 @@ use crate::api::observe::ObserveLayer;
 use crate::api::page_token::PageTokens;
 use crate::api::quota::TenantCap;
 use crate::api::registry::RegistryApi;
+use crate::audit::Auditing;
 use crate::config::{self, TlsPem};
+use crate::console::{self, Console};
 use crate::domain::FingerprintKey;
 use crate::domain::ledger::{PublicKey, SigningKey};
 use crate::incoming::{ConnectionLimits, TlsSetupError, incoming, tls_config};
@@ -285,6 +287,20 @@ pub struct Listeners {
     /// Only `grpc.health.v1`, in plaintext, for orchestrators' probes
     /// (Kubernetes' gRPC probes cannot speak TLS).
     pub health: Option<TcpListener>,
+    /// The auditors' web console.
+    pub console: Option<ConsoleListener>,
+}
+
+/// The web console's socket and how it serves.
+#[derive(Debug)]
+pub struct ConsoleListener {
+    /// The socket.
+    pub listener: TcpListener,
+    /// TLS (the gRPC listener's material); plain HTTP when `None`, which
+    /// the configuration allows on loopback only.
+    pub tls: Option<TlsPem>,
+    /// How long a session may go unused.
+    pub session_idle: Duration,
 }
 
 impl Listeners {
@@ -294,6 +310,7 @@ impl Listeners {
             grpc,
             tls: None,
             health: None,
+            console: None,
         }
     }
 }
@@ -359,7 +376,7 @@ pub async fn serve(
     let keys = tokio::spawn(app.auth.clone().keep_fresh());
     let (reflection_v1, reflection_v1alpha) = reflection()?;
     let (feed, feed_handle) = FlagFeed::start(app.store.clone());
-    let services = Services::new(&app, &options, feed);
+    let services = Services::new(&app, &options, feed.clone());
     let mutual_tls = listeners
         .tls
         .as_ref()
@@ -412,6 +429,21 @@ pub async fn serve(
         .add_service(services.audit)
         .add_service(services.investigation)
         .add_service(services.admin);
+    let console = listeners.console.map(|console| {
+        let site = Console::new(
+            Auditing::new(app.store.clone(), feed.clone()),
+            app.auth.clone(),
+            app.store.clone(),
+            console.tls.is_some(),
+            console.session_idle,
+        );
+        tokio::spawn(console::serve(
+            console.listener,
+            console.tls,
+            site,
+            stopped(accepting_stopped.clone()),
+        ))
+    });
     let incoming = incoming(listeners.grpc, tls, limits, accepting_stopped.clone());
     let mut server =
         tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped(accepting_stopped)));
@@ -431,6 +463,10 @@ pub async fn serve(
     keys.abort();
     if let Some(health_only) = health_only {
         health_only.abort();
+    }
+    if let Some(console) = console {
+        // Its event streams ended with the feed; pages in flight had the grace.
+        console.abort();
     }
     // What the last calls wrote is sealed before the server goes.
     let _ = stop_sealing.send(true);
@@ -485,8 +521,7 @@ impl Services {
             ))
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
             audit: AuditServiceServer::new(AuditApi::new(
-                app.store.clone(),
-                feed,
+                Auditing::new(app.store.clone(), feed),
                 app.page_tokens.clone(),
             ))
             .max_decoding_message_size(MAX_MESSAGE_BYTES),

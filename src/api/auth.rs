@@ -214,16 +214,20 @@ impl Authenticator {
         let stored = stored
             .filter(|s| presented.matches(&s.secret_hash))
             .ok_or(ApiError::KeyRefused)?;
-        if !stored.key.is_usable_at(chrono::Utc::now()) {
-            return Err(ApiError::KeyRefused);
+        usable_caller(stored)
+    }
+
+    /// The caller of key `key_id`, authenticated earlier (a console
+    /// session), while the key is still usable; UNAUTHENTICATED once it is
+    /// revoked or expired.
+    pub async fn still_usable(&self, key_id: &str) -> Result<Caller, ApiError> {
+        match lock(&self.known).ids.as_ref() {
+            Some(ids) if ids.contains(key_id) => {}
+            Some(_) => return Err(ApiError::KeyRefused),
+            None => return Err(ApiError::Unavailable),
         }
-        Ok(Caller {
-            key_id: stored.key.key_id,
-            role: stored.key.role,
-            hospital_id: stored.key.hospital_id.as_deref().map(HospitalId::normalize),
-            principal: stored.key.principal,
-            issued_by: stored.key.issued_by,
-        })
+        let stored = self.lookup(key_id).await?.ok_or(ApiError::KeyRefused)?;
+        usable_caller(stored)
     }
 
     async fn lookup(&self, key_id: &str) -> Result<Option<StoredKey>, ApiError> {
@@ -306,6 +310,20 @@ impl Authenticator {
         }
         Ok(Some(caller))
     }
+}
+
+/// The caller a stored key stands for, if the key is usable now.
+fn usable_caller(stored: StoredKey) -> Result<Caller, ApiError> {
+    if !stored.key.is_usable_at(chrono::Utc::now()) {
+        return Err(ApiError::KeyRefused);
+    }
+    Ok(Caller {
+        key_id: stored.key.key_id,
+        role: stored.key.role,
+        hospital_id: stored.key.hospital_id.as_deref().map(HospitalId::normalize),
+        principal: stored.key.principal,
+        issued_by: stored.key.issued_by,
+    })
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

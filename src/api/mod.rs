@@ -46,6 +46,10 @@ impl Acting {
     }
 
     /// The caller.
+    #[allow(
+        dead_code,
+        reason = "the adapters log through the application layer now"
+    )]
     pub(crate) fn caller(&self) -> &crate::domain::Caller {
         &self.caller
     }

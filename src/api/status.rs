@@ -15,6 +15,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::domain::case::CaseRefusal;
+use crate::audit::AuditError;
 use crate::domain::{FlagStatus, Role, Violations};
 use crate::export::ExportError;
 use crate::ingest::IngestError;
@@ -452,6 +453,15 @@ impl From<CaseError> for ApiError {
             CaseError::Refused(refusal) => ApiError::CaseChangeRefused(refusal),
             CaseError::Tampered => ApiError::EvidenceTampered,
             CaseError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<AuditError> for ApiError {
+    fn from(err: AuditError) -> Self {
+        match err {
+            AuditError::FlagNotFound => ApiError::NotFound(Resource::Flag),
+            AuditError::Store(e) => e.into(),
         }
     }
 }

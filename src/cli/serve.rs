@@ -6,7 +6,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{ConfigError, ServeArgs, Transport};
 use crate::seal::Sinks;
-use crate::server::{self, App, Listeners, Sealing};
+use crate::server::{self, App, ConsoleListener, Listeners, Sealing};
 use crate::telemetry;
 
 use super::{Access, CliError, Database, engine};
@@ -15,6 +15,10 @@ use super::{Access, CliError, Database, engine};
 pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
     let engine = engine(&args.rules)?;
     let transport = args.tls.transport(args.listen_addr)?;
+    let console = match args.console.addr(args.database.database_url.is_none()) {
+        Some(addr) => Some((addr, args.console.transport(&args.tls, addr)?)),
+        None => None,
+    };
     let sealing = sealing(&args)?;
     let db = Database::open(&args.database, Access::Migrate).await?;
     let app = App::new(
@@ -24,11 +28,16 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
         args.options.ingest_batch_size,
         sealing,
     );
-    let result = run(&args, transport, app).await;
+    let result = run(&args, transport, console, app).await;
     db.close(result).await
 }
 
-async fn run(args: &ServeArgs, transport: Transport, app: App) -> Result<(), CliError> {
+async fn run(
+    args: &ServeArgs,
+    transport: Transport,
+    console: Option<(SocketAddr, Transport)>,
+    app: App,
+) -> Result<(), CliError> {
     let tls = match transport {
         Transport::Tls(pem) => Some(pem),
         Transport::PlaintextLoopback => {
@@ -55,6 +64,24 @@ async fn run(args: &ServeArgs, transport: Transport, app: App) -> Result<(), Cli
         }
         None => None,
     };
+    let console = match console {
+        Some((addr, transport)) => {
+            let listener = bind(addr).await?;
+            let local = listener.local_addr().map_err(anyhow::Error::from)?;
+            let tls = match transport {
+                Transport::Tls(pem) => Some(pem),
+                _ => None,
+            };
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            tracing::info!(addr = %local, url = %format_args!("{scheme}://{local}/login"), "serving the console");
+            Some(ConsoleListener {
+                listener,
+                tls,
+                session_idle: args.console.session_idle,
+            })
+        }
+        None => None,
+    };
     let grpc = bind(args.listen_addr).await?;
     tracing::info!(
         addr = %grpc.local_addr().map_err(anyhow::Error::from)?,
@@ -63,7 +90,12 @@ async fn run(args: &ServeArgs, transport: Transport, app: App) -> Result<(), Cli
         "serving gRPC"
     );
     let served = server::serve(
-        Listeners { grpc, tls, health },
+        Listeners {
+            grpc,
+            tls,
+            health,
+            console,
+        },
         app,
         args.options,
         server::shutdown_signal(),

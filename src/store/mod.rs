@@ -13,9 +13,11 @@ pub mod ingest;
 pub mod investigate;
 pub mod keys;
 pub mod ledger;
+pub mod records;
 pub mod registry;
 pub mod rescan;
 mod row;
+pub mod sessions;
 pub mod steps;
 mod suggest;
 

@@ -8,6 +8,7 @@ mod audit;
 mod cases;
 mod cli;
 mod concurrency;
+mod console;
 mod faults;
 mod hostile;
 mod import;
