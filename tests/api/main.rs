@@ -8,6 +8,7 @@ mod audit;
 mod cli;
 mod concurrency;
 mod faults;
+mod federation;
 mod hostile;
 mod import;
 mod ingest;
