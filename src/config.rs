@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::domain::FederationKey;
+use crate::domain::federation::FEDERATION_KEY_LEN;
 use crate::domain::identity::{FingerprintKey, MIN_KEY_LEN};
 use crate::domain::ledger::{BadSigningKey, PublicKey, SigningKey};
 use crate::server::ServeOptions;
@@ -40,6 +42,21 @@ pub struct DatabaseArgs {
     /// File holding the fingerprint key (hex), instead of FINGERPRINT_KEY.
     #[arg(long, env = "FINGERPRINT_KEY_FILE", conflicts_with = "fingerprint_key")]
     pub fingerprint_key_file: Option<PathBuf>,
+
+    /// Secret of this registry's federation key (the scalar its records'
+    /// federation elements are raised to): 32 random bytes, hex-encoded.
+    /// Without it (and outside the local default, which generates one) no
+    /// elements are stored and the registry cannot federate.
+    #[arg(long, env = "FEDERATION_KEY", hide_env_values = true)]
+    pub federation_key: Option<String>,
+
+    /// File holding the federation key (hex), instead of FEDERATION_KEY.
+    #[arg(
+        long,
+        env = "FEDERATION_KEY_SECRET_FILE",
+        conflicts_with = "federation_key"
+    )]
+    pub federation_key_secret_file: Option<PathBuf>,
 
     /// Most database connections open at once.
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
@@ -338,6 +355,9 @@ pub enum ConfigError {
     /// The signing key is not usable.
     #[error("the signing key {0}")]
     BadSigningKey(String),
+    /// The federation key is not usable.
+    #[error("the federation key must be {FEDERATION_KEY_LEN} random bytes, hex-encoded")]
+    BadFederationKey,
     /// A key file could not be read or written.
     #[error("key file {path}: {source}")]
     KeyFile {
@@ -372,6 +392,40 @@ impl DatabaseArgs {
         Ok(None)
     }
 }
+
+/// Parses a hex-encoded federation key.
+pub fn parse_federation_key(hex_text: &str) -> Result<FederationKey, ConfigError> {
+    let bytes = hex::decode(hex_text.trim()).map_err(|_| ConfigError::BadFederationKey)?;
+    FederationKey::from_bytes(&bytes).map_err(|_| ConfigError::BadFederationKey)
+}
+
+impl DatabaseArgs {
+    /// The configured federation key, or the local default's under
+    /// `local_dir` (generated on first use, beside the fingerprint key);
+    /// `None` when neither is there: the registry does not federate.
+    pub fn federation_key(
+        &self,
+        local_dir: Option<&Path>,
+    ) -> Result<Option<FederationKey>, ConfigError> {
+        if let Some(text) = &self.federation_key {
+            return parse_federation_key(text).map(Some);
+        }
+        if let Some(path) = &self.federation_key_secret_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::KeyFile {
+                path: path.clone(),
+                source,
+            })?;
+            return parse_federation_key(&text).map(Some);
+        }
+        match local_dir {
+            Some(dir) => parse_federation_key(&local_secret(dir, FEDERATION_KEY_FILE)?).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The local default's federation key, under --data-dir.
+const FEDERATION_KEY_FILE: &str = "federation.key";
 
 /// The key of the local default: read from `dir/fingerprint.key`, created
 /// (32 random bytes, owner-only) on first use.
@@ -485,6 +539,39 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn the_federation_key_is_configured_or_generated_beside_the_fingerprint_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = serve(&[]).unwrap().database;
+        assert!(
+            args.federation_key(None).unwrap().is_none(),
+            "no key: no federation"
+        );
+        let first = args.federation_key(Some(dir.path())).unwrap().unwrap();
+        let second = args.federation_key(Some(dir.path())).unwrap().unwrap();
+        let id = crate::domain::PersonIdentifier::new(
+            crate::domain::IdentifierScheme::Passport,
+            "DE".parse().unwrap(),
+            "X1",
+        )
+        .unwrap();
+        assert_eq!(first.element(&id), second.element(&id));
+        let hex = "ab".repeat(32);
+        let configured = serve(&["--federation-key", &hex]).unwrap().database;
+        let key = configured
+            .federation_key(Some(dir.path()))
+            .unwrap()
+            .unwrap();
+        assert_ne!(key.element(&id), first.element(&id), "configured wins");
+        for bad in ["ab".repeat(31), "not hex".to_owned()] {
+            let args = serve(&["--federation-key", &bad]).unwrap().database;
+            assert!(matches!(
+                args.federation_key(None),
+                Err(ConfigError::BadFederationKey)
+            ));
+        }
     }
 
     /// `serve`'s flags alone.

@@ -37,7 +37,10 @@ pub async fn run(args: ImportArgs) -> Result<(), CliError> {
     let engine = Arc::new(engine(&args.rules)?);
     let db = Database::open(&args.database, Access::Migrate).await?;
     let batch = args.ingest_batch_size.max(1);
-    let ingestor = Ingestor::new(db.store.clone(), engine, db.key.clone(), batch);
+    let mut ingestor = Ingestor::new(db.store.clone(), engine, db.key.clone(), batch);
+    if let Some(key) = &db.federation {
+        ingestor = ingestor.with_federation(key.clone());
+    }
     let result = load(&db, &ingestor, &args).await;
     db.close(result).await
 }

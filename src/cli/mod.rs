@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, ConfigError, DatabaseArgs, LogFormat, ServeArgs};
-use crate::domain::FingerprintKey;
+use crate::domain::{FederationKey, FingerprintKey};
 use crate::localdb::LocalPostgres;
 use crate::rules::{Engine, RulesConfig};
 use crate::store::{self, PoolSettings, SchemaState, Store, StoreError};
@@ -187,6 +187,8 @@ enum Access {
 struct Database {
     store: Store,
     key: FingerprintKey,
+    /// The federation key, when this registry federates.
+    federation: Option<FederationKey>,
     local: Option<LocalPostgres>,
 }
 
@@ -195,8 +197,21 @@ impl Database {
     /// needed) and migrates it or checks its schema, as `access` says.
     async fn open(args: &DatabaseArgs, access: Access) -> Result<Self, CliError> {
         let (url, local) = database_url(args, access).await?;
+        let local_dir = local.is_some().then_some(args.data_dir.as_path());
+        let federation = match args.federation_key(local_dir) {
+            Ok(federation) => federation,
+            Err(e) => {
+                release(local).await;
+                return Err(e.into());
+            }
+        };
         match Self::connect(args, &url, local.is_some(), access).await {
-            Ok((store, key)) => Ok(Self { store, key, local }),
+            Ok((store, key)) => Ok(Self {
+                store,
+                key,
+                federation,
+                local,
+            }),
             Err(e) => {
                 release(local).await;
                 Err(e)

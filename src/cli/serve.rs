@@ -21,13 +21,20 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
     };
     let sealing = sealing(&args)?;
     let db = Database::open(&args.database, Access::Migrate).await?;
-    let app = App::new(
+    let mut app = App::new(
         db.store.clone(),
         engine,
         db.key.clone(),
         args.options.ingest_batch_size,
         sealing,
     );
+    match &db.federation {
+        Some(key) => app.ingestor = app.ingestor.with_federation(key.clone()),
+        None => tracing::warn!(
+            "no FEDERATION_KEY: records are stored without federation elements, and this \
+             registry cannot federate"
+        ),
+    }
     let result = run(&args, transport, console, app).await;
     db.close(result).await
 }

@@ -9,7 +9,9 @@ use tokio::sync::oneshot;
 use tracing::{Instrument, info_span};
 
 use crate::context::{Evaluation, GroupContext};
-use crate::domain::{Clinic, DonorKind, DonorRelation, Fingerprint, Record, RecordId, Severity};
+use crate::domain::{
+    Clinic, DonorKind, DonorRelation, Fingerprint, Record, RecordElements, RecordId, Severity,
+};
 use crate::rules::{ClinicWindow, Engine, Finding, ForeignLivingTransplant, RuleId, WindowSpec};
 use crate::store::batch::{NewFlag, NewRecord, StoredForm};
 use crate::store::{ExistingRecord, IngestTx, StoreError, StoredAck, WindowRequest};
@@ -77,6 +79,19 @@ pub(super) async fn store_in(
     let Some((acks, raised)) = store_new(tx, engine, &fresh).await? else {
         return Ok(None);
     };
+    // A record stored before, sent again unchanged (an import run anew),
+    // gives its row the elements it lacks.
+    let fills: Vec<(RecordId, RecordElements)> = slots
+        .iter()
+        .enumerate()
+        .filter_map(|(i, slot)| match (slot, forms[i].elements) {
+            (Slot::Existing(e), Some(elements)) if e.content_hash == forms[i].hash => {
+                Some((e.id, elements))
+            }
+            _ => None,
+        })
+        .collect();
+    tx.fill_elements(&fills).await?;
     let answers = slots
         .iter()
         .enumerate()

@@ -192,7 +192,7 @@ mod tests {
     fn a_batch_splits_into_its_lanes_in_batch_order() {
         let clinics = clinic_per_lane();
         let records = vec![at(&clinics[1], 1), at(&clinics[0], 2), at(&clinics[1], 3)];
-        let forms = records.iter().map(StoredForm::of).collect();
+        let forms = records.iter().map(|r| StoredForm::of(r, None)).collect();
         let lanes = Prepared { records, forms }.into_lanes();
         let positions: Vec<&[usize]> = lanes.iter().map(|l| l.positions.as_slice()).collect();
         assert_eq!(positions, [&[1][..], &[0, 2][..]]);
@@ -200,7 +200,7 @@ mod tests {
             for (record, form) in lane.records.records.iter().zip(&lane.records.forms) {
                 assert_eq!(
                     form.hash,
-                    StoredForm::of(record).hash,
+                    StoredForm::of(record, None).hash,
                     "forms stay with their records"
                 );
             }

@@ -279,7 +279,7 @@ async fn store_checked<C: Check>(
     } else {
         let ids: Vec<String> = valid.iter().map(|s| s.external_record_id.clone()).collect();
         let stored = ingestor
-            .store_in_lanes(ingestor.prepare(valid), ordered)
+            .store_in_lanes(ingestor.prepare_off_runtime(valid).await, ordered)
             .await?;
         for ((position, external_record_id), result) in positions.into_iter().zip(ids).zip(stored) {
             answers[position] = Some(match result {

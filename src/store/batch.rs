@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 
 use crate::domain::chain::GENESIS;
-use crate::domain::{Clinic, Fingerprint, Person, Record, RecordId};
+use crate::domain::{Clinic, Fingerprint, Person, Record, RecordElements, RecordId};
 use crate::rules::{ClinicWindow, Finding, PriorDonation};
 
 use super::body::HlaBody;
@@ -20,19 +20,30 @@ use super::{StoreError, chain};
 use crate::domain::ledger::RowMac;
 
 /// What a batch needs of a record's stored form (its pseudonymised body as
-/// JSON text): the text's SHA-256, the record's content hash.
+/// JSON text): the text's SHA-256, the record's content hash; and its
+/// federation elements, which the content hash leaves out (a new
+/// federation key changes them, not the record).
 #[derive(Debug, Clone)]
 pub struct StoredForm {
     /// SHA-256 of the stored body.
     pub hash: Vec<u8>,
+    /// The donor's and the recipient's elements, when this registry has a
+    /// federation key.
+    pub elements: Option<RecordElements>,
 }
 
 impl StoredForm {
-    /// The stored form of a pseudonymised record.
-    pub fn of(record: &Record) -> Self {
+    /// The stored form of a pseudonymised record with its elements.
+    pub fn of(record: &Record, elements: Option<RecordElements>) -> Self {
         Self {
             hash: super::body::RecordBody::hash(record),
+            elements,
         }
+    }
+
+    /// The elements as the row's MAC covers them.
+    pub(crate) fn element_bytes(&self) -> (Option<&[u8]>, Option<&[u8]>) {
+        super::ingest::element_bytes(self.elements.as_ref())
     }
 }
 
@@ -204,6 +215,7 @@ impl IngestTx {
                 reason: None,
                 recorded_at,
                 chain_head: &chain_head,
+                elements: n.form.element_bytes(),
             };
             (chain_head, self.ledger.mac(&state.input()))
         });
@@ -217,8 +229,8 @@ impl IngestTx {
                    donor_rh, donor_hla, donor_non_resident,
                    recipient_fp, recipient_nationality, recipient_residence, recipient_age,
                    recipient_sex, recipient_abo, recipient_rh, recipient_hla,
-                   recipient_non_resident, ledger_seq, ledger_mac,
-                   version_recorded_at, received_at)
+                   recipient_non_resident, ledger_seq, ledger_mac, donor_element,
+                   recipient_element, version_recorded_at, received_at)
                OVERRIDING SYSTEM VALUE
                SELECT *, $37::timestamptz, $37::timestamptz FROM unnest(
                    $1::bigint[], $2::bytea[], $3::bytea[], $4::text[], $5::text[],
@@ -229,7 +241,7 @@ impl IngestTx {
                    $25::text[], $26::jsonb[], $27::bool[],
                    $28::bytea[], $29::text[], $30::text[], $31::smallint[],
                    $32::text[], $33::text[], $34::text[], $35::jsonb[], $36::bool[],
-                   $38::bigint[], $39::bytea[])
+                   $38::bigint[], $39::bytea[], $40::bytea[], $41::bytea[])
                ON CONFLICT ON CONSTRAINT records_idempotency DO NOTHING
                RETURNING id, received_at",
             &c.id,
@@ -271,6 +283,8 @@ impl IngestTx {
             recorded_at,
             &c.seq,
             &c.ledger_mac,
+            &c.donor_element as &[Option<&[u8]>],
+            &c.recipient_element as &[Option<&[u8]>],
         )
         .fetch_all(&mut *self.tx)
         .await?;
@@ -375,6 +389,8 @@ struct Columns<'a> {
     donor_death_kind: Vec<Option<&'a str>>,
     donor: PersonColumns<'a>,
     recipient: PersonColumns<'a>,
+    donor_element: Vec<Option<&'a [u8]>>,
+    recipient_element: Vec<Option<&'a [u8]>>,
 }
 
 impl<'a> Columns<'a> {
@@ -411,6 +427,9 @@ impl<'a> Columns<'a> {
             c.donor_death_kind.push(death_kind);
             c.donor.push(&r.donor.person, r.donor_is_foreign());
             c.recipient.push(&r.recipient, r.recipient_is_foreign());
+            let (donor, recipient) = n.form.element_bytes();
+            c.donor_element.push(donor);
+            c.recipient_element.push(recipient);
         }
         c
     }

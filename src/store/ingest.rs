@@ -10,7 +10,9 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::domain::chain::GENESIS;
 use crate::domain::ledger::LedgerKey;
-use crate::domain::{ChainKey, DonorKind, DonorType, HlaTyping, Record, RecordId, Severity};
+use crate::domain::{
+    ChainKey, DonorKind, DonorType, HlaTyping, Record, RecordElements, RecordId, Severity,
+};
 use crate::rules::{ContextKey, Finding, RuleId};
 
 use super::body::{HlaBody, RecordBody, parse};
@@ -46,7 +48,15 @@ pub struct StoredAck {
 
 /// The content hash of a pseudonymised record: SHA-256 of its stored body.
 pub fn content_hash(record: &Record) -> Vec<u8> {
-    super::batch::StoredForm::of(record).hash
+    super::body::RecordBody::hash(record)
+}
+
+/// A record's elements as its row's MAC covers them.
+pub(crate) fn element_bytes(elements: Option<&RecordElements>) -> (Option<&[u8]>, Option<&[u8]>) {
+    match elements {
+        Some(e) => (Some(&e.donor.0[..]), Some(&e.recipient.0[..])),
+        None => (None, None),
+    }
 }
 
 /// One open ingest transaction. Dropping it without `commit` rolls back.
@@ -171,6 +181,7 @@ impl IngestTx {
         &mut self,
         existing: &ExistingRecord,
         record: &Record,
+        elements: Option<RecordElements>,
         reason: &str,
     ) -> Result<StoredAck, StoreError> {
         // Locked first, so that the version archived is the one replaced.
@@ -216,6 +227,7 @@ impl IngestTx {
             reason: Some(reason),
             recorded_at,
             chain_head: &link,
+            elements: element_bytes(elements.as_ref()),
         };
         let row_mac = self.ledger.mac(&state.input());
         let (relation, death_at, death_kind) = kind_columns(&record.donor.kind);
@@ -239,7 +251,8 @@ impl IngestTx {
                 recipient_sex = $29, recipient_abo = $30, recipient_rh = $31,
                 recipient_hla = $32, recipient_non_resident = $33,
                 version_reason = $41, version_recorded_at = $42, chain_head = $43,
-                ledger_seq = $45, ledger_prev = ledger_seq, ledger_mac = $46
+                ledger_seq = $45, ledger_prev = ledger_seq, ledger_mac = $46,
+                donor_element = $47, recipient_element = $48
              WHERE id = $1",
             existing.id.0,
             hash,
@@ -289,6 +302,8 @@ impl IngestTx {
             &archived_mac[..],
             seq,
             &row_mac[..],
+            elements.as_ref().map(|e| &e.donor.0[..]),
+            elements.as_ref().map(|e| &e.recipient.0[..]),
         )
         .execute(&mut *self.tx)
         .await?;
@@ -386,6 +401,85 @@ impl IngestTx {
         Ok(())
     }
 
+    /// Gives records stored before with the same content their federation
+    /// elements (`fills`: record id and elements): records stored before
+    /// the registry had a federation key, or under an earlier one. A row
+    /// that holds these elements already is left alone; every other one
+    /// is checked against its MAC first, then takes a new place in the
+    /// ledger's sequence (its version does not change: the elements are
+    /// not the record's content). Rows are locked in id order, so two
+    /// imports of one file never deadlock.
+    pub async fn fill_elements(
+        &mut self,
+        fills: &[(RecordId, RecordElements)],
+    ) -> Result<u64, StoreError> {
+        if fills.is_empty() {
+            return Ok(0);
+        }
+        let mut ids: Vec<i64> = fills.iter().map(|(id, _)| id.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        sqlx::query!(
+            "SELECT id FROM records WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            &ids
+        )
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let wanted: std::collections::HashMap<i64, RecordElements> =
+            fills.iter().map(|(id, e)| (id.0, *e)).collect();
+        let mut stale = Vec::new();
+        for current in row::current_versions(&mut self.tx, &ids).await? {
+            let Some(elements) = wanted.get(&current.id.0) else {
+                continue;
+            };
+            let held = (current.elements.0.as_deref(), current.elements.1.as_deref());
+            if held == element_bytes(Some(elements)) {
+                continue;
+            }
+            self.check_current(&current).await?;
+            stale.push((current, *elements));
+        }
+        let seqs = ledger::allocate(&mut self.tx, stale.len()).await?;
+        let (mut row_ids, mut donors, mut recipients, mut new_seqs, mut macs) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((current, elements), seq) in stale.iter().zip(seqs) {
+            let state = RecordState {
+                id: current.id,
+                version: current.version,
+                seq,
+                prev: Some(current.ledger.0),
+                received_at: current.received_at,
+                amended_at: current.amended_at,
+                content_hash: &current.content_hash,
+                reason: current.reason.as_deref(),
+                recorded_at: current.recorded_at,
+                chain_head: current.chain_head.as_deref().unwrap_or_default(),
+                elements: element_bytes(Some(elements)),
+            };
+            macs.push(self.ledger.mac(&state.input()).to_vec());
+            row_ids.push(current.id.0);
+            donors.push(elements.donor.0.to_vec());
+            recipients.push(elements.recipient.0.to_vec());
+            new_seqs.push(seq);
+        }
+        let filled = sqlx::query!(
+            "UPDATE records r SET donor_element = f.donor, recipient_element = f.recipient,
+                    ledger_prev = r.ledger_seq, ledger_seq = f.seq, ledger_mac = f.mac
+             FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bigint[], $5::bytea[])
+                  AS f(id, donor, recipient, seq, mac)
+             WHERE r.id = f.id",
+            &row_ids,
+            &donors,
+            &recipients,
+            &new_seqs,
+            &macs,
+        )
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        Ok(filled)
+    }
+
     /// Refuses to amend a record whose row was changed behind the service:
     /// its columns no longer hash to its content hash, its MAC does not
     /// match, or a sealed block holds a later state of it (an amendment
@@ -404,6 +498,7 @@ impl IngestTx {
             reason: current.reason.as_deref(),
             recorded_at: current.recorded_at,
             chain_head: current.chain_head.as_deref().unwrap_or_default(),
+            elements: (current.elements.0.as_deref(), current.elements.1.as_deref()),
         };
         let genuine = current.chain_head.is_some()
             && content_hash(&current.record) == current.content_hash

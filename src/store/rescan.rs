@@ -261,7 +261,7 @@ impl Store {
                     donor_age, donor_sex, donor_abo, donor_rh, donor_hla, donor_non_resident,
                     recipient_fp, recipient_nationality, recipient_residence, recipient_age,
                     recipient_sex, recipient_abo, recipient_rh, recipient_hla,
-                    recipient_non_resident
+                    recipient_non_resident, donor_element, recipient_element
              FROM records
              WHERE id >= $1 AND id <= $2 AND ($3::timestamptz IS NULL OR transplanted_at >= $3)
                AND ($4::timestamptz IS NULL OR transplanted_at < $4)

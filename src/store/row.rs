@@ -57,6 +57,8 @@ pub(super) struct RecordRow {
     pub(super) recipient_rh: Option<String>,
     pub(super) recipient_hla: Option<serde_json::Value>,
     pub(super) recipient_non_resident: bool,
+    pub(super) donor_element: Option<Vec<u8>>,
+    pub(super) recipient_element: Option<Vec<u8>>,
 }
 
 /// A record's current version: its content and its chain entry.
@@ -80,6 +82,9 @@ pub(super) struct CurrentVersion {
     /// The stored (donor, recipient) non-resident columns, which the rules'
     /// window queries read and `record` derives.
     pub(super) non_resident: (bool, bool),
+    /// The stored (donor, recipient) federation elements, which the row's
+    /// MAC covers.
+    pub(super) elements: (Option<Vec<u8>>, Option<Vec<u8>>),
 }
 
 impl RecordRow {
@@ -144,6 +149,7 @@ impl RecordRow {
             received_at: self.received_at,
             amended_at: self.amended_at,
             ledger: (self.ledger_seq, self.ledger_prev, self.ledger_mac),
+            elements: (self.donor_element, self.recipient_element),
             record,
         })
     }
@@ -179,7 +185,8 @@ pub(super) async fn record_rows(
                 r.donor_nationality, r.donor_residence, r.donor_age, r.donor_sex, r.donor_abo,
                 r.donor_rh, r.donor_hla, r.donor_non_resident, r.recipient_fp,
                 r.recipient_nationality, r.recipient_residence, r.recipient_age, r.recipient_sex,
-                r.recipient_abo, r.recipient_rh, r.recipient_hla, r.recipient_non_resident
+                r.recipient_abo, r.recipient_rh, r.recipient_hla, r.recipient_non_resident,
+                r.donor_element, r.recipient_element
          FROM unnest($1::bigint[]) WITH ORDINALITY AS want(id, n)
          JOIN records r ON r.id = want.id
          ORDER BY want.n",

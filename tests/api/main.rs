@@ -10,6 +10,7 @@ mod cli;
 mod concurrency;
 mod console;
 mod faults;
+mod federation;
 mod hostile;
 mod import;
 mod ingest;

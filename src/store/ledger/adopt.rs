@@ -49,7 +49,8 @@ pub(super) async fn records(tx: &mut Tx<'_>, ledger: &LedgerKey) -> Result<u64, 
     loop {
         let rows = sqlx::query!(
             "SELECT id, version, ledger_seq, ledger_prev, received_at, amended_at, content_hash,
-                    version_reason, version_recorded_at, chain_head
+                    version_reason, version_recorded_at, chain_head, donor_element,
+                    recipient_element
              FROM records WHERE ledger_mac IS NULL ORDER BY id LIMIT $1",
             CHUNK
         )
@@ -72,6 +73,7 @@ pub(super) async fn records(tx: &mut Tx<'_>, ledger: &LedgerKey) -> Result<u64, 
                 reason: r.version_reason.as_deref(),
                 recorded_at: r.version_recorded_at,
                 chain_head: &head,
+                elements: (r.donor_element.as_deref(), r.recipient_element.as_deref()),
             };
             ids.push(r.id);
             macs.push(ledger.mac(&state.input()).to_vec());

@@ -26,13 +26,28 @@ pub(crate) struct RecordState<'a> {
     pub reason: Option<&'a str>,
     pub recorded_at: DateTime<Utc>,
     pub chain_head: &'a [u8],
+    /// The donor's and the recipient's federation elements, when stored.
+    pub elements: (Option<&'a [u8]>, Option<&'a [u8]>),
 }
 
 impl RecordState<'_> {
     /// The MAC input. The content hash covers the record's columns, which
-    /// verification recomputes it from.
+    /// verification recomputes it from. A row without federation elements
+    /// keeps the first format, so rows written before elements existed
+    /// verify as they are; a row with either element uses the second,
+    /// which covers both (an element added or removed behind the service
+    /// then no longer matches).
     pub(crate) fn input(&self) -> MacInput {
-        MacInput::new(LedgerTable::Records, 1)
+        let input = self.common();
+        match self.elements {
+            (None, None) => input,
+            (donor, recipient) => input.opt_bytes(donor).opt_bytes(recipient),
+        }
+    }
+
+    fn common(&self) -> MacInput {
+        let format = if self.elements == (None, None) { 1 } else { 2 };
+        MacInput::new(LedgerTable::Records, format)
             .int(self.id.0)
             .int(i64::from(self.version))
             .int(self.seq)

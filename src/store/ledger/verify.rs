@@ -541,7 +541,8 @@ async fn ledger_rows(
     let mut rows = Vec::new();
     for r in sqlx::query!(
         "SELECT id, version, ledger_seq, ledger_prev, received_at, amended_at, content_hash,
-                version_reason, version_recorded_at, chain_head, ledger_mac
+                version_reason, version_recorded_at, chain_head, ledger_mac, donor_element,
+                recipient_element
          FROM records WHERE ledger_seq > $1 AND ledger_seq <= $2",
         lo,
         hi
@@ -561,6 +562,7 @@ async fn ledger_rows(
                 reason: r.version_reason.as_deref(),
                 recorded_at: r.version_recorded_at,
                 chain_head: head,
+                elements: (r.donor_element.as_deref(), r.recipient_element.as_deref()),
             };
             mac_ok(ledger, &state.input(), r.ledger_mac.as_deref())
         });

@@ -62,6 +62,21 @@ impl PersonIdentifier {
             value: normalised,
         })
     }
+
+    /// The canonical bytes of the identifier: scheme, issuing country and
+    /// normalised value, field-separated so that no two distinct
+    /// identifiers share them. The fingerprint and the federation element
+    /// both hash exactly these bytes, so the two always agree on who is
+    /// the same person.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24 + self.value.len());
+        out.extend_from_slice(self.scheme.as_str().as_bytes());
+        out.push(0);
+        out.extend_from_slice(self.issuing_country.as_str().as_bytes());
+        out.push(0);
+        out.extend_from_slice(self.value.as_bytes());
+        out
+    }
 }
 
 impl fmt::Debug for PersonIdentifier {
@@ -123,11 +138,7 @@ impl FingerprintKey {
         // Versioned and field-separated so that no two distinct identifiers
         // share an input.
         ctx.update(b"transplant-audit/person/v1\0");
-        ctx.update(id.scheme.as_str().as_bytes());
-        ctx.update(b"\0");
-        ctx.update(id.issuing_country.as_str().as_bytes());
-        ctx.update(b"\0");
-        ctx.update(id.value.as_bytes());
+        ctx.update(&id.canonical_bytes());
         let tag = ctx.sign();
         let mut out = [0u8; 32];
         out.copy_from_slice(tag.as_ref());
@@ -170,6 +181,19 @@ mod tests {
             key.fingerprint(&id("AB1234")),
             key.fingerprint(&id("AB1235"))
         );
+    }
+
+    #[test]
+    fn the_fingerprint_hashes_the_canonical_bytes_as_it_always_did() {
+        // Fingerprints stored before the canonical form was shared must not move.
+        let key = FingerprintKey::from_bytes(&[7; 32]).unwrap();
+        let mut ctx = hmac::Context::with_key(&key.0);
+        ctx.update(b"transplant-audit/person/v1\0PASSPORT\0KZ\0AB1234");
+        assert_eq!(
+            key.fingerprint(&id("ab-1234")).0[..],
+            ctx.sign().as_ref()[..]
+        );
+        assert_eq!(id("AB1234").canonical_bytes(), b"PASSPORT\0KZ\0AB1234");
     }
 
     #[test]
