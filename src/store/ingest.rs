@@ -3,11 +3,13 @@
 
 use chrono::{DateTime, Utc};
 use ring::digest;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
+use crate::domain::activity::{ActivityDelta, Bucket};
 use crate::domain::chain::GENESIS;
 use crate::domain::ledger::LedgerKey;
 use crate::domain::{ChainKey, DonorKind, DonorType, HlaTyping, Record, RecordId, Severity};
@@ -57,6 +59,12 @@ pub struct IngestTx {
     pub(super) view: Arc<LedgerView>,
     /// The pool the transaction came from, for reads that may run beside it.
     pub(super) pool: PgPool,
+    /// What the transaction's writes change in the clinic activity
+    /// counters, applied in one statement at commit.
+    pub(super) activity: ActivityDelta,
+    /// Where each record amended in this transaction counted before, so
+    /// that its flags leave that bucket.
+    pub(super) replaced: HashMap<RecordId, Bucket>,
 }
 
 impl Store {
@@ -68,6 +76,8 @@ impl Store {
             ledger: self.ledger.clone(),
             view: self.view.clone(),
             pool: self.pool.clone(),
+            activity: ActivityDelta::new(),
+            replaced: HashMap::new(),
         })
     }
 }
@@ -292,6 +302,9 @@ impl IngestTx {
         )
         .execute(&mut *self.tx)
         .await?;
+        self.activity.record_amended(&current.record, record);
+        self.replaced
+            .insert(existing.id, Bucket::of(&current.record));
         Ok(StoredAck {
             id: existing.id,
             version,
@@ -317,13 +330,15 @@ impl IngestTx {
         let mut history = steps::steps_of(&mut self.tx, &ids).await?;
         let at = chain::now();
         let mut raises = Vec::new();
+        // What each flag becomes, where a step changes it.
+        let mut folded_into = HashMap::new();
         for finding in findings {
             match existing.iter().find(|f| f.rule_id == finding.rule.as_str()) {
                 Some(flag) => {
                     let checked = self.checked(flag, history.remove(&flag.id)).await?;
                     let found = steps::finding_of(finding, ack.version);
                     let step = steps::amendment_step(&checked.folded, at, Some(found), None);
-                    steps::append(
+                    let next = steps::append(
                         &mut self.tx,
                         &self.ledger,
                         flag,
@@ -332,6 +347,7 @@ impl IngestTx {
                         Some(&record.clinic_id),
                     )
                     .await?;
+                    folded_into.insert(flag.id, next);
                 }
                 None => raises.push(Raise {
                     record_id: ack.id,
@@ -360,7 +376,7 @@ impl IngestTx {
             };
             match step {
                 Some(step) => {
-                    steps::append(
+                    let next = steps::append(
                         &mut self.tx,
                         &self.ledger,
                         flag,
@@ -369,6 +385,7 @@ impl IngestTx {
                         Some(&record.clinic_id),
                     )
                     .await?;
+                    folded_into.insert(flag.id, next);
                 }
                 None => {
                     // Already cleared: only the record's clinic may have moved.
@@ -382,7 +399,23 @@ impl IngestTx {
                 }
             }
         }
-        steps::raise(&mut self.tx, &self.ledger, &raises, "").await?;
+        // Every flag of the record follows it to its new bucket, whether a
+        // step changed it or not.
+        let now_in = Bucket::of(record);
+        let was_in = self
+            .replaced
+            .get(&ack.id)
+            .cloned()
+            .unwrap_or(now_in.clone());
+        for flag in &existing {
+            let after = match folded_into.get(&flag.id) {
+                Some(next) => flag.activity_state_after(next),
+                None => flag.activity_state(),
+            };
+            self.activity
+                .flag_changed((&was_in, flag.activity_state()), (&now_in, after));
+        }
+        steps::raise(&mut self.tx, &self.ledger, &raises, "", &mut self.activity).await?;
         Ok(())
     }
 
@@ -445,8 +478,10 @@ impl IngestTx {
         Ok(checked)
     }
 
-    /// Commits: the record and its flags become visible together.
-    pub async fn commit(self) -> Result<(), StoreError> {
+    /// Commits: the record, its flags and the clinic activity they change
+    /// become visible together.
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        super::activity::apply(&mut self.tx, &self.activity).await?;
         self.tx.commit().await?;
         Ok(())
     }
