@@ -3,8 +3,10 @@
 pub mod activity;
 pub mod batch;
 mod body;
+pub mod cases;
 pub mod chain;
 mod context;
+pub mod dossier;
 pub mod feed;
 pub mod flags;
 pub mod imports;
@@ -15,6 +17,7 @@ pub mod registry;
 pub mod rescan;
 mod row;
 pub mod steps;
+mod suggest;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -4,7 +4,9 @@
 mod helpers;
 
 mod access;
+mod activity;
 mod audit;
+mod cases;
 mod cli;
 mod concurrency;
 mod faults;

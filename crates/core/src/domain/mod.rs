@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod activity;
+pub mod case;
 pub mod chain;
 pub mod clinic;
 pub mod country;
