@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod dossier;
+pub mod export;
 pub mod import;
 pub mod incoming;
 pub mod ingest;

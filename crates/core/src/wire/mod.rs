@@ -6,6 +6,8 @@
 pub mod activity;
 pub mod codec;
 pub mod convert;
+pub mod flags_csv;
+pub mod investigation;
 pub mod listing;
 pub mod ndjson;
 
