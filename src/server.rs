@@ -525,11 +525,14 @@ impl Services {
                 app.page_tokens.clone(),
             ))
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            investigation: InvestigationServiceServer::new(InvestigationApi::new(
-                app.store.clone(),
-                app.page_tokens.clone(),
-                app.sealing.signer.clone(),
-            ))
+            investigation: InvestigationServiceServer::new(
+                InvestigationApi::new(
+                    app.store.clone(),
+                    app.page_tokens.clone(),
+                    app.sealing.signer.clone(),
+                )
+                .with_share_rule(app.engine.config().non_resident_share),
+            )
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
             admin: AdminServiceServer::new(AdminApi::new(
                 app.store.clone(),

@@ -26,9 +26,11 @@ use crate::wire::pb;
 use crate::wire::pb::investigation_service_server::InvestigationService;
 
 use super::Acting;
+use super::activity::ActivityApi;
 use super::cases;
 use super::page_token::PageTokens;
 use super::status::{ApiError, Resource, invalid, invalid_field};
+use crate::rules::config::NonResidentShareConfig;
 
 /// The listing names page tokens are bound to.
 const RECORDS_LISTING: &str = "records";
@@ -40,6 +42,7 @@ pub struct InvestigationApi {
     pub(super) store: Store,
     pub(super) tokens: PageTokens,
     pub(super) signer: SigningKey,
+    activity: ActivityApi,
 }
 
 impl InvestigationApi {
@@ -47,10 +50,18 @@ impl InvestigationApi {
     /// `tokens`, signing dossiers with `signer`.
     pub fn new(store: Store, tokens: PageTokens, signer: SigningKey) -> Self {
         Self {
+            activity: ActivityApi::new(store.clone(), NonResidentShareConfig::default()),
             store,
             tokens,
             signer,
         }
+    }
+
+    /// Prints clinic activity next to the line of this share rule
+    /// configuration (the defaults otherwise).
+    pub fn with_share_rule(mut self, share: NonResidentShareConfig) -> Self {
+        self.activity = ActivityApi::new(self.store.clone(), share);
+        self
     }
 }
 
@@ -297,5 +308,23 @@ impl InvestigationService for InvestigationApi {
         request: Request<pb::GetPublicKeyRequest>,
     ) -> Result<Response<pb::GetPublicKeyResponse>, Status> {
         cases::get_public_key(self, request).await
+    }
+
+    async fn get_clinic_activity(
+        &self,
+        request: Request<pb::GetClinicActivityRequest>,
+    ) -> Result<Response<pb::GetClinicActivityResponse>, Status> {
+        Ok(Response::new(
+            self.activity.clinic(request.get_ref()).await?,
+        ))
+    }
+
+    async fn get_country_activity(
+        &self,
+        request: Request<pb::GetCountryActivityRequest>,
+    ) -> Result<Response<pb::GetCountryActivityResponse>, Status> {
+        Ok(Response::new(
+            self.activity.country(request.get_ref()).await?,
+        ))
     }
 }

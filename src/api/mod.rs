@@ -5,6 +5,7 @@
 //! (authentication, the caps on calls in flight, the tenants' quotas,
 //! tracing and metrics).
 
+pub mod activity;
 pub mod admin;
 pub mod audit;
 pub mod auth;

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 
+use crate::domain::activity::ActivityDelta;
 use crate::domain::flag_history::FlagStep;
 use crate::domain::{
     FlagEvent, FlagFilter, FlagStatus, FlagView, RecordId, RecordView, Severity, StepKind,
@@ -396,7 +397,15 @@ impl Store {
             finding: None,
             cleared_in_version: None,
         };
-        steps::append(&mut tx, &self.ledger, &row, &checked, new, None).await?;
+        let next = steps::append(&mut tx, &self.ledger, &row, &checked, new, None).await?;
+        let (before, after) = (row.activity_state(), row.activity_state_after(&next));
+        if before != after {
+            // A proposal to dismiss leaves the status where it was.
+            let bucket = super::activity::bucket_of_record(&mut tx, row.record_id.0).await?;
+            let mut activity = ActivityDelta::new();
+            activity.flag_changed((&bucket, before), (&bucket, after));
+            super::activity::apply(&mut tx, &activity).await?;
+        }
         tx.commit().await?;
         self.flag(step.flag_id).await?.ok_or(TriageError::NotFound)
     }

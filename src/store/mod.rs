@@ -1,5 +1,6 @@
 //! All SQL: records, flags, the clinic registry and the triage trail in Postgres.
 
+pub mod activity;
 pub mod batch;
 mod body;
 pub mod cases;

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod access;
+mod activity;
 mod audit;
 mod cases;
 mod cli;
