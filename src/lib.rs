@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod context;
+pub mod dossier;
 pub mod import;
 pub mod incoming;
 pub mod ingest;
@@ -22,5 +23,5 @@ pub mod store;
 pub mod telemetry;
 pub mod watch;
 
-pub use transplant_audit_core::{domain, rules, wire};
+pub use transplant_audit_core::{domain, rules, suggest, wire};
 pub use transplant_audit_tools::localdb;

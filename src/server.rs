@@ -20,6 +20,7 @@ use crate::api::audit::AuditApi;
 use crate::api::auth::{AuthLayer, Authenticator};
 use crate::api::call_cap::ConcurrencyCap;
 use crate::api::ingest::IngestApi;
+use crate::api::investigation::InvestigationApi;
 use crate::api::message_deadline::MessageDeadline;
 use crate::api::observe::ObserveLayer;
 use crate::api::page_token::PageTokens;
@@ -41,6 +42,7 @@ use crate::wire::pb;
 use crate::wire::pb::admin_service_server::AdminServiceServer;
 use crate::wire::pb::audit_service_server::AuditServiceServer;
 use crate::wire::pb::ingest_service_server::IngestServiceServer;
+use crate::wire::pb::investigation_service_server::InvestigationServiceServer;
 use crate::wire::pb::registry_service_server::RegistryServiceServer;
 
 /// The largest request message accepted; a record is a few kilobytes.
@@ -342,6 +344,7 @@ const SERVICES: &[&str] = &[
     pb::ingest_service_server::SERVICE_NAME,
     pb::registry_service_server::SERVICE_NAME,
     pb::audit_service_server::SERVICE_NAME,
+    pb::investigation_service_server::SERVICE_NAME,
     pb::admin_service_server::SERVICE_NAME,
 ];
 
@@ -424,6 +427,7 @@ pub async fn serve(
         .add_service(services.ingest)
         .add_service(services.registry)
         .add_service(services.audit)
+        .add_service(services.investigation)
         .add_service(services.admin);
     let console = listeners.console.map(|console| {
         let site = Console::new(
@@ -500,6 +504,7 @@ struct Services {
     ingest: IngestServiceServer<IngestApi>,
     registry: RegistryServiceServer<RegistryApi>,
     audit: AuditServiceServer<AuditApi>,
+    investigation: InvestigationServiceServer<InvestigationApi>,
     admin: AdminServiceServer<AdminApi>,
     auth: Arc<Authenticator>,
 }
@@ -518,6 +523,12 @@ impl Services {
             audit: AuditServiceServer::new(AuditApi::new(
                 Auditing::new(app.store.clone(), feed),
                 app.page_tokens.clone(),
+            ))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            investigation: InvestigationServiceServer::new(InvestigationApi::new(
+                app.store.clone(),
+                app.page_tokens.clone(),
+                app.sealing.signer.clone(),
             ))
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
             admin: AdminServiceServer::new(AdminApi::new(

@@ -45,6 +45,7 @@ const INGEST: &str = pb::ingest_service_server::SERVICE_NAME;
 const AUDIT: &str = pb::audit_service_server::SERVICE_NAME;
 const REGISTRY: &str = pb::registry_service_server::SERVICE_NAME;
 const ADMIN: &str = pb::admin_service_server::SERVICE_NAME;
+const INVESTIGATION: &str = pb::investigation_service_server::SERVICE_NAME;
 
 /// Who may call a method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +73,11 @@ pub fn access_for(path: &str) -> Access {
         (REGISTRY, "GetClinic" | "ListClinics") => Access::Roles(&[Role::Admin, Role::Auditor]),
         (REGISTRY, _) => Access::Roles(&[Role::Admin]),
         (ADMIN, _) => Access::Roles(&[Role::Admin]),
+        (
+            INVESTIGATION,
+            "GetCase" | "ListCases" | "SuggestCases" | "ExportCase" | "GetPublicKey",
+        ) => Access::Roles(&[Role::Auditor, Role::Admin]),
+        (INVESTIGATION, _) => Access::Roles(&[Role::Auditor]),
         // Reflection, and unknown methods (which answer UNIMPLEMENTED).
         _ => Access::AnyRole,
     }

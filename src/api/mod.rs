@@ -12,6 +12,7 @@ pub mod client_cert;
 #[cfg(test)]
 mod hostile_input;
 pub mod ingest;
+pub mod investigation;
 pub mod message_deadline;
 pub mod methods;
 pub mod observe;

@@ -1,7 +1,7 @@
 //! Flags as auditors see them: listing, opening a case and triage.
 
 use chrono::{DateTime, Utc};
-use sqlx::{Postgres, QueryBuilder};
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 
 use crate::domain::flag_history::FlagStep;
 use crate::domain::{
@@ -206,6 +206,16 @@ pub struct Actor<'a> {
     pub trace_id: Option<&'a str>,
     /// The trace id the service gave the call.
     pub own_trace_id: Option<&'a str>,
+}
+
+/// These flags, in id order, read on `conn`.
+pub(super) async fn flags_by_id(
+    conn: &mut PgConnection,
+    ids: &[i64],
+) -> Result<Vec<FlagView>, StoreError> {
+    let sql = format!("{FLAG_COLUMNS} WHERE f.id = ANY($1) ORDER BY f.id");
+    let rows: Vec<FlagRow> = sqlx::query_as(&sql).bind(ids).fetch_all(&mut *conn).await?;
+    rows.into_iter().map(FlagRow::into_view).collect()
 }
 
 impl Store {

@@ -2,8 +2,10 @@
 
 pub mod batch;
 mod body;
+pub mod cases;
 pub mod chain;
 mod context;
+pub mod dossier;
 pub mod feed;
 pub mod flags;
 pub mod imports;
@@ -16,6 +18,7 @@ pub mod rescan;
 mod row;
 pub mod sessions;
 pub mod steps;
+mod suggest;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -462,7 +462,7 @@ pub fn ts(rfc3339: &str) -> prost_types::Timestamp {
     }
 }
 
-fn identifier(value: &str) -> Option<pb::PersonIdentifier> {
+pub fn identifier(value: &str) -> Option<pb::PersonIdentifier> {
     Some(pb::PersonIdentifier {
         scheme: pb::IdentifierScheme::NationalId as i32,
         issuing_country: "DE".into(),

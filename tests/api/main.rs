@@ -5,6 +5,7 @@ mod helpers;
 
 mod access;
 mod audit;
+mod cases;
 mod cli;
 mod concurrency;
 mod console;

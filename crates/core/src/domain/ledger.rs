@@ -41,11 +41,13 @@ pub enum LedgerTable {
     Imports = 7,
     /// A read of evidence by an auditor or an administrator.
     AccessLog = 8,
+    /// An event in an investigation case's life, from the one that opened it.
+    CaseEvents = 20,
 }
 
 impl LedgerTable {
     /// Every table, in tag order.
-    pub const ALL: [LedgerTable; 8] = [
+    pub const ALL: [LedgerTable; 9] = [
         LedgerTable::Records,
         LedgerTable::RecordVersions,
         LedgerTable::FlagEvents,
@@ -54,6 +56,7 @@ impl LedgerTable {
         LedgerTable::ApiKeys,
         LedgerTable::Imports,
         LedgerTable::AccessLog,
+        LedgerTable::CaseEvents,
     ];
 
     /// The table's name in the database.
@@ -67,7 +70,15 @@ impl LedgerTable {
             LedgerTable::ApiKeys => "api_keys",
             LedgerTable::Imports => "imports",
             LedgerTable::AccessLog => "access_log",
+            LedgerTable::CaseEvents => "case_events",
         }
+    }
+
+    /// Whether the table's rows stay once written, each naming the row of
+    /// its chain it follows (a flag's or a case's steps), rather than being
+    /// replaced in place by a later state.
+    pub const fn chains_steps(self) -> bool {
+        matches!(self, LedgerTable::FlagEvents | LedgerTable::CaseEvents)
     }
 
     /// The table of a tag, if it names one.

@@ -1,6 +1,7 @@
 //! Plain, valid-by-construction types of the transplant domain. No I/O here.
 
 pub mod access;
+pub mod case;
 pub mod chain;
 pub mod clinic;
 pub mod country;
