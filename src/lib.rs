@@ -13,6 +13,7 @@ pub mod config;
 pub mod console;
 pub mod context;
 pub mod dossier;
+pub mod export;
 pub mod import;
 pub mod incoming;
 pub mod ingest;

@@ -1,4 +1,4 @@
-//! The tonic server: the four services, health, reflection, the tower
+//! The tonic server: the five services, health, reflection, the tower
 //! layers in front of them, and graceful shutdown.
 
 use std::future::Future;
@@ -498,7 +498,7 @@ fn reflection() -> Result<
     Ok((v1, v1alpha))
 }
 
-/// The four services, each refusing messages over [`MAX_MESSAGE_BYTES`],
+/// The five services, each refusing messages over [`MAX_MESSAGE_BYTES`],
 /// and the authenticator in front of them.
 struct Services {
     ingest: IngestServiceServer<IngestApi>,

@@ -70,14 +70,16 @@ pub fn access_for(path: &str) -> Access {
         (HEALTH, _) => Access::AnyRole,
         (INGEST, _) => Access::Roles(&[Role::Hospital]),
         (AUDIT, _) => Access::Roles(&[Role::Auditor]),
+        (INVESTIGATION, "ListAccessLog") => Access::Roles(&[Role::Admin]),
         (REGISTRY, "GetClinic" | "ListClinics") => Access::Roles(&[Role::Admin, Role::Auditor]),
         (REGISTRY, _) => Access::Roles(&[Role::Admin]),
         (ADMIN, _) => Access::Roles(&[Role::Admin]),
         (
             INVESTIGATION,
-            "GetCase" | "ListCases" | "SuggestCases" | "ExportCase" | "GetPublicKey",
-        ) => Access::Roles(&[Role::Auditor, Role::Admin]),
-        (INVESTIGATION, _) => Access::Roles(&[Role::Auditor]),
+            "CreateCase" | "AddFlagsToCase" | "RemoveFlagFromCase" | "AssignCase"
+            | "UpdateCaseStatus" | "AddCaseNote",
+        ) => Access::Roles(&[Role::Auditor]),
+        (INVESTIGATION, _) => Access::Roles(&[Role::Auditor, Role::Admin]),
         // Reflection, and unknown methods (which answer UNIMPLEMENTED).
         _ => Access::AnyRole,
     }
@@ -488,6 +490,14 @@ mod tests {
         );
         assert_eq!(
             access_for("/transplant_audit.v1.AdminService/Rescan"),
+            Roles(&[Role::Admin])
+        );
+        assert_eq!(
+            access_for("/transplant_audit.v1.InvestigationService/SearchRecords"),
+            Roles(&[Role::Auditor, Role::Admin])
+        );
+        assert_eq!(
+            access_for("/transplant_audit.v1.InvestigationService/ListAccessLog"),
             Roles(&[Role::Admin])
         );
     }

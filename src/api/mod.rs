@@ -1,4 +1,5 @@
-//! The gRPC adapters: one per service (ingest, registry, audit, admin), each
+//! The gRPC adapters: one per service (ingest, registry, audit,
+//! investigation, admin), each
 //! converting between the wire and the domain and calling the layer below;
 //! the one error map ([`status`]); and the tower layers every call passes
 //! (authentication, the caps on calls in flight, the tenants' quotas,
@@ -8,6 +9,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod call_cap;
+mod cases;
 pub mod client_cert;
 #[cfg(test)]
 mod hostile_input;
@@ -50,6 +52,16 @@ impl Acting {
     )]
     pub(crate) fn caller(&self) -> &crate::domain::Caller {
         &self.caller
+    }
+
+    /// Who reads, owned, for a stream that outlives the request.
+    pub(crate) fn reader(&self) -> crate::export::Reader {
+        crate::export::Reader {
+            key_id: self.caller.key_id.clone(),
+            principal: self.caller.principal.clone(),
+            trace_id: self.trace_id.clone(),
+            own_trace_id: self.own_id.clone(),
+        }
     }
 
     /// As the store takes it.

@@ -14,9 +14,10 @@ use prost::Message;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::audit::AuditError;
 use crate::domain::case::CaseRefusal;
+use crate::audit::AuditError;
 use crate::domain::{FlagStatus, Role, Violations};
+use crate::export::ExportError;
 use crate::ingest::IngestError;
 use crate::ingest::stream::StreamError;
 use crate::rescan::RescanError;
@@ -57,6 +58,8 @@ pub enum Resource {
     ApiKey,
     /// A rescan run, by id.
     RescanRun(i64),
+    /// A stored record, by the service's id.
+    StoredRecord,
     /// A hospital's record, by its own id.
     Record {
         /// The hospital.
@@ -75,6 +78,7 @@ impl fmt::Display for Resource {
             Resource::Clinic(id) => write!(f, "clinic {id:?} is not registered"),
             Resource::ApiKey => f.write_str("no such API key"),
             Resource::RescanRun(run) => write!(f, "no rescan run {run}"),
+            Resource::StoredRecord => f.write_str("record not found"),
             Resource::Record {
                 hospital_id,
                 external_record_id,
@@ -265,6 +269,7 @@ impl ApiError {
             NotFound(Resource::ApiKey) => (Code::NotFound, "API_KEY_NOT_FOUND", None),
             NotFound(Resource::RescanRun(_)) => (Code::NotFound, "RESCAN_RUN_NOT_FOUND", None),
             NotFound(Resource::Record { .. }) => (Code::NotFound, "RECORD_NOT_FOUND", None),
+            NotFound(Resource::StoredRecord) => (Code::NotFound, "RECORD_ID_NOT_FOUND", None),
             RecordConflict { .. } => (Code::AlreadyExists, "RECORD_CONFLICT", None),
             StaleEtag { .. } | StaleCaseEtag { .. } => (Code::Aborted, "STALE_ETAG", None),
             FlagInAnotherCase { .. } => (Code::FailedPrecondition, "FLAG_IN_ANOTHER_CASE", None),
@@ -436,15 +441,6 @@ impl From<TriageError> for ApiError {
     }
 }
 
-impl From<AuditError> for ApiError {
-    fn from(err: AuditError) -> Self {
-        match err {
-            AuditError::FlagNotFound => ApiError::NotFound(Resource::Flag),
-            AuditError::Store(e) => e.into(),
-        }
-    }
-}
-
 impl From<CaseError> for ApiError {
     fn from(err: CaseError) -> Self {
         match err {
@@ -461,6 +457,15 @@ impl From<CaseError> for ApiError {
     }
 }
 
+impl From<AuditError> for ApiError {
+    fn from(err: AuditError) -> Self {
+        match err {
+            AuditError::FlagNotFound => ApiError::NotFound(Resource::Flag),
+            AuditError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<RescanError> for ApiError {
     fn from(err: RescanError) -> Self {
         match err {
@@ -468,6 +473,18 @@ impl From<RescanError> for ApiError {
             RescanError::AlreadyFinished(run) => ApiError::RescanFinished(run),
             RescanError::UnknownRule { run, rule } => ApiError::RescanRuleUnknown { run, rule },
             RescanError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<ExportError> for ApiError {
+    fn from(err: ExportError) -> Self {
+        match err {
+            ExportError::Store(e) => e.into(),
+            ExportError::Csv(e) => {
+                tracing::error!(error = %e, "CSV export failed");
+                ApiError::Internal
+            }
         }
     }
 }
@@ -609,6 +626,7 @@ mod tests {
             ApiError::NotFound(Resource::Clinic("C".into())),
             ApiError::NotFound(Resource::ApiKey),
             ApiError::NotFound(Resource::RescanRun(3)),
+            ApiError::NotFound(Resource::StoredRecord),
             ApiError::NotFound(record()),
             ApiError::RecordConflict {
                 hospital_id: "H-1".into(),
@@ -675,6 +693,7 @@ mod tests {
             NotFound(Resource::ApiKey) => (Code::NotFound, "API_KEY_NOT_FOUND", false),
             NotFound(Resource::RescanRun(_)) => (Code::NotFound, "RESCAN_RUN_NOT_FOUND", false),
             NotFound(Resource::Record { .. }) => (Code::NotFound, "RECORD_NOT_FOUND", false),
+            NotFound(Resource::StoredRecord) => (Code::NotFound, "RECORD_ID_NOT_FOUND", false),
             RecordConflict { .. } => (Code::AlreadyExists, "RECORD_CONFLICT", false),
             StaleEtag { .. } | StaleCaseEtag { .. } => (Code::Aborted, "STALE_ETAG", false),
             FlagInAnotherCase { .. } => (Code::FailedPrecondition, "FLAG_IN_ANOTHER_CASE", false),
@@ -731,7 +750,7 @@ mod tests {
                 assert!(!message.contains("database error"), "{message}");
             }
         }
-        assert_eq!(reasons.len(), 31, "one_of_each lists every kind once");
+        assert_eq!(reasons.len(), 32, "one_of_each lists every kind once");
     }
 
     #[test]

@@ -12,7 +12,6 @@ use crate::rules::RuleId;
 use super::body::parse;
 use super::chain;
 use super::ingest::{severity_from_db, severity_to_db};
-use super::ledger::content;
 use super::{Store, StoreError, row, steps};
 
 #[derive(sqlx::FromRow)]
@@ -442,37 +441,14 @@ impl Store {
         &self,
         actor: &Actor<'_>,
         action: &str,
-        resource: &str,
+        resource: &'static str,
         resource_id: &str,
     ) -> Result<(), StoreError> {
-        let entry = content::Access {
-            at: chain::now(),
-            principal: actor.principal,
-            key_id: actor.key_id,
-            action,
+        let read = super::investigate::Read {
             resource,
-            resource_id,
-            trace_id: actor.trace_id,
-            own_trace_id: actor.own_trace_id,
+            resource_id: resource_id.to_owned(),
         };
-        let mac = self.ledger.mac(&entry.input());
-        sqlx::query!(
-            "INSERT INTO access_log (at, principal, key_id, action, resource, resource_id,
-                                     trace_id, own_trace_id, ledger_mac)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            entry.at,
-            entry.principal,
-            entry.key_id,
-            entry.action,
-            entry.resource,
-            entry.resource_id,
-            entry.trace_id,
-            entry.own_trace_id,
-            &mac[..],
-        )
-        .execute(&mut *self.acquire().await?)
-        .await?;
-        Ok(())
+        self.record_reads(actor, action, &[read]).await
     }
 }
 

@@ -10,6 +10,7 @@ pub mod feed;
 pub mod flags;
 pub mod imports;
 pub mod ingest;
+pub mod investigate;
 pub mod keys;
 pub mod ledger;
 pub mod records;

@@ -169,7 +169,7 @@ async fn a_case_is_opened_worked_referred_and_its_trail_verifies() {
     let principal = &got.history[0].principal;
     assert!(principal.starts_with("tester-"), "{principal}");
     let reads: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM access_log WHERE action = 'GetCase' AND resource_id = $1",
+        "SELECT count(*) FROM access_log WHERE action = 'GetCase' AND resource = 'case' AND resource_id = $1",
     )
     .bind(&case.case_id)
     .fetch_one(&app.pool)
@@ -334,7 +334,7 @@ async fn bad_case_changes_are_refused_and_change_nothing() {
 }
 
 #[tokio::test]
-async fn hospital_keys_are_refused_and_administrators_only_read() {
+async fn only_auditors_change_cases_and_administrators_read_them() {
     let app = spawn_app().await;
     registered(&app).await;
     let a = flags_of(&app, abo_incompatible("ROLE-1")).await;
@@ -357,36 +357,6 @@ async fn hospital_keys_are_refused_and_administrators_only_read() {
             .await
             .expect_err("refused");
         assert_eq!(denied.code(), Code::PermissionDenied);
-    }
-    let mut hospital = client(&app, &app.hospital_token);
-    let refused = [
-        hospital
-            .get_case(pb::GetCaseRequest {
-                case_id: case.case_id.clone(),
-            })
-            .await
-            .map(drop),
-        hospital
-            .list_cases(pb::ListCasesRequest::default())
-            .await
-            .map(drop),
-        hospital
-            .suggest_cases(pb::SuggestCasesRequest::default())
-            .await
-            .map(drop),
-        hospital
-            .export_case(pb::ExportCaseRequest {
-                case_id: case.case_id.clone(),
-            })
-            .await
-            .map(drop),
-        hospital
-            .get_public_key(pb::GetPublicKeyRequest {})
-            .await
-            .map(drop),
-    ];
-    for r in refused {
-        assert_eq!(r.expect_err("refused").code(), Code::PermissionDenied);
     }
     let mut admin = client(&app, &app.admin_token);
     admin

@@ -13,6 +13,7 @@ mod faults;
 mod hostile;
 mod import;
 mod ingest;
+mod investigation;
 mod lanes;
 mod ledger;
 mod limits;

@@ -11,8 +11,10 @@ pub mod hla;
 pub mod hospital;
 pub mod identity;
 pub mod ledger;
+pub mod network;
 pub mod page_token;
 pub mod record;
+pub mod search;
 pub mod stored;
 pub mod validation;
 

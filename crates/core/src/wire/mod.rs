@@ -5,6 +5,8 @@
 
 pub mod codec;
 pub mod convert;
+pub mod flags_csv;
+pub mod investigation;
 pub mod listing;
 pub mod ndjson;
 
