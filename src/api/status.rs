@@ -14,8 +14,8 @@ use prost::Message;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::domain::case::CaseRefusal;
 use crate::audit::AuditError;
+use crate::domain::case::CaseRefusal;
 use crate::domain::{FlagStatus, Role, Violations};
 use crate::export::ExportError;
 use crate::ingest::IngestError;
