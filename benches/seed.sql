@@ -38,11 +38,11 @@
 \set ON_ERROR_STOP on
 -- The 200 clinics, registered and licensed for every organ.
 INSERT INTO clinic_versions (clinic_id, version, name, country, licensed_organs,
-                             licence_valid_from, licence_valid_until, status)
+                             licence_valid_from, licence_valid_until, status, recorded_at)
 SELECT 'SEED-C' || c, 1, 'Seed clinic ' || c,
        (ARRAY['DE','FR','ES','IT','NL','BE','AT','PL','CZ','SE','NO','DK','FI','PT','GR','HU','RO','TR','US','CA'])[1 + c % 20],
        ARRAY['KIDNEY','LIVER','LIVER_SEGMENT','HEART','LUNG','LUNG_LOBE','PANCREAS','INTESTINE'],
-       '2000-01-01', '2040-01-01', 'ACTIVE'
+       '2000-01-01', '2040-01-01', 'ACTIVE', now()
 FROM generate_series(0, 199) AS c
 ON CONFLICT DO NOTHING;
 INSERT INTO clinics (clinic_id, current_version, country)
@@ -60,7 +60,7 @@ INSERT INTO records (
     donor_hla, donor_non_resident,
     recipient_fp, recipient_nationality, recipient_residence, recipient_age,
     recipient_sex, recipient_abo, recipient_rh, recipient_hla, recipient_non_resident,
-    version_recorded_at)
+    version_recorded_at, received_at, ledger_seq)
 SELECT
     'H-SEED-' || (g % 500),
     'SEED-' || g,
@@ -84,7 +84,7 @@ SELECT
     CASE WHEN foreign_recipient THEN 'IL' ELSE c.country END,
     1 + g % 80, CASE WHEN g % 2 = 1 THEN 'FEMALE' ELSE 'MALE' END, 'A', 'POSITIVE', NULL,
     foreign_recipient,
-    now()
+    now(), now(), nextval('ledger_seq')
 FROM (
     SELECT g,
            (g % 10) >= 7 AS living,
