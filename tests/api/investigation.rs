@@ -1211,6 +1211,25 @@ async fn hospital_keys_are_refused_on_every_call() {
             .await
             .map(drop),
     );
+    codes.push(
+        client
+            .get_clinic_activity(pb::GetClinicActivityRequest {
+                clinic_id: "DE-BER-01".into(),
+                from_month: "2025-01".into(),
+                until_month: "2025-12".into(),
+            })
+            .await
+            .map(drop),
+    );
+    codes.push(
+        client
+            .get_country_activity(pb::GetCountryActivityRequest {
+                procedure_country: "DE".into(),
+                year: 2025,
+            })
+            .await
+            .map(drop),
+    );
     assert_eq!(
         codes.len(),
         investigation_methods(),
