@@ -10,6 +10,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod federation;
 pub mod import;
 pub mod incoming;
 pub mod ingest;

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod auth;
 pub mod call_cap;
 pub mod client_cert;
+pub mod federation;
 #[cfg(test)]
 mod hostile_input;
 pub mod ingest;

@@ -215,6 +215,20 @@ pub enum ApiError {
     /// The server is stopping; another replica (or this one, restarted) answers.
     #[error("the server is shutting down; retry, resuming from your last cursor")]
     ShuttingDown,
+    /// A federation client whose certificate chains to no configured
+    /// peer's CA (or that presented none).
+    #[error(
+        "this registry federates only with configured peers; no peer's CA signed your certificate"
+    )]
+    NotAPeer,
+    /// A peer asked for more elements today than its ceiling allows.
+    #[error("{used} of your {ceiling} elements a day are raised already; retry tomorrow (UTC)")]
+    FederationCeiling {
+        /// Elements raised for the peer today.
+        used: u64,
+        /// Its daily ceiling.
+        ceiling: u64,
+    },
     /// Anything else; the cause is in the server's log, never in the answer.
     #[error("internal error")]
     Internal,
@@ -275,6 +289,8 @@ impl ApiError {
             }
             Unavailable => (Code::Unavailable, "DATABASE_UNAVAILABLE", Some(RETRY_DELAY)),
             ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN", Some(RETRY_DELAY)),
+            NotAPeer => (Code::PermissionDenied, "NOT_A_PEER", None),
+            FederationCeiling { .. } => (Code::ResourceExhausted, "FEDERATION_CEILING", None),
             Internal => (Code::Internal, "INTERNAL", None),
         }
     }
@@ -302,6 +318,11 @@ impl ApiError {
                 "request_message_timeout_secs".to_owned(),
                 secs_value(*timeout),
             )]
+            .into(),
+            ApiError::FederationCeiling { used, ceiling } => [
+                ("elements_raised_today".to_owned(), used.to_string()),
+                ("federation_daily_ceiling".to_owned(), ceiling.to_string()),
+            ]
             .into(),
             _ => HashMap::new(),
         }
@@ -575,6 +596,11 @@ mod tests {
             },
             ApiError::Unavailable,
             ApiError::ShuttingDown,
+            ApiError::NotAPeer,
+            ApiError::FederationCeiling {
+                used: 10,
+                ceiling: 12,
+            },
             ApiError::Internal,
         ]
     }
@@ -620,6 +646,8 @@ mod tests {
             }
             Unavailable => (Code::Unavailable, "DATABASE_UNAVAILABLE", true),
             ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN", true),
+            NotAPeer => (Code::PermissionDenied, "NOT_A_PEER", false),
+            FederationCeiling { .. } => (Code::ResourceExhausted, "FEDERATION_CEILING", false),
             Internal => (Code::Internal, "INTERNAL", false),
         }
     }
@@ -646,7 +674,7 @@ mod tests {
                 assert!(!message.contains("database error"), "{message}");
             }
         }
-        assert_eq!(reasons.len(), 31, "one_of_each lists every kind once");
+        assert_eq!(reasons.len(), 33, "one_of_each lists every kind once");
     }
 
     #[test]

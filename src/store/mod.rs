@@ -4,6 +4,7 @@ pub mod batch;
 mod body;
 pub mod chain;
 mod context;
+pub mod federation;
 pub mod feed;
 pub mod flags;
 pub mod imports;

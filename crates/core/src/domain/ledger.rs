@@ -41,11 +41,17 @@ pub enum LedgerTable {
     Imports = 7,
     /// A read of evidence by an auditor or an administrator.
     AccessLog = 8,
+    /// A peer registry of the federation.
+    FederationPeers = 9,
+    /// One call of a federation exchange, on either side.
+    FederationExchanges = 10,
+    /// A local record whose living donor a peer registry holds too.
+    FederationMatches = 11,
 }
 
 impl LedgerTable {
     /// Every table, in tag order.
-    pub const ALL: [LedgerTable; 8] = [
+    pub const ALL: [LedgerTable; 11] = [
         LedgerTable::Records,
         LedgerTable::RecordVersions,
         LedgerTable::FlagEvents,
@@ -54,6 +60,9 @@ impl LedgerTable {
         LedgerTable::ApiKeys,
         LedgerTable::Imports,
         LedgerTable::AccessLog,
+        LedgerTable::FederationPeers,
+        LedgerTable::FederationExchanges,
+        LedgerTable::FederationMatches,
     ];
 
     /// The table's name in the database.
@@ -67,6 +76,9 @@ impl LedgerTable {
             LedgerTable::ApiKeys => "api_keys",
             LedgerTable::Imports => "imports",
             LedgerTable::AccessLog => "access_log",
+            LedgerTable::FederationPeers => "federation_peers",
+            LedgerTable::FederationExchanges => "federation_exchanges",
+            LedgerTable::FederationMatches => "federation_matches",
         }
     }
 
