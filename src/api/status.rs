@@ -18,6 +18,7 @@ use crate::domain::{FlagStatus, Role, Violations};
 use crate::ingest::IngestError;
 use crate::ingest::stream::StreamError;
 use crate::rescan::RescanError;
+use crate::store::federation::PeerError;
 use crate::store::{StoreError, TriageError};
 use crate::watch::WatchEnd;
 
@@ -50,6 +51,8 @@ pub enum Resource {
     ApiKey,
     /// A rescan run, by id.
     RescanRun(i64),
+    /// A federation peer, by name.
+    FederationPeer(String),
     /// A hospital's record, by its own id.
     Record {
         /// The hospital.
@@ -66,6 +69,7 @@ impl fmt::Display for Resource {
             Resource::Clinic(id) => write!(f, "clinic {id:?} is not registered"),
             Resource::ApiKey => f.write_str("no such API key"),
             Resource::RescanRun(run) => write!(f, "no rescan run {run}"),
+            Resource::FederationPeer(name) => write!(f, "no peer named {name:?} is configured"),
             Resource::Record {
                 hospital_id,
                 external_record_id,
@@ -215,6 +219,9 @@ pub enum ApiError {
     /// The server is stopping; another replica (or this one, restarted) answers.
     #[error("the server is shutting down; retry, resuming from your last cursor")]
     ShuttingDown,
+    /// A federation peer of that name is configured already.
+    #[error("a peer named {0:?} is configured already; remove it first")]
+    PeerExists(String),
     /// A federation client whose certificate chains to no configured
     /// peer's CA (or that presented none).
     #[error(
@@ -249,6 +256,9 @@ impl ApiError {
             NotFound(Resource::Clinic(_)) => (Code::NotFound, "CLINIC_NOT_FOUND", None),
             NotFound(Resource::ApiKey) => (Code::NotFound, "API_KEY_NOT_FOUND", None),
             NotFound(Resource::RescanRun(_)) => (Code::NotFound, "RESCAN_RUN_NOT_FOUND", None),
+            NotFound(Resource::FederationPeer(_)) => {
+                (Code::NotFound, "FEDERATION_PEER_NOT_FOUND", None)
+            }
             NotFound(Resource::Record { .. }) => (Code::NotFound, "RECORD_NOT_FOUND", None),
             RecordConflict { .. } => (Code::AlreadyExists, "RECORD_CONFLICT", None),
             StaleEtag { .. } => (Code::Aborted, "STALE_ETAG", None),
@@ -289,6 +299,7 @@ impl ApiError {
             }
             Unavailable => (Code::Unavailable, "DATABASE_UNAVAILABLE", Some(RETRY_DELAY)),
             ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN", Some(RETRY_DELAY)),
+            PeerExists(_) => (Code::AlreadyExists, "FEDERATION_PEER_EXISTS", None),
             NotAPeer => (Code::PermissionDenied, "NOT_A_PEER", None),
             FederationCeiling { .. } => (Code::ResourceExhausted, "FEDERATION_CEILING", None),
             Internal => (Code::Internal, "INTERNAL", None),
@@ -370,6 +381,16 @@ impl From<StoreError> for ApiError {
         } else {
             tracing::error!(error = %err, "database error");
             ApiError::Internal
+        }
+    }
+}
+
+impl From<PeerError> for ApiError {
+    fn from(err: PeerError) -> Self {
+        match err {
+            PeerError::Exists(name) => ApiError::PeerExists(name),
+            PeerError::Unknown(name) => ApiError::NotFound(Resource::FederationPeer(name)),
+            PeerError::Store(e) => e.into(),
         }
     }
 }
@@ -596,6 +617,8 @@ mod tests {
             },
             ApiError::Unavailable,
             ApiError::ShuttingDown,
+            ApiError::PeerExists("kz".into()),
+            ApiError::NotFound(Resource::FederationPeer("kz".into())),
             ApiError::NotAPeer,
             ApiError::FederationCeiling {
                 used: 10,
@@ -646,6 +669,10 @@ mod tests {
             }
             Unavailable => (Code::Unavailable, "DATABASE_UNAVAILABLE", true),
             ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN", true),
+            PeerExists(_) => (Code::AlreadyExists, "FEDERATION_PEER_EXISTS", false),
+            NotFound(Resource::FederationPeer(_)) => {
+                (Code::NotFound, "FEDERATION_PEER_NOT_FOUND", false)
+            }
             NotAPeer => (Code::PermissionDenied, "NOT_A_PEER", false),
             FederationCeiling { .. } => (Code::ResourceExhausted, "FEDERATION_CEILING", false),
             Internal => (Code::Internal, "INTERNAL", false),
@@ -674,7 +701,7 @@ mod tests {
                 assert!(!message.contains("database error"), "{message}");
             }
         }
-        assert_eq!(reasons.len(), 33, "one_of_each lists every kind once");
+        assert_eq!(reasons.len(), 35, "one_of_each lists every kind once");
     }
 
     #[test]

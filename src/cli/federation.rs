@@ -5,7 +5,7 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 
 use crate::config::{DatabaseArgs, FederationTlsArgs, RulesArgs};
-use crate::federation::peers::anchors;
+use crate::federation::peers::check_peer;
 use crate::federation::sync::{Progress, SyncError, Syncer};
 use crate::store::federation::PeerError;
 
@@ -80,21 +80,6 @@ pub struct SyncArgs {
     pub database: DatabaseArgs,
 }
 
-/// Whether `name` may name a peer (the database checks it too).
-fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.len() <= 63
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
-
-/// Checks an address is `https://HOST:PORT`.
-fn valid_address(address: &str) -> bool {
-    address
-        .parse::<http::Uri>()
-        .is_ok_and(|u| u.scheme_str() == Some("https") && u.host().is_some() && u.port().is_some())
-}
-
 /// A day or an instant, as `--since` takes them.
 fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, CliError> {
     if let Ok(day) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
@@ -118,22 +103,23 @@ fn peer_error(e: PeerError) -> CliError {
 pub async fn run(command: FederationCommand) -> Result<(), CliError> {
     match command {
         FederationCommand::Peers(PeersCommand::Add(args)) => {
-            if !valid_name(&args.name) {
-                return Err(CliError::Usage(
-                    "a peer's name holds letters, digits, '.', '_' and '-' (at most 63), from a letter or digit".into(),
-                ));
-            }
-            if !valid_address(&args.address) {
-                return Err(CliError::Usage(
-                    "--address must be https://HOST:PORT".into(),
-                ));
-            }
             let ca = std::fs::read_to_string(&args.ca_file).map_err(|e| {
                 CliError::Usage(format!("--ca-file {}: {e}", args.ca_file.display()))
             })?;
-            anchors(&ca).map_err(|e| {
-                CliError::Usage(format!("--ca-file {}: {e}", args.ca_file.display()))
-            })?;
+            let v = check_peer("", &args.name, &args.address, &ca);
+            if !v.0.is_empty() {
+                let said: Vec<String> =
+                    v.0.iter()
+                        .map(|f| match f.field.as_str() {
+                            "ca_pem" => {
+                                format!("--ca-file {}: {}", args.ca_file.display(), f.description)
+                            }
+                            "address" => format!("--address {}", f.description),
+                            _ => format!("the peer's name {}", f.description),
+                        })
+                        .collect();
+                return Err(CliError::Usage(said.join("; ")));
+            }
             let db = Database::open(&args.database, Access::Migrate).await?;
             let added = db
                 .store

@@ -21,6 +21,7 @@ use tokio_rustls::rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, Error as TlsError, SignatureScheme,
 };
 
+use crate::domain::Violations;
 use crate::store::Store;
 
 /// How often the peers are read again.
@@ -39,6 +40,41 @@ pub enum BadCa {
     /// A certificate that cannot be read or serve as a trust anchor.
     #[error("holds a certificate that cannot be a trust anchor: {0}")]
     Unusable(String),
+}
+
+/// Whether `name` may name a peer: letters, digits, `.`, `_` and `-`, at
+/// most 63, from a letter or digit (the database checks it too).
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.len() <= 63
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Whether `address` is `https://HOST:PORT`.
+pub fn valid_address(address: &str) -> bool {
+    address
+        .parse::<http::Uri>()
+        .is_ok_and(|u| u.scheme_str() == Some("https") && u.host().is_some() && u.port().is_some())
+}
+
+/// Every reason a peer (name, address, CA) cannot be added, each under
+/// its field's name with `prefix` (`peer.` for the RPC's message).
+pub fn check_peer(prefix: &str, name: &str, address: &str, ca_pem: &str) -> Violations {
+    let mut v = Violations::default();
+    if !valid_name(name) {
+        v.add(
+            format!("{prefix}name"),
+            "must hold letters, digits, '.', '_' and '-' (at most 63), from a letter or digit",
+        );
+    }
+    if !valid_address(address) {
+        v.add(format!("{prefix}address"), "must be https://HOST:PORT");
+    }
+    if let Err(e) = anchors(ca_pem) {
+        v.add(format!("{prefix}ca_pem"), e.to_string());
+    }
+    v
 }
 
 /// The trust anchors of a CA file.

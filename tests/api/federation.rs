@@ -529,6 +529,19 @@ mod two_registries {
             let report = registry.store().verify(&[], &[]).await.expect("verify");
             assert_eq!(report.first_break, None, "registry {}", registry.name);
         }
+        // A match edited behind the service is named.
+        let store = a.store();
+        sqlx::query("UPDATE federation_matches SET peer_donations = peer_donations + 7")
+            .execute(store.pool())
+            .await
+            .expect("tamper");
+        let found = store.verify(&[], &[]).await.expect("verify").first_break;
+        let found = found.expect("a break").to_string();
+        assert!(found.contains("federation match"), "{found}");
+        sqlx::query("UPDATE federation_matches SET peer_donations = peer_donations - 7")
+            .execute(store.pool())
+            .await
+            .expect("put back");
         // A rescan raises nothing new: the flags are there.
         let rescan = a.ok(&["rescan", "--rule", RULE]);
         assert!(!rescan.is_empty());
@@ -819,4 +832,88 @@ mod two_registries {
                 .expect("put back");
         }
     }
+}
+
+#[tokio::test]
+async fn administrators_manage_peers_over_the_api_and_bad_requests_change_nothing() {
+    use crate::helpers::{Ca, reason, spawn_app, violated_fields};
+    use transplant_audit::wire::pb::admin_service_client::AdminServiceClient;
+
+    let app = spawn_app().await;
+    let mut admin = app.admin.clone();
+    let ca = Ca::new("peer kz").pem();
+    let peer = |name: &str, address: &str, ca_pem: &str| pb::AddFederationPeerRequest {
+        peer: Some(pb::FederationPeer {
+            name: name.into(),
+            address: address.into(),
+            ca_pem: ca_pem.into(),
+            ..Default::default()
+        }),
+    };
+    for (request, fields) in [
+        (
+            peer("kz", "https://kz.example:50052", "not a certificate"),
+            vec!["peer.ca_pem"],
+        ),
+        (peer("kz", "http://kz.example", &ca), vec!["peer.address"]),
+        (
+            peer("k z", "https://kz.example:50052", &ca),
+            vec!["peer.name"],
+        ),
+        (pb::AddFederationPeerRequest { peer: None }, vec!["peer"]),
+    ] {
+        let status = admin
+            .add_federation_peer(request)
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(violated_fields(&status), fields);
+    }
+    assert_eq!(app.count("federation_peers").await, 0, "nothing stored");
+    let added = admin
+        .add_federation_peer(peer("kz", "https://kz.example:50052", &ca))
+        .await
+        .expect("added")
+        .into_inner()
+        .peer
+        .expect("the peer");
+    assert!(added.added_by.starts_with("tester-"), "{}", added.added_by);
+    let twice = admin
+        .add_federation_peer(peer("kz", "https://other.example:1", &ca))
+        .await
+        .expect_err("refused");
+    assert_eq!(reason(&twice).0, "FEDERATION_PEER_EXISTS");
+    let mut hospital = AdminServiceClient::new(app.authed(&app.hospital_token));
+    let denied = hospital
+        .list_federation_peers(pb::ListFederationPeersRequest {})
+        .await
+        .expect_err("admins only");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    let listed = admin
+        .list_federation_peers(pb::ListFederationPeersRequest {})
+        .await
+        .expect("listed")
+        .into_inner()
+        .peers;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].address, "https://kz.example:50052");
+    let unknown = admin
+        .remove_federation_peer(pb::RemoveFederationPeerRequest {
+            name: "nobody".into(),
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(reason(&unknown).0, "FEDERATION_PEER_NOT_FOUND");
+    admin
+        .remove_federation_peer(pb::RemoveFederationPeerRequest { name: "kz".into() })
+        .await
+        .expect("removed");
+    let listed = admin
+        .list_federation_peers(pb::ListFederationPeersRequest {})
+        .await
+        .expect("listed")
+        .into_inner()
+        .peers;
+    assert!(listed.is_empty());
+    assert_eq!(first_break(&app.store).await, None);
 }
