@@ -101,6 +101,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub tls: TlsArgs,
 
+    /// The auditors' web console.
+    #[command(flatten)]
+    pub console: ConsoleArgs,
+
     /// The ledger's seal.
     #[command(flatten)]
     pub ledger: LedgerArgs,
@@ -251,6 +255,53 @@ pub struct TlsArgs {
     pub insecure_plaintext: bool,
 }
 
+/// The address the local default serves the console on when CONSOLE_ADDR is unset.
+pub const LOCAL_CONSOLE_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+
+/// The auditors' web console.
+#[derive(Debug, Clone, Args)]
+pub struct ConsoleArgs {
+    /// Address of the auditors' web console. Unset: off, except in the local
+    /// default (no DATABASE_URL), which serves it on 127.0.0.1:8080. Plain
+    /// HTTP on a loopback address only; elsewhere it takes the gRPC
+    /// listener's TLS (TLS_CERT_FILE, TLS_KEY_FILE, TLS_CLIENT_CA_FILE).
+    #[arg(long, env = "CONSOLE_ADDR")]
+    pub console_addr: Option<SocketAddr>,
+
+    /// Seconds a console session may go unused before it ends.
+    #[arg(
+        long = "console-session-idle-secs",
+        env = "CONSOLE_SESSION_IDLE_SECS",
+        value_name = "SECS",
+        default_value = "1800",
+        value_parser = positive_seconds
+    )]
+    pub session_idle: Duration,
+}
+
+impl ConsoleArgs {
+    /// Where the console listens, if anywhere: `local_default` turns it on
+    /// at [`LOCAL_CONSOLE_ADDR`] when no address is set.
+    pub fn addr(&self, local_default: bool) -> Option<SocketAddr> {
+        self.console_addr
+            .or(local_default.then_some(LOCAL_CONSOLE_ADDR))
+    }
+
+    /// How the console on `addr` protects its traffic: the gRPC listener's
+    /// TLS when configured, plain HTTP on loopback only (INSECURE_PLAINTEXT
+    /// does not extend to it: a session cookie must not cross a network in
+    /// the clear).
+    pub fn transport(&self, tls: &TlsArgs, addr: SocketAddr) -> Result<Transport, ConfigError> {
+        match tls.transport(addr) {
+            Ok(Transport::PlaintextInsecure) | Err(ConfigError::PlaintextRefused(_)) => {
+                Err(ConfigError::ConsolePlaintextRefused(addr))
+            }
+            other => other,
+        }
+    }
+}
+
 /// Reads a number of seconds, as the `*_SECS` settings are written.
 pub fn seconds(text: &str) -> Result<Duration, String> {
     text.trim()
@@ -331,6 +382,12 @@ pub enum ConfigError {
          INSECURE_PLAINTEXT=true on a private network"
     )]
     PlaintextRefused(SocketAddr),
+    /// The console asked for on a reachable address without TLS.
+    #[error(
+        "refusing a plain-HTTP console on {0}: plain HTTP is served on loopback only; \
+         set TLS_CERT_FILE and TLS_KEY_FILE, or CONSOLE_ADDR to a loopback address"
+    )]
+    ConsolePlaintextRefused(SocketAddr),
     /// A TLS file could not be read.
     #[error("TLS file {path}: {source}")]
     TlsFile {
@@ -600,6 +657,33 @@ mod tests {
         assert!(refused.to_string().contains("TLS_CERT_FILE"), "{refused}");
         let asked = transport(&["--listen-addr", "0.0.0.0:50051", "--insecure-plaintext"]);
         assert_eq!(asked.unwrap(), Transport::PlaintextInsecure);
+    }
+
+    #[test]
+    fn the_console_is_off_unless_asked_and_plain_http_stays_on_loopback() {
+        let args = serve(&[]).unwrap();
+        assert_eq!(
+            args.console.addr(false),
+            None,
+            "off in production when unset"
+        );
+        assert_eq!(args.console.addr(true), Some(LOCAL_CONSOLE_ADDR));
+        assert_eq!(args.console.session_idle, Duration::from_secs(1800));
+        let addr = LOCAL_CONSOLE_ADDR;
+        assert_eq!(
+            args.console.transport(&args.tls, addr).unwrap(),
+            Transport::PlaintextLoopback
+        );
+        let open: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        for flags in [&[][..], &["--insecure-plaintext"][..]] {
+            let args = serve(flags).unwrap();
+            let refused = args.console.transport(&args.tls, open).unwrap_err();
+            assert!(
+                matches!(refused, ConfigError::ConsolePlaintextRefused(_)),
+                "{refused}"
+            );
+        }
+        assert!(serve(&["--console-session-idle-secs", "0"]).is_err());
     }
 
     #[test]

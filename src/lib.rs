@@ -7,9 +7,13 @@
 //! [`incoming`] (accepting connections).
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod context;
+pub mod dossier;
+pub mod export;
 pub mod federation;
 pub mod import;
 pub mod incoming;
@@ -21,5 +25,5 @@ pub mod store;
 pub mod telemetry;
 pub mod watch;
 
-pub use transplant_audit_core::{domain, rules, wire};
+pub use transplant_audit_core::{domain, rules, suggest, wire};
 pub use transplant_audit_tools::localdb;

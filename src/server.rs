@@ -1,4 +1,4 @@
-//! The tonic server: the four services, health, reflection, the tower
+//! The tonic server: the five services, health, reflection, the tower
 //! layers in front of them, and graceful shutdown.
 
 use std::future::Future;
@@ -20,12 +20,15 @@ use crate::api::audit::AuditApi;
 use crate::api::auth::{AuthLayer, Authenticator};
 use crate::api::call_cap::ConcurrencyCap;
 use crate::api::ingest::IngestApi;
+use crate::api::investigation::InvestigationApi;
 use crate::api::message_deadline::MessageDeadline;
 use crate::api::observe::ObserveLayer;
 use crate::api::page_token::PageTokens;
 use crate::api::quota::TenantCap;
 use crate::api::registry::RegistryApi;
+use crate::audit::Auditing;
 use crate::config::{self, TlsPem};
+use crate::console::{self, Console};
 use crate::domain::FingerprintKey;
 use crate::domain::ledger::{PublicKey, SigningKey};
 use crate::incoming::{ConnectionLimits, TlsSetupError, incoming, tls_config};
@@ -39,6 +42,7 @@ use crate::wire::pb;
 use crate::wire::pb::admin_service_server::AdminServiceServer;
 use crate::wire::pb::audit_service_server::AuditServiceServer;
 use crate::wire::pb::ingest_service_server::IngestServiceServer;
+use crate::wire::pb::investigation_service_server::InvestigationServiceServer;
 use crate::wire::pb::registry_service_server::RegistryServiceServer;
 
 /// The largest request message accepted; a record is a few kilobytes.
@@ -283,6 +287,20 @@ pub struct Listeners {
     /// Only `grpc.health.v1`, in plaintext, for orchestrators' probes
     /// (Kubernetes' gRPC probes cannot speak TLS).
     pub health: Option<TcpListener>,
+    /// The auditors' web console.
+    pub console: Option<ConsoleListener>,
+}
+
+/// The web console's socket and how it serves.
+#[derive(Debug)]
+pub struct ConsoleListener {
+    /// The socket.
+    pub listener: TcpListener,
+    /// TLS (the gRPC listener's material); plain HTTP when `None`, which
+    /// the configuration allows on loopback only.
+    pub tls: Option<TlsPem>,
+    /// How long a session may go unused.
+    pub session_idle: Duration,
 }
 
 impl Listeners {
@@ -292,6 +310,7 @@ impl Listeners {
             grpc,
             tls: None,
             health: None,
+            console: None,
         }
     }
 }
@@ -325,6 +344,7 @@ const SERVICES: &[&str] = &[
     pb::ingest_service_server::SERVICE_NAME,
     pb::registry_service_server::SERVICE_NAME,
     pb::audit_service_server::SERVICE_NAME,
+    pb::investigation_service_server::SERVICE_NAME,
     pb::admin_service_server::SERVICE_NAME,
 ];
 
@@ -356,7 +376,7 @@ pub async fn serve(
     let keys = tokio::spawn(app.auth.clone().keep_fresh());
     let (reflection_v1, reflection_v1alpha) = reflection()?;
     let (feed, feed_handle) = FlagFeed::start(app.store.clone());
-    let services = Services::new(&app, &options, feed);
+    let services = Services::new(&app, &options, feed.clone());
     let mutual_tls = listeners
         .tls
         .as_ref()
@@ -407,7 +427,23 @@ pub async fn serve(
         .add_service(services.ingest)
         .add_service(services.registry)
         .add_service(services.audit)
+        .add_service(services.investigation)
         .add_service(services.admin);
+    let console = listeners.console.map(|console| {
+        let site = Console::new(
+            Auditing::new(app.store.clone(), feed.clone()),
+            app.auth.clone(),
+            app.store.clone(),
+            console.tls.is_some(),
+            console.session_idle,
+        );
+        tokio::spawn(console::serve(
+            console.listener,
+            console.tls,
+            site,
+            stopped(accepting_stopped.clone()),
+        ))
+    });
     let incoming = incoming(listeners.grpc, tls, limits, accepting_stopped.clone());
     let mut server =
         tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped(accepting_stopped)));
@@ -427,6 +463,10 @@ pub async fn serve(
     keys.abort();
     if let Some(health_only) = health_only {
         health_only.abort();
+    }
+    if let Some(console) = console {
+        // Its event streams ended with the feed; pages in flight had the grace.
+        console.abort();
     }
     // What the last calls wrote is sealed before the server goes.
     let _ = stop_sealing.send(true);
@@ -458,12 +498,13 @@ fn reflection() -> Result<
     Ok((v1, v1alpha))
 }
 
-/// The four services, each refusing messages over [`MAX_MESSAGE_BYTES`],
+/// The five services, each refusing messages over [`MAX_MESSAGE_BYTES`],
 /// and the authenticator in front of them.
 struct Services {
     ingest: IngestServiceServer<IngestApi>,
     registry: RegistryServiceServer<RegistryApi>,
     audit: AuditServiceServer<AuditApi>,
+    investigation: InvestigationServiceServer<InvestigationApi>,
     admin: AdminServiceServer<AdminApi>,
     auth: Arc<Authenticator>,
 }
@@ -480,10 +521,18 @@ impl Services {
             ))
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
             audit: AuditServiceServer::new(AuditApi::new(
-                app.store.clone(),
-                feed,
+                Auditing::new(app.store.clone(), feed),
                 app.page_tokens.clone(),
             ))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            investigation: InvestigationServiceServer::new(
+                InvestigationApi::new(
+                    app.store.clone(),
+                    app.page_tokens.clone(),
+                    app.sealing.signer.clone(),
+                )
+                .with_share_rule(app.engine.config().non_resident_share),
+            )
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
             admin: AdminServiceServer::new(AdminApi::new(
                 app.store.clone(),

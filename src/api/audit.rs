@@ -5,30 +5,23 @@ use std::pin::Pin;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use crate::audit::{Auditing, TriageRequest, check_triage_note};
 use crate::domain::FlagFilter;
-use crate::domain::validation::check_note;
 use crate::domain::{FlagStatus, Violations};
-use crate::rules::RuleId;
 use crate::store::feed::FeedCursor;
-use crate::store::{Store, TriageStep};
-use crate::watch::{self, FlagFeed};
 use crate::wire::listing;
 
 use super::Acting;
 use super::page_token::PageTokens;
-use super::status::{ApiError, Resource, invalid};
+use super::status::{ApiError, invalid};
 use crate::wire::convert::{event_to_proto, flag_to_proto, instant, record_to_proto, required};
 use crate::wire::pb;
 use crate::wire::pb::audit_service_server::AuditService;
 
-/// The longest triage note accepted.
-const MAX_NOTE_LEN: usize = 4000;
-
 /// The gRPC face of flags and triage.
 #[derive(Clone, Debug)]
 pub struct AuditApi {
-    store: Store,
-    feed: FlagFeed,
+    audit: Auditing,
     tokens: PageTokens,
 }
 
@@ -36,14 +29,9 @@ pub struct AuditApi {
 const FLAGS_LISTING: &str = "flags";
 
 impl AuditApi {
-    /// Serves the flags kept in `store`, waking watchers from `feed`,
-    /// paging with `tokens`.
-    pub fn new(store: Store, feed: FlagFeed, tokens: PageTokens) -> Self {
-        Self {
-            store,
-            feed,
-            tokens,
-        }
+    /// Serves `audit`'s flags, paging with `tokens`.
+    pub fn new(audit: Auditing, tokens: PageTokens) -> Self {
+        Self { audit, tokens }
     }
 }
 
@@ -90,9 +78,9 @@ impl AuditService for AuditApi {
         let (filter, after) = watch_request(request.get_ref()).map_err(invalid)?;
         let cursor = match after {
             Some(cursor) => cursor,
-            None => self.store.feed_start().await?,
+            None => self.audit.feed_start().await?,
         };
-        let flags = watch::watch(self.store.clone(), &self.feed, filter, cursor).map(|item| {
+        let flags = self.audit.watch(filter, cursor).map(|item| {
             item.map(|(cursor, flag)| pb::WatchFlagsResponse {
                 flag: Some(flag_to_proto(&flag)),
                 cursor: cursor.to_string(),
@@ -119,7 +107,7 @@ impl AuditService for AuditApi {
             })?),
             None => None,
         };
-        let page = self.store.list_flags(&filter, before, limit).await?;
+        let page = self.audit.list_flags(&filter, before, limit).await?;
         Ok(Response::new(pb::ListFlagsResponse {
             flags: page.flags.iter().map(flag_to_proto).collect(),
             next_page_token: page
@@ -138,15 +126,10 @@ impl AuditService for AuditApi {
         let id = parse_id(&mut v, "flag_id", &request.get_ref().flag_id);
         let id = id.ok_or_else(|| invalid(v))?;
         let case = self
-            .store
-            .flag_case(id)
-            .await?
-            .ok_or(ApiError::NotFound(Resource::Flag))?;
-        // No case leaves the service without a record of who opened it.
-        self.store
-            .record_access(&acting.actor(), "GetFlag", "flag", &id.to_string())
-            .await?;
-        tracing::info!(flag_id = id, principal = %acting.caller().principal, "case opened");
+            .audit
+            .open_flag(&acting.actor(), id)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(pb::GetFlagResponse {
             flag: Some(flag_to_proto(&case.flag)),
             record: Some(record_to_proto(&case.record)),
@@ -165,22 +148,17 @@ impl AuditService for AuditApi {
         let id = parse_id(&mut v, "flag_id", &req.flag_id);
         let to: Option<FlagStatus> = required(&mut v, "status", req.status);
         let revision = parse_id(&mut v, "etag", &req.etag);
-        let note_required = to.is_some_and(FlagStatus::needs_note);
-        check_note(&mut v, "note", &req.note, MAX_NOTE_LEN, note_required);
+        check_triage_note(&mut v, "note", &req.note, to);
         let (Some(id), Some(to), Some(revision), true) = (id, to, revision, v.is_empty()) else {
             return Err(invalid(v));
         };
-        let flag = self
-            .store
-            .triage(TriageStep {
-                flag_id: id,
-                to,
-                note: req.note.trim(),
-                expected_revision: revision,
-                actor: &acting.actor(),
-            })
-            .await?;
-        tracing::info!(flag_id = id, status = %to, principal = %acting.caller().principal, "flag triaged");
+        let request = TriageRequest {
+            flag_id: id,
+            to,
+            note: &req.note,
+            revision,
+        };
+        let flag = self.audit.triage(&acting.actor(), request).await?;
         Ok(Response::new(pb::UpdateFlagStatusResponse {
             flag: Some(flag_to_proto(&flag)),
         }))
@@ -197,20 +175,18 @@ impl AuditService for AuditApi {
         if !v.is_empty() {
             return Err(invalid(v));
         }
-        let triage = self.store.rule_triage(after, before).await?;
-        let rules = RuleId::ALL
-            .iter()
-            .map(|rule| {
-                let t = triage.get(rule.as_str()).cloned().unwrap_or_default();
-                let closed = t.confirmed + t.dismissed;
-                pb::RuleQuality {
-                    rule_id: rule.as_str().to_owned(),
-                    open: t.open,
-                    in_review: t.in_review,
-                    confirmed: t.confirmed,
-                    dismissed: t.dismissed,
-                    precision: (closed > 0).then(|| t.confirmed as f64 / closed as f64),
-                }
+        let rules = self
+            .audit
+            .rule_quality(after, before)
+            .await?
+            .into_iter()
+            .map(|q| pb::RuleQuality {
+                rule_id: q.rule_id.as_str().to_owned(),
+                open: q.open,
+                in_review: q.in_review,
+                confirmed: q.confirmed,
+                dismissed: q.dismissed,
+                precision: q.precision,
             })
             .collect();
         Ok(Response::new(pb::GetRuleQualityResponse { rules }))

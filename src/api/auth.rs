@@ -45,6 +45,7 @@ const INGEST: &str = pb::ingest_service_server::SERVICE_NAME;
 const AUDIT: &str = pb::audit_service_server::SERVICE_NAME;
 const REGISTRY: &str = pb::registry_service_server::SERVICE_NAME;
 const ADMIN: &str = pb::admin_service_server::SERVICE_NAME;
+const INVESTIGATION: &str = pb::investigation_service_server::SERVICE_NAME;
 
 /// Who may call a method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,9 +70,16 @@ pub fn access_for(path: &str) -> Access {
         (HEALTH, _) => Access::AnyRole,
         (INGEST, _) => Access::Roles(&[Role::Hospital]),
         (AUDIT, _) => Access::Roles(&[Role::Auditor]),
+        (INVESTIGATION, "ListAccessLog") => Access::Roles(&[Role::Admin]),
         (REGISTRY, "GetClinic" | "ListClinics") => Access::Roles(&[Role::Admin, Role::Auditor]),
         (REGISTRY, _) => Access::Roles(&[Role::Admin]),
         (ADMIN, _) => Access::Roles(&[Role::Admin]),
+        (
+            INVESTIGATION,
+            "CreateCase" | "AddFlagsToCase" | "RemoveFlagFromCase" | "AssignCase"
+            | "UpdateCaseStatus" | "AddCaseNote",
+        ) => Access::Roles(&[Role::Auditor]),
+        (INVESTIGATION, _) => Access::Roles(&[Role::Auditor, Role::Admin]),
         // Reflection, and unknown methods (which answer UNIMPLEMENTED).
         _ => Access::AnyRole,
     }
@@ -206,16 +214,20 @@ impl Authenticator {
         let stored = stored
             .filter(|s| presented.matches(&s.secret_hash))
             .ok_or(ApiError::KeyRefused)?;
-        if !stored.key.is_usable_at(chrono::Utc::now()) {
-            return Err(ApiError::KeyRefused);
+        usable_caller(stored)
+    }
+
+    /// The caller of key `key_id`, authenticated earlier (a console
+    /// session), while the key is still usable; UNAUTHENTICATED once it is
+    /// revoked or expired.
+    pub async fn still_usable(&self, key_id: &str) -> Result<Caller, ApiError> {
+        match lock(&self.known).ids.as_ref() {
+            Some(ids) if ids.contains(key_id) => {}
+            Some(_) => return Err(ApiError::KeyRefused),
+            None => return Err(ApiError::Unavailable),
         }
-        Ok(Caller {
-            key_id: stored.key.key_id,
-            role: stored.key.role,
-            hospital_id: stored.key.hospital_id.as_deref().map(HospitalId::normalize),
-            principal: stored.key.principal,
-            issued_by: stored.key.issued_by,
-        })
+        let stored = self.lookup(key_id).await?.ok_or(ApiError::KeyRefused)?;
+        usable_caller(stored)
     }
 
     async fn lookup(&self, key_id: &str) -> Result<Option<StoredKey>, ApiError> {
@@ -298,6 +310,20 @@ impl Authenticator {
         }
         Ok(Some(caller))
     }
+}
+
+/// The caller a stored key stands for, if the key is usable now.
+fn usable_caller(stored: StoredKey) -> Result<Caller, ApiError> {
+    if !stored.key.is_usable_at(chrono::Utc::now()) {
+        return Err(ApiError::KeyRefused);
+    }
+    Ok(Caller {
+        key_id: stored.key.key_id,
+        role: stored.key.role,
+        hospital_id: stored.key.hospital_id.as_deref().map(HospitalId::normalize),
+        principal: stored.key.principal,
+        issued_by: stored.key.issued_by,
+    })
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -464,6 +490,14 @@ mod tests {
         );
         assert_eq!(
             access_for("/transplant_audit.v1.AdminService/Rescan"),
+            Roles(&[Role::Admin])
+        );
+        assert_eq!(
+            access_for("/transplant_audit.v1.InvestigationService/SearchRecords"),
+            Roles(&[Role::Auditor, Role::Admin])
+        );
+        assert_eq!(
+            access_for("/transplant_audit.v1.InvestigationService/ListAccessLog"),
             Roles(&[Role::Admin])
         );
     }

@@ -474,6 +474,21 @@ proptest! {
             check_listing(&request)?;
         }
         let _ = pb::WatchFlagsRequest::decode(bytes.as_slice());
+        if let Ok(request) = pb::SearchRecordsRequest::decode(bytes.as_slice()) {
+            if let Err(v) = crate::wire::investigation::record_filter(&request) {
+                prop_assert!(!v.is_empty());
+            }
+        }
+        if let Ok(request) = pb::GetNetworkRequest::decode(bytes.as_slice()) {
+            if let Err(v) = crate::wire::investigation::network_request(&request) {
+                prop_assert!(!v.is_empty());
+            }
+        }
+        if let Ok(request) = pb::ListAccessLogRequest::decode(bytes.as_slice()) {
+            if let Err(v) = crate::wire::investigation::access_filter(&request) {
+                prop_assert!(!v.is_empty());
+            }
+        }
     }
 
     #[test]

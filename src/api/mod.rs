@@ -1,18 +1,22 @@
-//! The gRPC adapters: one per service (ingest, registry, audit, admin), each
+//! The gRPC adapters: one per service (ingest, registry, audit,
+//! investigation, admin), each
 //! converting between the wire and the domain and calling the layer below;
 //! the one error map ([`status`]); and the tower layers every call passes
 //! (authentication, the caps on calls in flight, the tenants' quotas,
 //! tracing and metrics).
 
+pub mod activity;
 pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod call_cap;
+mod cases;
 pub mod client_cert;
 pub mod federation;
 #[cfg(test)]
 mod hostile_input;
 pub mod ingest;
+pub mod investigation;
 pub mod message_deadline;
 pub mod methods;
 pub mod observe;
@@ -44,8 +48,22 @@ impl Acting {
     }
 
     /// The caller.
+    #[allow(
+        dead_code,
+        reason = "the adapters log through the application layer now"
+    )]
     pub(crate) fn caller(&self) -> &crate::domain::Caller {
         &self.caller
+    }
+
+    /// Who reads, owned, for a stream that outlives the request.
+    pub(crate) fn reader(&self) -> crate::export::Reader {
+        crate::export::Reader {
+            key_id: self.caller.key_id.clone(),
+            principal: self.caller.principal.clone(),
+            trace_id: self.trace_id.clone(),
+            own_trace_id: self.own_id.clone(),
+        }
     }
 
     /// As the store takes it.

@@ -14,10 +14,14 @@ use prost::Message;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::audit::AuditError;
+use crate::domain::case::CaseRefusal;
 use crate::domain::{FlagStatus, Role, Violations};
+use crate::export::ExportError;
 use crate::ingest::IngestError;
 use crate::ingest::stream::StreamError;
 use crate::rescan::RescanError;
+use crate::store::cases::CaseError;
 use crate::store::federation::PeerError;
 use crate::store::{StoreError, TriageError};
 use crate::watch::WatchEnd;
@@ -45,6 +49,10 @@ const RETRY_DELAY: Duration = Duration::from_secs(2);
 pub enum Resource {
     /// A flag, by id.
     Flag,
+    /// A flag a case change names.
+    FlagId(i64),
+    /// An investigation case.
+    Case,
     /// A registry entry, by clinic id.
     Clinic(String),
     /// An API key, by key id.
@@ -53,6 +61,8 @@ pub enum Resource {
     RescanRun(i64),
     /// A federation peer, by name.
     FederationPeer(String),
+    /// A stored record, by the service's id.
+    StoredRecord,
     /// A hospital's record, by its own id.
     Record {
         /// The hospital.
@@ -66,10 +76,13 @@ impl fmt::Display for Resource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Resource::Flag => f.write_str("flag not found"),
+            Resource::FlagId(id) => write!(f, "flag {id} not found"),
+            Resource::Case => f.write_str("case not found"),
             Resource::Clinic(id) => write!(f, "clinic {id:?} is not registered"),
             Resource::ApiKey => f.write_str("no such API key"),
             Resource::RescanRun(run) => write!(f, "no rescan run {run}"),
             Resource::FederationPeer(name) => write!(f, "no peer named {name:?} is configured"),
+            Resource::StoredRecord => f.write_str("record not found"),
             Resource::Record {
                 hospital_id,
                 external_record_id,
@@ -127,6 +140,23 @@ pub enum ApiError {
         /// The current etag.
         current: i64,
     },
+    /// The etag is not the case's current revision: someone changed it.
+    #[error("the case changed since it was read (now at etag {current}); read it again")]
+    StaleCaseEtag {
+        /// The current etag.
+        current: i64,
+    },
+    /// A flag to put in a case is in another one.
+    #[error("flag {flag_id} is in case {case_id} already; a flag is in at most one case")]
+    FlagInAnotherCase {
+        /// The flag.
+        flag_id: i64,
+        /// The case holding it.
+        case_id: i64,
+    },
+    /// The case as it stands does not allow the change.
+    #[error("{0}")]
+    CaseChangeRefused(CaseRefusal),
     /// Concurrent writers kept taking the same records first.
     #[error("concurrent submissions of the same records kept colliding; retry")]
     Contended,
@@ -252,7 +282,10 @@ impl ApiError {
             RoleNotAllowed { .. } => (Code::PermissionDenied, "ROLE_NOT_ALLOWED", None),
             OtherHospital => (Code::PermissionDenied, "OTHER_HOSPITAL", None),
             CertificateMismatch => (Code::PermissionDenied, "CLIENT_CERTIFICATE_MISMATCH", None),
-            NotFound(Resource::Flag) => (Code::NotFound, "FLAG_NOT_FOUND", None),
+            NotFound(Resource::Flag | Resource::FlagId(_)) => {
+                (Code::NotFound, "FLAG_NOT_FOUND", None)
+            }
+            NotFound(Resource::Case) => (Code::NotFound, "CASE_NOT_FOUND", None),
             NotFound(Resource::Clinic(_)) => (Code::NotFound, "CLINIC_NOT_FOUND", None),
             NotFound(Resource::ApiKey) => (Code::NotFound, "API_KEY_NOT_FOUND", None),
             NotFound(Resource::RescanRun(_)) => (Code::NotFound, "RESCAN_RUN_NOT_FOUND", None),
@@ -260,8 +293,14 @@ impl ApiError {
                 (Code::NotFound, "FEDERATION_PEER_NOT_FOUND", None)
             }
             NotFound(Resource::Record { .. }) => (Code::NotFound, "RECORD_NOT_FOUND", None),
+            NotFound(Resource::StoredRecord) => (Code::NotFound, "RECORD_ID_NOT_FOUND", None),
             RecordConflict { .. } => (Code::AlreadyExists, "RECORD_CONFLICT", None),
-            StaleEtag { .. } => (Code::Aborted, "STALE_ETAG", None),
+            StaleEtag { .. } | StaleCaseEtag { .. } => (Code::Aborted, "STALE_ETAG", None),
+            FlagInAnotherCase { .. } => (Code::FailedPrecondition, "FLAG_IN_ANOTHER_CASE", None),
+            CaseChangeRefused(
+                CaseRefusal::IllegalTransition { .. } | CaseRefusal::WrongFrom { .. },
+            ) => (Code::FailedPrecondition, "ILLEGAL_TRANSITION", None),
+            CaseChangeRefused(_) => (Code::FailedPrecondition, "CASE_CHANGE_REFUSED", None),
             Contended => (Code::Aborted, "WRITE_CONTENTION", Some(Duration::ZERO)),
             IllegalTransition { .. } => (Code::FailedPrecondition, "ILLEGAL_TRANSITION", None),
             SecondAuditorRequired => (Code::FailedPrecondition, "SECOND_AUDITOR_REQUIRED", None),
@@ -309,7 +348,12 @@ impl ApiError {
     /// What the reason's `ErrorInfo.metadata` carries besides it.
     fn metadata(&self) -> HashMap<String, String> {
         match self {
-            ApiError::StaleEtag { current } => [("etag".to_owned(), current.to_string())].into(),
+            ApiError::StaleEtag { current } | ApiError::StaleCaseEtag { current } => {
+                [("etag".to_owned(), current.to_string())].into()
+            }
+            ApiError::FlagInAnotherCase { case_id, .. } => {
+                [("case_id".to_owned(), case_id.to_string())].into()
+            }
             ApiError::StreamTooLong { limit } => {
                 [("max_stream_records".to_owned(), limit.to_string())].into()
             }
@@ -439,6 +483,31 @@ impl From<TriageError> for ApiError {
     }
 }
 
+impl From<CaseError> for ApiError {
+    fn from(err: CaseError) -> Self {
+        match err {
+            CaseError::NotFound => ApiError::NotFound(Resource::Case),
+            CaseError::FlagNotFound(id) => ApiError::NotFound(Resource::FlagId(id)),
+            CaseError::FlagInAnotherCase { flag_id, case_id } => {
+                ApiError::FlagInAnotherCase { flag_id, case_id }
+            }
+            CaseError::Stale { current } => ApiError::StaleCaseEtag { current },
+            CaseError::Refused(refusal) => ApiError::CaseChangeRefused(refusal),
+            CaseError::Tampered => ApiError::EvidenceTampered,
+            CaseError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<AuditError> for ApiError {
+    fn from(err: AuditError) -> Self {
+        match err {
+            AuditError::FlagNotFound => ApiError::NotFound(Resource::Flag),
+            AuditError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<RescanError> for ApiError {
     fn from(err: RescanError) -> Self {
         match err {
@@ -446,6 +515,18 @@ impl From<RescanError> for ApiError {
             RescanError::AlreadyFinished(run) => ApiError::RescanFinished(run),
             RescanError::UnknownRule { run, rule } => ApiError::RescanRuleUnknown { run, rule },
             RescanError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<ExportError> for ApiError {
+    fn from(err: ExportError) -> Self {
+        match err {
+            ExportError::Store(e) => e.into(),
+            ExportError::Csv(e) => {
+                tracing::error!(error = %e, "CSV export failed");
+                ApiError::Internal
+            }
         }
     }
 }
@@ -561,6 +642,7 @@ pub fn to_rpc_status(status: &Status) -> tonic_types::pb::Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::CaseStatus;
 
     /// One error of every kind.
     fn one_of_each() -> Vec<ApiError> {
@@ -581,15 +663,28 @@ mod tests {
             ApiError::OtherHospital,
             ApiError::CertificateMismatch,
             ApiError::NotFound(Resource::Flag),
+            ApiError::NotFound(Resource::FlagId(9)),
+            ApiError::NotFound(Resource::Case),
             ApiError::NotFound(Resource::Clinic("C".into())),
             ApiError::NotFound(Resource::ApiKey),
             ApiError::NotFound(Resource::RescanRun(3)),
+            ApiError::NotFound(Resource::StoredRecord),
             ApiError::NotFound(record()),
             ApiError::RecordConflict {
                 hospital_id: "H-1".into(),
                 external_record_id: "R-1".into(),
             },
             ApiError::StaleEtag { current: 4 },
+            ApiError::StaleCaseEtag { current: 4 },
+            ApiError::FlagInAnotherCase {
+                flag_id: 9,
+                case_id: 2,
+            },
+            ApiError::CaseChangeRefused(CaseRefusal::IllegalTransition {
+                from: CaseStatus::Open,
+                to: CaseStatus::Closed,
+            }),
+            ApiError::CaseChangeRefused(CaseRefusal::AlreadyIn(9)),
             ApiError::Contended,
             ApiError::IllegalTransition {
                 from: FlagStatus::Dismissed,
@@ -639,13 +734,22 @@ mod tests {
             RoleNotAllowed { .. } => (Code::PermissionDenied, "ROLE_NOT_ALLOWED", false),
             OtherHospital => (Code::PermissionDenied, "OTHER_HOSPITAL", false),
             CertificateMismatch => (Code::PermissionDenied, "CLIENT_CERTIFICATE_MISMATCH", false),
-            NotFound(Resource::Flag) => (Code::NotFound, "FLAG_NOT_FOUND", false),
+            NotFound(Resource::Flag | Resource::FlagId(_)) => {
+                (Code::NotFound, "FLAG_NOT_FOUND", false)
+            }
+            NotFound(Resource::Case) => (Code::NotFound, "CASE_NOT_FOUND", false),
             NotFound(Resource::Clinic(_)) => (Code::NotFound, "CLINIC_NOT_FOUND", false),
             NotFound(Resource::ApiKey) => (Code::NotFound, "API_KEY_NOT_FOUND", false),
             NotFound(Resource::RescanRun(_)) => (Code::NotFound, "RESCAN_RUN_NOT_FOUND", false),
             NotFound(Resource::Record { .. }) => (Code::NotFound, "RECORD_NOT_FOUND", false),
+            NotFound(Resource::StoredRecord) => (Code::NotFound, "RECORD_ID_NOT_FOUND", false),
             RecordConflict { .. } => (Code::AlreadyExists, "RECORD_CONFLICT", false),
-            StaleEtag { .. } => (Code::Aborted, "STALE_ETAG", false),
+            StaleEtag { .. } | StaleCaseEtag { .. } => (Code::Aborted, "STALE_ETAG", false),
+            FlagInAnotherCase { .. } => (Code::FailedPrecondition, "FLAG_IN_ANOTHER_CASE", false),
+            CaseChangeRefused(
+                CaseRefusal::IllegalTransition { .. } | CaseRefusal::WrongFrom { .. },
+            ) => (Code::FailedPrecondition, "ILLEGAL_TRANSITION", false),
+            CaseChangeRefused(_) => (Code::FailedPrecondition, "CASE_CHANGE_REFUSED", false),
             Contended => (Code::Aborted, "WRITE_CONTENTION", true),
             IllegalTransition { .. } => (Code::FailedPrecondition, "ILLEGAL_TRANSITION", false),
             SecondAuditorRequired => (Code::FailedPrecondition, "SECOND_AUDITOR_REQUIRED", false),
@@ -701,7 +805,7 @@ mod tests {
                 assert!(!message.contains("database error"), "{message}");
             }
         }
-        assert_eq!(reasons.len(), 35, "one_of_each lists every kind once");
+        assert_eq!(reasons.len(), 36, "one_of_each lists every kind once");
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod progress;
 mod rescan;
 mod serve;
 mod verify;
+mod verify_dossier;
 
 use std::process::ExitCode;
 
@@ -30,7 +31,7 @@ Exit status:
   1  failure not listed below (see the log on stderr)
   2  bad usage or configuration
   3  the database is unreachable
-  4  verify: the audit trail is broken
+  4  verify: the audit trail is broken; verify-dossier: the dossier was changed
   5  import: some lines were refused (the rest is stored)
   6  a read-only command found migrations missing (run `transplant-audit migrate`)";
 
@@ -80,6 +81,10 @@ pub enum Command {
     /// that does not hold. Reads only: never migrates.
     #[command(after_help = EXIT_CODES)]
     Verify(verify::VerifyArgs),
+    /// Check a referral dossier offline against the registry's public key
+    /// and name what was changed in it. Needs no database and no secret.
+    #[command(after_help = EXIT_CODES)]
+    VerifyDossier(verify_dossier::VerifyDossierArgs),
     /// The ledger's digests and public key.
     #[command(subcommand)]
     Ledger(ledger::LedgerCommand),
@@ -107,6 +112,9 @@ pub enum CliError {
     /// `verify` found a change.
     #[error("the audit trail is broken: {0}")]
     TrailBroken(String),
+    /// `verify-dossier` found the dossier changed or unsigned.
+    #[error("the dossier does not hold: {0}")]
+    DossierBroken(String),
     /// `import` stored the rest but refused lines.
     #[error("{0} records were refused; correct them and import them again")]
     Refused(u64),
@@ -145,7 +153,7 @@ impl CliError {
             CliError::Other(_) => 1,
             CliError::Config(_) | CliError::Usage(_) => 2,
             CliError::Unreachable(_) => 3,
-            CliError::TrailBroken(_) => 4,
+            CliError::TrailBroken(_) | CliError::DossierBroken(_) => 4,
             CliError::Refused(_) => 5,
             CliError::SchemaBehind { .. } => 6,
         })
@@ -163,6 +171,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Keys(command) => keys::run(command).await,
         Command::Rescan(args) => rescan::run(args).await,
         Command::Verify(args) => verify::run(&args).await,
+        Command::VerifyDossier(args) => verify_dossier::run(&args),
         Command::Ledger(command) => ledger::run(command).await,
         Command::Import(args) => import::run(args).await,
         Command::Federation(command) => federation::run(command).await,

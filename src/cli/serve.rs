@@ -10,7 +10,7 @@ use crate::domain::FederationKey;
 use crate::federation::peers::PeerCas;
 use crate::federation::sync::Syncer;
 use crate::seal::Sinks;
-use crate::server::{self, App, Listeners, Sealing};
+use crate::server::{self, App, ConsoleListener, Listeners, Sealing};
 use crate::telemetry;
 
 use super::{Access, CliError, Database, engine};
@@ -19,6 +19,10 @@ use super::{Access, CliError, Database, engine};
 pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
     let engine = engine(&args.rules)?;
     let transport = args.tls.transport(args.listen_addr)?;
+    let console = match args.console.addr(args.database.database_url.is_none()) {
+        Some(addr) => Some((addr, args.console.transport(&args.tls, addr)?)),
+        None => None,
+    };
     let sealing = sealing(&args)?;
     let db = Database::open(&args.database, Access::Migrate).await?;
     let mut app = App::new(
@@ -35,13 +39,14 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
              registry cannot federate"
         ),
     }
-    let result = run(&args, transport, app, db.federation.clone()).await;
+    let result = run(&args, transport, console, app, db.federation.clone()).await;
     db.close(result).await
 }
 
 async fn run(
     args: &ServeArgs,
     transport: Transport,
+    console: Option<(SocketAddr, Transport)>,
     app: App,
     federation_key: Option<FederationKey>,
 ) -> Result<(), CliError> {
@@ -71,6 +76,24 @@ async fn run(
         }
         None => None,
     };
+    let console = match console {
+        Some((addr, transport)) => {
+            let listener = bind(addr).await?;
+            let local = listener.local_addr().map_err(anyhow::Error::from)?;
+            let tls = match transport {
+                Transport::Tls(pem) => Some(pem),
+                _ => None,
+            };
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            tracing::info!(addr = %local, url = %format_args!("{scheme}://{local}/login"), "serving the console");
+            Some(ConsoleListener {
+                listener,
+                tls,
+                session_idle: args.console.session_idle,
+            })
+        }
+        None => None,
+    };
     let federation = federation(args, &app, federation_key).await?;
     let grpc = bind(args.listen_addr).await?;
     tracing::info!(
@@ -80,7 +103,12 @@ async fn run(
         "serving gRPC"
     );
     let served = server::serve(
-        Listeners { grpc, tls, health },
+        Listeners {
+            grpc,
+            tls,
+            health,
+            console,
+        },
         app,
         args.options,
         server::shutdown_signal(),

@@ -291,6 +291,9 @@ impl IngestTx {
         if rows.len() != records.len() {
             return Ok(None);
         }
+        for n in records {
+            self.activity.record_stored(n.record);
+        }
         let mut acks: Vec<StoredAck> = rows
             .into_iter()
             .map(|r| StoredAck {
@@ -315,7 +318,7 @@ impl IngestTx {
                 finding: f.finding,
             })
             .collect();
-        steps::raise(&mut self.tx, &self.ledger, &raises, "").await?;
+        steps::raise(&mut self.tx, &self.ledger, &raises, "", &mut self.activity).await?;
         Ok(())
     }
 }

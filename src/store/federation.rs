@@ -531,7 +531,10 @@ impl Store {
             })
             .collect();
         let mut tx = self.begin().await?;
-        let added = super::steps::raise(&mut tx, &self.ledger, &raises, note).await?;
+        let mut activity = crate::domain::activity::ActivityDelta::new();
+        let added =
+            super::steps::raise(&mut tx, &self.ledger, &raises, note, &mut activity).await?;
+        super::activity::apply(&mut tx, &activity).await?;
         tx.commit().await?;
         Ok(added)
     }

@@ -3,10 +3,12 @@
 //!
 //! Flag ids are taken when a transaction inserts, not when it commits, so
 //! "id greater than the last one seen" would skip a flag whose transaction
-//! commits after a younger one. The feed orders by the transaction's id
-//! (`feed_tx`, see the migration) and then the flag id, and shows a flag only
-//! once every transaction older than its own has ended: nothing can then
-//! appear behind a cursor.
+//! commits after a younger one. Each flag instead takes a feed position as
+//! its transaction commits (`flag_feed`, see the migration), under a lock
+//! held to the end of the commit: positions become visible in order, so
+//! nothing can appear behind a cursor, and no transaction that raises no
+//! flag (however long it runs, in whichever database of the cluster) holds
+//! a watcher back.
 
 use std::fmt;
 use std::str::FromStr;
@@ -21,18 +23,19 @@ use crate::domain::{FlagFilter, FlagView};
 /// The channel the database notifies when a transaction that raised flags commits.
 pub const FLAG_RAISED_CHANNEL: &str = "flag_raised";
 
-/// A position in the feed: after flag `id` of transaction `tx`.
+/// A position in the feed: after the flag at `position`, whose id is `id`
+/// (carried for the reader's information; the position alone orders).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FeedCursor {
-    /// The transaction (xid8) that raised the flag.
-    pub tx: u64,
+    /// The flag's feed position (0: before every flag).
+    pub position: u64,
     /// The flag id.
     pub id: i64,
 }
 
 impl fmt::Display for FeedCursor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.tx, self.id)
+        write!(f, "{}.{}", self.position, self.id)
     }
 }
 
@@ -45,9 +48,9 @@ impl FromStr for FeedCursor {
     type Err = BadCursor;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (tx, id) = s.split_once('.').ok_or(BadCursor)?;
+        let (position, id) = s.split_once('.').ok_or(BadCursor)?;
         let cursor = FeedCursor {
-            tx: tx.parse().map_err(|_| BadCursor)?,
+            position: position.parse().map_err(|_| BadCursor)?,
             id: id.parse().map_err(|_| BadCursor)?,
         };
         if cursor.id < 0 {
@@ -61,21 +64,25 @@ impl FromStr for FeedCursor {
 struct FeedRow {
     #[sqlx(flatten)]
     flag: FlagRow,
-    feed_tx: String,
+    feed_position: i64,
 }
 
 impl Store {
-    /// Where a watcher starting now begins: at the oldest transaction still
-    /// running, since everything it raises is yet to be seen.
+    /// Where a watcher starting now begins: after the last position
+    /// committed, since every later one is yet to be seen.
     pub async fn feed_start(&self) -> Result<FeedCursor, StoreError> {
-        let tx =
-            sqlx::query_scalar!(r#"SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS "tx!""#)
-                .fetch_one(&mut *self.acquire().await?)
-                .await?;
-        let tx = tx
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("transaction id {tx:?}")))?;
-        Ok(FeedCursor { tx, id: 0 })
+        let last = sqlx::query!(
+            r#"SELECT position AS "position!", flag_id AS "flag_id!"
+               FROM flag_feed ORDER BY position DESC LIMIT 1"#
+        )
+        .fetch_optional(&mut *self.acquire().await?)
+        .await?;
+        let (position, id) = last.map(|r| (r.position, r.flag_id)).unwrap_or((0, 0));
+        Ok(FeedCursor {
+            position: u64::try_from(position)
+                .map_err(|_| StoreError::Corrupt(format!("feed position {position}")))?,
+            id,
+        })
     }
 
     /// Up to `limit` flags after `cursor` that `filter` lets through, in feed
@@ -86,16 +93,14 @@ impl Store {
         cursor: FeedCursor,
         limit: i64,
     ) -> Result<Vec<(FeedCursor, FlagView)>, StoreError> {
-        let columns = FLAG_COLUMNS.replacen("SELECT ", "SELECT f.feed_tx::text AS feed_tx, ", 1);
+        let columns = FLAG_COLUMNS.replacen("SELECT ", "SELECT q.position AS feed_position, ", 1)
+            + " JOIN flag_feed q ON q.flag_id = f.id";
         let mut q: QueryBuilder<Postgres> = QueryBuilder::new(columns);
         push_filter(&mut q, filter);
-        q.push(" AND (f.feed_tx, f.id) > (")
-            .push_bind(cursor.tx.to_string())
-            .push("::xid8, ")
-            .push_bind(cursor.id)
-            .push(")")
-            .push(" AND f.feed_tx < pg_snapshot_xmin(pg_current_snapshot())")
-            .push(" ORDER BY f.feed_tx, f.id LIMIT ")
+        let after = i64::try_from(cursor.position).unwrap_or(i64::MAX);
+        q.push(" AND q.position > ")
+            .push_bind(after)
+            .push(" ORDER BY q.position LIMIT ")
             .push_bind(limit);
         let rows: Vec<FeedRow> = q
             .build_query_as()
@@ -103,11 +108,17 @@ impl Store {
             .await?;
         rows.into_iter()
             .map(|row| {
-                let tx = row.feed_tx.parse().map_err(|_| {
-                    StoreError::Corrupt(format!("transaction id {:?}", row.feed_tx))
+                let position = u64::try_from(row.feed_position).map_err(|_| {
+                    StoreError::Corrupt(format!("feed position {}", row.feed_position))
                 })?;
                 let flag = row.flag.into_view()?;
-                Ok((FeedCursor { tx, id: flag.id }, flag))
+                Ok((
+                    FeedCursor {
+                        position,
+                        id: flag.id,
+                    },
+                    flag,
+                ))
             })
             .collect()
     }
@@ -126,10 +137,17 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_order() {
-        let c = FeedCursor { tx: 812, id: 40 };
+        let c = FeedCursor {
+            position: 812,
+            id: 40,
+        };
         assert_eq!(c.to_string().parse::<FeedCursor>(), Ok(c));
-        assert!(FeedCursor { tx: 811, id: 99 } < c);
-        assert!(FeedCursor { tx: 812, id: 41 } > c);
+        assert!(
+            FeedCursor {
+                position: 811,
+                id: 99
+            } < c
+        );
         for bad in ["", "812", "812.", ".40", "a.b", "812.-1", "-1.4", "1.2.3"] {
             assert_eq!(bad.parse::<FeedCursor>(), Err(BadCursor), "{bad}");
         }

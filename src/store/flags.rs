@@ -1,8 +1,9 @@
 //! Flags as auditors see them: listing, opening a case and triage.
 
 use chrono::{DateTime, Utc};
-use sqlx::{Postgres, QueryBuilder};
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 
+use crate::domain::activity::ActivityDelta;
 use crate::domain::flag_history::FlagStep;
 use crate::domain::{
     FlagEvent, FlagFilter, FlagStatus, FlagView, RecordId, RecordView, Severity, StepKind,
@@ -12,7 +13,6 @@ use crate::rules::RuleId;
 use super::body::parse;
 use super::chain;
 use super::ingest::{severity_from_db, severity_to_db};
-use super::ledger::content;
 use super::{Store, StoreError, row, steps};
 
 #[derive(sqlx::FromRow)]
@@ -208,6 +208,16 @@ pub struct Actor<'a> {
     pub own_trace_id: Option<&'a str>,
 }
 
+/// These flags, in id order, read on `conn`.
+pub(super) async fn flags_by_id(
+    conn: &mut PgConnection,
+    ids: &[i64],
+) -> Result<Vec<FlagView>, StoreError> {
+    let sql = format!("{FLAG_COLUMNS} WHERE f.id = ANY($1) ORDER BY f.id");
+    let rows: Vec<FlagRow> = sqlx::query_as(&sql).bind(ids).fetch_all(&mut *conn).await?;
+    rows.into_iter().map(FlagRow::into_view).collect()
+}
+
 impl Store {
     /// Flags matching `filter` with ids below `before`, newest first.
     pub async fn list_flags(
@@ -387,7 +397,15 @@ impl Store {
             finding: None,
             cleared_in_version: None,
         };
-        steps::append(&mut tx, &self.ledger, &row, &checked, new, None).await?;
+        let next = steps::append(&mut tx, &self.ledger, &row, &checked, new, None).await?;
+        let (before, after) = (row.activity_state(), row.activity_state_after(&next));
+        if before != after {
+            // A proposal to dismiss leaves the status where it was.
+            let bucket = super::activity::bucket_of_record(&mut tx, row.record_id.0).await?;
+            let mut activity = ActivityDelta::new();
+            activity.flag_changed((&bucket, before), (&bucket, after));
+            super::activity::apply(&mut tx, &activity).await?;
+        }
         tx.commit().await?;
         self.flag(step.flag_id).await?.ok_or(TriageError::NotFound)
     }
@@ -432,37 +450,14 @@ impl Store {
         &self,
         actor: &Actor<'_>,
         action: &str,
-        resource: &str,
+        resource: &'static str,
         resource_id: &str,
     ) -> Result<(), StoreError> {
-        let entry = content::Access {
-            at: chain::now(),
-            principal: actor.principal,
-            key_id: actor.key_id,
-            action,
+        let read = super::investigate::Read {
             resource,
-            resource_id,
-            trace_id: actor.trace_id,
-            own_trace_id: actor.own_trace_id,
+            resource_id: resource_id.to_owned(),
         };
-        let mac = self.ledger.mac(&entry.input());
-        sqlx::query!(
-            "INSERT INTO access_log (at, principal, key_id, action, resource, resource_id,
-                                     trace_id, own_trace_id, ledger_mac)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            entry.at,
-            entry.principal,
-            entry.key_id,
-            entry.action,
-            entry.resource,
-            entry.resource_id,
-            entry.trace_id,
-            entry.own_trace_id,
-            &mac[..],
-        )
-        .execute(&mut *self.acquire().await?)
-        .await?;
-        Ok(())
+        self.record_reads(actor, action, &[read]).await
     }
 }
 

@@ -3,11 +3,13 @@
 
 use chrono::{DateTime, Utc};
 use ring::digest;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
+use crate::domain::activity::{ActivityDelta, Bucket};
 use crate::domain::chain::GENESIS;
 use crate::domain::ledger::LedgerKey;
 use crate::domain::{
@@ -67,6 +69,12 @@ pub struct IngestTx {
     pub(super) view: Arc<LedgerView>,
     /// The pool the transaction came from, for reads that may run beside it.
     pub(super) pool: PgPool,
+    /// What the transaction's writes change in the clinic activity
+    /// counters, applied in one statement at commit.
+    pub(super) activity: ActivityDelta,
+    /// Where each record amended in this transaction counted before, so
+    /// that its flags leave that bucket.
+    pub(super) replaced: HashMap<RecordId, Bucket>,
 }
 
 impl Store {
@@ -78,6 +86,8 @@ impl Store {
             ledger: self.ledger.clone(),
             view: self.view.clone(),
             pool: self.pool.clone(),
+            activity: ActivityDelta::new(),
+            replaced: HashMap::new(),
         })
     }
 }
@@ -307,6 +317,9 @@ impl IngestTx {
         )
         .execute(&mut *self.tx)
         .await?;
+        self.activity.record_amended(&current.record, record);
+        self.replaced
+            .insert(existing.id, Bucket::of(&current.record));
         Ok(StoredAck {
             id: existing.id,
             version,
@@ -332,13 +345,15 @@ impl IngestTx {
         let mut history = steps::steps_of(&mut self.tx, &ids).await?;
         let at = chain::now();
         let mut raises = Vec::new();
+        // What each flag becomes, where a step changes it.
+        let mut folded_into = HashMap::new();
         for finding in findings {
             match existing.iter().find(|f| f.rule_id == finding.rule.as_str()) {
                 Some(flag) => {
                     let checked = self.checked(flag, history.remove(&flag.id)).await?;
                     let found = steps::finding_of(finding, ack.version);
                     let step = steps::amendment_step(&checked.folded, at, Some(found), None);
-                    steps::append(
+                    let next = steps::append(
                         &mut self.tx,
                         &self.ledger,
                         flag,
@@ -347,6 +362,7 @@ impl IngestTx {
                         Some(&record.clinic_id),
                     )
                     .await?;
+                    folded_into.insert(flag.id, next);
                 }
                 None => raises.push(Raise {
                     record_id: ack.id,
@@ -375,7 +391,7 @@ impl IngestTx {
             };
             match step {
                 Some(step) => {
-                    steps::append(
+                    let next = steps::append(
                         &mut self.tx,
                         &self.ledger,
                         flag,
@@ -384,6 +400,7 @@ impl IngestTx {
                         Some(&record.clinic_id),
                     )
                     .await?;
+                    folded_into.insert(flag.id, next);
                 }
                 None => {
                     // Already cleared: only the record's clinic may have moved.
@@ -397,7 +414,23 @@ impl IngestTx {
                 }
             }
         }
-        steps::raise(&mut self.tx, &self.ledger, &raises, "").await?;
+        // Every flag of the record follows it to its new bucket, whether a
+        // step changed it or not.
+        let now_in = Bucket::of(record);
+        let was_in = self
+            .replaced
+            .get(&ack.id)
+            .cloned()
+            .unwrap_or(now_in.clone());
+        for flag in &existing {
+            let after = match folded_into.get(&flag.id) {
+                Some(next) => flag.activity_state_after(next),
+                None => flag.activity_state(),
+            };
+            self.activity
+                .flag_changed((&was_in, flag.activity_state()), (&now_in, after));
+        }
+        steps::raise(&mut self.tx, &self.ledger, &raises, "", &mut self.activity).await?;
         Ok(())
     }
 
@@ -540,8 +573,10 @@ impl IngestTx {
         Ok(checked)
     }
 
-    /// Commits: the record and its flags become visible together.
-    pub async fn commit(self) -> Result<(), StoreError> {
+    /// Commits: the record, its flags and the clinic activity they change
+    /// become visible together.
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        super::activity::apply(&mut self.tx, &self.activity).await?;
         self.tx.commit().await?;
         Ok(())
     }

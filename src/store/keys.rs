@@ -333,6 +333,10 @@ impl Store {
         )
         .execute(&mut *tx)
         .await?;
+        // The key's console sessions end with it, on every replica at once.
+        sqlx::query!("DELETE FROM console_sessions WHERE key_id = $1", key_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(Some(row.into_checked(&self.ledger)?.key))
     }

@@ -1,20 +1,27 @@
 //! All SQL: records, flags, the clinic registry and the triage trail in Postgres.
 
+pub mod activity;
 pub mod batch;
 mod body;
+pub mod cases;
 pub mod chain;
 mod context;
+pub mod dossier;
 pub mod federation;
 pub mod feed;
 pub mod flags;
 pub mod imports;
 pub mod ingest;
+pub mod investigate;
 pub mod keys;
 pub mod ledger;
+pub mod records;
 pub mod registry;
 pub mod rescan;
 mod row;
+pub mod sessions;
 pub mod steps;
+mod suggest;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
+use crate::domain::activity::ActivityDelta;
 use crate::domain::{Clinic, Fingerprint, Record, RecordId};
 use crate::rules::{ClinicWindow, Finding, PriorDonation, WindowSpec};
 
@@ -391,7 +392,8 @@ impl Store {
             Some(run) => format!("raised by rescan run {run}"),
             None => "raised by a rescan".to_owned(),
         };
-        let added = steps::raise(&mut tx, &self.ledger, &raises, &note).await?;
+        let mut activity = ActivityDelta::new();
+        let added = steps::raise(&mut tx, &self.ledger, &raises, &note, &mut activity).await?;
         if let Some(run) = run {
             sqlx::query!(
                 "UPDATE rescans SET cursor_record_id = $2, processed = processed + $3,
@@ -405,6 +407,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        super::activity::apply(&mut tx, &activity).await?;
         tx.commit().await?;
         Ok(added)
     }

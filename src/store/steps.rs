@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
+use crate::domain::activity::{ActivityDelta, Bucket, FlagState};
 use crate::domain::flag_history::{FlagStep, FoldedFlag, StepFinding, fold, fold_after};
 use crate::domain::ledger::LedgerKey;
 use crate::domain::{FlagStatus, Record, RecordId, StepKind};
@@ -98,13 +99,14 @@ pub(crate) fn finding_of(finding: &Finding, record_version: i32) -> StepFinding 
 }
 
 /// Raises `raises` as new flags, each with its RAISED step, in one
-/// statement; a record and rule already flagged is left as it is. Returns
-/// how many were raised.
+/// statement; a record and rule already flagged is left as it is. Adds the
+/// flags raised to `activity`; returns how many were raised.
 pub(crate) async fn raise(
     conn: &mut PgConnection,
     ledger: &LedgerKey,
     raises: &[Raise<'_>],
     note: &str,
+    activity: &mut ActivityDelta,
 ) -> Result<u64, StoreError> {
     if raises.is_empty() {
         // The insert trigger wakes every watcher, so only real flags may fire it.
@@ -153,7 +155,7 @@ pub(crate) async fn raise(
         external_record_id.push(r.record.external_record_id.as_str());
     }
     let raised = sqlx::query!(
-        "WITH input AS MATERIALIZED (
+        r#"WITH input AS MATERIALIZED (
              SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::smallint[], $5::text[],
                                   $6::text[], $7::text[], $8::text[], $9::int[], $10::text[],
                                   $11::bytea[])
@@ -167,13 +169,15 @@ pub(crate) async fn raise(
                     hospital_id, clinic_id, record_version, external_record_id, $12, $12
              FROM input
              ON CONFLICT ON CONSTRAINT flags_one_per_record_and_rule DO NOTHING
-             RETURNING id, record_id, rule_id)
-         INSERT INTO flag_events (flag_id, step, kind, at, key_id, principal, from_status,
-                                  to_status, note, rule_version, severity, explanation,
-                                  evidence_record_ids, record_version, ledger_mac)
-         SELECT f.id, 1, 'RAISED', $12, '', $14, NULL, 'OPEN', $13, i.rule_version, i.severity,
-                i.explanation, i.evidence::bigint[], i.record_version, i.mac
-         FROM f JOIN input i USING (record_id, rule_id)",
+             RETURNING id, record_id, rule_id),
+         e AS (
+             INSERT INTO flag_events (flag_id, step, kind, at, key_id, principal, from_status,
+                                      to_status, note, rule_version, severity, explanation,
+                                      evidence_record_ids, record_version, ledger_mac)
+             SELECT f.id, 1, 'RAISED', $12, '', $14, NULL, 'OPEN', $13, i.rule_version,
+                    i.severity, i.explanation, i.evidence::bigint[], i.record_version, i.mac
+             FROM f JOIN input i USING (record_id, rule_id))
+         SELECT record_id AS "record_id!", rule_id AS "rule_id!" FROM f"#,
         &record_id,
         &rule_id as &[&str],
         &rule_version,
@@ -189,10 +193,25 @@ pub(crate) async fn raise(
         note,
         RULES_PRINCIPAL,
     )
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok(raised)
+    .fetch_all(&mut *conn)
+    .await?;
+    let by_key: HashMap<(i64, &str), &Raise<'_>> = raises
+        .iter()
+        .map(|r| ((r.record_id.0, r.finding.rule.as_str()), r))
+        .collect();
+    for row in &raised {
+        if let Some(r) = by_key.get(&(row.record_id, row.rule_id.as_str())) {
+            activity.flag_raised(
+                &Bucket::of(r.record),
+                FlagState {
+                    rule_id: &row.rule_id,
+                    status: FlagStatus::Open,
+                    cleared: false,
+                },
+            );
+        }
+    }
+    Ok(raised.len() as u64)
 }
 
 /// Record ids as a Postgres array literal (`{1,2,3}`): a flag's evidence is
@@ -218,6 +237,24 @@ pub(crate) struct FlagRowState {
 }
 
 impl FlagRowState {
+    /// The flag as the activity counters see it, as its row stands.
+    pub(crate) fn activity_state(&self) -> FlagState<'_> {
+        FlagState {
+            rule_id: &self.rule_id,
+            status: self.status,
+            cleared: self.cleared_in_version.is_some(),
+        }
+    }
+
+    /// The flag as the activity counters see it once folded into `next`.
+    pub(crate) fn activity_state_after<'a>(&'a self, next: &FoldedFlag) -> FlagState<'a> {
+        FlagState {
+            rule_id: &self.rule_id,
+            status: next.status,
+            cleared: next.cleared_in_version.is_some(),
+        }
+    }
+
     /// What differs between the row and the fold of its steps, if anything.
     pub(crate) fn differs_from(&self, folded: &FoldedFlag) -> Option<&'static str> {
         if self.status != folded.status {

@@ -94,6 +94,8 @@ pub struct TestApp {
     server: Option<JoinHandle<()>>,
     /// The folder the server's digest sink appends to (`digests.jsonl`).
     pub digests: tempfile::TempDir,
+    /// Where the web console serves, when it was started.
+    pub console_addr: Option<SocketAddr>,
 }
 
 /// A connection of its own to the app, authenticating with `token`.
@@ -345,6 +347,28 @@ pub async fn spawn_app_configured(
     rules: RulesConfig,
     options: ServeOptions,
 ) -> TestApp {
+    spawn_app_serving(database_url, rules, options, None).await
+}
+
+/// A server on a fresh database with its web console (plain HTTP on
+/// loopback), sessions ending after `session_idle` unused.
+pub async fn spawn_app_with_console(session_idle: std::time::Duration) -> TestApp {
+    let database_url = fresh_database().await;
+    spawn_app_serving(
+        &database_url,
+        RulesConfig::default(),
+        ServeOptions::default(),
+        Some(session_idle),
+    )
+    .await
+}
+
+async fn spawn_app_serving(
+    database_url: &str,
+    rules: RulesConfig,
+    options: ServeOptions,
+    console_idle: Option<std::time::Duration>,
+) -> TestApp {
     let key = FingerprintKey::from_bytes(&TEST_KEY).expect("key");
     let store = Store::connect(database_url, &PoolSettings::default(), &key).expect("database url");
     store.migrate().await.expect("migrate");
@@ -373,8 +397,19 @@ pub async fn spawn_app_configured(
         shutdown_grace: std::time::Duration::ZERO,
         ..options
     };
+    let mut listeners = Listeners::grpc(listener);
+    let mut console_addr = None;
+    if let Some(session_idle) = console_idle {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        console_addr = Some(listener.local_addr().expect("addr"));
+        listeners.console = Some(server::ConsoleListener {
+            listener,
+            tls: None,
+            session_idle,
+        });
+    }
     let server = tokio::spawn(async move {
-        server::serve(Listeners::grpc(listener), app, options, async {
+        server::serve(listeners, app, options, async {
             let _ = rx.await;
         })
         .await
@@ -415,6 +450,7 @@ pub async fn spawn_app_configured(
         shutdown: Some(tx),
         server: Some(server),
         digests,
+        console_addr,
     }
 }
 
@@ -426,7 +462,7 @@ pub fn ts(rfc3339: &str) -> prost_types::Timestamp {
     }
 }
 
-fn identifier(value: &str) -> Option<pb::PersonIdentifier> {
+pub fn identifier(value: &str) -> Option<pb::PersonIdentifier> {
     Some(pb::PersonIdentifier {
         scheme: pb::IdentifierScheme::NationalId as i32,
         issuing_country: "DE".into(),

@@ -4,14 +4,18 @@
 mod helpers;
 
 mod access;
+mod activity;
 mod audit;
+mod cases;
 mod cli;
 mod concurrency;
+mod console;
 mod faults;
 mod federation;
 mod hostile;
 mod import;
 mod ingest;
+mod investigation;
 mod lanes;
 mod ledger;
 mod limits;

@@ -7,5 +7,7 @@
 //! be tested, benchmarked and fuzzed alone.
 
 pub mod domain;
+pub mod dossier;
 pub mod rules;
+pub mod suggest;
 pub mod wire;

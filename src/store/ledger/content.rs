@@ -9,6 +9,7 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::domain::case::{CaseChange, CaseEvent};
 use crate::domain::flag_history::FlagStep;
 use crate::domain::ledger::{LedgerTable, MacInput};
 use crate::domain::{Clinic, RecordId};
@@ -312,4 +313,71 @@ pub(crate) fn federation_match(
         .text(peer)
         .int(i64::from(peer_donations))
         .instant(found_at)
+}
+/// An event of case `case_id`, following the event at sequence number
+/// `prev` (none for the event that opened it).
+pub(crate) fn case_event(case_id: i64, e: &CaseEvent, prev: Option<i64>) -> MacInput {
+    let columns = CaseEventColumns::of(&e.change);
+    MacInput::new(LedgerTable::CaseEvents, 1)
+        .int(case_id)
+        .int(i64::from(e.step))
+        .text(e.change.kind().as_str())
+        .instant(e.at)
+        .text(&e.key_id)
+        .text(&e.principal)
+        .opt_text(columns.title)
+        .opt_text(columns.summary)
+        .opt_int(columns.flag_id)
+        .opt_text(columns.assignee)
+        .opt_text(columns.from)
+        .opt_text(columns.to)
+        .opt_text(columns.referred_to)
+        .text(&e.note)
+        .opt_text(e.trace_id.as_deref())
+        .opt_text(e.own_trace_id.as_deref())
+        .opt_int(prev)
+}
+
+/// A case event's change as the nullable columns that store it.
+#[derive(Debug, Default)]
+pub(crate) struct CaseEventColumns<'a> {
+    pub title: Option<&'a str>,
+    pub summary: Option<&'a str>,
+    pub flag_id: Option<i64>,
+    pub assignee: Option<&'a str>,
+    pub from: Option<&'static str>,
+    pub to: Option<&'static str>,
+    pub referred_to: Option<&'a str>,
+}
+
+impl<'a> CaseEventColumns<'a> {
+    /// The columns of `change`; the others stay NULL.
+    pub(crate) fn of(change: &'a CaseChange) -> Self {
+        match change {
+            CaseChange::Opened { title, summary } => Self {
+                title: Some(title),
+                summary: Some(summary),
+                ..Self::default()
+            },
+            CaseChange::FlagAdded(id) | CaseChange::FlagRemoved(id) => Self {
+                flag_id: Some(*id),
+                ..Self::default()
+            },
+            CaseChange::Assigned(who) => Self {
+                assignee: Some(who),
+                ..Self::default()
+            },
+            CaseChange::StatusChanged {
+                from,
+                to,
+                referred_to,
+            } => Self {
+                from: Some(from.as_str()),
+                to: Some(to.as_str()),
+                referred_to: referred_to.as_deref(),
+                ..Self::default()
+            },
+            CaseChange::Noted => Self::default(),
+        }
+    }
 }

@@ -270,6 +270,9 @@ async fn entries_between(
                UNION ALL
                SELECT 11::smallint, ledger_seq, NULL, ledger_mac
                FROM federation_matches WHERE ledger_seq > $1 AND ledger_seq <= $2
+               UNION ALL
+               SELECT 20::smallint, ledger_seq, ledger_prev, ledger_mac
+               FROM case_events WHERE ledger_seq > $1 AND ledger_seq <= $2
            ) e ORDER BY seq"#,
         after,
         upto,

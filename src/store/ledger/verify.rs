@@ -33,7 +33,7 @@ use crate::domain::{Clinic, FlagStatus, RecordId, Severity, StepKind};
 use super::super::body::{RecordBody, parse};
 use super::super::chain::{ChainWalk, VersionEntry};
 use super::super::steps::{self, FlagRowState, StepColumns, StoredStep};
-use super::super::{Store, StoreError, row};
+use super::super::{Store, StoreError, cases, row};
 use super::content;
 
 /// The first thing found that does not hold.
@@ -141,7 +141,7 @@ impl Store {
         // one not sealed yet; that one's MAC is checked with the unsealed rows.
         let replaced_since: HashSet<i64> = unsealed
             .iter()
-            .filter(|r| r.table != LedgerTable::FlagEvents)
+            .filter(|r| !r.table.chains_steps())
             .filter_map(|r| r.prev)
             .collect();
         if let Some(found) =
@@ -157,6 +157,14 @@ impl Store {
         }
         if let Some(found) = self.check_flags(conn, report).await? {
             return Ok(Some(found));
+        }
+        if let Some((row, reason)) = self.first_broken_case(conn).await? {
+            return Ok(Some(Break {
+                table: LedgerTable::CaseEvents.name(),
+                row,
+                block: None,
+                reason,
+            }));
         }
         check_clinics(conn).await
     }
@@ -293,7 +301,7 @@ async fn check_blocks(
                 return Ok(Err(block_break(b.block, "its entries are out of order")));
             }
             for e in entries.iter().filter(|e| e.prev != 0) {
-                if e.table == LedgerTable::FlagEvents {
+                if e.table.chains_steps() {
                     index.followed.insert(e.prev);
                 } else {
                     index.superseded.insert(e.prev);
@@ -465,6 +473,8 @@ async fn check_numbered(conn: &mut PgConnection) -> Found<Break> {
                 WHERE ledger_seq IS NULL OR ledger_seq < 1 LIMIT 1)
                UNION ALL (SELECT 'federation_matches', id::text FROM federation_matches
                 WHERE ledger_seq IS NULL OR ledger_seq < 1 LIMIT 1)
+               UNION ALL (SELECT 'case_events', case_id || '/' || step FROM case_events
+                WHERE ledger_seq < 1 LIMIT 1)
            ) outside LIMIT 1"#
     )
     .fetch_optional(&mut *conn)
@@ -509,7 +519,7 @@ fn check_unsealed(
             ));
         }
         let Some(prev) = row.prev else { continue };
-        if row.table == LedgerTable::FlagEvents && index.followed.contains(&prev) {
+        if row.table.chains_steps() && index.followed.contains(&prev) {
             return Some(row.broken(
                 None,
                 "it follows a step that a sealed step followed already: a step was deleted",
@@ -888,6 +898,16 @@ async fn ledger_rows(
             genuine: mac_ok(ledger, &input, r.ledger_mac.as_deref()),
             mac: r.ledger_mac,
             label: format!("federation match {}", r.id),
+        });
+    }
+    for r in cases::case_event_rows(conn, lo, Some(hi)).await? {
+        rows.push(LedgerRow {
+            table: LedgerTable::CaseEvents,
+            seq: r.ledger_seq,
+            prev: r.ledger_prev,
+            genuine: r.genuine(ledger),
+            label: format!("case {} event {}", r.case_id, r.step),
+            mac: Some(r.ledger_mac),
         });
     }
     Ok(rows)

@@ -223,6 +223,54 @@ impl FlagStatus {
 }
 
 text_enum! {
+    /// Where an investigation case stands.
+    CaseStatus {
+        Open = "OPEN",
+        Investigating = "INVESTIGATING",
+        Referred = "REFERRED",
+        Closed = "CLOSED",
+    }
+}
+
+impl CaseStatus {
+    /// Whether a case may move from `self` to `to`: OPEN → INVESTIGATING →
+    /// REFERRED | CLOSED, and a referred or closed case back to
+    /// INVESTIGATING.
+    pub const fn can_move_to(self, to: CaseStatus) -> bool {
+        matches!(
+            (self, to),
+            (CaseStatus::Open, CaseStatus::Investigating)
+                | (
+                    CaseStatus::Investigating,
+                    CaseStatus::Referred | CaseStatus::Closed
+                )
+                | (
+                    CaseStatus::Referred | CaseStatus::Closed,
+                    CaseStatus::Investigating
+                )
+        )
+    }
+}
+
+text_enum! {
+    /// What one event in a case's life did.
+    CaseEventKind {
+        /// The case was opened, with its title and summary (the first event).
+        Opened = "OPENED",
+        /// A flag joined the case.
+        FlagAdded = "FLAG_ADDED",
+        /// A flag left the case.
+        FlagRemoved = "FLAG_REMOVED",
+        /// The case was given to a principal.
+        Assigned = "ASSIGNED",
+        /// The case moved from one status to another.
+        StatusChanged = "STATUS_CHANGED",
+        /// A note was added.
+        Noted = "NOTED",
+    }
+}
+
+text_enum! {
     /// What one step in a flag's life did.
     StepKind {
         /// A rule raised the flag: what it found (the first step, always).

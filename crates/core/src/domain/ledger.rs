@@ -47,11 +47,13 @@ pub enum LedgerTable {
     FederationExchanges = 10,
     /// A local record whose living donor a peer registry holds too.
     FederationMatches = 11,
+    /// An event in an investigation case's life, from the one that opened it.
+    CaseEvents = 20,
 }
 
 impl LedgerTable {
     /// Every table, in tag order.
-    pub const ALL: [LedgerTable; 11] = [
+    pub const ALL: [LedgerTable; 12] = [
         LedgerTable::Records,
         LedgerTable::RecordVersions,
         LedgerTable::FlagEvents,
@@ -63,6 +65,7 @@ impl LedgerTable {
         LedgerTable::FederationPeers,
         LedgerTable::FederationExchanges,
         LedgerTable::FederationMatches,
+        LedgerTable::CaseEvents,
     ];
 
     /// The table's name in the database.
@@ -79,7 +82,15 @@ impl LedgerTable {
             LedgerTable::FederationPeers => "federation_peers",
             LedgerTable::FederationExchanges => "federation_exchanges",
             LedgerTable::FederationMatches => "federation_matches",
+            LedgerTable::CaseEvents => "case_events",
         }
+    }
+
+    /// Whether the table's rows stay once written, each naming the row of
+    /// its chain it follows (a flag's or a case's steps), rather than being
+    /// replaced in place by a later state.
+    pub const fn chains_steps(self) -> bool {
+        matches!(self, LedgerTable::FlagEvents | LedgerTable::CaseEvents)
     }
 
     /// The table of a tag, if it names one.

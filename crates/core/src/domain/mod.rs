@@ -1,6 +1,8 @@
 //! Plain, valid-by-construction types of the transplant domain. No I/O here.
 
 pub mod access;
+pub mod activity;
+pub mod case;
 pub mod chain;
 pub mod clinic;
 pub mod country;
@@ -11,8 +13,10 @@ pub mod hla;
 pub mod hospital;
 pub mod identity;
 pub mod ledger;
+pub mod network;
 pub mod page_token;
 pub mod record;
+pub mod search;
 pub mod stored;
 pub mod validation;
 

@@ -129,6 +129,18 @@ impl<I> TransplantRecord<I> {
     pub fn recipient_is_foreign(&self) -> bool {
         self.recipient.is_non_resident_of(self.procedure_country)
     }
+
+    /// Whether the donor is a living unrelated donor: declared
+    /// `UNRELATED_DIRECTED` (not family, not emotionally related, not a
+    /// paired exchange, not altruistic).
+    pub fn donor_is_unrelated_living(&self) -> bool {
+        matches!(
+            self.donor.kind,
+            DonorKind::Living {
+                relation: DonorRelation::UnrelatedDirected
+            }
+        )
+    }
 }
 
 impl<I> Person<I> {

@@ -7,7 +7,7 @@
 use super::ClinicWindow;
 use super::config::{ClusterConfig, NonResidentShareConfig, SurgeConfig};
 use super::engine::{Hit, count, instant};
-use crate::domain::{DonorKind, DonorRelation, Person, Record, RecordId, Severity};
+use crate::domain::{DonorKind, Person, Record, RecordId, Severity};
 
 /// `TOURISM_FOREIGN_PAIR`: an unrelated living donor where donor or recipient is foreign.
 pub(super) fn foreign_pair(record: &Record) -> Option<Hit> {
@@ -167,18 +167,14 @@ fn is_living(record: &Record) -> bool {
 }
 
 fn is_unrelated_living(record: &Record) -> bool {
-    matches!(
-        record.donor.kind,
-        DonorKind::Living {
-            relation: DonorRelation::UnrelatedDirected
-        }
-    )
+    record.donor_is_unrelated_living()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::CountryCode;
+    use crate::domain::DonorRelation;
     use crate::rules::fixtures::*;
 
     fn unrelated(donor_from: Option<&str>, recipient_from: Option<&str>) -> Record {

@@ -7,10 +7,10 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::validation::{self, Field, Violations, check_age, check_hospital_id, check_id};
 use crate::domain::{
-    AboException, AboGroup, Clinic, ClinicStatus, CountryCode, DeathKind, Donor, DonorKind,
-    DonorRelation, DonorType, FlagStatus, HlaTyping, IdentifierScheme, Laterality, Organ, Person,
-    PersonIdentifier, Record, RhFactor, Role, Severity, Sex, StepKind, Submission,
-    TransplantRecord,
+    AboException, AboGroup, CaseEventKind, CaseStatus, Clinic, ClinicStatus, CountryCode,
+    DeathKind, Donor, DonorKind, DonorRelation, DonorType, FlagStatus, HlaTyping, IdentifierScheme,
+    Laterality, Organ, Person, PersonIdentifier, Record, RhFactor, Role, Severity, Sex, StepKind,
+    Submission, TransplantRecord,
 };
 use crate::domain::{ClinicVersion, FlagEvent, FlagView, RecordView};
 
@@ -107,6 +107,23 @@ proto_enum!(
 );
 proto_enum!(ClinicStatus, ClinicStatus, [Active, Suspended, Revoked]);
 proto_enum!(Role, Role, [Hospital, Auditor, Admin]);
+proto_enum!(
+    CaseStatus,
+    CaseStatus,
+    [Open, Investigating, Referred, Closed]
+);
+proto_enum!(
+    CaseEventKind,
+    CaseEventKind,
+    [
+        Opened,
+        FlagAdded,
+        FlagRemoved,
+        Assigned,
+        StatusChanged,
+        Noted
+    ]
+);
 
 /// A required enum field: unspecified is "missing", an undefined number is "unknown".
 pub fn required<T: ProtoEnum>(v: &mut Violations, field: impl fmt::Display, raw: i32) -> Option<T> {

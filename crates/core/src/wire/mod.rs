@@ -3,8 +3,11 @@
 //! `import`, the benches, the fuzz target and the load generator all speak
 //! it through this module.
 
+pub mod activity;
 pub mod codec;
 pub mod convert;
+pub mod flags_csv;
+pub mod investigation;
 pub mod listing;
 pub mod ndjson;
 

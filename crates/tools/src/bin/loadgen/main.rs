@@ -20,9 +20,15 @@
 //! key: ListFlags first and next pages for a few common filters, `--rounds`
 //! times each, p50/p99 per filter and page against a p99 target of 5 ms
 //! (see `listing.rs`); nothing is written.
+//!
+//! `--mode investigate` measures InvestigationService with an AUDITOR key:
+//! SearchRecords by donor and by clinic and month, GetNetwork at depth 2
+//! from a flag, `--rounds` times each, p50/p99 against each call's target
+//! (see `investigate.rs`); only the access log is written.
 
 mod baseline;
 mod grpc;
+mod investigate;
 mod listing;
 mod probe;
 mod report;
@@ -58,6 +64,8 @@ enum Mode {
     Both,
     /// ListFlags first and next pages for common filters (an AUDITOR key); no ingest.
     ListFlags,
+    /// SearchRecords and GetNetwork latencies (an AUDITOR key); no ingest.
+    Investigate,
 }
 
 /// Load generator for transplant-audit: synthetic records over gRPC, measured
@@ -69,7 +77,7 @@ struct Args {
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     endpoint: String,
     /// API key sent as `authorization: Bearer <key>` on every call (a HOSPITAL key for
-    /// ingest, an AUDITOR key for list-flags).
+    /// ingest, an AUDITOR key for list-flags and investigate).
     #[arg(long, env = "TRANSPLANT_AUDIT_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// API key for registering the clinics (an ADMIN key); --api-key when unset.
@@ -88,10 +96,10 @@ struct Args {
     /// Which gRPC phases to run.
     #[arg(long, value_enum, default_value_t = Mode::Both)]
     mode: Mode,
-    /// list-flags: first-and-next-page pairs measured per filter.
+    /// list-flags: first-and-next-page pairs measured per filter; investigate: calls per kind.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     rounds: u32,
-    /// list-flags: flags per page.
+    /// list-flags: flags per page; investigate: records per search page.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i32).range(1..=500))]
     page_size: i32,
     /// The server's database, for the raw-insert baselines (a scratch table is created and dropped).
@@ -132,6 +140,9 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.mode == Mode::ListFlags {
         return list_flags(&args).await;
+    }
+    if args.mode == Mode::Investigate {
+        return investigation(&args).await;
     }
     let run_id = args.run_id.clone().unwrap_or_else(unix_time);
     let n = args.records as usize;
@@ -243,6 +254,18 @@ async fn list_flags(args: &Args) -> anyhow::Result<ExitCode> {
         page_size: args.page_size,
     };
     let report = listing::run(channel, args.api_key.as_deref(), &settings).await?;
+    finish(&report, args)
+}
+
+/// The investigate mode: SearchRecords and GetNetwork latencies, judged on their targets.
+async fn investigation(args: &Args) -> anyhow::Result<ExitCode> {
+    let channel = grpc::connect(&args.endpoint).await?;
+    let settings = investigate::Settings {
+        endpoint: args.endpoint.clone(),
+        rounds: args.rounds as usize,
+        page_size: args.page_size,
+    };
+    let report = investigate::run(channel, args.api_key.as_deref(), &settings).await?;
     finish(&report, args)
 }
 
