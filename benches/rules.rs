@@ -46,6 +46,7 @@ impl Case {
             clinic: self.clinic.map(|i| &clinics[i]),
             donor_history: &self.history,
             clinic_window: &self.window,
+            peer_matches: &[],
         }
     }
 }

@@ -109,9 +109,68 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub ledger: LedgerArgs,
 
+    /// Federation with peer registries.
+    #[command(flatten)]
+    pub federation: FederationArgs,
+
     /// Limits and timing.
     #[command(flatten)]
     pub options: ServeOptions,
+}
+
+/// This registry's certificate in federation: its server certificate on
+/// FEDERATION_ADDR and its client certificate when it syncs.
+#[derive(Debug, Clone, Args)]
+pub struct FederationTlsArgs {
+    /// PEM certificate chain of this registry in federation.
+    #[arg(long, env = "FEDERATION_CERT_FILE", requires = "federation_key_file")]
+    pub federation_cert_file: Option<PathBuf>,
+
+    /// PEM private key of FEDERATION_CERT_FILE.
+    #[arg(long, env = "FEDERATION_KEY_FILE", requires = "federation_cert_file")]
+    pub federation_key_file: Option<PathBuf>,
+}
+
+impl FederationTlsArgs {
+    /// The certificate and key, read; `None` when not configured.
+    pub fn pem(&self) -> Result<Option<PemPair>, ConfigError> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|source| ConfigError::TlsFile {
+                path: path.clone(),
+                source,
+            })
+        };
+        match (&self.federation_cert_file, &self.federation_key_file) {
+            (Some(cert), Some(key)) => Ok(Some((read(cert)?, read(key)?))),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A PEM certificate chain and its private key.
+pub type PemPair = (Vec<u8>, Vec<u8>);
+
+/// The federation listener and its limits.
+#[derive(Debug, Clone, Args)]
+pub struct FederationArgs {
+    /// Address of the federation listener (FederationService, mutual TLS
+    /// only); none when unset.
+    #[arg(long, env = "FEDERATION_ADDR", requires = "federation_cert_file")]
+    pub federation_addr: Option<SocketAddr>,
+
+    /// This registry's certificate in federation.
+    #[command(flatten)]
+    pub tls: FederationTlsArgs,
+
+    /// Elements one peer may have raised here per day (UTC); more are
+    /// refused with RESOURCE_EXHAUSTED, and logged.
+    #[arg(long, env = "FEDERATION_DAILY_CEILING", default_value_t = crate::federation::DEFAULT_DAILY_CEILING)]
+    pub federation_daily_ceiling: u64,
+
+    /// Seconds between syncs with every configured peer, run by the
+    /// server; none when unset.
+    #[arg(long = "federation-sync-interval-secs", env = "FEDERATION_SYNC_INTERVAL_SECS", value_name = "SECS", value_parser = positive_seconds)]
+    pub federation_sync_interval: Option<Duration>,
 }
 
 /// The registry's Ed25519 signing key: it signs ledger digests and

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use crate::domain::{Clinic, Fingerprint, Record, RecordId};
-use crate::rules::{ClinicWindow, Engine, Finding, PriorDonation, RuleContext, RuleId};
+use crate::rules::{ClinicWindow, Engine, Finding, PeerMatch, PriorDonation, RuleContext, RuleId};
 use crate::telemetry::metrics;
 
 /// The context of a group of records, in record-id order.
@@ -24,6 +24,9 @@ pub struct GroupContext {
     pub donations: HashMap<Fingerprint, Vec<PriorDonation>>,
     /// Each record's clinic windows, complete, in the group's order.
     pub windows: Vec<ClinicWindow>,
+    /// Peer registries that hold a record's living donor too, by record
+    /// (stored federation matches; none for records not yet stored).
+    pub peer_matches: HashMap<RecordId, Vec<PeerMatch>>,
 }
 
 /// Which rules to run, and whether to trace them.
@@ -55,6 +58,7 @@ impl GroupContext {
                     clinic: clinics.get(&record.clinic_id),
                     donor_history: self.history_before(id, record),
                     clinic_window: window,
+                    peer_matches: self.peer_matches.get(&id).map_or(&[], Vec::as_slice),
                 };
                 match evaluation {
                     Evaluation::Rescan(rules) => engine.evaluate_only(record, &ctx, rules),

@@ -14,6 +14,7 @@ pub mod console;
 pub mod context;
 pub mod dossier;
 pub mod export;
+pub mod federation;
 pub mod import;
 pub mod incoming;
 pub mod ingest;

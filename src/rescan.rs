@@ -315,14 +315,19 @@ impl Reader {
         let probes = WindowProbes::of(&chunk, &self.config);
         let deceased: Vec<WindowProbe> = probes.deceased.iter().map(|(_, p)| p.clone()).collect();
         let store = &self.store;
-        let (donations, existing, living, deceased) = tokio::try_join!(
+        let (donations, existing, living, deceased, peer_matches) = tokio::try_join!(
             store.donor_histories(&donors, history_before),
             store.existing_flags(&ids, &self.rule_ids),
             store.clinic_windows(&probes.living),
             self.deceased.counts(store, &deceased),
+            store.peer_matches(&ids),
         )?;
         let windows = probes.windows(chunk.len(), living, deceased);
-        let mut group = GroupContext { donations, windows };
+        let mut group = GroupContext {
+            donations,
+            windows,
+            peer_matches,
+        };
         if whole_span {
             // The chunk's records are earlier donations to the ones after them.
             group.add_group_donations(chunk.iter().map(|r| (r.id, &r.record)));

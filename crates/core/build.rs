@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "../../proto/transplant_audit/v1/registry.proto",
     "../../proto/transplant_audit/v1/audit.proto",
     "../../proto/transplant_audit/v1/admin.proto",
+    "../../proto/transplant_audit/v1/federation.proto",
     "../../proto/transplant_audit/v1/activity.proto",
     "../../proto/transplant_audit/v1/cases.proto",
     "../../proto/transplant_audit/v1/investigation.proto",

@@ -14,9 +14,11 @@ use chrono::Utc;
 use crate::domain::access::{KeySpec, NewApiKey};
 use crate::domain::ledger::{Digest, PublicKey};
 use crate::domain::{Role, Violations};
+use crate::federation::peers::check_peer;
 use crate::rescan::{self, RescanReport, RescanRequest};
 use crate::rules::{Engine, RuleId};
 use crate::store::Store;
+use crate::store::federation::Peer;
 use crate::store::keys::ApiKey;
 use crate::store::rescan::TransplantRange;
 
@@ -266,6 +268,53 @@ impl AdminService for AdminApi {
         }))
     }
 
+    async fn add_federation_peer(
+        &self,
+        request: Request<pb::AddFederationPeerRequest>,
+    ) -> Result<Response<pb::AddFederationPeerResponse>, Status> {
+        let admin = caller(&request)?.principal.clone();
+        let Some(peer) = request.into_inner().peer else {
+            return Err(invalid_field("peer", "is required"));
+        };
+        let v = check_peer("peer.", &peer.name, &peer.address, &peer.ca_pem);
+        if !v.0.is_empty() {
+            return Err(invalid(v));
+        }
+        let added = self
+            .store
+            .add_peer(&peer.name, &peer.address, &peer.ca_pem, &admin)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(by = %admin, peer = %added.name, "federation peer added");
+        Ok(Response::new(pb::AddFederationPeerResponse {
+            peer: Some(peer_to_proto(&added)),
+        }))
+    }
+
+    async fn list_federation_peers(
+        &self,
+        _request: Request<pb::ListFederationPeersRequest>,
+    ) -> Result<Response<pb::ListFederationPeersResponse>, Status> {
+        let peers = self.store.peers().await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::ListFederationPeersResponse {
+            peers: peers.iter().map(peer_to_proto).collect(),
+        }))
+    }
+
+    async fn remove_federation_peer(
+        &self,
+        request: Request<pb::RemoveFederationPeerRequest>,
+    ) -> Result<Response<pb::RemoveFederationPeerResponse>, Status> {
+        let admin = caller(&request)?.principal.clone();
+        let name = &request.get_ref().name;
+        if name.is_empty() {
+            return Err(invalid_field("name", "is required"));
+        }
+        self.store.remove_peer(name).await.map_err(ApiError::from)?;
+        tracing::info!(by = %admin, peer = %name, "federation peer removed");
+        Ok(Response::new(pb::RemoveFederationPeerResponse {}))
+    }
+
     async fn verify_audit_trail(
         &self,
         request: Request<pb::VerifyAuditTrailRequest>,
@@ -319,5 +368,15 @@ fn key_to_proto(key: &ApiKey) -> pb::ApiKey {
         revoked_at: key.revoked_at.map(timestamp),
         principal: key.principal.clone(),
         issued_by: key.issued_by.clone().unwrap_or_default(),
+    }
+}
+
+fn peer_to_proto(p: &Peer) -> pb::FederationPeer {
+    pb::FederationPeer {
+        name: p.name.clone(),
+        address: p.address.clone(),
+        ca_pem: p.ca_pem.clone(),
+        added_at: Some(timestamp(p.added_at)),
+        added_by: p.added_by.clone(),
     }
 }

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod call_cap;
 mod cases;
 pub mod client_cert;
+pub mod federation;
 #[cfg(test)]
 mod hostile_input;
 pub mod ingest;

@@ -22,6 +22,7 @@ use crate::ingest::IngestError;
 use crate::ingest::stream::StreamError;
 use crate::rescan::RescanError;
 use crate::store::cases::CaseError;
+use crate::store::federation::PeerError;
 use crate::store::{StoreError, TriageError};
 use crate::watch::WatchEnd;
 
@@ -58,6 +59,8 @@ pub enum Resource {
     ApiKey,
     /// A rescan run, by id.
     RescanRun(i64),
+    /// A federation peer, by name.
+    FederationPeer(String),
     /// A stored record, by the service's id.
     StoredRecord,
     /// A hospital's record, by its own id.
@@ -78,6 +81,7 @@ impl fmt::Display for Resource {
             Resource::Clinic(id) => write!(f, "clinic {id:?} is not registered"),
             Resource::ApiKey => f.write_str("no such API key"),
             Resource::RescanRun(run) => write!(f, "no rescan run {run}"),
+            Resource::FederationPeer(name) => write!(f, "no peer named {name:?} is configured"),
             Resource::StoredRecord => f.write_str("record not found"),
             Resource::Record {
                 hospital_id,
@@ -245,6 +249,23 @@ pub enum ApiError {
     /// The server is stopping; another replica (or this one, restarted) answers.
     #[error("the server is shutting down; retry, resuming from your last cursor")]
     ShuttingDown,
+    /// A federation peer of that name is configured already.
+    #[error("a peer named {0:?} is configured already; remove it first")]
+    PeerExists(String),
+    /// A federation client whose certificate chains to no configured
+    /// peer's CA (or that presented none).
+    #[error(
+        "this registry federates only with configured peers; no peer's CA signed your certificate"
+    )]
+    NotAPeer,
+    /// A peer asked for more elements today than its ceiling allows.
+    #[error("{used} of your {ceiling} elements a day are raised already; retry tomorrow (UTC)")]
+    FederationCeiling {
+        /// Elements raised for the peer today.
+        used: u64,
+        /// Its daily ceiling.
+        ceiling: u64,
+    },
     /// Anything else; the cause is in the server's log, never in the answer.
     #[error("internal error")]
     Internal,
@@ -268,6 +289,9 @@ impl ApiError {
             NotFound(Resource::Clinic(_)) => (Code::NotFound, "CLINIC_NOT_FOUND", None),
             NotFound(Resource::ApiKey) => (Code::NotFound, "API_KEY_NOT_FOUND", None),
             NotFound(Resource::RescanRun(_)) => (Code::NotFound, "RESCAN_RUN_NOT_FOUND", None),
+            NotFound(Resource::FederationPeer(_)) => {
+                (Code::NotFound, "FEDERATION_PEER_NOT_FOUND", None)
+            }
             NotFound(Resource::Record { .. }) => (Code::NotFound, "RECORD_NOT_FOUND", None),
             NotFound(Resource::StoredRecord) => (Code::NotFound, "RECORD_ID_NOT_FOUND", None),
             RecordConflict { .. } => (Code::AlreadyExists, "RECORD_CONFLICT", None),
@@ -314,6 +338,9 @@ impl ApiError {
             }
             Unavailable => (Code::Unavailable, "DATABASE_UNAVAILABLE", Some(RETRY_DELAY)),
             ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN", Some(RETRY_DELAY)),
+            PeerExists(_) => (Code::AlreadyExists, "FEDERATION_PEER_EXISTS", None),
+            NotAPeer => (Code::PermissionDenied, "NOT_A_PEER", None),
+            FederationCeiling { .. } => (Code::ResourceExhausted, "FEDERATION_CEILING", None),
             Internal => (Code::Internal, "INTERNAL", None),
         }
     }
@@ -346,6 +373,11 @@ impl ApiError {
                 "request_message_timeout_secs".to_owned(),
                 secs_value(*timeout),
             )]
+            .into(),
+            ApiError::FederationCeiling { used, ceiling } => [
+                ("elements_raised_today".to_owned(), used.to_string()),
+                ("federation_daily_ceiling".to_owned(), ceiling.to_string()),
+            ]
             .into(),
             _ => HashMap::new(),
         }
@@ -393,6 +425,16 @@ impl From<StoreError> for ApiError {
         } else {
             tracing::error!(error = %err, "database error");
             ApiError::Internal
+        }
+    }
+}
+
+impl From<PeerError> for ApiError {
+    fn from(err: PeerError) -> Self {
+        match err {
+            PeerError::Exists(name) => ApiError::PeerExists(name),
+            PeerError::Unknown(name) => ApiError::NotFound(Resource::FederationPeer(name)),
+            PeerError::Store(e) => e.into(),
         }
     }
 }
@@ -670,6 +712,13 @@ mod tests {
             },
             ApiError::Unavailable,
             ApiError::ShuttingDown,
+            ApiError::PeerExists("kz".into()),
+            ApiError::NotFound(Resource::FederationPeer("kz".into())),
+            ApiError::NotAPeer,
+            ApiError::FederationCeiling {
+                used: 10,
+                ceiling: 12,
+            },
             ApiError::Internal,
         ]
     }
@@ -724,6 +773,12 @@ mod tests {
             }
             Unavailable => (Code::Unavailable, "DATABASE_UNAVAILABLE", true),
             ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN", true),
+            PeerExists(_) => (Code::AlreadyExists, "FEDERATION_PEER_EXISTS", false),
+            NotFound(Resource::FederationPeer(_)) => {
+                (Code::NotFound, "FEDERATION_PEER_NOT_FOUND", false)
+            }
+            NotAPeer => (Code::PermissionDenied, "NOT_A_PEER", false),
+            FederationCeiling { .. } => (Code::ResourceExhausted, "FEDERATION_CEILING", false),
             Internal => (Code::Internal, "INTERNAL", false),
         }
     }
@@ -753,7 +808,7 @@ mod tests {
                 assert!(!message.contains("database error"), "{message}");
             }
         }
-        assert_eq!(reasons.len(), 35, "one_of_each lists every reason");
+        assert_eq!(reasons.len(), 39, "one_of_each lists every reason");
     }
 
     #[test]

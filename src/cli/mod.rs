@@ -1,6 +1,7 @@
 //! The command line: one subcommand per task, each with only the flags it
 //! reads, and exit codes that tell failures apart.
 
+mod federation;
 mod import;
 mod keys;
 mod ledger;
@@ -91,6 +92,9 @@ pub enum Command {
     /// interrupted run of the same file.
     #[command(after_help = EXIT_CODES)]
     Import(import::ImportArgs),
+    /// Federation with peer registries: the peers, and syncs.
+    #[command(subcommand)]
+    Federation(federation::FederationCommand),
 }
 
 /// Why a command failed; each kind has its exit status.
@@ -170,6 +174,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::VerifyDossier(args) => verify_dossier::run(&args),
         Command::Ledger(command) => ledger::run(command).await,
         Command::Import(args) => import::run(args).await,
+        Command::Federation(command) => federation::run(command).await,
     }
 }
 

@@ -4,7 +4,11 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 
+use crate::api::federation::FederationApi;
 use crate::config::{ConfigError, ServeArgs, Transport};
+use crate::domain::FederationKey;
+use crate::federation::peers::PeerCas;
+use crate::federation::sync::Syncer;
 use crate::seal::Sinks;
 use crate::server::{self, App, ConsoleListener, Listeners, Sealing};
 use crate::telemetry;
@@ -35,7 +39,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
              registry cannot federate"
         ),
     }
-    let result = run(&args, transport, console, app).await;
+    let result = run(&args, transport, console, app, db.federation.clone()).await;
     db.close(result).await
 }
 
@@ -44,6 +48,7 @@ async fn run(
     transport: Transport,
     console: Option<(SocketAddr, Transport)>,
     app: App,
+    federation_key: Option<FederationKey>,
 ) -> Result<(), CliError> {
     let tls = match transport {
         Transport::Tls(pem) => Some(pem),
@@ -89,6 +94,7 @@ async fn run(
         }
         None => None,
     };
+    let federation = federation(args, &app, federation_key).await?;
     let grpc = bind(args.listen_addr).await?;
     tracing::info!(
         addr = %grpc.local_addr().map_err(anyhow::Error::from)?,
@@ -108,6 +114,7 @@ async fn run(
         server::shutdown_signal(),
     )
     .await;
+    federation.stop().await;
     metrics.abort();
     served.map_err(|e| CliError::Other(e.into()))
 }
@@ -153,6 +160,124 @@ fn sealing(args: &ServeArgs) -> Result<Sealing, CliError> {
         sinks,
         interval: args.ledger.seal_interval(),
     })
+}
+
+/// The federation listener and the periodic sync, while they run.
+struct Federation {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Federation {
+    /// Stops the listener (letting its calls finish) and the sync.
+    async fn stop(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Some(stop) = self.stop {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server {
+            let _ = server.await;
+        }
+    }
+}
+
+/// Starts the federation listener when FEDERATION_ADDR is set, and the
+/// periodic sync when FEDERATION_SYNC_INTERVAL_SECS is.
+async fn federation(
+    args: &ServeArgs,
+    app: &App,
+    key: Option<FederationKey>,
+) -> Result<Federation, CliError> {
+    let mut running = Federation {
+        tasks: Vec::new(),
+        stop: None,
+        server: None,
+    };
+    let settings = &args.federation;
+    if settings.federation_addr.is_none() && settings.federation_sync_interval.is_none() {
+        return Ok(running);
+    }
+    let key = key.ok_or_else(|| {
+        CliError::Usage("federation needs a federation key: set FEDERATION_KEY".into())
+    })?;
+    let identity = settings.tls.pem()?.ok_or_else(|| {
+        CliError::Usage("federation needs FEDERATION_CERT_FILE and FEDERATION_KEY_FILE".into())
+    })?;
+    if let Some(addr) = settings.federation_addr {
+        let (peers, reload) = PeerCas::load(app.store.clone()).await?;
+        running.tasks.push(reload);
+        let tls = crate::federation::serve::tls_config(&identity.0, &identity.1, peers.clone())
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        let listener = bind(addr).await?;
+        tracing::info!(
+            addr = %listener.local_addr().map_err(anyhow::Error::from)?,
+            daily_ceiling = settings.federation_daily_ceiling,
+            "serving federation"
+        );
+        let api = FederationApi::new(
+            app.store.clone(),
+            key.clone(),
+            peers,
+            settings.federation_daily_ceiling,
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handshake = args.options.handshake_timeout;
+        running.stop = Some(stop);
+        running.server = Some(tokio::spawn(async move {
+            let served = crate::federation::serve::serve(listener, tls, api, handshake, async {
+                let _ = stopped.await;
+            })
+            .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the federation listener failed");
+            }
+        }));
+    }
+    if let Some(interval) = settings.federation_sync_interval {
+        let syncer = Syncer {
+            store: app.store.clone(),
+            engine: app.engine.clone(),
+            key,
+            identity,
+        };
+        running
+            .tasks
+            .push(tokio::spawn(sync_every(syncer, interval)));
+    }
+    Ok(running)
+}
+
+/// Syncs with every configured peer, then again every `interval`.
+async fn sync_every(syncer: Syncer, interval: std::time::Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let peers = match syncer.store.peers().await {
+            Ok(peers) => peers,
+            Err(e) => {
+                tracing::warn!(error = %e, "periodic federation sync: reading the peers failed");
+                continue;
+            }
+        };
+        for peer in peers {
+            match syncer.sync(&peer.name, None, |_| {}).await {
+                Ok(r) => tracing::info!(
+                    peer = %r.peer,
+                    sent = r.sent,
+                    peer_set = r.peer_set,
+                    matched_donors = r.matched_donors,
+                    matched_records = r.matched_records,
+                    flags_raised = r.flags_raised,
+                    "federation sync done"
+                ),
+                Err(e) => tracing::warn!(peer = %peer.name, error = %e, "federation sync failed"),
+            }
+        }
+    }
 }
 
 /// Binds `addr`, naming it in the error.

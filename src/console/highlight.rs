@@ -38,6 +38,7 @@ pub fn fields_of(rule_id: &str) -> &'static [&'static str] {
             "recipient.hla",
         ],
         AnatomicalMaximum => &["donor.fingerprint", "donor.type", "organ", "laterality"],
+        CrossBorderRepeatLivingDonor => &["donor.type"],
         RepeatForeignLivingDonor => &[
             "donor.fingerprint",
             "donor.type",

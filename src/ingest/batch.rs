@@ -194,6 +194,17 @@ pub(super) struct Context {
 }
 
 impl Context {
+    /// Adds what federation syncs found about stored records: an amended
+    /// record keeps its peers' matches (a new record has none).
+    pub(super) async fn with_peer_matches(
+        mut self,
+        tx: &mut IngestTx,
+        ids: &[RecordId],
+    ) -> Result<Self, StoreError> {
+        self.group.peer_matches = tx.peer_matches(ids).await?;
+        Ok(self)
+    }
+
     /// Three statements at most (clinics, donor histories, clinic windows),
     /// at once where the pool has idle connections. `fresh` is in id order,
     /// none of it counted in what is stored.
@@ -239,7 +250,11 @@ impl Context {
         for (k, window) in reading.into_iter().zip(loaded) {
             windows[k] = window;
         }
-        let mut group = GroupContext { donations, windows };
+        let mut group = GroupContext {
+            donations,
+            windows,
+            ..GroupContext::default()
+        };
         group.add_group_donations(fresh.iter().copied());
         count_earlier_in_windows(&mut group.windows, &specs, fresh);
         Ok(Self { clinics, group })

@@ -242,6 +242,8 @@ impl Ingestor {
         let group = [(existing.id, &record)];
         let context = batch::Context::load(&mut tx, &self.engine, &group)
             .instrument(info_span!("context"))
+            .await?
+            .with_peer_matches(&mut tx, &[existing.id])
             .await?;
         let findings = info_span!("rules").in_scope(|| context.evaluate(&self.engine, &group));
         let findings = findings.into_iter().next().unwrap_or_default();

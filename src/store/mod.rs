@@ -7,6 +7,7 @@ pub mod cases;
 pub mod chain;
 mod context;
 pub mod dossier;
+pub mod federation;
 pub mod feed;
 pub mod flags;
 pub mod imports;

@@ -245,6 +245,75 @@ impl Access<'_> {
     }
 }
 
+/// A peer registry's state.
+pub(crate) struct PeerState<'a> {
+    pub name: &'a str,
+    pub address: &'a str,
+    pub ca_pem: &'a str,
+    pub added_at: DateTime<Utc>,
+    pub added_by: &'a str,
+    pub removed_at: Option<DateTime<Utc>>,
+    pub seq: i64,
+    pub prev: Option<i64>,
+}
+
+impl PeerState<'_> {
+    /// The MAC input.
+    pub(crate) fn input(&self) -> MacInput {
+        MacInput::new(LedgerTable::FederationPeers, 1)
+            .text(self.name)
+            .text(self.address)
+            .text(self.ca_pem)
+            .instant(self.added_at)
+            .text(self.added_by)
+            .opt_instant(self.removed_at)
+            .int(self.seq)
+            .opt_int(self.prev)
+    }
+}
+
+/// One call of a federation exchange.
+pub(crate) struct Exchange<'a> {
+    pub at: DateTime<Utc>,
+    pub peer: &'a str,
+    pub side: &'a str,
+    pub call: &'a str,
+    pub exchange_id: &'a str,
+    pub elements_in: i64,
+    pub elements_out: i64,
+    pub outcome: &'a str,
+    pub detail: &'a str,
+}
+
+impl Exchange<'_> {
+    /// The MAC input.
+    pub(crate) fn input(&self) -> MacInput {
+        MacInput::new(LedgerTable::FederationExchanges, 1)
+            .instant(self.at)
+            .text(self.peer)
+            .text(self.side)
+            .text(self.call)
+            .text(self.exchange_id)
+            .int(self.elements_in)
+            .int(self.elements_out)
+            .text(self.outcome)
+            .text(self.detail)
+    }
+}
+
+/// A record whose living donor a peer holds too.
+pub(crate) fn federation_match(
+    record_id: i64,
+    peer: &str,
+    peer_donations: i32,
+    found_at: DateTime<Utc>,
+) -> MacInput {
+    MacInput::new(LedgerTable::FederationMatches, 1)
+        .int(record_id)
+        .text(peer)
+        .int(i64::from(peer_donations))
+        .instant(found_at)
+}
 /// An event of case `case_id`, following the event at sequence number
 /// `prev` (none for the event that opened it).
 pub(crate) fn case_event(case_id: i64, e: &CaseEvent, prev: Option<i64>) -> MacInput {

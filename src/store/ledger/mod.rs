@@ -262,6 +262,15 @@ async fn entries_between(
                SELECT 8::smallint, ledger_seq, NULL, ledger_mac
                FROM access_log WHERE ledger_seq > $1 AND ledger_seq <= $2
                UNION ALL
+               SELECT 9::smallint, ledger_seq, ledger_prev, ledger_mac
+               FROM federation_peers WHERE ledger_seq > $1 AND ledger_seq <= $2
+               UNION ALL
+               SELECT 10::smallint, ledger_seq, NULL, ledger_mac
+               FROM federation_exchanges WHERE ledger_seq > $1 AND ledger_seq <= $2
+               UNION ALL
+               SELECT 11::smallint, ledger_seq, NULL, ledger_mac
+               FROM federation_matches WHERE ledger_seq > $1 AND ledger_seq <= $2
+               UNION ALL
                SELECT 20::smallint, ledger_seq, ledger_prev, ledger_mac
                FROM case_events WHERE ledger_seq > $1 AND ledger_seq <= $2
            ) e ORDER BY seq"#,

@@ -467,6 +467,12 @@ async fn check_numbered(conn: &mut PgConnection) -> Found<Break> {
                 WHERE ledger_seq IS NULL OR ledger_seq < 1 LIMIT 1)
                UNION ALL (SELECT 'access_log', id::text FROM access_log
                 WHERE ledger_seq IS NULL OR ledger_seq < 1 LIMIT 1)
+               UNION ALL (SELECT 'federation_peers', name FROM federation_peers
+                WHERE ledger_seq IS NULL OR ledger_seq < 1 LIMIT 1)
+               UNION ALL (SELECT 'federation_exchanges', id::text FROM federation_exchanges
+                WHERE ledger_seq IS NULL OR ledger_seq < 1 LIMIT 1)
+               UNION ALL (SELECT 'federation_matches', id::text FROM federation_matches
+                WHERE ledger_seq IS NULL OR ledger_seq < 1 LIMIT 1)
                UNION ALL (SELECT 'case_events', case_id || '/' || step FROM case_events
                 WHERE ledger_seq < 1 LIMIT 1)
            ) outside LIMIT 1"#
@@ -814,6 +820,84 @@ async fn ledger_rows(
             genuine: mac_ok(ledger, &entry.input(), r.ledger_mac.as_deref()),
             mac: r.ledger_mac,
             label: format!("access log entry {}", r.id),
+        });
+    }
+    for r in sqlx::query!(
+        "SELECT name, address, ca_pem, added_at, added_by, removed_at, ledger_seq, ledger_prev,
+                ledger_mac
+         FROM federation_peers WHERE ledger_seq > $1 AND ledger_seq <= $2",
+        lo,
+        hi
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        let state = content::PeerState {
+            name: &r.name,
+            address: &r.address,
+            ca_pem: &r.ca_pem,
+            added_at: r.added_at,
+            added_by: &r.added_by,
+            removed_at: r.removed_at,
+            seq: r.ledger_seq,
+            prev: r.ledger_prev,
+        };
+        rows.push(LedgerRow {
+            table: LedgerTable::FederationPeers,
+            seq: r.ledger_seq,
+            prev: r.ledger_prev,
+            genuine: mac_ok(ledger, &state.input(), r.ledger_mac.as_deref()),
+            mac: r.ledger_mac,
+            label: format!("federation peer {:?}", r.name),
+        });
+    }
+    for r in sqlx::query!(
+        "SELECT id, at, peer, side, call, exchange_id, elements_in, elements_out, outcome,
+                detail, ledger_seq, ledger_mac
+         FROM federation_exchanges WHERE ledger_seq > $1 AND ledger_seq <= $2",
+        lo,
+        hi
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        let entry = content::Exchange {
+            at: r.at,
+            peer: &r.peer,
+            side: &r.side,
+            call: &r.call,
+            exchange_id: &r.exchange_id,
+            elements_in: r.elements_in,
+            elements_out: r.elements_out,
+            outcome: &r.outcome,
+            detail: &r.detail,
+        };
+        rows.push(LedgerRow {
+            table: LedgerTable::FederationExchanges,
+            seq: r.ledger_seq,
+            prev: None,
+            genuine: mac_ok(ledger, &entry.input(), r.ledger_mac.as_deref()),
+            mac: r.ledger_mac,
+            label: format!("federation exchange {}", r.id),
+        });
+    }
+    for r in sqlx::query!(
+        "SELECT id, record_id, peer, peer_donations, found_at, ledger_seq, ledger_mac
+         FROM federation_matches WHERE ledger_seq > $1 AND ledger_seq <= $2",
+        lo,
+        hi
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        let input = content::federation_match(r.record_id, &r.peer, r.peer_donations, r.found_at);
+        rows.push(LedgerRow {
+            table: LedgerTable::FederationMatches,
+            seq: r.ledger_seq,
+            prev: None,
+            genuine: mac_ok(ledger, &input, r.ledger_mac.as_deref()),
+            mac: r.ledger_mac,
+            label: format!("federation match {}", r.id),
         });
     }
     for r in cases::case_event_rows(conn, lo, Some(hi)).await? {

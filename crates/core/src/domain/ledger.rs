@@ -41,13 +41,19 @@ pub enum LedgerTable {
     Imports = 7,
     /// A read of evidence by an auditor or an administrator.
     AccessLog = 8,
+    /// A peer registry of the federation.
+    FederationPeers = 9,
+    /// One call of a federation exchange, on either side.
+    FederationExchanges = 10,
+    /// A local record whose living donor a peer registry holds too.
+    FederationMatches = 11,
     /// An event in an investigation case's life, from the one that opened it.
     CaseEvents = 20,
 }
 
 impl LedgerTable {
     /// Every table, in tag order.
-    pub const ALL: [LedgerTable; 9] = [
+    pub const ALL: [LedgerTable; 12] = [
         LedgerTable::Records,
         LedgerTable::RecordVersions,
         LedgerTable::FlagEvents,
@@ -56,6 +62,9 @@ impl LedgerTable {
         LedgerTable::ApiKeys,
         LedgerTable::Imports,
         LedgerTable::AccessLog,
+        LedgerTable::FederationPeers,
+        LedgerTable::FederationExchanges,
+        LedgerTable::FederationMatches,
         LedgerTable::CaseEvents,
     ];
 
@@ -70,6 +79,9 @@ impl LedgerTable {
             LedgerTable::ApiKeys => "api_keys",
             LedgerTable::Imports => "imports",
             LedgerTable::AccessLog => "access_log",
+            LedgerTable::FederationPeers => "federation_peers",
+            LedgerTable::FederationExchanges => "federation_exchanges",
+            LedgerTable::FederationMatches => "federation_matches",
             LedgerTable::CaseEvents => "case_events",
         }
     }

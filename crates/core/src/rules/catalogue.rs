@@ -70,6 +70,7 @@ rules! {
     TourismForeignPair = "TOURISM_FOREIGN_PAIR", "tourism", 1, High;
     ClinicForeignDonorSurge = "CLINIC_FOREIGN_DONOR_SURGE", "tourism", 1, High;
     DonorNationalityCluster = "DONOR_NATIONALITY_CLUSTER", "tourism", 1, High;
+    CrossBorderRepeatLivingDonor = "CROSS_BORDER_REPEAT_LIVING_DONOR", "federation", 1, High;
 }
 
 /// Text that is not a rule id of the catalogue.
@@ -94,7 +95,7 @@ mod tests {
             assert_eq!(rule.as_str().parse::<RuleId>().unwrap(), *rule);
             assert!(seen.insert(rule.as_str()));
         }
-        assert_eq!(RuleId::ALL.len(), 18);
+        assert_eq!(RuleId::ALL.len(), 19);
         assert!("NOPE".parse::<RuleId>().is_err());
     }
 }

@@ -13,6 +13,18 @@ pub struct RuleContext<'a> {
     pub donor_history: &'a [PriorDonation],
     /// The clinic's earlier activity inside the rule windows.
     pub clinic_window: &'a ClinicWindow,
+    /// Peer registries that hold this record's living donor too, as the
+    /// federation syncs found (empty for a record just submitted).
+    pub peer_matches: &'a [PeerMatch],
+}
+
+/// A peer registry that holds a record's living donor too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerMatch {
+    /// The peer's name, as configured here.
+    pub peer: String,
+    /// The donor's living donations there.
+    pub donations: u32,
 }
 
 /// One earlier record of the same donor, reduced to what the repeat-donor rules read.

@@ -2,7 +2,9 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Finding, RuleContext, RuleId, RulesConfig, clinic, pairing, repeat_donor, tourism};
+use super::{
+    Finding, RuleContext, RuleId, RulesConfig, clinic, federation, pairing, repeat_donor, tourism,
+};
 use crate::domain::{Record, RecordId, Severity};
 
 /// What a rule reports when it fires; the engine adds the rule id and the final severity.
@@ -151,6 +153,9 @@ fn run(rule: RuleId, record: &Record, ctx: &RuleContext<'_>, cfg: &RulesConfig) 
         RuleId::ClinicForeignDonorSurge => tourism::foreign_donor_surge(record, window, &cfg.surge),
         RuleId::DonorNationalityCluster => {
             tourism::nationality_cluster(record, window, &cfg.cluster)
+        }
+        RuleId::CrossBorderRepeatLivingDonor => {
+            federation::cross_border_repeat_living_donor(record, ctx.peer_matches)
         }
     }
 }

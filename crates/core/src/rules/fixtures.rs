@@ -141,6 +141,7 @@ pub fn ctx<'a>(
         clinic,
         donor_history,
         clinic_window,
+        peer_matches: &[],
     }
 }
 

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod ischemia_limits;
 
 mod clinic;
+mod federation;
 mod pairing;
 mod repeat_donor;
 mod tourism;
@@ -20,7 +21,8 @@ pub mod fixtures;
 pub use catalogue::RuleId;
 pub use config::{RulesConfig, RulesConfigError};
 pub use context::{
-    ClinicWindow, ContextKey, ForeignLivingTransplant, PriorDonation, RuleContext, WindowSpec,
+    ClinicWindow, ContextKey, ForeignLivingTransplant, PeerMatch, PriorDonation, RuleContext,
+    WindowSpec,
 };
 pub use engine::Engine;
 

@@ -762,6 +762,7 @@ mod tests {
                     clinic: None,
                     donor_history: &[],
                     clinic_window: &window,
+                    peer_matches: &[],
                 };
                 Engine::default()
                     .evaluate(&record, &ctx)
