@@ -1,8 +1,9 @@
 //! `--mode investigate`: InvestigationService latency as auditors see it.
-//! Three kinds of call, `rounds` times each, interleaved, one at a time,
+//! Four kinds of call, `rounds` times each, interleaved, one at a time,
 //! with p50/p99 against each kind's target: SearchRecords by donor
 //! fingerprint (p99 < 5 ms), SearchRecords by clinic and month (< 20 ms),
-//! GetNetwork at depth 2 from a flag (< 50 ms).
+//! GetNetwork at depth 2 from a flag (< 50 ms), GetClinicActivity for the
+//! 12 months up to a clinic-month (< 20 ms).
 //!
 //! The donors, clinic-months and flags are those of the newest records and
 //! flags (one unfiltered page of 500 of each), taken in turn. Every call
@@ -49,16 +50,23 @@ enum Kind {
     Donor,
     ClinicMonth,
     Network,
+    ClinicActivity,
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::Donor, Kind::ClinicMonth, Kind::Network];
+    const ALL: [Kind; 4] = [
+        Kind::Donor,
+        Kind::ClinicMonth,
+        Kind::Network,
+        Kind::ClinicActivity,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Kind::Donor => "SearchRecords donor",
             Kind::ClinicMonth => "SearchRecords clinic+month",
             Kind::Network => "GetNetwork depth 2 (flag)",
+            Kind::ClinicActivity => "GetClinicActivity 12 months",
         }
     }
 
@@ -67,6 +75,7 @@ impl Kind {
             Kind::Donor => 5.0,
             Kind::ClinicMonth => 20.0,
             Kind::Network => 50.0,
+            Kind::ClinicActivity => 20.0,
         }
     }
 }
@@ -106,7 +115,7 @@ impl Values {
         };
         match kind {
             Kind::Donor => r.donor_fingerprint = self.donors[round % self.donors.len()].clone(),
-            Kind::ClinicMonth | Kind::Network => {
+            Kind::ClinicMonth | Kind::Network | Kind::ClinicActivity => {
                 let (clinic, start) = &self.clinic_months[round % self.clinic_months.len()];
                 r.clinic_id = clinic.clone();
                 r.transplanted_after = Some(timestamp(*start));
@@ -123,6 +132,20 @@ impl Values {
             )),
             depth: Some(2),
             max_nodes: None,
+        }
+    }
+
+    /// The 12 months up to and including a clinic-month, taken in turn.
+    fn activity(&self, round: usize) -> pb::GetClinicActivityRequest {
+        let (clinic, start) = &self.clinic_months[round % self.clinic_months.len()];
+        let first = start
+            .date_naive()
+            .checked_sub_months(chrono::Months::new(11))
+            .unwrap_or(start.date_naive());
+        pb::GetClinicActivityRequest {
+            clinic_id: clinic.clone(),
+            from_month: first.format("%Y-%m").to_string(),
+            until_month: start.format("%Y-%m").to_string(),
         }
     }
 }
@@ -324,6 +347,14 @@ async fn call(
                 (r.nodes.len(), r.truncated)
             })
         }
+        Kind::ClinicActivity => {
+            let mut request = Request::new(values.activity(round));
+            request.set_timeout(CALL_TIMEOUT);
+            client
+                .get_clinic_activity(request)
+                .await
+                .map(|r| (r.into_inner().months.len(), false))
+        }
     };
     let took = sent.elapsed();
     match result {
@@ -453,5 +484,10 @@ mod tests {
             Some(next_month(start).timestamp())
         );
         assert_eq!(values.network(5).depth, Some(2));
+        let year = values.activity(0);
+        assert_eq!(
+            (year.from_month.as_str(), year.until_month.as_str()),
+            ("2024-04", "2025-03")
+        );
     }
 }
