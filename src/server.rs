@@ -434,6 +434,7 @@ pub async fn serve(
             Auditing::new(app.store.clone(), feed.clone()),
             app.auth.clone(),
             app.store.clone(),
+            app.sealing.signer.clone(),
             console.tls.is_some(),
             console.session_idle,
         );

@@ -10,12 +10,15 @@
 //! Content-Security-Policy (no inline script) and the usual security headers.
 
 mod assets;
+mod cases;
+mod clinics;
 mod error;
 mod events;
 mod filters;
 mod highlight;
 mod listen;
 mod pages;
+mod persons;
 pub mod session;
 mod views;
 
@@ -34,6 +37,7 @@ use tokio::net::TcpListener;
 use crate::api::auth::Authenticator;
 use crate::audit::Auditing;
 use crate::config::TlsPem;
+use crate::domain::ledger::SigningKey;
 use crate::incoming::TlsSetupError;
 use crate::store::Store;
 
@@ -54,6 +58,8 @@ struct Inner {
     audit: Auditing,
     auth: Arc<Authenticator>,
     store: Store,
+    /// Signs the dossiers it exports.
+    signer: SigningKey,
     /// Served over TLS: cookies are `Secure`, HSTS is sent.
     tls: bool,
     /// How long a session may go unused.
@@ -62,11 +68,13 @@ struct Inner {
 
 impl Console {
     /// The console over `audit`, checking keys with `auth` and keeping
-    /// sessions in `store`; `tls` when it is served over TLS.
+    /// sessions in `store`, signing dossiers with `signer`; `tls` when it
+    /// is served over TLS.
     pub fn new(
         audit: Auditing,
         auth: Arc<Authenticator>,
         store: Store,
+        signer: SigningKey,
         tls: bool,
         idle: Duration,
     ) -> Self {
@@ -75,6 +83,7 @@ impl Console {
                 audit,
                 auth,
                 store,
+                signer,
                 tls,
                 idle,
             }),
@@ -89,10 +98,21 @@ impl Console {
             .route("/login", get(pages::login_form).post(pages::login))
             .route("/logout", post(pages::logout))
             .route("/flags", get(pages::inbox))
+            .route("/flags.csv", get(pages::flags_csv))
             .route("/flags/events", get(events::inbox_events))
             .route("/flags/{id}", get(pages::flag))
             .route("/flags/{id}/triage", post(pages::triage))
+            .route("/flags/{id}/case", post(cases::add_flag))
+            .route("/cases", get(cases::cases).post(cases::open_case))
+            .route("/cases/{id}", get(cases::case))
+            .route("/cases/{id}/note", post(cases::add_note))
+            .route("/cases/{id}/assign", post(cases::assign))
+            .route("/cases/{id}/status", post(cases::set_status))
+            .route("/cases/{id}/dossier.json", get(cases::dossier))
             .route("/records/{id}", get(pages::record))
+            .route("/clinics/{id}", get(clinics::clinic))
+            .route("/donors/{fingerprint}", get(persons::donor))
+            .route("/recipients/{fingerprint}", get(persons::recipient))
             .route("/rules", get(pages::rules))
             .route("/assets/{name}", get(assets::asset))
             .fallback(pages::not_found)

@@ -4,9 +4,11 @@
 
 use askama::Template;
 use axum::Form;
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
+use futures::TryStreamExt;
 use serde::Deserialize;
 
 use super::Console;
@@ -16,11 +18,12 @@ use super::highlight;
 use super::session::{self, Signed};
 use super::views::{
     FlagPage, FlagRow, InboxPage, LoginPage, Nav, RecordPage, RuleRow, RulesPage, Step, Version,
-    comparison, record_fields, when,
+    comparison, path_segment, record_fields, when,
 };
 use crate::api::status::ApiError;
 use crate::audit::{TriageRequest, check_triage_note};
 use crate::domain::{FlagStatus, Role, Severity, Violations};
+use crate::export;
 use crate::rules::RuleId;
 
 /// Flags on one inbox page.
@@ -121,7 +124,11 @@ pub struct CsrfForm {
 }
 
 /// Refuses a state-changing request without this session's token.
-fn check_csrf(signed: &Signed, headers: &HeaderMap, token: &str) -> Result<(), PageError> {
+pub(super) fn check_csrf(
+    signed: &Signed,
+    headers: &HeaderMap,
+    token: &str,
+) -> Result<(), PageError> {
     check_origin(headers)?;
     if !signed.csrf_matches(token) {
         tracing::warn!(key_id = %signed.caller.key_id, "console form refused: CSRF token missing or wrong");
@@ -158,6 +165,7 @@ pub async fn inbox(
         query: query.clone(),
         rows: Vec::new(),
         next: None,
+        csv: format!("/flags.csv?{}", query.with_page(None, None)),
         events: String::new(),
         errors: Vec::new(),
         statuses: FlagStatus::ALL,
@@ -186,8 +194,42 @@ pub async fn inbox(
     render(&page, StatusCode::OK)
 }
 
+/// `GET /flags.csv`: the flags the inbox's filters let through, every
+/// page of them, as the CSV `ExportFlags` streams, logged as it is.
+pub async fn flags_csv(
+    State(console): State<Console>,
+    signed: Signed,
+    Query(query): Query<InboxQuery>,
+) -> Result<Response, PageError> {
+    let inbox = query.read().map_err(PageError::Invalid)?;
+    let reader = export::Reader {
+        key_id: signed.caller.key_id.clone(),
+        principal: signed.caller.principal.clone(),
+        trace_id: None,
+        own_trace_id: Some(signed.call_id.clone()),
+    };
+    let chunks = export::flags_csv(
+        console.inner.store.clone(),
+        inbox.filter,
+        reader,
+        export::ACTION,
+    )
+    .inspect_err(|e| tracing::error!(error = %e, "console: CSV export failed"));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"flags.csv\"",
+            ),
+        ],
+        Body::from_stream(chunks),
+    )
+        .into_response())
+}
+
 /// Reads a positive id from a path, or answers not found.
-fn path_id(raw: &str, what: &'static str) -> Result<i64, PageError> {
+pub(super) fn path_id(raw: &str, what: &'static str) -> Result<i64, PageError> {
     raw.parse::<i64>()
         .ok()
         .filter(|id| *id > 0)
@@ -226,7 +268,9 @@ pub async fn flag(
         highlight::fields_of(&case.flag.rule_id),
     );
     let critical = case.flag.severity == Severity::Critical;
+    let case_id = console.inner.store.case_of_flag(id).await?;
     let page = FlagPage {
+        case_id,
         nav: Nav::of(&signed),
         flag: FlagRow::from(&case.flag),
         revision: case.flag.revision,
@@ -310,6 +354,9 @@ pub async fn record(
         record_id: case.record.id.0,
         version: case.record.version,
         received_at: when(&case.record.received_at),
+        donor_fp: hex::encode(case.record.record.donor.person.identifier.as_bytes()),
+        recipient_fp: hex::encode(case.record.record.recipient.identifier.as_bytes()),
+        clinic_path: path_segment(&case.record.record.clinic_id),
         fields: record_fields(&case.record.record)
             .into_iter()
             .map(|(_, label, value)| (label, value))

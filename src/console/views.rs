@@ -35,6 +35,19 @@ impl Nav {
     }
 }
 
+/// `text` as one segment of a path: every byte but the unreserved ones
+/// percent-encoded, so an id cannot add a segment or a query.
+pub fn path_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// An instant as pages show it.
 pub fn when(t: &DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M UTC").to_string()
@@ -102,6 +115,8 @@ pub struct InboxPage {
     pub rows: Vec<FlagRow>,
     /// The next page's query string, when there is one.
     pub next: Option<String>,
+    /// The address of these flags as CSV.
+    pub csv: String,
     /// The live feed's address.
     pub events: String,
     /// Filters that are not valid.
@@ -179,6 +194,8 @@ impl From<&FlagEvent> for Step {
 pub struct FlagPage {
     /// The header.
     pub nav: Nav,
+    /// The case holding it, if one does.
+    pub case_id: Option<i64>,
     /// The flag.
     pub flag: FlagRow,
     /// Its revision (the etag a triage step names).
@@ -233,6 +250,12 @@ pub struct RecordPage {
     pub version: i32,
     /// When first received.
     pub received_at: String,
+    /// The donor's fingerprint, hex.
+    pub donor_fp: String,
+    /// The recipient's fingerprint, hex.
+    pub recipient_fp: String,
+    /// The clinic's id as a path segment.
+    pub clinic_path: String,
     /// Its fields.
     pub fields: Vec<(&'static str, String)>,
     /// Its versions, oldest first.
@@ -472,6 +495,12 @@ pub fn comparison(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_segments_hold_no_separator() {
+        assert_eq!(path_segment("DE-BER_01.x~"), "DE-BER_01.x~");
+        assert_eq!(path_segment("a/b?c#d e"), "a%2Fb%3Fc%23d%20e");
+    }
 
     #[test]
     fn fields_are_named_as_listed() {

@@ -374,6 +374,16 @@ impl Store {
         case_on(&mut *self.acquire().await?, case_id).await
     }
 
+    /// The case holding `flag_id`, if one does.
+    pub async fn case_of_flag(&self, flag_id: i64) -> Result<Option<i64>, StoreError> {
+        let mut conn = self.acquire().await?;
+        Ok(
+            sqlx::query_scalar!("SELECT case_id FROM case_flags WHERE flag_id = $1", flag_id)
+                .fetch_optional(&mut *conn)
+                .await?,
+        )
+    }
+
     /// A case with its flags, their records and histories, and its events.
     pub async fn case_detail(&self, case_id: i64) -> Result<Option<CaseDetail>, StoreError> {
         let Some(case) = self.case(case_id).await? else {

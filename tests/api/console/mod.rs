@@ -2,6 +2,7 @@
 //! the live inbox; `browser` drives it in headless Chromium.
 
 mod browser;
+mod cases;
 mod http;
 mod live;
 mod tls;
