@@ -263,11 +263,15 @@ impl Baseline {
             .context("opening the baseline's connections")?;
         drop(conns);
         let table = table_name(run_id);
-        // The server writes each version's entry time with its chain hash;
-        // here the database stamps it, as it stamps the receipt time.
+        // The server writes each version's entry and receipt times and its
+        // place in the ledger's sequence with the row's MAC; here the
+        // database stamps the times and draws the number, as a plain insert
+        // of the same rows would.
         sqlx::raw_sql(&format!(
             "CREATE TABLE {table} (LIKE records INCLUDING ALL);
-             ALTER TABLE {table} ALTER COLUMN version_recorded_at SET DEFAULT now();"
+             ALTER TABLE {table} ALTER COLUMN version_recorded_at SET DEFAULT now(),
+                                 ALTER COLUMN received_at SET DEFAULT now(),
+                                 ALTER COLUMN ledger_seq SET DEFAULT nextval('ledger_seq');"
         ))
         .execute(&pool)
         .await
