@@ -143,7 +143,15 @@ pub struct CasesPage {
     pub rows: Vec<CaseRow>,
     /// The next page's query string.
     pub next: Option<String>,
-    /// Suggested groups of open flags in no case.
+}
+
+/// `/cases/suggested`: groups of open flags in no case, to open as cases.
+#[derive(Template)]
+#[template(path = "console/suggested.html")]
+pub struct SuggestedPage {
+    /// The header.
+    pub nav: Nav,
+    /// The groups, best first.
     pub groups: Vec<GroupRow>,
 }
 
@@ -208,7 +216,7 @@ pub struct CasePage {
     pub moves: Vec<&'static str>,
 }
 
-/// `GET /cases`: the cases by status and assignee, and suggested groups.
+/// `GET /cases`: the cases by status and assignee.
 pub async fn cases(
     State(console): State<Console>,
     signed: Signed,
@@ -240,23 +248,11 @@ pub async fn cases(
     let page = store
         .list_cases(status, assignee, before, PAGE_SIZE)
         .await?;
-    let flags = store.open_flags_outside_cases().await?;
-    // Grouping many flags takes a core for a while: off the runtime.
-    let groups = tokio::task::spawn_blocking(move || suggest::suggest(&flags, SUGGESTED_GROUPS))
-        .await
-        .map_err(|_| PageError::Internal)?;
     let actor = signed.actor();
     let filters = format!("{status:?}/{assignee:?}");
     let mut reads = vec![read("search", &filters)];
     reads.extend(page.cases.iter().map(|c| read("case", c.id)));
     store.record_reads(&actor, "ListCases", &reads).await?;
-    let mut reads = vec![read("search", format!("max_groups {SUGGESTED_GROUPS}"))];
-    reads.extend(
-        groups
-            .iter()
-            .flat_map(|g| g.flag_ids.iter().map(|f| read("flag", f))),
-    );
-    store.record_reads(&actor, "SuggestCases", &reads).await?;
     let next = page.next_before.map(|b| {
         serde_urlencoded::to_string([
             ("status", query.status.trim()),
@@ -271,6 +267,32 @@ pub async fn cases(
         statuses: CaseStatus::ALL,
         rows: page.cases.iter().map(CaseRow::from).collect(),
         next,
+    };
+    render(&page)
+}
+
+/// `GET /cases/suggested`: groups of open flags in no case. Grouping reads
+/// every open flag, so it runs when asked for, not with every list.
+pub async fn suggested(
+    State(console): State<Console>,
+    signed: Signed,
+) -> Result<Response, PageError> {
+    let store = &console.inner.store;
+    let flags = store.open_flags_outside_cases().await?;
+    // Grouping many flags takes a core for a while: off the runtime.
+    let groups = tokio::task::spawn_blocking(move || suggest::suggest(&flags, SUGGESTED_GROUPS))
+        .await
+        .map_err(|_| PageError::Internal)?;
+    let actor = signed.actor();
+    let mut reads = vec![read("search", format!("max_groups {SUGGESTED_GROUPS}"))];
+    reads.extend(
+        groups
+            .iter()
+            .flat_map(|g| g.flag_ids.iter().map(|f| read("flag", f))),
+    );
+    store.record_reads(&actor, "SuggestCases", &reads).await?;
+    let page = SuggestedPage {
+        nav: Nav::of(&signed),
         groups: groups
             .iter()
             .map(|g| GroupRow {

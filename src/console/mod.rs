@@ -104,6 +104,7 @@ impl Console {
             .route("/flags/{id}/triage", post(pages::triage))
             .route("/flags/{id}/case", post(cases::add_flag))
             .route("/cases", get(cases::cases).post(cases::open_case))
+            .route("/cases/suggested", get(cases::suggested))
             .route("/cases/{id}", get(cases::case))
             .route("/cases/{id}/note", post(cases::add_note))
             .route("/cases/{id}/assign", post(cases::assign))

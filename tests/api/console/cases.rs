@@ -93,7 +93,12 @@ fn etag_of(html: &str) -> String {
 #[tokio::test]
 async fn console_case_pages_need_a_session() {
     let site = Site::start().await;
-    for path in ["/cases", "/cases/1", "/cases/1/dossier.json"] {
+    for path in [
+        "/cases",
+        "/cases/suggested",
+        "/cases/1",
+        "/cases/1/dossier.json",
+    ] {
         let response = site.get("", path).await;
         assert_eq!(location(response.headers()), "/login", "{path}");
     }
@@ -115,8 +120,8 @@ async fn console_cases_are_suggested_opened_worked_and_exported() {
     assert!(flags.len() >= 2, "{flags:?}");
     let (_, session) = site.auditor().await;
 
-    // The list suggests the ring, and its form opens it as a case.
-    let html = site.page(&session, "/cases").await;
+    // The suggestions hold the ring, and its form opens it as a case.
+    let html = site.page(&session, "/cases/suggested").await;
     let list: Vec<String> = flags.iter().map(i64::to_string).collect();
     assert!(
         html.contains(&format!(r#"name="flag_ids" value="{}""#, list.join(","))),
