@@ -52,7 +52,7 @@ fn watch_request(
 }
 
 /// Parses a decimal id of ours (`flag_id`), or names the field that is not one.
-fn parse_id(v: &mut Violations, field: &str, raw: &str) -> Option<i64> {
+pub(super) fn parse_id(v: &mut Violations, field: &str, raw: &str) -> Option<i64> {
     if raw.is_empty() {
         v.missing(field);
         return None;

@@ -21,6 +21,7 @@ use crate::wire::listing;
 use crate::wire::pb;
 
 use super::Acting;
+use super::audit::parse_id;
 use super::investigation::InvestigationApi;
 use super::status::{ApiError, invalid, invalid_field};
 
@@ -69,29 +70,6 @@ async fn accessed(
         .record_reads(actor, action, &reads)
         .await
         .map_err(|e| ApiError::from(e).into())
-}
-
-/// A read of `resource` `id`.
-fn read(resource: &'static str, id: impl ToString) -> Read {
-    Read {
-        resource,
-        resource_id: id.to_string(),
-    }
-}
-
-/// Parses a decimal id of ours, or names the field that is not one.
-fn parse_id(v: &mut Violations, field: &str, raw: &str) -> Option<i64> {
-    if raw.is_empty() {
-        v.missing(field);
-        return None;
-    }
-    match raw.parse::<i64>() {
-        Ok(id) if id > 0 => Some(id),
-        _ => {
-            v.add(field, "must be an id this service returned");
-            None
-        }
-    }
 }
 
 /// An etag, required or not.
@@ -262,12 +240,7 @@ pub(super) async fn get_case(
         .await
         .map_err(ApiError::from)?
         .ok_or(ApiError::NotFound(super::status::Resource::Case))?;
-    let mut reads = vec![read("case", id)];
-    for f in &detail.flags {
-        reads.push(read("flag", f.flag.id));
-        reads.push(read("record", f.record.id.0));
-        reads.extend(f.evidence.iter().map(|r| read("record", r.id.0)));
-    }
+    let reads = detail.reads();
     accessed(api, &acting.actor(), "GetCase", reads).await?;
     Ok(Response::new(detail_to_proto(&detail)))
 }
@@ -303,8 +276,8 @@ pub(super) async fn list_cases(
         .list_cases(status, assignee.as_deref(), before, limit)
         .await
         .map_err(ApiError::from)?;
-    let mut reads = vec![read("search", &filters)];
-    reads.extend(page.cases.iter().map(|c| read("case", c.id)));
+    let mut reads = vec![Read::of("search", &filters)];
+    reads.extend(page.cases.iter().map(|c| Read::of("case", c.id)));
     accessed(api, &acting.actor(), "ListCases", reads).await?;
     Ok(Response::new(pb::ListCasesResponse {
         cases: page.cases.iter().map(case_to_proto).collect(),
@@ -460,11 +433,11 @@ pub(super) async fn suggest_cases(
     let groups = tokio::task::spawn_blocking(move || suggest::suggest(&flags, max))
         .await
         .map_err(|_| ApiError::Internal)?;
-    let mut reads = vec![read("search", format!("max_groups {max}"))];
+    let mut reads = vec![Read::of("search", format!("max_groups {max}"))];
     reads.extend(
         groups
             .iter()
-            .flat_map(|g| g.flag_ids.iter().map(|f| read("flag", f))),
+            .flat_map(|g| g.flag_ids.iter().map(|f| Read::of("flag", f))),
     );
     accessed(api, &acting.actor(), "SuggestCases", reads).await?;
     let ids = |ids: &[i64]| ids.iter().map(i64::to_string).collect();
@@ -501,17 +474,7 @@ pub(super) async fn export_case(
     let at = chrono::Utc::now().trunc_subsecs(6);
     let document = dossier::build(&evidence, &actor, at, &api.signer);
     let bytes = serde_json::to_vec_pretty(&document).map_err(|_| ApiError::Internal)?;
-    let mut reads = vec![read("case", id)];
-    for f in &evidence.flags {
-        reads.push(read("flag", f.flag.id));
-        reads.extend(
-            f.versions
-                .iter()
-                .take(1)
-                .map(|v| read("record", v.record_id)),
-        );
-        reads.extend(f.evidence.iter().map(|v| read("record", v.record_id)));
-    }
+    let reads = evidence.reads();
     accessed(api, &actor, "ExportCase", reads).await?;
     tracing::info!(case_id = id, principal = %acting.caller().principal, "dossier exported");
     Ok(Response::new(pb::ExportCaseResponse {

@@ -48,13 +48,6 @@ fn render(page: &impl Template) -> Result<Response, PageError> {
     Ok((StatusCode::OK, Html(page.render()?)).into_response())
 }
 
-fn read(resource: &'static str, id: impl ToString) -> Read {
-    Read {
-        resource,
-        resource_id: id.to_string(),
-    }
-}
-
 /// A case as a row of the list.
 #[derive(Debug, Clone)]
 pub struct CaseRow {
@@ -250,8 +243,8 @@ pub async fn cases(
         .await?;
     let actor = signed.actor();
     let filters = format!("{status:?}/{assignee:?}");
-    let mut reads = vec![read("search", &filters)];
-    reads.extend(page.cases.iter().map(|c| read("case", c.id)));
+    let mut reads = vec![Read::of("search", &filters)];
+    reads.extend(page.cases.iter().map(|c| Read::of("case", c.id)));
     store.record_reads(&actor, "ListCases", &reads).await?;
     let next = page.next_before.map(|b| {
         serde_urlencoded::to_string([
@@ -284,11 +277,11 @@ pub async fn suggested(
         .await
         .map_err(|_| PageError::Internal)?;
     let actor = signed.actor();
-    let mut reads = vec![read("search", format!("max_groups {SUGGESTED_GROUPS}"))];
+    let mut reads = vec![Read::of("search", format!("max_groups {SUGGESTED_GROUPS}"))];
     reads.extend(
         groups
             .iter()
-            .flat_map(|g| g.flag_ids.iter().map(|f| read("flag", f))),
+            .flat_map(|g| g.flag_ids.iter().map(|f| Read::of("flag", f))),
     );
     store.record_reads(&actor, "SuggestCases", &reads).await?;
     let page = SuggestedPage {
@@ -398,12 +391,7 @@ pub async fn case(
         .case_detail(id)
         .await?
         .ok_or(PageError::NotFound("case"))?;
-    let mut reads = vec![read("case", id)];
-    for f in &detail.flags {
-        reads.push(read("flag", f.flag.id));
-        reads.push(read("record", f.record.id.0));
-        reads.extend(f.evidence.iter().map(|r| read("record", r.id.0)));
-    }
+    let reads = detail.reads();
     store
         .record_reads(&signed.actor(), "GetCase", &reads)
         .await?;
@@ -634,17 +622,7 @@ pub async fn dossier(
     let at = chrono::Utc::now().trunc_subsecs(6);
     let document = dossier::build(&evidence, &actor, at, &console.inner.signer);
     let bytes = serde_json::to_vec_pretty(&document).map_err(|_| PageError::Internal)?;
-    let mut reads = vec![read("case", id)];
-    for f in &evidence.flags {
-        reads.push(read("flag", f.flag.id));
-        reads.extend(
-            f.versions
-                .iter()
-                .take(1)
-                .map(|v| read("record", v.record_id)),
-        );
-        reads.extend(f.evidence.iter().map(|v| read("record", v.record_id)));
-    }
+    let reads = evidence.reads();
     store.record_reads(&actor, "ExportCase", &reads).await?;
     tracing::info!(case_id = id, principal = %signed.caller.principal, "dossier exported (console)");
     // The file name is ours (a case id and an instant): safe in the header.

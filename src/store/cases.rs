@@ -17,6 +17,7 @@ use crate::domain::{CaseEventKind, CaseStatus};
 
 use super::body::parse;
 use super::flags::{Actor, FlagCase};
+use super::investigate::Read;
 use super::ledger::content::{self, CaseEventColumns};
 use super::{Store, StoreError, chain, ledger};
 
@@ -69,6 +70,20 @@ pub struct CaseDetail {
     pub flags: Vec<FlagCase>,
     /// Its events: notes, status changes, assignments, flags in and out.
     pub events: Vec<StoredCaseEvent>,
+}
+
+impl CaseDetail {
+    /// What reading the case reads: the case, each flag, its record and
+    /// its evidence records, for the access log.
+    pub fn reads(&self) -> Vec<Read> {
+        let mut reads = vec![Read::of("case", self.case.id)];
+        for f in &self.flags {
+            reads.push(Read::of("flag", f.flag.id));
+            reads.push(Read::of("record", f.record.id.0));
+            reads.extend(f.evidence.iter().map(|r| Read::of("record", r.id.0)));
+        }
+        reads
+    }
 }
 
 /// A page of cases.

@@ -14,6 +14,7 @@ use crate::domain::flag_history::FlagStep;
 use super::body::RecordBody;
 use super::cases::{self, CaseView, StoredCaseEvent};
 use super::flags::flags_by_id;
+use super::investigate::Read;
 use super::{Store, StoreError, row, steps};
 
 /// A row's place in the ledger.
@@ -107,6 +108,20 @@ pub struct CaseEvidence {
     pub flags: Vec<FlagEvidence>,
     /// The blocks that sealed any of the rows above.
     pub blocks: Vec<BlockEvidence>,
+}
+
+impl CaseEvidence {
+    /// What exporting the case reads: the case, each flag, its record and
+    /// its evidence records, for the access log.
+    pub fn reads(&self) -> Vec<Read> {
+        let mut reads = vec![Read::of("case", self.case.id)];
+        for f in &self.flags {
+            reads.push(Read::of("flag", f.flag.id));
+            reads.push(Read::of("record", f.flag.record_id.0));
+            reads.extend(f.evidence.iter().map(|v| Read::of("record", v.record_id)));
+        }
+        reads
+    }
 }
 
 impl Store {

@@ -39,10 +39,20 @@ pub struct AccessPage {
 /// One read to write to the access log: what kind of thing, and which.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Read {
-    /// record, flag, search, network or export.
+    /// record, flag, case, search, network or export.
     pub resource: &'static str,
     /// Its id, or the call's filter or origin.
     pub resource_id: String,
+}
+
+impl Read {
+    /// A read of `resource` `id`.
+    pub fn of(resource: &'static str, id: impl ToString) -> Self {
+        Self {
+            resource,
+            resource_id: id.to_string(),
+        }
+    }
 }
 
 /// Adds `WHERE` conditions selecting the records `filter` lets through.
