@@ -46,19 +46,25 @@ async fn set_macs(
 
 pub(super) async fn records(tx: &mut Tx<'_>, ledger: &LedgerKey) -> Result<u64, StoreError> {
     let mut adopted = 0;
+    // Walks on from the last id rather than from the start: the rows behind
+    // it already hold their MAC, and skipping them again on every chunk
+    // would make adopting a large registry quadratic.
+    let mut after = i64::MIN;
     loop {
         let rows = sqlx::query!(
             "SELECT id, version, ledger_seq, ledger_prev, received_at, amended_at, content_hash,
                     version_reason, version_recorded_at, chain_head, donor_element,
                     recipient_element
-             FROM records WHERE ledger_mac IS NULL ORDER BY id LIMIT $1",
-            CHUNK
+             FROM records WHERE ledger_mac IS NULL AND id > $2 ORDER BY id LIMIT $1",
+            CHUNK,
+            after
         )
         .fetch_all(&mut **tx)
         .await?;
-        if rows.is_empty() {
+        let Some(last) = rows.last() else {
             return Ok(adopted);
-        }
+        };
+        after = last.id;
         let (mut ids, mut macs) = (Vec::new(), Vec::new());
         for r in &rows {
             let head = r.chain_head.clone().unwrap_or_default();
