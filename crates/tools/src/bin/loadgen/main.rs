@@ -25,6 +25,10 @@
 //! SearchRecords by donor and by clinic and month, GetNetwork at depth 2
 //! from a flag, `--rounds` times each, p50/p99 against each call's target
 //! (see `investigate.rs`); only the access log is written.
+//!
+//! `--mode suggest-cases` times SuggestCases over every open flag outside a
+//! case, `--rounds` calls, against its 5 s target (see `suggest.rs`); only
+//! the access log is written.
 
 mod baseline;
 mod grpc;
@@ -33,6 +37,7 @@ mod listing;
 mod probe;
 mod report;
 mod rng;
+mod suggest;
 mod synth;
 
 use std::future::Future;
@@ -66,6 +71,8 @@ enum Mode {
     ListFlags,
     /// SearchRecords and GetNetwork latencies (an AUDITOR key); no ingest.
     Investigate,
+    /// SuggestCases over every open flag outside a case (an AUDITOR key); no ingest.
+    SuggestCases,
 }
 
 /// Load generator for transplant-audit: synthetic records over gRPC, measured
@@ -143,6 +150,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if args.mode == Mode::Investigate {
         return investigation(&args).await;
+    }
+    if args.mode == Mode::SuggestCases {
+        let channel = grpc::connect(&args.endpoint).await?;
+        let rounds = args.rounds as usize;
+        let report = suggest::run(channel, args.api_key.as_deref(), &args.endpoint, rounds).await?;
+        return finish(&report, &args);
     }
     let run_id = args.run_id.clone().unwrap_or_else(unix_time);
     let n = args.records as usize;
