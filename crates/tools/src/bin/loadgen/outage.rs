@@ -88,7 +88,8 @@ pub struct Report {
     pub refused_with_retry_info: usize,
     /// Calls answered with something else than OK or UNAVAILABLE.
     pub other_codes: Vec<String>,
-    /// From Postgres started again to health SERVING, ms.
+    /// From Postgres started again (pg_ctl start returned) to health
+    /// SERVING, ms; negative when health turned first.
     pub serving_after_start_ms: Option<f64>,
     /// From Postgres started again to the first record stored after, ms.
     pub stored_after_start_ms: Option<f64>,
@@ -244,10 +245,14 @@ fn judge(
         .iter()
         .find(|(at, s)| *at >= stop_began && *s == ServingStatus::NotServing)
         .map(|(at, _)| *at);
-    let serving_again = statuses
-        .iter()
-        .find(|(at, s)| *at >= started && *s == ServingStatus::Serving)
-        .map(|(at, _)| *at);
+    // Health may turn SERVING before the start returns (pg_ctl waits for
+    // more than the first accepted connection).
+    let serving_again = not_serving.and_then(|n| {
+        statuses
+            .iter()
+            .find(|(at, s)| *at > n && *s == ServingStatus::Serving)
+            .map(|(at, _)| *at)
+    });
     let mut window: Vec<Duration> = calls
         .iter()
         .filter(|c| c.sent >= stop_began && not_serving.is_none_or(|n| c.sent < n))
@@ -281,7 +286,13 @@ fn judge(
         refused_with_retry_info: refused.iter().filter(|c| c.retry_info).count(),
         refused: Latency::of(&mut refused_took),
         other_codes,
-        serving_after_start_ms: serving_again.map(|s| ms(s.duration_since(started))),
+        serving_after_start_ms: serving_again.map(|s| {
+            if s >= started {
+                ms(s.duration_since(started))
+            } else {
+                -ms(started.duration_since(s))
+            }
+        }),
         stored_after_start_ms: stored.map(ms),
     }
 }
