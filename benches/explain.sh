@@ -150,7 +150,8 @@ FROM unnest($1::text[], $2::text[]) AS k(hospital_id, external_record_id)
 JOIN records r USING (hospital_id, external_record_id);
 
 PREPARE lock_and_allocate(bigint[], bool[], int) AS
-SELECT nextval(pg_get_serial_sequence('records', 'id')) AS "id!"
+SELECT nextval((SELECT pg_get_serial_sequence('records', 'id')::regclass)) AS "id!",
+       nextval('ledger_seq') AS "seq!"
 FROM generate_series(1, $3)
 WHERE (SELECT count(*)
        FROM unnest($1::bigint[], $2::bool[]) AS k(key, exclusive),

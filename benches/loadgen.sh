@@ -3,7 +3,11 @@
 # fresh database on the Postgres at ADMIN_URL (default 127.0.0.1:5432), the
 # release server on it, a warm-up run, ANALYZE and a server restart (so plans
 # fit the data even where autovacuum is off), then the measured loadgen run
-# with its raw-Postgres baselines. Extra arguments go to loadgen.
+# with its raw-Postgres baselines: three repeats, each of unary calls and
+# their baseline, then a stream and its baseline, every phase lasting several
+# seconds; the ratios are reported as their median and range. About three
+# minutes on a 2-core machine. Extra arguments go to loadgen (later ones
+# win, e.g. --repeats 5 or --stream-records 400000).
 #
 # LOADGEN_DATABASE=name measures on that existing database instead (for
 # example one benches/seed.sql filled with 10^7 records, to compare ingest
@@ -19,11 +23,14 @@ export SIGNING_KEY=${SIGNING_KEY:-$(openssl rand -hex 32)}
 export LEDGER_DIGEST_FILE=${LEDGER_DIGEST_FILE:-$(mktemp -t ta-digests.XXXXXX)}
 export METRICS_ADDR=127.0.0.1:0 LISTEN_ADDR=127.0.0.1:50051 RUST_LOG=warn
 
-cargo build --release --quiet --bin transplant-audit --bin loadgen
+# SKIP_BUILD=1 measures the binaries as they were last built.
+[[ -n ${SKIP_BUILD:-} ]] || cargo build --release --quiet --bin transplant-audit --bin loadgen
 if [[ -z ${LOADGEN_DATABASE:-} ]]; then
   psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
 fi
-bin=target/release/transplant-audit
+# SERVER_BIN=path measures another build of the server (say, the one
+# before a change) with this loadgen.
+bin=${SERVER_BIN:-${CARGO_TARGET_DIR:-target}/release/transplant-audit}
 $bin migrate
 admin_key=$($bin keys create --role admin --principal loadgen)
 hospital_key=$($bin keys create --role hospital --hospital-id H-DE-001)
@@ -41,12 +48,13 @@ serve() {
 trap '[[ -n $server ]] && kill $server 2>/dev/null && wait $server 2>/dev/null; true' EXIT
 
 run() {
-  target/release/loadgen --api-key "$hospital_key" --admin-key "$admin_key" \
+  ${CARGO_TARGET_DIR:-target}/release/loadgen --api-key "$hospital_key" --admin-key "$admin_key" \
     --hospital-id H-DE-001 --server-pid "$server" --database-url "$DATABASE_URL" "$@"
 }
 serve
-run --records 5000 --mode both >/dev/null 2>&1   # warm-up: the tables have rows
+# Warm-up: the tables have rows.
+run --records 5000 --stream-records 20000 --repeats 1 --mode both >/dev/null 2>&1
 kill "$server"; wait "$server" || true
 psql "$DATABASE_URL" -qc "ANALYZE"
 serve
-run --records 20000 --concurrency 64 "$@"
+run --records 30000 --stream-records 250000 --repeats 3 --concurrency 64 "$@"

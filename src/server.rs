@@ -60,8 +60,8 @@ const CONNECTION_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
 /// a time.
 const HEALTH_MAX_CONNECTIONS: usize = 64;
 
-/// How often health checks that the database answers (and pool metrics are sampled).
-const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+/// The least time between two health checks, however often calls ask for one.
+const MIN_CHECK_GAP: Duration = Duration::from_millis(50);
 
 /// How often it checks while the database is down, so that calls, refused
 /// meanwhile, go through again soon after it is back.
@@ -169,6 +169,18 @@ pub struct ServeOptions {
         value_parser = config::seconds
     )]
     pub shutdown_timeout: Duration,
+
+    /// Seconds between the checks that the database answers (health and
+    /// pool metrics follow them). A call that finds the database gone asks
+    /// for a check at once, whatever this says.
+    #[arg(
+        long = "health-interval-secs",
+        env = "HEALTH_INTERVAL_SECS",
+        value_name = "SECS",
+        default_value = "2",
+        value_parser = config::seconds
+    )]
+    pub health_interval: Duration,
 
     /// Calls in flight at once; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "MAX_CONCURRENT_CALLS", default_value_t = 256)]
@@ -361,7 +373,11 @@ pub async fn serve(
     health
         .set_service_status(LIVENESS, ServingStatus::Serving)
         .await;
-    let watcher = tokio::spawn(watch_database(app.store.clone(), health.clone()));
+    let watcher = tokio::spawn(watch_database(
+        app.store.clone(),
+        health.clone(),
+        options.health_interval,
+    ));
     let (stop_sealing, sealing_stopped) = tokio::sync::watch::channel(false);
     let sealer = tokio::spawn(seal::run(
         app.store.clone(),
@@ -579,8 +595,9 @@ async fn set_all(health: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// Keeps health SERVING exactly while the database answers.
-async fn watch_database(store: Store, health: HealthReporter) {
+/// Keeps health SERVING exactly while the database answers: checks every
+/// `interval`, and at once when a call suspects the database is gone.
+async fn watch_database(store: Store, health: HealthReporter, interval: Duration) {
     let mut last = None;
     let mut probe = None;
     loop {
@@ -615,8 +632,12 @@ async fn watch_database(store: Store, health: HealthReporter) {
             last = Some(status);
         }
         // While it is down, look often: calls are refused until it is back.
-        let interval = if up { HEALTH_INTERVAL } else { DOWN_INTERVAL };
-        tokio::time::sleep(interval).await;
+        let next = if up { interval } else { DOWN_INTERVAL };
+        tokio::time::sleep(MIN_CHECK_GAP).await;
+        tokio::select! {
+            () = tokio::time::sleep(next.saturating_sub(MIN_CHECK_GAP)) => {}
+            () = store.suspected() => {}
+        }
     }
 }
 

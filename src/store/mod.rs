@@ -23,9 +23,11 @@ pub mod sessions;
 pub mod steps;
 mod suggest;
 
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, watch};
 
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -118,9 +120,17 @@ pub struct Store {
     view: Arc<LedgerView>,
     /// False while the database is known to be unreachable: calls then
     /// fail at once instead of each waiting the pool's timeout.
-    reachable: Arc<AtomicBool>,
+    reachable: Arc<watch::Sender<bool>>,
+    /// Woken when a call suspects the database is gone, so that the health
+    /// check looks at once rather than at its next turn.
+    suspect: Arc<Notify>,
     options: PgConnectOptions,
 }
+
+/// How long a call waits for a connection before it asks the health check
+/// to look: a pool that is only busy answers the probe, a database that is
+/// gone fails it, and every waiting call is then refused.
+const SUSPECT_AFTER: Duration = Duration::from_millis(20);
 
 /// A connection that only checks the database answers.
 #[derive(Debug)]
@@ -177,7 +187,8 @@ impl Store {
             chain: Arc::new(ChainKey::derive(secret)),
             ledger: Arc::new(LedgerKey::derive(secret)),
             view: Arc::default(),
-            reachable: Arc::new(AtomicBool::new(true)),
+            reachable: Arc::new(watch::Sender::new(true)),
+            suspect: Arc::new(Notify::new()),
             options,
         })
     }
@@ -190,26 +201,60 @@ impl Store {
     /// A pooled connection; the wait is measured. Refused at once while
     /// the database is known to be unreachable.
     pub(crate) async fn acquire(&self) -> Result<PoolConnection<Postgres>, StoreError> {
-        self.fail_fast()?;
-        let started = Instant::now();
-        let conn = self.pool.acquire().await;
-        metrics::pool_wait(started.elapsed());
-        Ok(conn?)
+        self.connecting(self.pool.acquire()).await
     }
 
     /// A transaction on a pooled connection; the wait is measured. Refused
     /// at once while the database is known to be unreachable.
     pub(crate) async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.connecting(self.pool.begin()).await
+    }
+
+    /// Waits for a connection from the pool (`connecting`), measured, but
+    /// no longer than the database is known to be reachable. A wait that
+    /// drags on, or ends as an unreachable database's would (the pool finds
+    /// its connections dead and cannot open new ones), asks the health
+    /// check to look at once: the call that meets a dead database is the
+    /// first to know, and once the check agrees this call and every other
+    /// one waiting is refused at once instead of after the pool's timeout.
+    async fn connecting<T>(
+        &self,
+        connecting: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, StoreError> {
         self.fail_fast()?;
         let started = Instant::now();
-        let tx = self.pool.begin().await;
+        let mut reachable = self.reachable.subscribe();
+        let gone = async move {
+            // The sender lives as long as this store, so this only ends
+            // when the database is marked unreachable.
+            let _ = reachable.wait_for(|up| !*up).await;
+        };
+        let slow = tokio::time::sleep(SUSPECT_AFTER);
+        tokio::pin!(connecting, gone, slow);
+        let mut asked = false;
+        let connected = loop {
+            tokio::select! {
+                connected = &mut connecting => break connected,
+                () = &mut gone => return Err(StoreError::Unreachable),
+                () = &mut slow, if !asked => {
+                    self.suspect.notify_one();
+                    asked = true;
+                }
+            }
+        };
         metrics::pool_wait(started.elapsed());
-        Ok(tx?)
+        match connected {
+            Err(e) if StoreError::unavailable(&e) => {
+                self.suspect.notify_one();
+                Err(e.into())
+            }
+            connected => Ok(connected?),
+        }
     }
 
     /// The refusal of a call while the database is known to be down.
     fn fail_fast(&self) -> Result<(), StoreError> {
-        if self.reachable.load(Ordering::Relaxed) {
+        if *self.reachable.borrow() {
             Ok(())
         } else {
             Err(StoreError::Unreachable)
@@ -219,7 +264,17 @@ impl Store {
     /// Records what the health check found, so calls fail fast while the
     /// database is down and go through again as soon as it is back.
     pub fn set_reachable(&self, up: bool) {
-        self.reachable.store(up, Ordering::Relaxed);
+        self.reachable.send_if_modified(|was| {
+            let changed = *was != up;
+            *was = up;
+            changed
+        });
+    }
+
+    /// Resolves when a call suspects the database is gone (see
+    /// [`Store::acquire`]): the health check then looks at once.
+    pub async fn suspected(&self) {
+        self.suspect.notified().await;
     }
 
     /// Connections open, of which idle, and the most the pool opens.

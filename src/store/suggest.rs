@@ -12,7 +12,9 @@ impl Store {
     pub async fn open_flags_outside_cases(&self) -> Result<Vec<OpenFlag>, StoreError> {
         let mut tx = self.begin().await?;
         // Compiling this one long read costs a second and saves nothing.
-        sqlx::query!("SET LOCAL jit = off").execute(&mut *tx).await?;
+        sqlx::query!("SET LOCAL jit = off")
+            .execute(&mut *tx)
+            .await?;
         // Each flag's record is looked up by id (OFFSET 0 keeps the planner
         // from turning the lookups into a hash join, which reads the whole
         // records table: 6.7 s against 3.0 s for 482,000 flags at 10^7

@@ -10,6 +10,7 @@ use tonic::Code;
 use transplant_audit::domain::Role;
 use transplant_audit::localdb::LocalPostgres;
 use transplant_audit::rules::RulesConfig;
+use transplant_audit::server::ServeOptions;
 use transplant_audit::store;
 use transplant_audit::wire::pb;
 use transplant_audit::wire::pb::ingest_service_client::IngestServiceClient;
@@ -123,6 +124,10 @@ async fn wait_for_health(
     panic!("health never became {want:?}");
 }
 
+/// Postgres stopped under load: the first call that meets it gone tells the
+/// service, whose periodic check is an hour away here, so that health turns
+/// NOT_SERVING and later calls are refused at once; started again, the
+/// service recovers by itself.
 #[tokio::test]
 async fn postgres_stopped_under_load_turns_health_and_calls_unavailable_and_recovers() {
     use tonic_health::pb::health_check_response::ServingStatus;
@@ -136,7 +141,11 @@ async fn postgres_stopped_under_load_turns_health_and_calls_unavailable_and_reco
     store::create_database_if_missing(&pg.url("postgres"), "faults")
         .await
         .expect("database");
-    let app = spawn_app_on(&pg.url("faults"), RulesConfig::default()).await;
+    let options = ServeOptions {
+        health_interval: Duration::from_secs(3600),
+        ..ServeOptions::default()
+    };
+    let app = spawn_app_configured(&pg.url("faults"), RulesConfig::default(), options).await;
     wait_for_health(&app, ServingStatus::Serving).await;
     submit(&app, kidney("BEFORE")).await.expect("accepted");
 
@@ -170,6 +179,11 @@ async fn postgres_stopped_under_load_turns_health_and_calls_unavailable_and_reco
         }
     });
     stopped.await.unwrap().expect("stop postgres");
+    // A call meets the stopped database; only it can tell the service.
+    let status = submit(&app, kidney("MEETS-IT"))
+        .await
+        .expect_err("no database");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     wait_for_health(&app, ServingStatus::NotServing).await;
     let alive = tonic_health::pb::health_client::HealthClient::new(app.channel.clone())
         .check(tonic_health::pb::HealthCheckRequest {

@@ -246,7 +246,7 @@ fn is_auth(status: &Status) -> bool {
 }
 
 /// A failed call as an error, with a hint when credentials are the problem.
-fn explain(status: &Status, what: &str) -> anyhow::Error {
+pub fn explain(status: &Status, what: &str) -> anyhow::Error {
     let hint = match status.code() {
         Code::Unauthenticated => {
             "; pass a key with --api-key (or TRANSPLANT_AUDIT_API_KEY), see README.md for creating one"

@@ -8,6 +8,12 @@
 //! The donors, clinic-months and flags are those of the newest records and
 //! flags (one unfiltered page of 500 of each), taken in turn. Every call
 //! writes the access log, as an auditor's would; nothing else is written.
+//!
+//! Given the server's database, each search is followed by its main query
+//! (the page's ids, as src/store/investigate.rs builds it) over a
+//! connection of this tool's own; the report gives the ratio of the p99s.
+//! The call also reads the page's records and flags and writes the access
+//! log, so the ratio shows what those and the service add.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -15,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow};
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use serde::Serialize;
+use sqlx::{Connection, PgConnection, Postgres, QueryBuilder};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 use transplant_audit_core::wire::pb;
@@ -42,6 +49,8 @@ pub struct Settings {
     pub rounds: usize,
     /// Records per search page.
     pub page_size: i32,
+    /// The server's database, for timing the searches' main query directly.
+    pub database_url: Option<String>,
 }
 
 /// One kind of call.
@@ -175,6 +184,10 @@ pub struct Row {
     pub truncated: usize,
     /// Latency of the answered calls.
     pub latency: Option<Latency>,
+    /// The main query over a direct connection, when measured.
+    pub direct: Option<Latency>,
+    /// The call's p99 over the main query's.
+    pub ratio: Option<f64>,
     /// The target p99, in milliseconds.
     pub p99_target_ms: f64,
     /// p99 below the target, when measured.
@@ -212,8 +225,19 @@ impl Judged for Report {
         );
         let _ = writeln!(
             out,
-            "{:<28} {:>6} {:>6} {:>7} {:>5} {:>8} {:>8} {:>8} {:>8}",
-            "call", "calls", "errors", "items", "cut", "p50 ms", "p99 ms", "max ms", "target"
+            "{:<28} {:>6} {:>6} {:>7} {:>5} {:>8} {:>8} {:>8} {:>8}        {:>10} {:>10} {:>6}",
+            "call",
+            "calls",
+            "errors",
+            "items",
+            "cut",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "target",
+            "SQL p50 ms",
+            "SQL p99 ms",
+            "ratio"
         );
         for r in &self.rows {
             let ms = |f: fn(&Latency) -> f64| {
@@ -226,9 +250,15 @@ impl Judged for Report {
                 Some(false) => "FAIL",
                 None => "not measured",
             };
+            let direct = |f: fn(&Latency) -> f64| {
+                r.direct
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |l| format!("{:.2}", f(l)))
+            };
+            let ratio = r.ratio.map_or_else(|| "-".into(), |x| format!("{x:.2}"));
             let _ = writeln!(
                 out,
-                "{:<28} {:>6} {:>6} {:>7.1} {:>5} {:>8} {:>8} {:>8} {:>6} ms  {verdict}",
+                "{:<28} {:>6} {:>6} {:>7.1} {:>5} {:>8} {:>8} {:>8} {:>6} ms  {verdict:<4} {:>10} {:>10} {:>6}",
                 r.call,
                 r.calls,
                 r.errors,
@@ -238,6 +268,9 @@ impl Judged for Report {
                 ms(|l| l.p99_ms),
                 ms(|l| l.max_ms),
                 r.p99_target_ms,
+                direct(|l| l.p50_ms),
+                direct(|l| l.p99_ms),
+                ratio,
             );
         }
         for r in self.rows.iter().filter(|r| !r.error_samples.is_empty()) {
@@ -274,11 +307,23 @@ pub async fn run(
         settings.rounds,
         Kind::ALL.len()
     );
+    let mut db = match &settings.database_url {
+        Some(url) => Some(
+            PgConnection::connect(url)
+                .await
+                .context("connecting to --database-url")?,
+        ),
+        None => None,
+    };
     let mut calls: Vec<Calls> = Kind::ALL.iter().map(|_| Calls::default()).collect();
+    let mut direct: Vec<Calls> = Kind::ALL.iter().map(|_| Calls::default()).collect();
     // One unmeasured round: connections, prepared statements and caches warm.
     let mut discard = Calls::default();
     for kind in Kind::ALL {
         call(&mut investigate, &values, kind, 0, settings, &mut discard).await?;
+        if let Some(db) = db.as_mut() {
+            main_query(db, &values, kind, 0, settings, &mut discard).await?;
+        }
     }
     // Rounds interleave the kinds, so whatever else the machine does falls on all alike.
     for round in 0..settings.rounds {
@@ -292,15 +337,25 @@ pub async fn run(
                 &mut calls[k],
             )
             .await?;
+            if let Some(db) = db.as_mut() {
+                main_query(db, &values, kind, round, settings, &mut direct[k]).await?;
+            }
         }
     }
     let rows = Kind::ALL
         .into_iter()
-        .zip(calls)
-        .map(|(kind, mut c)| {
+        .zip(calls.into_iter().zip(direct))
+        .map(|(kind, (mut c, mut d))| {
             let answered = c.latencies.len();
             let latency = Latency::of(&mut c.latencies);
+            let direct = Latency::of(&mut d.latencies);
+            let ratio = match (latency, direct) {
+                (Some(l), Some(d)) if d.p99_ms > 0.0 => Some(l.p99_ms / d.p99_ms),
+                _ => None,
+            };
             Row {
+                direct,
+                ratio,
                 call: kind.label(),
                 calls: answered,
                 errors: c.errors,
@@ -380,6 +435,56 @@ async fn call(
             }
         }
     }
+    Ok(())
+}
+
+/// The main query of a search as the store builds it (src/store/investigate.rs:
+/// `search_records`, `push_record_filter`), timed over a direct connection;
+/// nothing for the other kinds. A change there must be copied here.
+async fn main_query(
+    db: &mut PgConnection,
+    values: &Values,
+    kind: Kind,
+    round: usize,
+    settings: &Settings,
+    calls: &mut Calls,
+) -> anyhow::Result<()> {
+    let request = values.search(kind, round, settings.page_size);
+    let mut q: QueryBuilder<Postgres> =
+        QueryBuilder::new("SELECT r.id, r.transplanted_at FROM records r");
+    q.push(" WHERE true");
+    match kind {
+        Kind::Donor => {
+            let fingerprint = hex::decode(&request.donor_fingerprint)
+                .context("a donor fingerprint the server listed")?;
+            q.push(" AND r.donor_fp = ").push_bind(fingerprint);
+        }
+        Kind::ClinicMonth => {
+            let at = |t: Option<prost_types::Timestamp>| {
+                t.and_then(|t| DateTime::from_timestamp(t.seconds, 0))
+                    .context("a search's month")
+            };
+            q.push(" AND r.clinic_id = ")
+                .push_bind(request.clinic_id.clone());
+            q.push(" AND r.transplanted_at >= ")
+                .push_bind(at(request.transplanted_after)?);
+            q.push(" AND r.transplanted_at < ")
+                .push_bind(at(request.transplanted_before)?);
+        }
+        Kind::Network | Kind::ClinicActivity => return Ok(()),
+    }
+    q.push(format_args!(
+        " ORDER BY r.transplanted_at DESC, r.id DESC LIMIT {}",
+        settings.page_size + 1
+    ));
+    let sent = Instant::now();
+    let rows = q
+        .build()
+        .fetch_all(&mut *db)
+        .await
+        .context("a search's main query over a direct connection")?;
+    calls.latencies.push(sent.elapsed());
+    calls.items += rows.len();
     Ok(())
 }
 

@@ -6,12 +6,18 @@
 //! The clinics and hospitals filtered on are the ones of the newest flags
 //! (one unfiltered page of 500), taken in turn; the rules are every rule of
 //! the catalogue in turn, rare ones included.
+//!
+//! Given the server's database, each call is followed by the same SQL the
+//! store runs for that page, over a connection of this tool's own (a
+//! prepared statement, as the store's): the ratio of the two p99s is what
+//! the service adds to its database's own tail (target at most 2).
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use serde::Serialize;
+use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Row as _};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 use transplant_audit_core::rules::RuleId;
@@ -23,6 +29,9 @@ use super::report::{Judged, Latency};
 
 /// Target: p99 of every listing page below this, in milliseconds.
 pub const P99_TARGET_MS: f64 = 5.0;
+/// Target: a listing's p99 through the service at most this multiple of
+/// the p99 of its SQL over a direct connection.
+pub const RATIO_TARGET: f64 = 2.0;
 /// Deadline of one call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most distinct clinics and hospitals taken in turn.
@@ -41,6 +50,8 @@ pub struct Settings {
     pub rounds: usize,
     /// Flags per page.
     pub page_size: i32,
+    /// The server's database, for timing the same SQL directly.
+    pub database_url: Option<String>,
 }
 
 /// The filter of one kind of query.
@@ -143,6 +154,12 @@ impl Calls {
 /// One row of the report: a query kind's first or next pages.
 #[derive(Debug, Serialize)]
 pub struct Row {
+    /// The same SQL over a direct connection, when measured.
+    pub direct: Option<Latency>,
+    /// The service's p99 over the direct p99.
+    pub ratio: Option<f64>,
+    /// The ratio at most the target, when measured.
+    pub ratio_pass: Option<bool>,
     /// The filter.
     pub query: &'static str,
     /// `first` or `next`.
@@ -162,10 +179,18 @@ pub struct Row {
 }
 
 impl Row {
-    fn new(query: &'static str, page: &'static str, mut calls: Calls) -> Self {
+    fn new(query: &'static str, page: &'static str, mut calls: Calls, mut direct: Calls) -> Self {
         let answered = calls.latencies.len();
         let latency = Latency::of(&mut calls.latencies);
+        let direct = Latency::of(&mut direct.latencies);
+        let ratio = match (latency, direct) {
+            (Some(l), Some(d)) if d.p99_ms > 0.0 => Some(l.p99_ms / d.p99_ms),
+            _ => None,
+        };
         Self {
+            direct,
+            ratio,
+            ratio_pass: ratio.map(|r| r <= RATIO_TARGET),
             query,
             page,
             calls: answered,
@@ -207,7 +232,9 @@ impl Judged for Report {
 
     /// Whether a row's p99 missed the target.
     fn missed_a_target(&self) -> bool {
-        self.rows.iter().any(|r| r.pass == Some(false))
+        self.rows
+            .iter()
+            .any(|r| r.pass == Some(false) || r.ratio_pass == Some(false))
     }
 
     /// The human-readable table.
@@ -226,7 +253,7 @@ impl Judged for Report {
         );
         let _ = writeln!(
             out,
-            "{:<26} {:<5} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8}  p99 < {} ms",
+            "{:<26} {:<5} {:>6} {:>6} {:>7} {:>8} {:>8} {:>8}  {:<13} {:>10} {:>10} {:>6}  ratio <= {}",
             "query",
             "page",
             "calls",
@@ -235,7 +262,11 @@ impl Judged for Report {
             "p50 ms",
             "p99 ms",
             "max ms",
-            P99_TARGET_MS
+            format!("p99 < {P99_TARGET_MS} ms"),
+            "SQL p50 ms",
+            "SQL p99 ms",
+            "ratio",
+            RATIO_TARGET
         );
         for r in &self.rows {
             let ms = |f: fn(&Latency) -> f64| {
@@ -243,14 +274,20 @@ impl Judged for Report {
                     .as_ref()
                     .map_or_else(|| "-".into(), |l| format!("{:.2}", f(l)))
             };
-            let verdict = match r.pass {
+            let direct = |f: fn(&Latency) -> f64| {
+                r.direct
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |l| format!("{:.2}", f(l)))
+            };
+            let verdict = |pass: Option<bool>| match pass {
                 Some(true) => "PASS",
                 Some(false) => "FAIL",
                 None => "not measured",
             };
+            let ratio = r.ratio.map_or_else(|| "-".into(), |x| format!("{x:.2}"));
             let _ = writeln!(
                 out,
-                "{:<26} {:<5} {:>6} {:>6} {:>7.1} {:>8} {:>8} {:>8}  {verdict}",
+                "{:<26} {:<5} {:>6} {:>6} {:>7.1} {:>8} {:>8} {:>8}  {:<13} {:>10} {:>10} {:>6}  {}",
                 r.query,
                 r.page,
                 r.calls,
@@ -259,6 +296,11 @@ impl Judged for Report {
                 ms(|l| l.p50_ms),
                 ms(|l| l.p99_ms),
                 ms(|l| l.max_ms),
+                verdict(r.pass),
+                direct(|l| l.p50_ms),
+                direct(|l| l.p99_ms),
+                ratio,
+                verdict(r.ratio_pass),
             );
         }
         for r in self.rows.iter().filter(|r| !r.error_samples.is_empty()) {
@@ -283,30 +325,54 @@ pub async fn run(
 ) -> anyhow::Result<Report> {
     let mut client = AuditServiceClient::with_interceptor(channel, Bearer::new(key)?);
     let values = discover(&mut client).await?;
+    let mut db = match &settings.database_url {
+        Some(url) => Some(
+            PgConnection::connect(url)
+                .await
+                .context("connecting to --database-url")?,
+        ),
+        None => None,
+    };
     eprintln!(
         "ListFlags: {} rounds x {} queries, first and next page",
         settings.rounds,
         Kind::ALL.len()
     );
-    let mut first: Vec<Calls> = Kind::ALL.iter().map(|_| Calls::default()).collect();
-    let mut next: Vec<Calls> = Kind::ALL.iter().map(|_| Calls::default()).collect();
-    // One unmeasured round: connections, prepared statements and caches warm.
+    let calls = || -> Vec<Calls> { Kind::ALL.iter().map(|_| Calls::default()).collect() };
+    let (mut first, mut next, mut direct_first, mut direct_next) =
+        (calls(), calls(), calls(), calls());
+    // Unmeasured rounds: connections, prepared statements (the server's
+    // pool has several connections, each preparing its own) and caches warm.
     let mut discard = (Calls::default(), Calls::default());
-    for (k, kind) in Kind::ALL.into_iter().enumerate() {
-        let request = values.request(kind, k, settings.page_size);
-        pair(&mut client, request, &mut discard.0, &mut discard.1).await?;
+    for round in 0..WARM_UP_ROUNDS {
+        for kind in Kind::ALL {
+            let request = values.request(kind, round, settings.page_size);
+            pair(&mut client, request.clone(), &mut discard.0, &mut discard.1).await?;
+            if let Some(db) = db.as_mut() {
+                direct_pair(db, &request, &mut discard.0, &mut discard.1).await?;
+            }
+        }
     }
-    // Rounds interleave the kinds, so whatever else the machine does falls on all alike.
+    // Rounds interleave the kinds, and each call is followed by its SQL, so
+    // whatever else the machine does falls on all alike.
     for round in 0..settings.rounds {
         for (k, kind) in Kind::ALL.into_iter().enumerate() {
             let request = values.request(kind, round, settings.page_size);
-            pair(&mut client, request, &mut first[k], &mut next[k]).await?;
+            pair(&mut client, request.clone(), &mut first[k], &mut next[k]).await?;
+            if let Some(db) = db.as_mut() {
+                direct_pair(db, &request, &mut direct_first[k], &mut direct_next[k]).await?;
+            }
         }
     }
     let mut rows = Vec::new();
-    for ((kind, f), n) in Kind::ALL.into_iter().zip(first).zip(next) {
-        rows.push(Row::new(kind.label(), "first", f));
-        rows.push(Row::new(kind.label(), "next", n));
+    let measured = first
+        .into_iter()
+        .zip(next)
+        .zip(direct_first)
+        .zip(direct_next);
+    for (kind, (((f, n), df), dn)) in Kind::ALL.into_iter().zip(measured) {
+        rows.push(Row::new(kind.label(), "first", f, df));
+        rows.push(Row::new(kind.label(), "next", n, dn));
     }
     Ok(Report {
         endpoint: settings.endpoint.clone(),
@@ -317,6 +383,110 @@ pub async fn run(
         hospitals: values.hospitals,
         rows,
     })
+}
+
+/// Unmeasured rounds of every query before the measured ones.
+const WARM_UP_ROUNDS: usize = 20;
+
+/// The SQL the store runs for a page of `request` (src/store/flags.rs:
+/// `FLAG_COLUMNS`, `push_filter`, `list_flags`), with the same literals
+/// and binds, so it is prepared and planned as the store's is. A change
+/// there must be copied here.
+fn store_sql(
+    request: &pb::ListFlagsRequest,
+    before: Option<i64>,
+) -> QueryBuilder<'static, Postgres> {
+    let mut q = QueryBuilder::new(
+        "SELECT f.id, f.record_id, f.rule_id, f.rule_version, f.severity,
+    f.explanation, f.evidence_record_ids, f.status, f.revision, f.raised_at, f.updated_at,
+    f.hospital_id, f.clinic_id, f.external_record_id, f.record_version, f.cleared_in_version, f.dismissal_proposed_by
+    FROM flags f",
+    );
+    q.push(" WHERE true");
+    if request.status == pb::FlagStatus::Open as i32 {
+        q.push(" AND f.status = ").push_bind("OPEN");
+    }
+    let severity = match pb::Severity::try_from(request.min_severity) {
+        Ok(pb::Severity::Low) => Some(1),
+        Ok(pb::Severity::Medium) => Some(2),
+        Ok(pb::Severity::High) => Some(3),
+        Ok(pb::Severity::Critical) => Some(4),
+        _ => None,
+    };
+    if let Some(min) = severity {
+        q.push(format_args!(" AND f.severity >= {min}"));
+    }
+    if !request.rule_id.is_empty() {
+        // Catalogue rule ids only (what this tool asks for), as literals.
+        q.push(format_args!(
+            " AND f.rule_id BETWEEN '{0}' AND '{0}'",
+            request.rule_id.replace('\'', "")
+        ));
+    }
+    if !request.clinic_id.is_empty() {
+        q.push(" AND f.clinic_id = ")
+            .push_bind(request.clinic_id.clone());
+    }
+    if !request.hospital_id.is_empty() {
+        q.push(" AND f.hospital_id = ")
+            .push_bind(request.hospital_id.clone());
+    }
+    if let Some(before) = before {
+        q.push(" AND f.id < ").push_bind(before);
+    }
+    let by_rule = !request.rule_id.is_empty()
+        && request.clinic_id.is_empty()
+        && request.hospital_id.is_empty();
+    let order = if by_rule {
+        "f.rule_id, f.id DESC"
+    } else {
+        "f.id DESC"
+    };
+    q.push(format_args!(
+        " ORDER BY {order} LIMIT {}",
+        request.page_size + 1
+    ));
+    q
+}
+
+/// The store's SQL for the first page of `request`, then, when there is
+/// one, for the next page, each timed.
+async fn direct_pair(
+    db: &mut PgConnection,
+    request: &pb::ListFlagsRequest,
+    first: &mut Calls,
+    next: &mut Calls,
+) -> anyhow::Result<()> {
+    let Some(before) = direct(db, request, None, first).await? else {
+        return Ok(());
+    };
+    direct(db, request, Some(before), next).await?;
+    Ok(())
+}
+
+/// One timed run of the store's SQL; the id the next page starts below,
+/// when there is a next page.
+async fn direct(
+    db: &mut PgConnection,
+    request: &pb::ListFlagsRequest,
+    before: Option<i64>,
+    calls: &mut Calls,
+) -> anyhow::Result<Option<i64>> {
+    let mut q = store_sql(request, before);
+    let sent = Instant::now();
+    let rows = q
+        .build()
+        .fetch_all(&mut *db)
+        .await
+        .context("the store's listing SQL over a direct connection")?;
+    calls.latencies.push(sent.elapsed());
+    calls.flags += rows.len().min(request.page_size as usize);
+    let page = usize::try_from(request.page_size).unwrap_or(0);
+    if rows.len() > page && page > 0 {
+        Ok(Some(rows[page - 1].try_get("id")?))
+    } else {
+        Ok(None)
+    }
 }
 
 /// The first page of `request`, then, when it has a token, the next page.
@@ -444,22 +614,51 @@ mod tests {
     }
 
     #[test]
+    fn the_direct_sql_is_the_stores() {
+        let request = pb::ListFlagsRequest {
+            page_size: 50,
+            status: pb::FlagStatus::Open as i32,
+            min_severity: pb::Severity::Critical as i32,
+            rule_id: "R1".into(),
+            ..Default::default()
+        };
+        let sql = store_sql(&request, Some(7)).into_sql();
+        assert!(
+            sql.ends_with(
+                " WHERE true AND f.status = $1 AND f.severity >= 4 AND f.rule_id BETWEEN 'R1' AND 'R1' \
+                 AND f.id < $2 ORDER BY f.rule_id, f.id DESC LIMIT 51"
+            ),
+            "{sql}"
+        );
+    }
+
+    #[test]
     fn rows_judge_the_p99() {
         let calls = Calls {
             latencies: (1..=100).map(Duration::from_micros).collect(),
             flags: 5000,
             ..Calls::default()
         };
-        let row = Row::new("q", "first", calls);
+        let direct = Calls {
+            latencies: vec![Duration::from_micros(40)],
+            ..Calls::default()
+        };
+        let row = Row::new("q", "first", calls, direct);
         assert_eq!(
             (row.calls, row.flags_per_page, row.pass),
             (100, 50.0, Some(true))
+        );
+        assert_eq!(
+            (row.ratio, row.ratio_pass),
+            (Some(99.0 / 40.0), Some(false))
         );
         let slow = Calls {
             latencies: vec![Duration::from_millis(6)],
             ..Calls::default()
         };
-        assert_eq!(Row::new("q", "next", slow).pass, Some(false));
-        assert_eq!(Row::new("q", "next", Calls::default()).pass, None);
+        let row = Row::new("q", "next", slow, Calls::default());
+        assert_eq!((row.pass, row.ratio), (Some(false), None));
+        let none = Row::new("q", "next", Calls::default(), Calls::default());
+        assert_eq!(none.pass, None);
     }
 }

@@ -7,13 +7,15 @@
 //!     --server-pid <pid of transplant-audit> --database-url postgres://…/<the server's database>
 //! ```
 //!
-//! Phases, in order: register the run's clinics; unary SubmitRecord from
-//! `--concurrency` callers; one SubmitRecords stream; then, with
-//! `--database-url`, the baselines in a scratch table (dropped at the end):
-//! the unary phase's rows one per transaction after a key lookup from as many
-//! callers, and the stream phase's rows in batched `INSERT … SELECT FROM UNNEST`.
-//! Prints a table (or, with `--json`, one JSON line) with records/s, p50/p99
-//! latency, CPU per process, the server's peak RSS and the target ratios.
+//! Phases, in order: register the run's clinics; then `--repeats` times,
+//! interleaved: unary SubmitRecord from `--concurrency` callers and, with
+//! `--database-url`, its baseline (the same rows one per transaction after a
+//! key lookup, from as many callers, in a scratch table dropped at the end);
+//! one SubmitRecords stream of `--stream-records` and its baseline (the same
+//! rows in batched `INSERT … SELECT FROM UNNEST`). Each ratio is taken
+//! within a repeat; the report gives its median and range. Prints a table
+//! (or, with `--json`, one JSON line) with records/s, p50/p99 latency, CPU
+//! per process, WAL per record, the server's peak RSS and the target ratios.
 //! Exits 1 when any record was not accepted (or, with `--strict`, a target was missed).
 //!
 //! `--mode list-flags` measures the auditors' side instead, with an AUDITOR
@@ -34,6 +36,7 @@ mod baseline;
 mod grpc;
 mod investigate;
 mod listing;
+mod outage;
 mod probe;
 mod report;
 mod rng;
@@ -56,6 +59,7 @@ use grpc::Bearer;
 use probe::{CpuSnapshot, RssSampler, Watch};
 use report::{Judged, Outcome, Phase, PhaseKind, Report};
 use rng::Rng;
+use sqlx::postgres::PgPoolOptions;
 use synth::{Mix, Settings, Synth};
 
 /// Which gRPC phases to run.
@@ -73,6 +77,9 @@ enum Mode {
     Investigate,
     /// SuggestCases over every open flag outside a case (an AUDITOR key); no ingest.
     SuggestCases,
+    /// SubmitRecord and health while the local Postgres under
+    /// --postgres-dir is stopped and started again.
+    Outage,
 }
 
 /// Load generator for transplant-audit: synthetic records over gRPC, measured
@@ -94,9 +101,20 @@ struct Args {
     /// unset, records are spread over a few hundred hospitals.
     #[arg(long)]
     hospital_id: Option<String>,
-    /// Records per gRPC phase.
+    /// Records per unary phase (and per stream phase, unless --stream-records is given).
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=5_000_000))]
     records: u32,
+    /// Records per stream phase [default: --records].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=5_000_000))]
+    stream_records: Option<u32>,
+    /// How many times the service phases and their baselines run, interleaved
+    /// (unary, its baseline, stream, its baseline, then again); ratios are
+    /// taken within a repeat and judged on their median.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    repeats: u32,
+    /// A phase shorter than this many seconds gets a note in the report.
+    #[arg(long, default_value_t = 5)]
+    min_seconds: u32,
     /// Concurrent callers of the unary phase (and of the one-row-per-transaction baseline).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
     concurrency: u32,
@@ -124,6 +142,16 @@ struct Args {
     /// How many clinics to register and spread records over.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     clinics: u32,
+    /// outage: the project-managed local Postgres the server runs on
+    /// (`<data dir>/postgres` of a server started without DATABASE_URL).
+    #[arg(long)]
+    postgres_dir: Option<std::path::PathBuf>,
+    /// outage: seconds of normal service before Postgres is stopped.
+    #[arg(long, default_value_t = 2)]
+    outage_after: u64,
+    /// outage: seconds Postgres stays stopped.
+    #[arg(long, default_value_t = 3)]
+    outage_seconds: u64,
     /// Print one JSON line on stdout (the table goes to stderr).
     #[arg(long)]
     json: bool,
@@ -157,8 +185,19 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let report = suggest::run(channel, args.api_key.as_deref(), &args.endpoint, rounds).await?;
         return finish(&report, &args);
     }
+    if args.mode == Mode::Outage {
+        return outage(&args).await;
+    }
+    ingest(&args).await
+}
+
+/// The ingest modes: each repeat runs the unary phase and its baseline, then
+/// the stream phase and its baseline, so whatever else the machine does
+/// falls on a service phase and its baseline alike.
+async fn ingest(args: &Args) -> anyhow::Result<ExitCode> {
     let run_id = args.run_id.clone().unwrap_or_else(unix_time);
     let n = args.records as usize;
+    let stream_n = args.stream_records.map_or(n, |s| s as usize);
     let concurrency = args.concurrency as usize;
     let settings = Settings {
         run_id: run_id.clone(),
@@ -168,17 +207,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let mut synth = Synth::new(settings, Rng::new(args.seed));
     let mut mix = Mix::default();
-    let mut batch = |phase: &str, wanted: bool| {
-        wanted.then(|| {
-            let (records, m) = synth.records(phase, n);
-            mix.add(m);
-            Arc::new(records)
-        })
-    };
-    let unary_records = batch("u", args.mode != Mode::Stream);
-    let stream_records = batch("s", args.mode != Mode::Unary);
 
-    let notes = match &args.database_url {
+    let mut notes = match &args.database_url {
         Some(url) => baseline::database_notes(url).await?,
         None => Vec::new(),
     };
@@ -194,34 +224,93 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     eprintln!("registering {} clinics", synth.clinics().len());
     grpc::register_clinics(&mut registry, synth.clinics()).await?;
 
+    let wal = match &args.database_url {
+        Some(url) => Some(
+            PgPoolOptions::new()
+                .max_connections(1)
+                .connect(url)
+                .await
+                .context("connecting to --database-url")?,
+        ),
+        None => None,
+    };
     let watch = Watch {
+        wal,
         server: args.server_pid,
         database: args.database_url.as_deref().and_then(database_name),
     };
+    let baseline_watch = Watch {
+        server: None,
+        ..watch.clone()
+    };
+    let baseline = match &args.database_url {
+        Some(url) => {
+            let connections = if args.mode == Mode::Stream {
+                1
+            } else {
+                concurrency
+            };
+            Some(Baseline::open(url, &run_id, connections as u32).await?)
+        }
+        None => None,
+    };
     let sampler = args.server_pid.map(RssSampler::start).transpose()?;
     let mut phases = Vec::new();
-    if let Some(records) = &unary_records {
-        let work = grpc::unary(&ingest, records.clone(), concurrency);
-        let label = format!("unary SubmitRecord x{concurrency}");
-        phases.push(measured(PhaseKind::Unary, label, n, &watch, work).await?);
+    let measuring = async {
+        for repeat in 1..=args.repeats as usize {
+            if args.mode != Mode::Stream {
+                let (records, m) = synth.records(&format!("u{repeat}"), n);
+                mix.add(m);
+                let records = Arc::new(records);
+                let work = grpc::unary(&ingest, records.clone(), concurrency);
+                let label = format!("unary SubmitRecord x{concurrency}");
+                let kind = (PhaseKind::Unary, repeat);
+                phases.push(measured(kind, label, n, &watch, work).await?);
+                if let Some(baseline) = &baseline {
+                    let rows = rows(&records)?;
+                    drop(records);
+                    let work = baseline.one_per_transaction(Arc::new(rows), concurrency);
+                    let label = format!("raw 1 row/tx x{concurrency}");
+                    let kind = (PhaseKind::RawOnePerTransaction, repeat);
+                    phases.push(measured(kind, label, n, &baseline_watch, work).await?);
+                }
+            }
+            if args.mode != Mode::Unary {
+                let (records, m) = synth.records(&format!("s{repeat}"), stream_n);
+                mix.add(m);
+                let records = Arc::new(records);
+                let work = grpc::stream(&ingest, records.clone());
+                let label = "stream SubmitRecords x1".to_owned();
+                let kind = (PhaseKind::Stream, repeat);
+                phases.push(measured(kind, label, stream_n, &watch, work).await?);
+                if let Some(baseline) = &baseline {
+                    let rows = rows(&records)?;
+                    drop(records);
+                    let work = baseline.batched(&rows);
+                    let label = format!("raw batched {BATCH_ROWS}/stmt x1");
+                    let kind = (PhaseKind::RawBatched, repeat);
+                    phases.push(measured(kind, label, stream_n, &baseline_watch, work).await?);
+                }
+            }
+        }
+        anyhow::Ok(())
     }
-    if let Some(records) = &stream_records {
-        let work = grpc::stream(&ingest, records.clone());
-        let label = "stream SubmitRecords x1".to_owned();
-        phases.push(measured(PhaseKind::Stream, label, n, &watch, work).await?);
-    }
+    .await;
     let server_rss = sampler.map(RssSampler::finish);
-    if let Some(url) = &args.database_url {
-        let (unary_rows, stream_rows) = (
-            rows(unary_records.as_deref())?,
-            rows(stream_records.as_deref())?,
-        );
-        let watch = Watch {
-            server: None,
-            ..watch
-        };
-        let rows = (unary_rows, stream_rows);
-        phases.extend(baselines(url, &run_id, concurrency, rows, &watch).await?);
+    if let Some(baseline) = baseline {
+        let closed = baseline.close().await;
+        measuring?;
+        closed?;
+    } else {
+        measuring?;
+    }
+    let min_seconds = f64::from(args.min_seconds);
+    for p in phases.iter().filter(|p| p.seconds < min_seconds) {
+        notes.push(format!(
+            "{} (repeat {}) lasted {:.1} s, under {min_seconds} s: raise --records or \
+             --stream-records for steadier figures",
+            p.label, p.repeat, p.seconds
+        ));
     }
 
     let mut report = Report {
@@ -229,6 +318,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         endpoint: args.endpoint.clone(),
         seed: args.seed,
         records_per_phase: n,
+        stream_records: stream_n,
+        repeats: args.repeats as usize,
         concurrency,
         mix,
         phases,
@@ -237,7 +328,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         notes,
     };
     report.judge();
-    finish(&report, &args)
+    finish(&report, args)
 }
 
 /// Prints a report (as text, or as JSON with the text on stderr) and turns
@@ -265,6 +356,7 @@ async fn list_flags(args: &Args) -> anyhow::Result<ExitCode> {
         endpoint: args.endpoint.clone(),
         rounds: args.rounds as usize,
         page_size: args.page_size,
+        database_url: args.database_url.clone(),
     };
     let report = listing::run(channel, args.api_key.as_deref(), &settings).await?;
     finish(&report, args)
@@ -277,24 +369,66 @@ async fn investigation(args: &Args) -> anyhow::Result<ExitCode> {
         endpoint: args.endpoint.clone(),
         rounds: args.rounds as usize,
         page_size: args.page_size,
+        database_url: args.database_url.clone(),
     };
     let report = investigate::run(channel, args.api_key.as_deref(), &settings).await?;
     finish(&report, args)
 }
 
-/// Runs one phase, with the CPU each party used meanwhile.
+/// The outage mode: calls and health while Postgres is stopped and started.
+async fn outage(args: &Args) -> anyhow::Result<ExitCode> {
+    let postgres_dir = args
+        .postgres_dir
+        .clone()
+        .context("--mode outage needs --postgres-dir")?;
+    let run_id = args.run_id.clone().unwrap_or_else(unix_time);
+    let settings = Settings {
+        run_id,
+        clinics: args.clinics as usize,
+        hospital_id: args.hospital_id.clone(),
+        latest: latest_transplant(),
+    };
+    let mut synth = Synth::new(settings, Rng::new(args.seed));
+    let (records, _) = synth.records("o", args.records as usize);
+    // The caller and the health checks each on a connection of their own.
+    let calls = grpc::connect(&args.endpoint).await?;
+    let health = grpc::connect(&args.endpoint).await?;
+    let admin_key = args.admin_key.as_deref().or(args.api_key.as_deref());
+    let mut registry =
+        RegistryServiceClient::with_interceptor(calls.clone(), Bearer::new(admin_key)?);
+    grpc::register_clinics(&mut registry, synth.clinics()).await?;
+    let ingest =
+        IngestServiceClient::with_interceptor(calls, Bearer::new(args.api_key.as_deref())?);
+    let settings = outage::Settings {
+        postgres_dir,
+        after: std::time::Duration::from_secs(args.outage_after),
+        down_for: std::time::Duration::from_secs(args.outage_seconds),
+    };
+    let report = outage::run(ingest, health, records, &settings).await?;
+    finish(&report, args)
+}
+
+/// Runs one phase, with the CPU each party used and the WAL written meanwhile.
 async fn measured(
-    kind: PhaseKind,
+    kind: (PhaseKind, usize),
     label: String,
     records: usize,
     watch: &Watch,
     work: impl Future<Output = anyhow::Result<Outcome>>,
 ) -> anyhow::Result<Phase> {
-    eprintln!("{label}: {records} records");
+    eprintln!("{label} (repeat {}): {records} records", kind.1);
+    let wal_before = probe::wal_position(watch).await;
     let before = CpuSnapshot::take(watch);
     let outcome = work.await.with_context(|| label.clone())?;
     let cpu = before.until(&CpuSnapshot::take(watch));
-    let phase = Phase::new(kind, label, records, outcome, Some(cpu));
+    let wal_after = probe::wal_position(watch).await;
+    let mut phase = Phase::new(kind, label, records, outcome, Some(cpu));
+    phase.wal_bytes_per_record = match (wal_before, wal_after) {
+        (Some(a), Some(b)) if phase.accepted > 0 => {
+            Some(b.saturating_sub(a) as f64 / phase.accepted as f64)
+        }
+        _ => None,
+    };
     eprintln!(
         "  {:.0} records/s over {:.1} s, {} errors",
         phase.records_per_second, phase.seconds, phase.errors
@@ -302,51 +436,15 @@ async fn measured(
     Ok(phase)
 }
 
-/// Both baselines in this run's scratch table, which is dropped even when one fails.
-async fn baselines(
-    database_url: &str,
-    run_id: &str,
-    concurrency: usize,
-    (unary_rows, stream_rows): (Option<Vec<Row>>, Option<Vec<Row>>),
-    watch: &Watch,
-) -> anyhow::Result<Vec<Phase>> {
-    let connections = if unary_rows.is_some() { concurrency } else { 1 };
-    let baseline = Baseline::open(database_url, run_id, connections as u32).await?;
-    let result = async {
-        let mut phases = Vec::new();
-        if let Some(rows) = unary_rows {
-            let n = rows.len();
-            let work = baseline.one_per_transaction(Arc::new(rows), concurrency);
-            let label = format!("raw 1 row/tx x{concurrency}");
-            phases.push(measured(PhaseKind::RawOnePerTransaction, label, n, watch, work).await?);
-        }
-        if let Some(rows) = stream_rows {
-            let work = baseline.batched(&rows);
-            let label = format!("raw batched {BATCH_ROWS}/stmt x1");
-            phases.push(measured(PhaseKind::RawBatched, label, rows.len(), watch, work).await?);
-        }
-        anyhow::Ok(phases)
-    }
-    .await;
-    let closed = baseline.close().await;
-    let phases = result?;
-    closed?;
-    Ok(phases)
-}
-
 /// The rows of the records, for the baselines.
-fn rows(records: Option<&Vec<pb::TransplantRecord>>) -> anyhow::Result<Option<Vec<Row>>> {
+fn rows(records: &[pb::TransplantRecord]) -> anyhow::Result<Vec<Row>> {
     records
-        .map(|records| {
-            records
-                .iter()
-                .map(|r| {
-                    Row::from_proto(r)
-                        .with_context(|| format!("record {} is incomplete", r.external_record_id))
-                })
-                .collect()
+        .iter()
+        .map(|r| {
+            Row::from_proto(r)
+                .with_context(|| format!("record {} is incomplete", r.external_record_id))
         })
-        .transpose()
+        .collect()
 }
 
 /// The latest transplant synthesised: a week before today, at midnight UTC,

@@ -89,9 +89,11 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
-/// Which processes' CPU to count.
+/// Which processes' CPU to count, and where to read the WAL position.
 #[derive(Debug, Clone, Default)]
 pub struct Watch {
+    /// A connection to the server's Postgres, to read the WAL position.
+    pub wal: Option<sqlx::PgPool>,
     /// The server's pid.
     pub server: Option<u32>,
     /// Count only the backends of this database (plus Postgres's shared
@@ -209,6 +211,25 @@ fn serves(title: &str, database: Option<&str>) -> bool {
     }
 }
 
+/// The cluster's current write-ahead log position, in bytes; `None` when
+/// it cannot be read.
+pub async fn wal_position(watch: &Watch) -> Option<u64> {
+    let pool = watch.wal.as_ref()?;
+    let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(pool)
+        .await
+        .ok()?;
+    parse_lsn(&lsn)
+}
+
+/// A `pg_lsn` as text (`16/B374D848`) as a byte position.
+fn parse_lsn(lsn: &str) -> Option<u64> {
+    let (high, low) = lsn.split_once('/')?;
+    let high = u64::from_str_radix(high, 16).ok()?;
+    let low = u64::from_str_radix(low, 16).ok()?;
+    Some((high << 32) | low)
+}
+
 /// (busy, total) ticks of all cores from /proc/stat.
 fn machine_ticks() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
@@ -233,7 +254,7 @@ mod tests {
         assert!(status_kib(std::process::id(), "VmRSS:").is_some_and(|k| k > 0));
         let watch = Watch {
             server: Some(std::process::id()),
-            database: None,
+            ..Watch::default()
         };
         let before = CpuSnapshot::take(&watch);
         let mut x = 0u64;
@@ -243,6 +264,13 @@ mod tests {
         std::hint::black_box(x);
         let used = before.until(&CpuSnapshot::take(&watch));
         assert!(used.server.is_some() && used.loadgen.is_some(), "{used:?}");
+    }
+
+    #[test]
+    fn wal_positions_parse() {
+        assert_eq!(parse_lsn("0/10"), Some(16));
+        assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374_D848));
+        assert_eq!(parse_lsn("16"), None);
     }
 
     #[test]
