@@ -27,6 +27,7 @@
 //! (see `investigate.rs`); only the access log is written.
 
 mod baseline;
+mod console;
 mod grpc;
 mod investigate;
 mod listing;
@@ -66,6 +67,8 @@ enum Mode {
     ListFlags,
     /// SearchRecords and GetNetwork latencies (an AUDITOR key); no ingest.
     Investigate,
+    /// The web console's pages, signed in with an AUDITOR key (see console.rs); no ingest.
+    Console,
 }
 
 /// Load generator for transplant-audit: synthetic records over gRPC, measured
@@ -117,6 +120,9 @@ struct Args {
     /// How many clinics to register and spread records over.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     clinics: u32,
+    /// console: the web console's address.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    console_url: String,
     /// Print one JSON line on stdout (the table goes to stderr).
     #[arg(long)]
     json: bool,
@@ -143,6 +149,15 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if args.mode == Mode::Investigate {
         return investigation(&args).await;
+    }
+    if args.mode == Mode::Console {
+        let settings = console::Settings {
+            console: args.console_url.clone(),
+            rounds: args.rounds as usize,
+        };
+        let channel = grpc::connect(&args.endpoint).await?;
+        let report = console::run(channel, args.api_key.as_deref(), &settings).await?;
+        return finish(&report, &args);
     }
     let run_id = args.run_id.clone().unwrap_or_else(unix_time);
     let n = args.records as usize;
