@@ -18,6 +18,7 @@ pub mod federation;
 pub mod import;
 pub mod incoming;
 pub mod ingest;
+pub mod investigation;
 pub mod rescan;
 pub mod seal;
 pub mod server;

@@ -33,6 +33,7 @@ use crate::domain::FingerprintKey;
 use crate::domain::ledger::{PublicKey, SigningKey};
 use crate::incoming::{ConnectionLimits, TlsSetupError, incoming, tls_config};
 use crate::ingest::Ingestor;
+use crate::investigation::Investigation;
 use crate::rules::Engine;
 use crate::seal::{self, Sinks};
 use crate::store::Store;
@@ -448,6 +449,7 @@ pub async fn serve(
     let console = listeners.console.map(|console| {
         let site = Console::new(
             Auditing::new(app.store.clone(), feed.clone()),
+            Investigation::new(app.store.clone(), app.engine.config().non_resident_share),
             app.auth.clone(),
             app.store.clone(),
             app.sealing.signer.clone(),

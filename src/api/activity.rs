@@ -4,26 +4,35 @@
 
 use tonic::Status;
 
-use crate::domain::activity::{ClinicActivity, CountryActivity};
+use crate::domain::activity::CountryActivity;
+use crate::investigation::Investigation;
 use crate::rules::config::NonResidentShareConfig;
 use crate::store::Store;
 use crate::wire::activity::{clinic_span, clinic_to_proto, country_to_proto, country_year};
 use crate::wire::pb;
 
-use super::status::{ApiError, Resource, invalid};
+use super::status::{ApiError, invalid};
 
 /// Reads activity from the store's counters, next to the share rule's line.
 #[derive(Clone, Debug)]
 pub struct ActivityApi {
     store: Store,
-    share: NonResidentShareConfig,
+    investigation: Investigation,
 }
 
 impl ActivityApi {
     /// Reads from `store`; `share` is the share rule's configuration, whose
     /// line the figures are printed next to.
     pub fn new(store: Store, share: NonResidentShareConfig) -> Self {
-        Self { store, share }
+        Self {
+            investigation: Investigation::new(store.clone(), share),
+            store,
+        }
+    }
+
+    /// The investigation reads behind these calls.
+    pub fn investigation(&self) -> &Investigation {
+        &self.investigation
     }
 
     /// One clinic's months. A clinic neither registered nor named by any
@@ -33,15 +42,12 @@ impl ActivityApi {
         req: &pb::GetClinicActivityRequest,
     ) -> Result<pb::GetClinicActivityResponse, Status> {
         let span = clinic_span(req).map_err(invalid)?;
-        if !self.store.clinic_known(&span.clinic_id).await? {
-            return Err(ApiError::NotFound(Resource::Clinic(span.clinic_id)).into());
-        }
-        let values = self
-            .store
+        let activity = self
+            .investigation
             .clinic_activity(&span.clinic_id, span.from, span.until)
-            .await?;
-        let activity = ClinicActivity::fold(&span.clinic_id, span.from, span.until, values);
-        Ok(clinic_to_proto(&activity, &self.share))
+            .await
+            .map_err(ApiError::from)?;
+        Ok(clinic_to_proto(&activity, self.investigation.share_rule()))
     }
 
     /// One procedure country's year, clinic by clinic; a country with no
@@ -57,6 +63,10 @@ impl ActivityApi {
             .country_activity(year.country, from, until)
             .await?;
         let activity = CountryActivity::fold(from, until, values);
-        Ok(country_to_proto(&year, &activity, &self.share))
+        Ok(country_to_proto(
+            &year,
+            &activity,
+            self.investigation.share_rule(),
+        ))
     }
 }

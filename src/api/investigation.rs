@@ -11,15 +11,14 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::domain::ledger::SigningKey;
-use crate::domain::network::{Origin, Walk};
 use crate::domain::search::RecordCursor;
 use crate::export;
 use crate::store::Store;
 use crate::store::investigate::Read;
 use crate::wire::convert::record_to_proto;
 use crate::wire::investigation::{
-    NetworkStart, access_filter, access_to_proto, export_as_listing, network_request,
-    network_to_proto, record_filter, summary_to_proto,
+    access_filter, access_to_proto, export_as_listing, network_request, network_to_proto,
+    record_filter, summary_to_proto,
 };
 use crate::wire::listing;
 use crate::wire::pb;
@@ -29,7 +28,7 @@ use super::Acting;
 use super::activity::ActivityApi;
 use super::cases;
 use super::page_token::PageTokens;
-use super::status::{ApiError, Resource, invalid, invalid_field};
+use super::status::{ApiError, invalid, invalid_field};
 use crate::rules::config::NonResidentShareConfig;
 
 /// The listing names page tokens are bound to.
@@ -130,60 +129,20 @@ impl InvestigationService for InvestigationApi {
     ) -> Result<Response<pb::GetNetworkResponse>, Status> {
         let acting = Acting::of(&request)?;
         let asked = network_request(request.get_ref()).map_err(invalid)?;
-        let origin = match &asked.start {
-            NetworkStart::Record(id) => Origin::Record(
-                self.store
-                    .record_links(*id)
-                    .await?
-                    .ok_or(ApiError::NotFound(Resource::StoredRecord))?,
-            ),
-            NetworkStart::Flag(id) => {
-                let flag = self
-                    .store
-                    .flag(*id)
-                    .await?
-                    .ok_or(ApiError::NotFound(Resource::Flag))?;
-                Origin::Record(
-                    self.store
-                        .record_links(flag.record_id.0)
-                        .await?
-                        .ok_or(ApiError::NotFound(Resource::StoredRecord))?,
-                )
-            }
-            NetworkStart::Party(party) => Origin::Party(party.clone()),
-        };
-        let mut walk = Walk::new(origin, asked.depth, asked.max_nodes);
-        while let Some(parties) = walk.wanted() {
-            let found = self
-                .store
-                .records_of_parties(&parties, walk.per_party_limit())
-                .await?;
-            walk.feed(found);
-        }
-        let network = walk.finish();
-        let ids = network.record_ids();
-        let records: HashMap<i64, pb::StoredRecord> = self
-            .store
-            .records(&ids)
-            .await?
+        let view = self
+            .activity
+            .investigation()
+            .network(&acting.actor(), &asked)
+            .await
+            .map_err(ApiError::from)?;
+        let records: HashMap<i64, pb::StoredRecord> = view
+            .records
             .iter()
-            .map(|r| (r.id.0, record_to_proto(r)))
+            .map(|(id, r)| (*id, record_to_proto(r)))
             .collect();
-        let open_flags = self.store.flag_summaries(&ids, true).await?;
-        let mut reads = vec![Read {
-            resource: "network",
-            resource_id: format!(
-                "{:?} depth={} max_nodes={}",
-                asked.start, asked.depth, asked.max_nodes
-            ),
-        }];
-        reads.extend(records_read(ids.iter().copied()));
-        self.store
-            .record_reads(&acting.actor(), "GetNetwork", &reads)
-            .await?;
         Ok(Response::new(network_to_proto(
-            &network,
-            &open_flags,
+            &view.network,
+            &view.open_flags,
             &records,
         )))
     }

@@ -20,6 +20,7 @@ use crate::domain::{FlagStatus, Role, Violations};
 use crate::export::ExportError;
 use crate::ingest::IngestError;
 use crate::ingest::stream::StreamError;
+use crate::investigation::InvestigationError;
 use crate::rescan::RescanError;
 use crate::store::cases::CaseError;
 use crate::store::federation::PeerError;
@@ -504,6 +505,17 @@ impl From<AuditError> for ApiError {
         match err {
             AuditError::FlagNotFound => ApiError::NotFound(Resource::Flag),
             AuditError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<InvestigationError> for ApiError {
+    fn from(err: InvestigationError) -> Self {
+        match err {
+            InvestigationError::RecordNotFound => ApiError::NotFound(Resource::StoredRecord),
+            InvestigationError::FlagNotFound => ApiError::NotFound(Resource::Flag),
+            InvestigationError::ClinicNotFound(id) => ApiError::NotFound(Resource::Clinic(id)),
+            InvestigationError::Store(e) => e.into(),
         }
     }
 }

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::Console;
 use super::error::PageError;
-use super::pages::{check_csrf, path_id};
+use super::pages::{INVESTIGATION_SERVICE, check_csrf, check_role, path_id};
 use super::session::Signed;
 use super::views::{FlagRow, Nav, when};
 use crate::domain::case::{
@@ -343,6 +343,7 @@ pub async fn open_case(
     Form(form): Form<OpenCaseForm>,
 ) -> Result<Response, PageError> {
     check_csrf(&signed, &headers, &form.csrf)?;
+    check_role(&signed, INVESTIGATION_SERVICE, "CreateCase")?;
     let mut v = Violations::default();
     let title = form.title.trim();
     check_note(&mut v, "title", title, MAX_TITLE_LEN, true);
@@ -475,6 +476,7 @@ pub async fn add_note(
     Form(form): Form<CaseForm>,
 ) -> Result<Response, PageError> {
     check_csrf(&signed, &headers, &form.csrf)?;
+    check_role(&signed, INVESTIGATION_SERVICE, "AddCaseNote")?;
     let id = path_id(&id, "case")?;
     let mut v = Violations::default();
     check_note(&mut v, "note", form.note.trim(), MAX_CASE_TEXT_LEN, true);
@@ -501,6 +503,7 @@ pub async fn assign(
     Form(form): Form<CaseForm>,
 ) -> Result<Response, PageError> {
     check_csrf(&signed, &headers, &form.csrf)?;
+    check_role(&signed, INVESTIGATION_SERVICE, "AssignCase")?;
     let id = path_id(&id, "case")?;
     let mut v = Violations::default();
     let assignee = party(&mut v, "assignee", &form.assignee);
@@ -522,6 +525,7 @@ pub async fn set_status(
     Form(form): Form<CaseForm>,
 ) -> Result<Response, PageError> {
     check_csrf(&signed, &headers, &form.csrf)?;
+    check_role(&signed, INVESTIGATION_SERVICE, "UpdateCaseStatus")?;
     let id = path_id(&id, "case")?;
     let mut v = Violations::default();
     let to = v.check("status", form.status.parse::<CaseStatus>());
@@ -587,6 +591,7 @@ pub async fn add_flag(
     Form(form): Form<AddFlagForm>,
 ) -> Result<Response, PageError> {
     check_csrf(&signed, &headers, &form.csrf)?;
+    check_role(&signed, INVESTIGATION_SERVICE, "AddFlagsToCase")?;
     let flag_id = path_id(&flag_id, "flag")?;
     let mut v = Violations::default();
     let case_id = v.check(

@@ -1,6 +1,7 @@
 //! A clinic's page: its registry entry and licence history, its recent
 //! flags, and its monthly activity (the figures `GetClinicActivity`
-//! reads) as a table with a bar chart the server draws.
+//! reads, through the same application layer) as charts drawn by
+//! [`super::charts`], each with a table of its figures.
 
 use askama::Template;
 use axum::extract::{Path, State};
@@ -9,20 +10,18 @@ use axum::response::{Html, IntoResponse, Response};
 use chrono::{Datelike, Months, NaiveDate, Utc};
 
 use super::Console;
+use super::charts::{self, ChartError};
 use super::error::PageError;
 use super::session::Signed;
 use super::views::{FlagRow, Nav, when};
 use crate::domain::FlagFilter;
-use crate::domain::activity::ClinicActivity;
 
 /// Months of activity shown, ending with this one.
 const MONTHS: u32 = 24;
 /// Recent flags shown.
 const RECENT_FLAGS: i64 = 20;
-/// The chart's bar area, in SVG units.
-const CHART_HEIGHT: i64 = 100;
-/// One bar's width and gap.
-const BAR: i64 = 12;
+/// Nationalities the chart shows, most donors first.
+const NATIONALITIES: usize = 12;
 
 /// One version of the registry entry.
 #[derive(Debug, Clone)]
@@ -54,10 +53,14 @@ pub struct MonthRow {
     pub deceased_to_non_resident: i64,
     /// Living unrelated donors from abroad.
     pub living_unrelated_foreign_donor: i64,
+    /// Deceased-donor transplants.
+    pub deceased: i64,
+    /// Of those, the share to non-residents, as a percentage; "–" without any.
+    pub share: String,
+    /// Whether the share is above the rule's line.
+    pub above: bool,
     /// Flags raised.
     pub flags: i64,
-    /// The chart's bar: x, y and height.
-    pub bar: (i64, i64, i64),
 }
 
 /// A clinic.
@@ -74,10 +77,16 @@ pub struct ClinicPage {
     pub flags: Vec<FlagRow>,
     /// Its months, oldest first.
     pub months: Vec<MonthRow>,
-    /// The chart's width.
-    pub chart_width: i64,
-    /// The chart's height.
-    pub chart_height: i64,
+    /// Transplants per month, as SVG.
+    pub transplants_chart: String,
+    /// The non-resident share per month against the rule's line, as SVG.
+    pub share_chart: String,
+    /// Foreign living donors by nationality, as SVG; empty without any.
+    pub nationality_chart: String,
+    /// The rule's line, as a percentage.
+    pub limit: String,
+    /// Foreign living donors over the months, by nationality, most first.
+    pub nationalities: Vec<(String, i64)>,
 }
 
 /// `GET /clinics/{id}`.
@@ -86,18 +95,20 @@ pub async fn clinic(
     signed: Signed,
     Path(clinic_id): Path<String>,
 ) -> Result<Response, PageError> {
-    let store = &console.inner.store;
-    if clinic_id.len() > 200 || !store.clinic_known(&clinic_id).await? {
+    if clinic_id.len() > 200 {
         return Err(PageError::NotFound("clinic"));
     }
-    let history = store.clinic_history(&clinic_id).await?;
+    let history = console.inner.store.clinic_history(&clinic_id).await?;
     let today = Utc::now().date_naive();
     let until = NaiveDate::from_ymd_opt(today.year(), today.month(), 1).unwrap_or(today);
     let from = until
         .checked_sub_months(Months::new(MONTHS - 1))
         .unwrap_or(until);
-    let values = store.clinic_activity(&clinic_id, from, until).await?;
-    let activity = ClinicActivity::fold(&clinic_id, from, until, values);
+    let investigation = &console.inner.investigation;
+    let activity = investigation
+        .clinic_activity(&clinic_id, from, until)
+        .await?;
+    let limit = investigation.share_rule().max_share;
     let filter = FlagFilter {
         clinic_id: Some(clinic_id.clone()),
         ..FlagFilter::default()
@@ -107,30 +118,72 @@ pub async fn clinic(
         .audit
         .list_flags(&filter, None, RECENT_FLAGS)
         .await?;
-    let totals: Vec<i64> = activity
-        .months
-        .iter()
-        .map(|(_, a)| a.transplants.values().sum())
-        .collect();
-    let max = totals.iter().copied().max().unwrap_or(0).max(1);
     let months = activity
         .months
         .iter()
-        .zip(&totals)
-        .enumerate()
-        .map(|(i, ((month, a), total))| {
-            let height = total * CHART_HEIGHT / max;
-            let x = i64::try_from(i).unwrap_or(0) * BAR;
+        .map(|(month, a)| {
+            let deceased = a.deceased_transplants();
+            let share = a.non_resident_share();
             MonthRow {
                 month: month.format("%Y-%m").to_string(),
-                transplants: *total,
+                transplants: a.total_transplants(),
                 deceased_to_non_resident: a.deceased_to_non_resident,
                 living_unrelated_foreign_donor: a.living_unrelated_foreign_donor,
+                deceased,
+                share: if deceased > 0 {
+                    format!("{:.1}%", share * 100.0)
+                } else {
+                    "–".to_owned()
+                },
+                above: deceased > 0 && share > limit,
                 flags: a.flags_by_rule.values().sum(),
-                bar: (x, CHART_HEIGHT - height, height),
             }
         })
         .collect::<Vec<_>>();
+    let mut nationalities: Vec<(String, i64)> = activity
+        .total
+        .foreign_living_donor_nationalities
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(c, n)| (c.as_str().to_owned(), *n))
+        .collect();
+    nationalities.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    // The registry's name as it stands, else the id the records use.
+    let name = history
+        .first()
+        .map(|v| v.clinic.name.clone())
+        .unwrap_or_else(|| clinic_id.clone());
+    let labels: Vec<String> = months.iter().map(|m| m.month.clone()).collect();
+    let transplants_chart = charts::bars(
+        &format!("{name}: transplants per month"),
+        "transplants",
+        &labels,
+        &months.iter().map(|m| m.transplants).collect::<Vec<_>>(),
+        "transplants-h",
+    )?;
+    let share_chart = charts::share_line(
+        &format!("{name}: deceased-donor organs to non-residents"),
+        &labels,
+        &activity
+            .months
+            .iter()
+            .map(|(_, a)| (a.deceased_transplants() > 0).then(|| a.non_resident_share()))
+            .collect::<Vec<_>>(),
+        limit,
+        "share-h",
+    )?;
+    let shown: Vec<&(String, i64)> = nationalities.iter().take(NATIONALITIES).collect();
+    let nationality_chart = if shown.is_empty() {
+        String::new()
+    } else {
+        charts::bars(
+            &format!("{name}: foreign living donors by nationality"),
+            "donors",
+            &shown.iter().map(|(c, _)| c.clone()).collect::<Vec<_>>(),
+            &shown.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+            "nationalities-h",
+        )?
+    };
     let licences = history
         .iter()
         .map(|v| LicenceRow {
@@ -156,12 +209,22 @@ pub async fn clinic(
         .collect();
     let page = ClinicPage {
         nav: Nav::of(&signed),
-        chart_width: i64::try_from(months.len()).unwrap_or(0) * BAR,
-        chart_height: CHART_HEIGHT,
+        transplants_chart,
+        share_chart,
+        nationality_chart,
+        limit: format!("{:.0}%", limit * 100.0),
+        nationalities,
         clinic_id,
         licences,
         flags: flags.flags.iter().map(FlagRow::from).collect(),
         months,
     };
     Ok((StatusCode::OK, Html(page.render()?)).into_response())
+}
+
+impl From<ChartError> for PageError {
+    fn from(err: ChartError) -> Self {
+        tracing::error!(error = %err, "console: chart failed");
+        PageError::Internal
+    }
 }

@@ -6,7 +6,8 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 
 use crate::audit::AuditError;
-use crate::domain::Violations;
+use crate::domain::{Role, Violations};
+use crate::investigation::InvestigationError;
 use crate::store::{StoreError, TriageError};
 
 /// Every way a page fails.
@@ -21,6 +22,9 @@ pub enum PageError {
     /// The form lacked this session's CSRF token, or came from another site.
     #[error("the form is stale or came from another site; reload the page and try again")]
     Forgery,
+    /// The session's role may read but not make this change (as over gRPC).
+    #[error("a key of role {0} may read here but not change anything: sign in with an AUDITOR key")]
+    NotAllowed(Role),
     /// The triage step is refused as the flag stands.
     #[error("{0}")]
     Refused(String),
@@ -55,6 +59,17 @@ impl From<AuditError> for PageError {
         match err {
             AuditError::FlagNotFound => PageError::NotFound("flag"),
             AuditError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<InvestigationError> for PageError {
+    fn from(err: InvestigationError) -> Self {
+        match err {
+            InvestigationError::RecordNotFound => PageError::NotFound("record"),
+            InvestigationError::FlagNotFound => PageError::NotFound("flag"),
+            InvestigationError::ClinicNotFound(_) => PageError::NotFound("clinic"),
+            InvestigationError::Store(e) => e.into(),
         }
     }
 }
@@ -95,7 +110,7 @@ impl PageError {
         match self {
             PageError::NotFound(_) => StatusCode::NOT_FOUND,
             PageError::Invalid(_) => StatusCode::BAD_REQUEST,
-            PageError::Forgery => StatusCode::FORBIDDEN,
+            PageError::Forgery | PageError::NotAllowed(_) => StatusCode::FORBIDDEN,
             PageError::Refused(_) => StatusCode::CONFLICT,
             PageError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             PageError::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -11,12 +11,14 @@
 
 mod assets;
 mod cases;
+mod charts;
 mod clinics;
 mod error;
 mod events;
 mod filters;
 mod highlight;
 mod listen;
+mod network;
 mod pages;
 mod persons;
 pub mod session;
@@ -39,6 +41,7 @@ use crate::audit::Auditing;
 use crate::config::TlsPem;
 use crate::domain::ledger::SigningKey;
 use crate::incoming::TlsSetupError;
+use crate::investigation::Investigation;
 use crate::store::Store;
 
 /// What every page allows itself: its own scripts, styles and images, and
@@ -56,6 +59,7 @@ pub struct Console {
 #[derive(Debug)]
 struct Inner {
     audit: Auditing,
+    investigation: Investigation,
     auth: Arc<Authenticator>,
     store: Store,
     /// Signs the dossiers it exports.
@@ -67,11 +71,12 @@ struct Inner {
 }
 
 impl Console {
-    /// The console over `audit`, checking keys with `auth` and keeping
-    /// sessions in `store`, signing dossiers with `signer`; `tls` when it
-    /// is served over TLS.
+    /// The console over `audit` and `investigation`, checking keys with
+    /// `auth` and keeping sessions in `store`, signing dossiers with
+    /// `signer`; `tls` when it is served over TLS.
     pub fn new(
         audit: Auditing,
+        investigation: Investigation,
         auth: Arc<Authenticator>,
         store: Store,
         signer: SigningKey,
@@ -81,6 +86,7 @@ impl Console {
         Self {
             inner: Arc::new(Inner {
                 audit,
+                investigation,
                 auth,
                 store,
                 signer,
@@ -114,6 +120,7 @@ impl Console {
             .route("/clinics/{id}", get(clinics::clinic))
             .route("/donors/{fingerprint}", get(persons::donor))
             .route("/recipients/{fingerprint}", get(persons::recipient))
+            .route("/network", get(network::network))
             .route("/rules", get(pages::rules))
             .route("/assets/{name}", get(assets::asset))
             .fallback(pages::not_found)

@@ -20,11 +20,17 @@ use super::views::{
     FlagPage, FlagRow, InboxPage, LoginPage, Nav, RecordPage, RuleRow, RulesPage, Step, Version,
     comparison, path_segment, record_fields, when,
 };
+use crate::api::auth::{Access, access_for};
 use crate::api::status::ApiError;
 use crate::audit::{TriageRequest, check_triage_note};
 use crate::domain::{FlagStatus, Role, Severity, Violations};
 use crate::export;
 use crate::rules::RuleId;
+
+/// The gRPC services whose rules the console's forms follow.
+pub(super) const AUDIT_SERVICE: &str = crate::wire::pb::audit_service_server::SERVICE_NAME;
+pub(super) const INVESTIGATION_SERVICE: &str =
+    crate::wire::pb::investigation_service_server::SERVICE_NAME;
 
 /// Flags on one inbox page.
 const PAGE_SIZE: i64 = 50;
@@ -135,6 +141,20 @@ pub(super) fn check_csrf(
         return Err(PageError::Forgery);
     }
     Ok(())
+}
+
+/// Refuses a change the session's role could not make over gRPC: the
+/// console follows the same authorisation matrix as the gRPC methods it
+/// stands for ([`access_for`]), so an ADMIN key reads but only an AUDITOR
+/// triages or works on cases.
+pub(super) fn check_role(signed: &Signed, service: &str, method: &str) -> Result<(), PageError> {
+    match access_for(&format!("/{service}/{method}")) {
+        Access::Roles(roles) if !roles.contains(&signed.caller.role) => {
+            tracing::warn!(key_id = %signed.caller.key_id, role = %signed.caller.role, method, "console change refused: role not allowed");
+            Err(PageError::NotAllowed(signed.caller.role))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `POST /logout`.
@@ -311,6 +331,7 @@ pub async fn triage(
     Form(form): Form<TriageForm>,
 ) -> Result<Response, PageError> {
     check_csrf(&signed, &headers, &form.csrf)?;
+    check_role(&signed, AUDIT_SERVICE, "UpdateFlagStatus")?;
     let id = path_id(&id, "flag")?;
     let mut v = Violations::default();
     let to = v.check("to", form.to.parse::<FlagStatus>());

@@ -420,3 +420,137 @@ async fn two_principals_dismiss_a_critical_flag_in_two_browsers() {
     one.close().await.unwrap();
     two.close().await.unwrap();
 }
+
+/// axe-core's script: from AXE_CORE_JS (as `.ci/run` exports it), else
+/// installed into its cache by `.ci/axe`.
+fn axe_source() -> String {
+    let path = match std::env::var_os("AXE_CORE_JS") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/axe"))
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("run .ci/axe");
+            assert!(out.status.success(), ".ci/axe failed");
+            PathBuf::from(String::from_utf8(out.stdout).expect("a path").trim())
+        }
+    };
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Runs axe-core on the open page; answers its serious and critical
+/// violations, each as "rule: the elements it names".
+async fn axe(browser: &Client, source: &str) -> Vec<String> {
+    // WebDriver's scripts run outside the page's Content-Security-Policy.
+    browser
+        .execute(&format!("{source}\n;return null;"), vec![])
+        .await
+        .expect("inject axe-core");
+    let found = browser
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             axe.run(document, { resultTypes: ['violations'] })
+               .then(r => done(r.violations
+                 .filter(v => v.impact === 'serious' || v.impact === 'critical')
+                 .map(v => v.id + ' (' + v.impact + '): '
+                   + v.nodes.slice(0, 3).map(n => n.target.join(' ')).join(', '))))
+               .catch(e => done(['axe failed: ' + e]));",
+            vec![],
+        )
+        .await
+        .expect("run axe-core");
+    serde_json::from_value(found).expect("a list")
+}
+
+#[tokio::test]
+async fn every_page_passes_axe_and_reads_at_1280_and_390_px() {
+    let Some(driver) = Driver::start().await else {
+        return;
+    };
+    let source = axe_source();
+    let site = Site::start().await;
+    // A registered clinic (with a hostile name, drawn by the charts) and
+    // records with flags there, a donor shared by two of them, and a case.
+    let mut clinic = crate::helpers::clinic("DE-BER-01", "DE");
+    clinic.name =
+        "Berlin <script>window.injected=1</script>\"onmouseover=\"window.injected=2".into();
+    site.app
+        .registry
+        .clone()
+        .upsert_clinic(pb::UpsertClinicRequest {
+            clinic: Some(clinic),
+        })
+        .await
+        .expect("clinic");
+    let flags = super::cases::ring(&site).await;
+    let (_, session) = site.auditor().await;
+    let case = super::cases::open_case(&site, &session, "Ring", &flags).await;
+    let flag = flags[0];
+    let record: i64 = sqlx::query_scalar("SELECT record_id FROM flags WHERE id = $1")
+        .bind(flag)
+        .fetch_one(&site.app.pool)
+        .await
+        .unwrap();
+    let (donor, recipient): (Vec<u8>, Vec<u8>) =
+        sqlx::query_as("SELECT donor_fp, recipient_fp FROM records WHERE id = $1")
+            .bind(record)
+            .fetch_one(&site.app.pool)
+            .await
+            .unwrap();
+    let pages = [
+        ("inbox", "/flags".to_owned()),
+        ("flag", format!("/flags/{flag}")),
+        ("record", format!("/records/{record}")),
+        ("donor", format!("/donors/{}", hex::encode(&donor))),
+        (
+            "recipient",
+            format!("/recipients/{}", hex::encode(&recipient)),
+        ),
+        ("clinic", "/clinics/DE-BER-01".to_owned()),
+        ("network", format!("/network?flag_id={flag}")),
+        ("cases", "/cases".to_owned()),
+        ("suggested", "/cases/suggested".to_owned()),
+        ("case", format!("/cases/{case}")),
+        ("rules", "/rules".to_owned()),
+        ("not-found", "/records/999999".to_owned()),
+    ];
+    let mut failures = Vec::new();
+    for width in [1280u32, 390] {
+        let browser = driver.browser(width).await;
+        browser.goto(&site.url("/login")).await.expect("goto");
+        wait_for(&browser, "input[name=api_key]").await;
+        for v in axe(&browser, &source).await {
+            failures.push(format!("/login at {width} px: {v}"));
+        }
+        shoot(&browser, &format!("axe-login-{width}")).await;
+        sign_in(&site, &browser, &site.app.auditor_token).await;
+        for (name, path) in &pages {
+            browser.goto(&site.url(path)).await.expect("goto");
+            wait_for(&browser, "main").await;
+            for v in axe(&browser, &source).await {
+                failures.push(format!("{path} at {width} px: {v}"));
+            }
+            let state = browser
+                .execute(
+                    "return [window.injected === undefined,
+                             document.documentElement.scrollWidth <= window.innerWidth + 1];",
+                    vec![],
+                )
+                .await
+                .expect("inspect the page");
+            assert_eq!(
+                state[0],
+                serde_json::json!(true),
+                "{path}: a typed value ran"
+            );
+            if state[1] != serde_json::json!(true) {
+                failures.push(format!(
+                    "{path} at {width} px: wider than the window (page-wide horizontal scroll)"
+                ));
+            }
+            shoot(&browser, &format!("axe-{name}-{width}")).await;
+        }
+        browser.close().await.expect("close");
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -19,7 +19,7 @@ fn assert_inert(path: &str, html: &str) {
 
 /// Two records sharing one donor months apart: their flags are suggested
 /// as one group. Answers the flags' ids.
-async fn ring(site: &Site) -> Vec<i64> {
+pub(super) async fn ring(site: &Site) -> Vec<i64> {
     for (i, day) in [0i64, 90].into_iter().enumerate() {
         let mut r = abo_incompatible(&format!("RING-{i}"));
         let mut at = ts("2025-01-01T10:00:00Z");
@@ -42,7 +42,7 @@ async fn ring(site: &Site) -> Vec<i64> {
 }
 
 /// Opens a case of `flags` through the console's form; answers its id.
-async fn open_case(site: &Site, session: &Session, title: &str, flags: &[i64]) -> i64 {
+pub(super) async fn open_case(site: &Site, session: &Session, title: &str, flags: &[i64]) -> i64 {
     let list: Vec<String> = flags.iter().map(i64::to_string).collect();
     let response = site
         .post(

@@ -52,6 +52,8 @@ async fn without_a_session_every_page_redirects_to_login() {
         "/flags/events".to_owned(),
         "/records/1".to_owned(),
         "/rules".to_owned(),
+        format!("/network?flag_id={flag}"),
+        "/clinics/DE-BER-01".to_owned(),
         "/no-such-page".to_owned(),
     ] {
         let response = site.get("", &path).await;
@@ -431,6 +433,20 @@ async fn what_hospitals_and_auditors_typed_is_escaped_on_every_page() {
     amend(&site.app, amended, &format!("fix {image} {script}"))
         .await
         .expect("amended");
+    // A registered clinic whose name is hostile, where the charts draw it.
+    let mut clinic = crate::helpers::clinic("DE-XSS-01", "DE");
+    clinic.name = format!("N{script}{attribute}{image}");
+    site.app
+        .registry
+        .clone()
+        .upsert_clinic(pb::UpsertClinicRequest {
+            clinic: Some(clinic),
+        })
+        .await
+        .expect("clinic");
+    let mut at_clinic = abo_incompatible("R-xss-2");
+    at_clinic.clinic_id = "DE-XSS-01".into();
+    submit(&site.app, at_clinic).await.expect("stored");
     let principal = format!("auditor {script} {attribute}");
     let token = create_key_for(&site.app.store, Role::Auditor, None, Some(&principal)).await;
     site.app.auth.learn(&key_of(&token));
@@ -462,11 +478,29 @@ async fn what_hospitals_and_auditors_typed_is_escaped_on_every_page() {
         format!("/flags/{flag}"),
         format!("/records/{}", ack.record_id),
         "/rules".to_owned(),
+        format!("/network?flag_id={flag}"),
+        format!("/network?record_id={}", ack.record_id),
+        format!("/clinics/{}", urlencode(&record.clinic_id)),
+        "/clinics/DE-XSS-01".to_owned(),
     ] {
         let response = site.get(&session.cookie, &path).await;
+        if !path.contains("rule_id=") {
+            assert_eq!(response.status(), 200, "{path}");
+        }
         let html = response.text().await.unwrap();
         assert_inert(&path, &html);
     }
+    // The charts' captions (SVG text written by the chart library) and the
+    // network's node labels hold the typed values as text.
+    let clinic_page = site.page(&session, "/clinics/DE-XSS-01").await;
+    assert!(
+        clinic_page.contains("N&lt;script&gt;alert("),
+        "the chart caption, escaped by the chart library"
+    );
+    let network = site
+        .page(&session, &format!("/network?record_id={}", ack.record_id))
+        .await;
+    assert!(network.contains("Clinic C&#60;script&#62;"), "{network}");
     let html = site.page(&session, &format!("/flags/{flag}")).await;
     // Shown, as text (askama writes numeric character references).
     assert!(html.contains("&#60;script&#62;alert("));

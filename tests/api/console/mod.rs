@@ -5,6 +5,7 @@ mod browser;
 mod cases;
 mod http;
 mod live;
+mod network;
 mod tls;
 
 use std::time::Duration;

@@ -33,6 +33,7 @@
 //! the access log is written.
 
 mod baseline;
+mod console;
 mod grpc;
 mod investigate;
 mod listing;
@@ -80,6 +81,8 @@ enum Mode {
     /// SubmitRecord and health while the local Postgres under
     /// --postgres-dir is stopped and started again.
     Outage,
+    /// The web console's pages, signed in with an AUDITOR key (see console.rs); no ingest.
+    Console,
 }
 
 /// Load generator for transplant-audit: synthetic records over gRPC, measured
@@ -152,6 +155,9 @@ struct Args {
     /// outage: seconds Postgres stays stopped.
     #[arg(long, default_value_t = 3)]
     outage_seconds: u64,
+    /// console: the web console's address.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    console_url: String,
     /// Print one JSON line on stdout (the table goes to stderr).
     #[arg(long)]
     json: bool,
@@ -178,6 +184,15 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if args.mode == Mode::Investigate {
         return investigation(&args).await;
+    }
+    if args.mode == Mode::Console {
+        let settings = console::Settings {
+            console: args.console_url.clone(),
+            rounds: args.rounds as usize,
+        };
+        let channel = grpc::connect(&args.endpoint).await?;
+        let report = console::run(channel, args.api_key.as_deref(), &settings).await?;
+        return finish(&report, &args);
     }
     if args.mode == Mode::SuggestCases {
         let channel = grpc::connect(&args.endpoint).await?;
