@@ -1,6 +1,8 @@
 //! Federation's arithmetic alone: the elements ingest computes for a record
-//! (two hashes to the group and two scalar multiplications) and the raising
-//! a sync does, one element at a time on one core and a batch on all cores.
+//! (two hashes to the group and two scalar multiplications), one record at a
+//! time on one core and a batch on all cores as ingest does, and the raising
+//! a sync does, one element at a time on one core and a batch on all cores
+//! (decoding, multiplying and encoding, as the serving side does).
 //! Criterion's throughput (`elem/s`) is records per second for `elements`
 //! and elements raised per second for the others.
 //!
@@ -40,6 +42,11 @@ fn bench(c: &mut Criterion) {
                 black_box(ours.record_elements(donor, recipient));
             }
         })
+    });
+    let pairs: Vec<(&PersonIdentifier, &PersonIdentifier)> =
+        people.iter().map(|(d, r)| (d, r)).collect();
+    group.bench_function("records_elements_all_cores", |b| {
+        b.iter(|| black_box(ours.records_elements(&pairs)))
     });
     group.bench_function("raise_one_core", |b| {
         b.iter(|| {

@@ -33,6 +33,11 @@
 -- 8% IN_REVIEW, 1% CONFIRMED, 1% DISMISSED (no flag_events are written for them).
 -- Raised over the last two years, in id order.
 --
+-- Federation elements (opt-in): with -v elements=FILE, the living donors'
+-- records get the donor and recipient elements FILE holds (COPY text: g,
+-- donor element, recipient element), made by benches/seed_elements.rs under
+-- the registry's FEDERATION_KEY; without it no record has elements.
+--
 -- Ends with VACUUM (ANALYZE) of the tables written (autovacuum may be off):
 -- planner statistics and the visibility map index-only scans need.
 \set ON_ERROR_STOP on
@@ -48,6 +53,14 @@ ON CONFLICT DO NOTHING;
 INSERT INTO clinics (clinic_id, current_version, country)
 SELECT clinic_id, 1, country FROM clinic_versions WHERE clinic_id LIKE 'SEED-C%'
 ON CONFLICT DO NOTHING;
+-- Elements by record number g, when given.
+CREATE TEMP TABLE seed_elements (g bigint PRIMARY KEY, donor bytea NOT NULL, recipient bytea NOT NULL);
+\if :{?elements}
+-- (\copy takes its file name literally, so the command is put together first.)
+\set copy_elements '\\copy seed_elements FROM ' :'elements'
+:copy_elements
+ANALYZE seed_elements;
+\endif
 -- Records lo..hi of n.
 CREATE FUNCTION pg_temp.seed_records(lo bigint, hi bigint, n bigint) RETURNS void
 LANGUAGE sql AS $seed$
@@ -60,7 +73,7 @@ INSERT INTO records (
     donor_hla, donor_non_resident,
     recipient_fp, recipient_nationality, recipient_residence, recipient_age,
     recipient_sex, recipient_abo, recipient_rh, recipient_hla, recipient_non_resident,
-    version_recorded_at, received_at, ledger_seq)
+    version_recorded_at, received_at, ledger_seq, donor_element, recipient_element)
 SELECT
     'H-SEED-' || (g % 500),
     'SEED-' || g,
@@ -84,7 +97,7 @@ SELECT
     CASE WHEN foreign_recipient THEN 'IL' ELSE c.country END,
     1 + g % 80, CASE WHEN g % 2 = 1 THEN 'FEMALE' ELSE 'MALE' END, 'A', 'POSITIVE', NULL,
     foreign_recipient,
-    now(), now(), nextval('ledger_seq')
+    now(), now(), nextval('ledger_seq'), e.donor, e.recipient
 FROM (
     SELECT g,
            (g % 10) >= 7 AS living,
@@ -96,6 +109,7 @@ FROM (
 CROSS JOIN LATERAL (
     SELECT (ARRAY['DE','FR','ES','IT','NL','BE','AT','PL','CZ','SE','NO','DK','FI','PT','GR','HU','RO','TR','US','CA'])[1 + (g % 200) % 20] AS country
 ) c
+LEFT JOIN pg_temp.seed_elements AS e (eg, donor, recipient) ON e.eg = s.g
 ON CONFLICT ON CONSTRAINT records_idempotency DO NOTHING;
 $seed$;
 SELECT format('SELECT pg_temp.seed_records(%s, %s, %s)', lo, least(lo + 999999, :n), :n)

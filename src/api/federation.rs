@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::domain::{Element, FederationKey, Violations};
+use crate::domain::{FederationKey, Points, Violations};
 use crate::federation::MAX_BATCH;
 use crate::federation::peers::{PeerCas, certificate_id};
 use crate::incoming::ConnectionInfo;
@@ -112,6 +112,19 @@ impl FederationApi {
     }
 }
 
+/// `work` on the CPU pool (all cores), leaving the async runtime's workers
+/// free.
+async fn on_cpu_pool<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Status> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        // The receiver is gone only if the call was cancelled.
+        let _ = done.send(work());
+    });
+    result.await.map_err(|_| ApiError::Internal.into())
+}
+
 /// At most the first `MAX_EXCHANGE_ID` bytes (on a character boundary).
 fn bounded(text: &str) -> &str {
     let mut end = text.len().min(MAX_EXCHANGE_ID);
@@ -145,28 +158,37 @@ impl FederationService for FederationApi {
         request: Request<pb::RaiseElementsRequest>,
     ) -> Result<Response<pb::RaiseElementsResponse>, Status> {
         let peer = self.caller(&request, "RaiseElements").await?;
-        let body = request.into_inner();
-        let n = body.elements.len() as u64;
+        let pb::RaiseElementsRequest {
+            exchange_id,
+            elements,
+        } = request.into_inner();
+        let n = elements.len() as u64;
         let mut v = Violations::default();
-        check_exchange_id(&mut v, &body.exchange_id);
-        if body.elements.is_empty() || body.elements.len() > MAX_BATCH {
+        check_exchange_id(&mut v, &exchange_id);
+        if elements.is_empty() || elements.len() > MAX_BATCH {
             v.add("elements", format!("must hold 1 to {MAX_BATCH} elements"));
-        }
-        let mut elements = Vec::with_capacity(body.elements.len().min(MAX_BATCH));
-        for (i, bytes) in body.elements.iter().enumerate().take(MAX_BATCH) {
-            match Element::from_slice(bytes) {
-                Ok(e) => elements.push(e),
-                Err(e) => v.add(format!("elements[{i}]"), e.to_string()),
-            }
         }
         if !v.0.is_empty() {
             return Err(self
-                .refuse(&peer, "RaiseElements", &body.exchange_id, n, v)
+                .refuse(&peer, "RaiseElements", &exchange_id, n, v)
                 .await);
         }
+        // Decoded once, on the CPU pool: the points checked here are the
+        // ones raised below.
+        let points = match on_cpu_pool(move || Points::decode(&elements)).await? {
+            Ok(points) => points,
+            Err(bad) => {
+                for b in bad {
+                    v.add(format!("elements[{}]", b.index), b.reason.to_string());
+                }
+                return Err(self
+                    .refuse(&peer, "RaiseElements", &exchange_id, n, v)
+                    .await);
+            }
+        };
         let admission = self
             .store
-            .admit_raise(&peer, &body.exchange_id, n, self.ceiling)
+            .admit_raise(&peer, &exchange_id, n, self.ceiling)
             .await
             .map_err(ApiError::from)?;
         if let Admission::OverCeiling { used } = admission {
@@ -178,15 +200,7 @@ impl FederationService for FederationApi {
             .into());
         }
         let key = self.key.clone();
-        let (done, raised) = tokio::sync::oneshot::channel();
-        rayon::spawn(move || {
-            let _ = done.send(key.raise_all(&elements));
-        });
-        let raised = match raised.await {
-            // Every element was checked to be a point above.
-            Ok(Ok(raised)) => raised,
-            Ok(Err(_)) | Err(_) => return Err(ApiError::Internal.into()),
-        };
+        let raised = on_cpu_pool(move || key.raise_points(&points)).await?;
         Ok(Response::new(pb::RaiseElementsResponse {
             elements: raised.iter().map(|e| e.0.to_vec()).collect(),
         }))
@@ -224,9 +238,16 @@ impl FederationService for FederationApi {
                 .await);
         }
         let limit = i64::try_from(page_size).unwrap_or(i64::MAX);
+        // The count reads every living donor: once a listing is enough.
+        let first_page = after.is_none();
         let (page, total) = tokio::try_join!(
             self.store.living_donor_elements(after.as_deref(), limit),
-            self.store.living_donor_count(),
+            async {
+                match first_page {
+                    true => self.store.living_donor_count().await,
+                    false => Ok(0),
+                }
+            },
         )
         .map_err(ApiError::from)?;
         let next_page_token = match page.last() {

@@ -5,11 +5,15 @@
 //! `CROSS_BORDER_REPEAT_LIVING_DONOR` on the local records.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-use crate::domain::{BadElement, Element, FederationKey};
+use futures::StreamExt;
+use tonic::transport::Channel;
+
+use crate::domain::{FederationKey, Points};
 use crate::rules::{ClinicWindow, Engine, RuleContext, RuleId};
 use crate::store::federation::{ExchangeLog, Side};
 use crate::store::rescan::NewFlag;
@@ -19,6 +23,10 @@ use crate::wire::pb::federation_service_client::FederationServiceClient;
 
 use super::MAX_BATCH;
 use super::serve::MAX_MESSAGE_BYTES;
+
+/// `RaiseElements` calls a sync keeps in flight: one being raised by the
+/// peer while the next travels and the last answer is read.
+const IN_FLIGHT: usize = 3;
 
 /// What a sync found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -87,24 +95,93 @@ pub struct Syncer {
     pub identity: (Vec<u8>, Vec<u8>),
 }
 
-fn element(bytes: &[u8]) -> Result<Element, SyncError> {
-    Element::from_slice(bytes)
-        .map_err(|e: BadElement| SyncError::Protocol(format!("an element the peer sent: {e}")))
+/// Tells `progress` of `p`; the two halves of a sync share it, and neither
+/// holds it across an await.
+fn tell<P: FnMut(Progress)>(progress: &Mutex<P>, p: Progress) {
+    let mut progress = match progress.lock() {
+        Ok(progress) => progress,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    (*progress)(p);
 }
 
-async fn raise_off_runtime(
+/// The peer's answer to one `RaiseElements` call: `elements` raised, in
+/// order, compared as bytes only (a peer that answers garbage matches
+/// nothing).
+async fn raise_batch(
+    mut client: FederationServiceClient<Channel>,
+    exchange_id: String,
+    elements: Vec<Vec<u8>>,
+) -> Result<Vec<[u8; 32]>, SyncError> {
+    let sent = elements.len();
+    let answer = client
+        .raise_elements(pb::RaiseElementsRequest {
+            exchange_id,
+            elements,
+        })
+        .await
+        .map_err(|status| SyncError::Refused {
+            call: "RaiseElements",
+            status: Box::new(status),
+        })?
+        .into_inner();
+    if answer.elements.len() != sent {
+        return Err(SyncError::Protocol(format!(
+            "{sent} elements sent, {} returned",
+            answer.elements.len()
+        )));
+    }
+    answer
+        .elements
+        .iter()
+        .map(|bytes| {
+            <[u8; 32]>::try_from(bytes.as_slice())
+                .map_err(|_| SyncError::Protocol("a raised element is not 32 bytes".into()))
+        })
+        .collect()
+}
+
+/// A page of the peer's elements raised, with the donations of each.
+type Raised = Result<Vec<([u8; 32], u32)>, SyncError>;
+
+/// Raises a page of the peer's elements on the CPU pool; the answer comes
+/// on the returned channel.
+fn raise_on_cpu_pool(
     key: &FederationKey,
-    elements: Vec<Element>,
-) -> Result<Vec<Element>, SyncError> {
+    page: Vec<pb::DonorElement>,
+) -> tokio::sync::oneshot::Receiver<Raised> {
     let key = key.clone();
     let (done, raised) = tokio::sync::oneshot::channel();
     rayon::spawn(move || {
-        let _ = done.send(key.raise_all(&elements));
+        let elements: Vec<&[u8]> = page.iter().map(|d| d.element.as_slice()).collect();
+        let result = match Points::decode(&elements) {
+            Ok(points) => Ok(key
+                .raise_points(&points)
+                .into_iter()
+                .zip(&page)
+                .map(|(e, d)| (e.0, d.donations.max(1)))
+                .collect()),
+            Err(bad) => Err(SyncError::Protocol(format!(
+                "an element the peer sent: {}",
+                bad.first().map_or_else(String::new, ToString::to_string)
+            ))),
+        };
+        // The receiver is gone only if the sync was cancelled.
+        let _ = done.send(result);
     });
     raised
+}
+
+/// Adds a raised page to the peer's set.
+async fn collect(
+    theirs: &mut HashMap<[u8; 32], u32>,
+    page: tokio::sync::oneshot::Receiver<Raised>,
+) -> Result<(), SyncError> {
+    let page = page
         .await
-        .map_err(|_| SyncError::Protocol("raising was cancelled".into()))?
-        .map_err(|e| SyncError::Protocol(format!("an element the peer sent: {e}")))
+        .map_err(|_| SyncError::Protocol("raising was cancelled".into()))??;
+    theirs.extend(page);
+    Ok(())
 }
 
 impl Syncer {
@@ -168,41 +245,76 @@ impl Syncer {
             .tls_config(tls)?
             .connect()
             .await?;
-        let mut client = FederationServiceClient::new(channel)
+        let client = FederationServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
         let local: Vec<Vec<u8>> = self.store.living_donor_elements_since(since).await?;
-        let total = local.len() as u64;
-        let mut raised_local: Vec<Element> = Vec::with_capacity(local.len());
-        for batch in local.chunks(MAX_BATCH) {
-            let answer = client
-                .raise_elements(pb::RaiseElementsRequest {
-                    exchange_id: exchange_id.to_owned(),
-                    elements: batch.to_vec(),
-                })
-                .await
-                .map_err(|status| SyncError::Refused {
-                    call: "RaiseElements",
-                    status: Box::new(status),
-                })?
-                .into_inner();
-            if answer.elements.len() != batch.len() {
-                return Err(SyncError::Protocol(format!(
-                    "{} elements sent, {} returned",
-                    batch.len(),
-                    answer.elements.len()
-                )));
-            }
-            for bytes in &answer.elements {
-                raised_local.push(element(bytes)?);
-            }
-            report.sent = raised_local.len() as u64;
-            progress(Progress::Sent(report.sent, total));
-        }
+        let progress = Mutex::new(progress);
+        // Both halves at once, each with calls in flight while the last
+        // answer is being raised: the peer raises this registry's elements
+        // while this registry raises the peer's, and neither side's cores
+        // wait on the network.
+        let (raised_local, peer_set) = tokio::try_join!(
+            self.send(&client, exchange_id, &local, report, &progress),
+            self.receive(&client, exchange_id, &progress),
+        )?;
+        report.peer_set = peer_set.len() as u64;
 
-        let mut theirs: Vec<(Element, u32)> = Vec::new();
+        let matched: Vec<(Vec<u8>, u32)> = local
+            .into_iter()
+            .zip(&raised_local)
+            .filter_map(|(mine, raised)| peer_set.get(raised).map(|n| (mine, *n)))
+            .collect();
+        report.matched_donors = matched.len() as u64;
+        let records = self.store.store_matches(peer_name, since, &matched).await?;
+        report.matched_records = records.len() as u64;
+        report.flags_raised = self.raise_flags(peer_name, &records).await?;
+        Ok(())
+    }
+
+    /// Has the peer raise `local` to its key, `IN_FLIGHT` batches at a
+    /// time; the answers come in `local`'s order.
+    async fn send<P: FnMut(Progress)>(
+        &self,
+        client: &FederationServiceClient<Channel>,
+        exchange_id: &str,
+        local: &[Vec<u8>],
+        report: &mut SyncReport,
+        progress: &Mutex<P>,
+    ) -> Result<Vec<[u8; 32]>, SyncError> {
+        let total = local.len() as u64;
+        // Each call owns what it sends: a future borrowing the batch would
+        // not be `Send` for every lifetime, as a spawned periodic sync needs.
+        let batches = local.len().div_ceil(MAX_BATCH);
+        let mut answers = futures::stream::iter((0..batches).map(|i| {
+            let batch = &local[i * MAX_BATCH..local.len().min((i + 1) * MAX_BATCH)];
+            raise_batch(client.clone(), exchange_id.to_owned(), batch.to_vec())
+        }))
+        .buffered(IN_FLIGHT);
+        let mut raised = Vec::with_capacity(local.len());
+        while let Some(batch) = answers.next().await {
+            raised.extend(batch?);
+            report.sent = raised.len() as u64;
+            tell(progress, Progress::Sent(report.sent, total));
+        }
+        Ok(raised)
+    }
+
+    /// The peer's living donors, raised to this registry's key, with their
+    /// donations there. Pages are raised as they come, while the next is
+    /// read.
+    async fn receive<P: FnMut(Progress)>(
+        &self,
+        client: &FederationServiceClient<Channel>,
+        exchange_id: &str,
+        progress: &Mutex<P>,
+    ) -> Result<HashMap<[u8; 32], u32>, SyncError> {
+        let mut client = client.clone();
+        let mut theirs: HashMap<[u8; 32], u32> = HashMap::new();
+        let mut raising: Option<tokio::sync::oneshot::Receiver<Raised>> = None;
         let mut page_token = String::new();
+        let mut received = 0;
         loop {
             let page = client
                 .list_donor_elements(pb::ListDonorElementsRequest {
@@ -216,30 +328,22 @@ impl Syncer {
                     status: Box::new(status),
                 })?
                 .into_inner();
-            for d in &page.donor_elements {
-                theirs.push((element(&d.element)?, d.donations.max(1)));
+            if let Some(previous) = raising.take() {
+                collect(&mut theirs, previous).await?;
             }
-            progress(Progress::Received(theirs.len() as u64));
-            if page.next_page_token.is_empty() || page.donor_elements.is_empty() {
+            received += page.donor_elements.len() as u64;
+            tell(progress, Progress::Received(received));
+            let last = page.next_page_token.is_empty() || page.donor_elements.is_empty();
+            page_token = page.next_page_token;
+            raising = Some(raise_on_cpu_pool(&self.key, page.donor_elements));
+            if last {
                 break;
             }
-            page_token = page.next_page_token;
         }
-        report.peer_set = theirs.len() as u64;
-        let (elements, counts): (Vec<Element>, Vec<u32>) = theirs.into_iter().unzip();
-        let raised_theirs = raise_off_runtime(&self.key, elements).await?;
-        let peer_set: HashMap<Element, u32> = raised_theirs.into_iter().zip(counts).collect();
-
-        let matched: Vec<(Vec<u8>, u32)> = local
-            .into_iter()
-            .zip(&raised_local)
-            .filter_map(|(mine, raised)| peer_set.get(raised).map(|n| (mine, *n)))
-            .collect();
-        report.matched_donors = matched.len() as u64;
-        let records = self.store.store_matches(peer_name, since, &matched).await?;
-        report.matched_records = records.len() as u64;
-        report.flags_raised = self.raise_flags(peer_name, &records).await?;
-        Ok(())
+        if let Some(previous) = raising {
+            collect(&mut theirs, previous).await?;
+        }
+        Ok(theirs)
     }
 
     /// Runs the federation rule on the matched records and raises its

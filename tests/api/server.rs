@@ -20,6 +20,9 @@ const OUR_SERVICES: [&str; 3] = [
     "transplant_audit.v1.AuditService",
 ];
 
+/// Served on the federation listener only.
+const FEDERATION: &str = "transplant_audit.v1.FederationService";
+
 #[tokio::test]
 async fn reflection_v1_lists_services_and_resolves_their_files() {
     let app = spawn_app().await;
@@ -61,8 +64,33 @@ async fn reflection_v1_lists_services_and_resolves_their_files() {
             "{service} not listed in {names:?}"
         );
     }
+    // The federation service has a listener of its own; this one does
+    // not serve it, so its reflection neither lists nor describes it.
+    assert!(
+        !names.iter().any(|n| n == FEDERATION),
+        "{FEDERATION} listed in {names:?}"
+    );
     let ingest = single_file(answers.next().await);
     assert_eq!(ingest.name(), "transplant_audit/v1/ingest.proto");
+    let request = v1::ServerReflectionRequest {
+        message_request: Some(
+            v1::server_reflection_request::MessageRequest::FileContainingSymbol(FEDERATION.into()),
+        ),
+        ..Default::default()
+    };
+    let mut answer = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(Ok(v1::ServerReflectionResponse {
+        message_response: Some(v1::server_reflection_response::MessageResponse::ErrorResponse(e)),
+        ..
+    })) = answer.next().await
+    else {
+        panic!("{FEDERATION} described")
+    };
+    assert_eq!(e.error_code, tonic::Code::NotFound as i32);
     // Clients then fetch each import by name: every one must resolve, or
     // acknowledgements and their errors cannot be decoded.
     for dependency in &ingest.dependency {
@@ -137,6 +165,7 @@ async fn reflection_v1alpha_lists_services_for_older_clients() {
             "{service} not listed"
         );
     }
+    assert!(!list.service.iter().any(|s| s.name == FEDERATION));
     app.stop().await;
 }
 

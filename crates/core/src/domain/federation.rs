@@ -47,6 +47,12 @@ impl Element {
     }
 }
 
+impl AsRef<[u8]> for Element {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 impl fmt::Debug for Element {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Element({}…)", hex::encode(&self.0[..4]))
@@ -97,14 +103,75 @@ pub struct RecordElements {
     pub recipient: Element,
 }
 
+/// Points raised together share one field inversion for their encoding
+/// (`double_and_compress_batch`); a chunk this long makes that inversion's
+/// cost negligible and still leaves rayon plenty of chunks to balance.
+const CHUNK: usize = 256;
+
 /// This registry's secret scalar `k`. `Debug` never shows it.
 #[derive(Clone)]
-pub struct FederationKey(Scalar);
+pub struct FederationKey {
+    k: Scalar,
+    /// `k/2 mod ℓ`: raising by it and doubling gives `k·P`, and doubling is
+    /// what lets a batch of points be encoded with one inversion between
+    /// them instead of an inverse square root each.
+    half: Scalar,
+}
 
 /// A configured federation secret of the wrong length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the federation key must be {FEDERATION_KEY_LEN} bytes")]
 pub struct BadFederationKey;
+
+/// Elements decoded and checked, ready to be raised: decoding costs an
+/// inverse square root a point, so a batch is decoded once, whether to
+/// refuse it or to raise it.
+#[derive(Debug, Clone)]
+pub struct Points(Vec<RistrettoPoint>);
+
+impl Points {
+    /// Decodes every element (each 32 bytes a compressed point other than
+    /// the identity), in order, on all cores; every bad one is told, in
+    /// order of place.
+    pub fn decode<B: AsRef<[u8]> + Sync>(elements: &[B]) -> Result<Self, Vec<BadElementAt>> {
+        let decoded: Vec<Result<RistrettoPoint, BadElementAt>> = elements
+            .par_iter()
+            .enumerate()
+            .map(|(index, bytes)| {
+                let bytes: &[u8; 32] = bytes.as_ref().try_into().map_err(|_| BadElementAt {
+                    index,
+                    reason: BadElement::Length,
+                })?;
+                decompress(bytes).map_err(|reason| BadElementAt { index, reason })
+            })
+            .collect();
+        let bad: Vec<BadElementAt> = decoded.iter().filter_map(|r| r.err()).collect();
+        if !bad.is_empty() {
+            return Err(bad);
+        }
+        Ok(Self(decoded.into_iter().flatten().collect()))
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// `H(id)`: the person's canonical identifier hashed to the group.
+fn hash_to_group(id: &PersonIdentifier) -> RistrettoPoint {
+    let mut ctx = digest::Context::new(&digest::SHA512);
+    ctx.update(HASH_TO_GROUP_LABEL);
+    ctx.update(&id.canonical_bytes());
+    let mut wide = [0u8; 64];
+    wide.copy_from_slice(ctx.finish().as_ref());
+    RistrettoPoint::from_uniform_bytes(&wide)
+}
 
 impl FederationKey {
     /// The key of a 32-byte secret. The scalar is the secret hashed wide
@@ -121,24 +188,39 @@ impl FederationKey {
             .as_ref()
             .try_into()
             .map_err(|_| BadFederationKey)?;
-        let scalar = Scalar::from_bytes_mod_order_wide(&wide);
+        let k = Scalar::from_bytes_mod_order_wide(&wide);
         // A zero scalar would map everyone to the identity; SHA-512 gives
         // it with probability 2^-252, but a key is never allowed to be it.
-        if scalar == Scalar::ZERO {
+        if k == Scalar::ZERO {
             return Err(BadFederationKey);
         }
-        Ok(Self(scalar))
+        let half = k * Scalar::from(2u8).invert();
+        Ok(Self { k, half })
+    }
+
+    /// `points` raised to this key, encoded, in order: `k/2·P` each, then
+    /// doubled and encoded together. No point may be the identity (which
+    /// would spoil the shared inversion); none is, since `Points` refuses it,
+    /// `k` is not zero and the group's order is prime, and `H` reaches it
+    /// with probability 2^-252, for which the one-at-a-time encoding stands
+    /// in.
+    fn raise_chunk(&self, points: &[RistrettoPoint]) -> Vec<Element> {
+        let halves: Vec<RistrettoPoint> = points.iter().map(|p| self.half * p).collect();
+        if halves.iter().any(|p| *p == RistrettoPoint::default()) {
+            return points
+                .iter()
+                .map(|p| Element((self.k * p).compress().to_bytes()))
+                .collect();
+        }
+        RistrettoPoint::double_and_compress_batch(&halves)
+            .into_iter()
+            .map(|c| Element(c.to_bytes()))
+            .collect()
     }
 
     /// The person's element under this key: `k·H(id)`.
     pub fn element(&self, id: &PersonIdentifier) -> Element {
-        let mut ctx = digest::Context::new(&digest::SHA512);
-        ctx.update(HASH_TO_GROUP_LABEL);
-        ctx.update(&id.canonical_bytes());
-        let mut wide = [0u8; 64];
-        wide.copy_from_slice(ctx.finish().as_ref());
-        let point = RistrettoPoint::from_uniform_bytes(&wide);
-        Element((self.0 * point).compress().to_bytes())
+        Element((self.k * hash_to_group(id)).compress().to_bytes())
     }
 
     /// A record's two elements.
@@ -147,9 +229,14 @@ impl FederationKey {
         donor: &PersonIdentifier,
         recipient: &PersonIdentifier,
     ) -> RecordElements {
-        RecordElements {
-            donor: self.element(donor),
-            recipient: self.element(recipient),
+        let points = [hash_to_group(donor), hash_to_group(recipient)];
+        match self.raise_chunk(&points)[..] {
+            [donor, recipient] => RecordElements { donor, recipient },
+            // `raise_chunk` gives one element a point.
+            _ => RecordElements {
+                donor: self.element(donor),
+                recipient: self.element(recipient),
+            },
         }
     }
 
@@ -160,28 +247,50 @@ impl FederationKey {
         pairs: &[(&PersonIdentifier, &PersonIdentifier)],
     ) -> Vec<RecordElements> {
         pairs
-            .par_iter()
-            .map(|(donor, recipient)| self.record_elements(donor, recipient))
+            .par_chunks(CHUNK / 2)
+            .flat_map_iter(|chunk| {
+                let points: Vec<RistrettoPoint> = chunk
+                    .iter()
+                    .flat_map(|(d, r)| [hash_to_group(d), hash_to_group(r)])
+                    .collect();
+                let raised = self.raise_chunk(&points);
+                raised
+                    .chunks_exact(2)
+                    .map(|pair| RecordElements {
+                        donor: pair[0],
+                        recipient: pair[1],
+                    })
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 
     /// `element` raised to this key.
     pub fn raise(&self, element: &Element) -> Result<Element, BadElement> {
         let point = decompress(&element.0)?;
-        Ok(Element((self.0 * point).compress().to_bytes()))
+        Ok(Element((self.k * point).compress().to_bytes()))
+    }
+
+    /// Decoded points raised to this key, in order, on all cores.
+    pub fn raise_points(&self, points: &Points) -> Vec<Element> {
+        points
+            .0
+            .par_chunks(CHUNK)
+            .flat_map_iter(|chunk| self.raise_chunk(chunk))
+            .collect()
     }
 
     /// Every element raised to this key, in order, on all cores; the first
     /// bad one (by place) refuses the batch.
     pub fn raise_all(&self, elements: &[Element]) -> Result<Vec<Element>, BadElementAt> {
-        elements
-            .par_iter()
-            .enumerate()
-            .map(|(index, e)| {
-                self.raise(e)
-                    .map_err(|reason| BadElementAt { index, reason })
+        let points = Points::decode(elements).map_err(|bad| {
+            // `decode` tells at least one bad element when it refuses.
+            bad.into_iter().next().unwrap_or(BadElementAt {
+                index: 0,
+                reason: BadElement::NotAPoint,
             })
-            .collect()
+        })?;
+        Ok(self.raise_points(&points))
     }
 }
 
@@ -263,5 +372,63 @@ mod tests {
         for (e, r) in batch.iter().zip(&raised) {
             assert_eq!(b.raise(e).unwrap(), *r);
         }
+    }
+
+    #[test]
+    fn batched_encoding_gives_what_one_at_a_time_gives() {
+        // Enough people for several chunks and a ragged last one.
+        let (a, b) = (key(5), key(6));
+        let people: Vec<PersonIdentifier> =
+            (0..(3 * CHUNK + 7)).map(|i| id(&format!("Q{i}"))).collect();
+        let pairs: Vec<(&PersonIdentifier, &PersonIdentifier)> =
+            people.chunks_exact(2).map(|p| (&p[0], &p[1])).collect();
+        let batched = a.records_elements(&pairs);
+        assert_eq!(batched.len(), pairs.len());
+        for ((d, r), got) in pairs.iter().zip(&batched) {
+            assert_eq!(got.donor, a.element(d));
+            assert_eq!(got.recipient, a.element(r));
+            assert_eq!(*got, a.record_elements(d, r));
+        }
+        let elements: Vec<Element> = batched.iter().map(|e| e.donor).collect();
+        let raised = b.raise_all(&elements).unwrap();
+        for (e, r) in elements.iter().zip(&raised) {
+            assert_eq!(*r, b.raise(e).unwrap());
+        }
+    }
+
+    #[test]
+    fn decoding_tells_every_bad_element_in_place_order() {
+        let good = key(1).element(&id("X1"));
+        let batch: Vec<Vec<u8>> = vec![
+            good.0.to_vec(),
+            vec![0xff; 32],
+            good.0.to_vec(),
+            vec![1; 31],
+            vec![0; 32],
+        ];
+        let bad = Points::decode(&batch).unwrap_err();
+        assert_eq!(
+            bad,
+            vec![
+                BadElementAt {
+                    index: 1,
+                    reason: BadElement::NotAPoint
+                },
+                BadElementAt {
+                    index: 3,
+                    reason: BadElement::Length
+                },
+                BadElementAt {
+                    index: 4,
+                    reason: BadElement::Identity
+                },
+            ]
+        );
+        let points = Points::decode(&batch[..1]).unwrap();
+        assert_eq!(points.len(), 1);
+        assert_eq!(
+            key(2).raise_points(&points),
+            vec![key(2).raise(&good).unwrap()]
+        );
     }
 }

@@ -25,7 +25,7 @@ pub use chain::ChainKey;
 pub use clinic::Clinic;
 pub use country::CountryCode;
 pub use enums::*;
-pub use federation::{BadElement, Element, FederationKey, RecordElements};
+pub use federation::{BadElement, BadElementAt, Element, FederationKey, Points, RecordElements};
 pub use hla::HlaTyping;
 pub use hospital::HospitalId;
 pub use identity::{Fingerprint, FingerprintKey, PersonIdentifier};
