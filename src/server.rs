@@ -542,38 +542,6 @@ fn reflection() -> Result<
     Ok((v1, v1alpha))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_service_of_ours_but_federation_is_served_here() {
-        let set =
-            <prost_types::FileDescriptorSet as prost::Message>::decode(pb::FILE_DESCRIPTOR_SET)
-                .expect("compiled in");
-        let all: Vec<String> = set
-            .file
-            .iter()
-            .flat_map(|f| {
-                f.service
-                    .iter()
-                    .map(move |s| format!("{}.{}", f.package(), s.name()))
-            })
-            .collect();
-        let mut expected: Vec<&str> = all
-            .iter()
-            .map(String::as_str)
-            .filter(|s| *s != pb::federation_service_server::SERVICE_NAME)
-            .collect();
-        expected.sort_unstable();
-        let mut served = SERVED.to_vec();
-        served.sort_unstable();
-        // A service added to the protos is either served here or named
-        // here as not served; reflection must not guess.
-        assert_eq!(served, expected);
-    }
-}
-
 /// The five services, each refusing messages over [`MAX_MESSAGE_BYTES`],
 /// and the authenticator in front of them.
 struct Services {
@@ -722,5 +690,37 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = interrupt.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_service_of_ours_but_federation_is_served_here() {
+        let set =
+            <prost_types::FileDescriptorSet as prost::Message>::decode(pb::FILE_DESCRIPTOR_SET)
+                .expect("compiled in");
+        let all: Vec<String> = set
+            .file
+            .iter()
+            .flat_map(|f| {
+                f.service
+                    .iter()
+                    .map(move |s| format!("{}.{}", f.package(), s.name()))
+            })
+            .collect();
+        let mut expected: Vec<&str> = all
+            .iter()
+            .map(String::as_str)
+            .filter(|s| *s != pb::federation_service_server::SERVICE_NAME)
+            .collect();
+        expected.sort_unstable();
+        let mut served = SERVED.to_vec();
+        served.sort_unstable();
+        // A service added to the protos is either served here or named
+        // here as not served; reflection must not guess.
+        assert_eq!(served, expected);
     }
 }
