@@ -582,6 +582,19 @@ impl Columns {
     }
 }
 
+/// A connection of its own to `--database-url`, for timing the service's
+/// SQL directly beside its calls; none without the option.
+pub async fn direct_connection(url: Option<&str>) -> anyhow::Result<Option<PgConnection>> {
+    match url {
+        Some(url) => Ok(Some(
+            PgConnection::connect(url)
+                .await
+                .context("connecting to --database-url")?,
+        )),
+        None => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

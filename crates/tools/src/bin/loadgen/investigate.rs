@@ -21,13 +21,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow};
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use serde::Serialize;
-use sqlx::{Connection, PgConnection, Postgres, QueryBuilder};
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 use transplant_audit_core::wire::pb;
 use transplant_audit_core::wire::pb::audit_service_client::AuditServiceClient;
 use transplant_audit_core::wire::pb::investigation_service_client::InvestigationServiceClient;
 
+use super::baseline::direct_connection;
 use super::grpc::Bearer;
 use super::report::{Judged, Latency};
 
@@ -307,14 +308,7 @@ pub async fn run(
         settings.rounds,
         Kind::ALL.len()
     );
-    let mut db = match &settings.database_url {
-        Some(url) => Some(
-            PgConnection::connect(url)
-                .await
-                .context("connecting to --database-url")?,
-        ),
-        None => None,
-    };
+    let mut db = direct_connection(settings.database_url.as_deref()).await?;
     let mut calls: Vec<Calls> = Kind::ALL.iter().map(|_| Calls::default()).collect();
     let mut direct: Vec<Calls> = Kind::ALL.iter().map(|_| Calls::default()).collect();
     // One unmeasured round: connections, prepared statements and caches warm.

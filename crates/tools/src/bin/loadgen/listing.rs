@@ -17,13 +17,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use serde::Serialize;
-use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Row as _};
+use sqlx::{PgConnection, Postgres, QueryBuilder, Row as _};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 use transplant_audit_core::rules::RuleId;
 use transplant_audit_core::wire::pb;
 use transplant_audit_core::wire::pb::audit_service_client::AuditServiceClient;
 
+use super::baseline::direct_connection;
 use super::grpc::Bearer;
 use super::report::{Judged, Latency};
 
@@ -325,14 +326,7 @@ pub async fn run(
 ) -> anyhow::Result<Report> {
     let mut client = AuditServiceClient::with_interceptor(channel, Bearer::new(key)?);
     let values = discover(&mut client).await?;
-    let mut db = match &settings.database_url {
-        Some(url) => Some(
-            PgConnection::connect(url)
-                .await
-                .context("connecting to --database-url")?,
-        ),
-        None => None,
-    };
+    let mut db = direct_connection(settings.database_url.as_deref()).await?;
     eprintln!(
         "ListFlags: {} rounds x {} queries, first and next page",
         settings.rounds,
