@@ -145,6 +145,12 @@ struct Args {
     /// How many clinics to register and spread records over.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     clinics: u32,
+    /// Transplants per clinic per year. The run's records are a registry's
+    /// history at this rate, each phase the period after the one before, so
+    /// a clinic's rule windows hold as many records in a long run as in a
+    /// short one (a busy centre does 200 a year; Germany's average 100).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    clinic_rate: u32,
     /// outage: the project-managed local Postgres the server runs on
     /// (`<data dir>/postgres` of a server started without DATABASE_URL).
     #[arg(long)]
@@ -219,6 +225,14 @@ async fn ingest(args: &Args) -> anyhow::Result<ExitCode> {
         clinics: args.clinics as usize,
         hospital_id: args.hospital_id.clone(),
         latest: latest_transplant(),
+        records: args.repeats as usize
+            * (if args.mode == Mode::Stream { 0 } else { n }
+                + if args.mode == Mode::Unary {
+                    0
+                } else {
+                    stream_n
+                }),
+        clinic_rate: args.clinic_rate,
     };
     let mut synth = Synth::new(settings, Rng::new(args.seed));
     let mut mix = Mix::default();
@@ -402,6 +416,8 @@ async fn outage(args: &Args) -> anyhow::Result<ExitCode> {
         clinics: args.clinics as usize,
         hospital_id: args.hospital_id.clone(),
         latest: latest_transplant(),
+        records: args.records as usize,
+        clinic_rate: args.clinic_rate,
     };
     let mut synth = Synth::new(settings, Rng::new(args.seed));
     let (records, _) = synth.records("o", args.records as usize);

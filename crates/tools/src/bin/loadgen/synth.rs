@@ -46,8 +46,6 @@ const FOREIGN_DECEASED_SHARE: f64 = 0.01;
 const FOREIGN_PAIR_SHARE: f64 = 0.05;
 /// Pairs typed for HLA.
 const HLA_TYPED_SHARE: f64 = 0.6;
-/// How far back transplants go, in days before the latest one.
-const HISTORY_DAYS: i64 = 730;
 
 /// ABO groups with their frequency in Europe, in percent.
 const ABO_FREQUENCY: [(pb::AboGroup, u32); 4] = [
@@ -77,7 +75,7 @@ impl ClinicSpec {
             country: self.country.to_owned(),
             licensed_organs: (pb::Organ::Kidney as i32..=pb::Organ::Intestine as i32).collect(),
             licence_valid_from: Some(prost_types::Timestamp {
-                seconds: 946_684_800, // 2000-01-01
+                seconds: -631_152_000, // 1950-01-01: long runs reach back decades
                 nanos: 0,
             }),
             licence_valid_until: None,
@@ -120,8 +118,14 @@ pub struct Settings {
     pub clinics: usize,
     /// Submit every record for this hospital (a hospital API key's own).
     pub hospital_id: Option<String>,
-    /// The latest transplant time; earlier ones go back two years.
+    /// The latest transplant time: the run's last period ends here.
     pub latest: DateTime<Utc>,
+    /// How many records the run synthesises in all, over consecutive periods.
+    pub records: usize,
+    /// Transplants per clinic per year: with `clinics`, how long a period of
+    /// `n` records lasts, so that a clinic's rule windows hold as many records
+    /// whatever the size of the run.
+    pub clinic_rate: u32,
 }
 
 /// An anomaly planted in one record of a donor event.
@@ -169,7 +173,11 @@ pub struct Synth {
     tag: String,
     clinics: Vec<ClinicSpec>,
     hospital_id: Option<String>,
-    latest: DateTime<Utc>,
+    records_per_minute: f64,
+    /// Where the next period of records begins.
+    period_start: DateTime<Utc>,
+    /// The current period's length in minutes.
+    period_minutes: i64,
     persons: u64,
 }
 
@@ -183,7 +191,7 @@ impl Synth {
             .take(24)
             .collect::<String>()
             .to_ascii_uppercase();
-        let clinics = (0..settings.clinics.max(1))
+        let clinics: Vec<ClinicSpec> = (0..settings.clinics.max(1))
             .map(|i| {
                 let country = CLINIC_COUNTRIES[i % CLINIC_COUNTRIES.len()];
                 let hospitals = (0..rng.between(1, 3))
@@ -196,13 +204,18 @@ impl Synth {
                 }
             })
             .collect();
+        let records_per_minute =
+            (clinics.len() as f64 * f64::from(settings.clinic_rate.max(1))) / (365.0 * 24.0 * 60.0);
+        let minutes = |n: usize| (n as f64 / records_per_minute).ceil() as i64;
         Self {
             rng,
             run_id: settings.run_id,
             tag,
             clinics,
             hospital_id: settings.hospital_id,
-            latest: settings.latest,
+            records_per_minute,
+            period_start: settings.latest - Duration::minutes(minutes(settings.records)),
+            period_minutes: 0,
             persons: 0,
         }
     }
@@ -212,8 +225,11 @@ impl Synth {
         &self.clinics
     }
 
-    /// `n` new records in transplant-time order, with ids `<run>-<phase>-<n>`.
+    /// `n` new records in transplant-time order, with ids `<run>-<phase>-<n>`,
+    /// transplanted in the period after the previous call's.
     pub fn records(&mut self, phase: &str, n: usize) -> (Vec<pb::TransplantRecord>, Mix) {
+        self.period_start += Duration::minutes(self.period_minutes);
+        self.period_minutes = (n as f64 / self.records_per_minute).ceil().max(1.0) as i64;
         let mut drafts = Vec::with_capacity(n + 8);
         while drafts.len() < n {
             self.donor_event(&mut drafts);
@@ -607,9 +623,9 @@ impl Synth {
         *self.rng.pick(&local)
     }
 
-    /// A random minute in the two years before the latest transplant.
+    /// A random minute of the current period.
     fn moment(&mut self) -> DateTime<Utc> {
-        self.latest - Duration::minutes(self.rng.between(0, HISTORY_DAYS * 24 * 60))
+        self.period_start + Duration::minutes(self.rng.between(0, self.period_minutes - 1))
     }
 
     fn hla(&mut self) -> pb::HlaTyping {
@@ -707,8 +723,31 @@ mod tests {
             clinics: 100,
             hospital_id: hospital_id.map(str::to_owned),
             latest: DateTime::from_timestamp(1_750_000_000, 0).unwrap(), // June 2025
+            records: 10_000,
+            clinic_rate: 200,
         };
         Synth::new(settings, Rng::new(42))
+    }
+
+    #[test]
+    fn periods_follow_each_other_at_the_clinics_rate_up_to_the_latest() {
+        // 100 clinics at 200 a year: 10,000 records are half a year.
+        let mut s = synth(None);
+        let seconds = |r: &pb::TransplantRecord| r.transplanted_at.as_ref().unwrap().seconds;
+        let (first, _) = s.records("a", 5000);
+        let (second, _) = s.records("b", 5000);
+        // A transplant follows its moment by hours, or days when its ischemia is planted.
+        let day = 86_400;
+        let week = 7 * day;
+        let latest = 1_750_000_000;
+        let quarter = 365 * day / 4;
+        let span = |rs: &[pb::TransplantRecord]| seconds(&rs[rs.len() - 1]) - seconds(&rs[0]);
+        for period in [&first, &second] {
+            assert!((quarter - week..=quarter + week).contains(&span(period)));
+        }
+        assert!(seconds(&first[4999]) <= seconds(&second[0]) + week);
+        assert!((latest - day..=latest + week).contains(&seconds(&second[4999])));
+        assert!((latest - 2 * quarter - day..).contains(&seconds(&first[0])));
     }
 
     #[test]
