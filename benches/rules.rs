@@ -60,6 +60,8 @@ fn cases(engine: &Engine) -> (Vec<Clinic>, Vec<Case>) {
         clinics: 100,
         hospital_id: None,
         latest,
+        records: RECORDS,
+        clinic_rate: 200,
     };
     let mut synth = synth::Synth::new(settings, rng::Rng::new(7));
     let (protos, _) = synth.records("b", RECORDS);
