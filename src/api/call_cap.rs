@@ -99,7 +99,7 @@ pub(crate) fn holding<P: Send + Unpin + 'static>(
     response.map(|body| {
         tonic::body::Body::new(Holding {
             body,
-            _permit: permit,
+            permit: Some(permit),
         })
     })
 }
@@ -107,7 +107,11 @@ pub(crate) fn holding<P: Send + Unpin + 'static>(
 /// A response body that keeps its call's permits until it is done.
 struct Holding<P> {
     body: tonic::body::Body,
-    _permit: P,
+    /// Released as the last frame is handed over, before it reaches the
+    /// client: released only when the transport dropped the body, it could
+    /// still be held when the client, told the call had ended, sent its next
+    /// one, which a caller keeping to its quota would then see refused.
+    permit: Option<P>,
 }
 
 impl<P: Send + Unpin + 'static> http_body::Body for Holding<P> {
@@ -118,7 +122,16 @@ impl<P: Send + Unpin + 'static> http_body::Body for Holding<P> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        let ended = match &frame {
+            Poll::Ready(None | Some(Err(_))) => true,
+            Poll::Ready(Some(Ok(frame))) => frame.is_trailers() || self.body.is_end_stream(),
+            Poll::Pending => false,
+        };
+        if ended {
+            self.permit = None;
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -127,5 +140,55 @@ impl<P: Send + Unpin + 'static> http_body::Body for Holding<P> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body::Frame;
+    use http_body_util::{BodyExt, StreamBody};
+
+    /// A unary response's body: its message, then the trailers with the status.
+    fn unary_body() -> tonic::body::Body {
+        let frames: Vec<Result<Frame<Bytes>, Status>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x01x"))),
+            Ok(Frame::trailers(http::HeaderMap::from_iter([(
+                http::header::HeaderName::from_static("grpc-status"),
+                http::HeaderValue::from_static("0"),
+            )]))),
+        ];
+        tonic::body::Body::new(StreamBody::new(futures::stream::iter(frames)))
+    }
+
+    #[tokio::test]
+    async fn the_permit_is_back_once_the_last_frame_is_handed_over_not_when_the_body_is_dropped() {
+        let slots = Arc::new(Semaphore::new(1));
+        let permit = slots.clone().try_acquire_owned().unwrap();
+        let response = holding(http::Response::new(unary_body()), permit);
+        let mut body = response.into_body();
+        assert!(body.frame().await.unwrap().unwrap().is_data());
+        assert_eq!(
+            slots.available_permits(),
+            0,
+            "held while the message is sent"
+        );
+        assert!(body.frame().await.unwrap().unwrap().is_trailers());
+        // The transport still holds the body while it writes the trailers;
+        // the client may have them, and call again, before it drops it.
+        assert_eq!(slots.available_permits(), 1);
+        drop(body);
+        assert_eq!(slots.available_permits(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_gives_the_permit_back() {
+        let slots = Arc::new(Semaphore::new(1));
+        let permit = slots.clone().try_acquire_owned().unwrap();
+        let mut body = holding(http::Response::new(unary_body()), permit).into_body();
+        assert!(body.frame().await.unwrap().unwrap().is_data());
+        drop(body);
+        assert_eq!(slots.available_permits(), 1);
     }
 }
