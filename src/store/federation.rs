@@ -404,13 +404,17 @@ impl Store {
         after: Option<&[u8]>,
         limit: i64,
     ) -> Result<Vec<(Vec<u8>, i64)>, StoreError> {
+        // The empty string sorts before every element, so the first page needs
+        // no `IS NULL OR` branch: that branch kept the generic plan from
+        // walking records_living_donor_by_element from the key on, and each
+        // page sorted every living donor.
         let rows = sqlx::query!(
             r#"SELECT donor_element AS "element!", count(*) AS "donations!"
                FROM records
                WHERE donor_type = 'LIVING' AND donor_element IS NOT NULL
-                 AND ($1::bytea IS NULL OR donor_element > $1)
+                 AND donor_element > $1
                GROUP BY donor_element ORDER BY donor_element LIMIT $2"#,
-            after,
+            after.unwrap_or_default(),
             limit
         )
         .fetch_all(&mut *self.acquire().await?)
