@@ -378,8 +378,11 @@ impl Driver {
             "goog:chromeOptions".into(),
             serde_json::json!({
                 "binary": chromium,
+                // Without the back/forward cache: a cached inbox keeps its
+                // event stream open, and six of them take every connection
+                // Chromium allows to the console, stalling the next load.
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage",
+                         "--disable-dev-shm-usage", "--disable-back-forward-cache",
                          format!("--window-size={},{}", WINDOW.0, WINDOW.1)],
             }),
         );
