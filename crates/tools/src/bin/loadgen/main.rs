@@ -31,6 +31,11 @@
 //! `--mode suggest-cases` times SuggestCases over every open flag outside a
 //! case, `--rounds` calls, against its 5 s target (see `suggest.rs`); only
 //! the access log is written.
+//!
+//! `--mode paint` starts chromedriver and headless Chromium, signs in at the
+//! console's `/login` with an AUDITOR key and loads the inbox `--rounds`
+//! times per URL, with p50/p99 of the browser's first-contentful-paint
+//! against a 300 ms target (see `paint.rs`); only the access log is written.
 
 mod baseline;
 mod console;
@@ -38,6 +43,7 @@ mod grpc;
 mod investigate;
 mod listing;
 mod outage;
+mod paint;
 mod probe;
 mod report;
 mod rng;
@@ -83,6 +89,9 @@ enum Mode {
     Outage,
     /// The web console's pages, signed in with an AUDITOR key (see console.rs); no ingest.
     Console,
+    /// The inbox painted in headless Chromium, signed in with an AUDITOR key
+    /// (see paint.rs); no ingest.
+    Paint,
 }
 
 /// Load generator for transplant-audit: synthetic records over gRPC, measured
@@ -124,7 +133,8 @@ struct Args {
     /// Which gRPC phases to run.
     #[arg(long, value_enum, default_value_t = Mode::Both)]
     mode: Mode,
-    /// list-flags: first-and-next-page pairs measured per filter; investigate: calls per kind.
+    /// list-flags: first-and-next-page pairs measured per filter; investigate: calls per kind;
+    /// console: requests per page; paint: loads per inbox URL.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     rounds: u32,
     /// list-flags: flags per page; investigate: records per search page.
@@ -161,9 +171,15 @@ struct Args {
     /// outage: seconds Postgres stays stopped.
     #[arg(long, default_value_t = 3)]
     outage_seconds: u64,
-    /// console: the web console's address.
+    /// console, paint: the web console's address.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     console_url: String,
+    /// paint: the chromedriver to start (Debian's chromium-driver).
+    #[arg(long, default_value = "/usr/bin/chromedriver")]
+    chromedriver: std::path::PathBuf,
+    /// paint: the Chromium that chromedriver runs headless (Debian's chromium).
+    #[arg(long, default_value = "/usr/bin/chromium")]
+    chromium: std::path::PathBuf,
     /// Print one JSON line on stdout (the table goes to stderr).
     #[arg(long)]
     json: bool,
@@ -198,6 +214,16 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         let channel = grpc::connect(&args.endpoint).await?;
         let report = console::run(channel, args.api_key.as_deref(), &settings).await?;
+        return finish(&report, &args);
+    }
+    if args.mode == Mode::Paint {
+        let settings = paint::Settings {
+            console: args.console_url.clone(),
+            rounds: args.rounds as usize,
+            chromedriver: args.chromedriver.clone(),
+            chromium: args.chromium.clone(),
+        };
+        let report = paint::run(args.api_key.as_deref(), &settings).await?;
         return finish(&report, &args);
     }
     if args.mode == Mode::SuggestCases {
@@ -536,6 +562,13 @@ mod tests {
         assert_eq!(
             (args.mode, args.rounds, args.page_size),
             (Mode::ListFlags, 5, 50)
+        );
+        let args =
+            Args::try_parse_from(["loadgen", "--mode", "paint", "--rounds", "50"]).expect("valid");
+        assert_eq!((args.mode, args.rounds), (Mode::Paint, 50));
+        assert_eq!(
+            (args.chromedriver.to_str(), args.chromium.to_str()),
+            (Some("/usr/bin/chromedriver"), Some("/usr/bin/chromium"))
         );
         for bad in [
             vec!["loadgen", "--records", "0"],
