@@ -28,8 +28,36 @@
     row.appendChild(td);
   }
 
-  var events = new EventSource(source);
-  events.addEventListener("flag", function (event) {
+  var events = null;
+  var lastId = "";
+
+  // The feed from where this page left off: the cursor the page was
+  // rendered at, or the last event it got before it was put away.
+  function feed() {
+    if (!lastId) { return source; }
+    var after = "after=" + encodeURIComponent(lastId);
+    if (/[?&]after=/.test(source)) { return source.replace(/([?&])after=[^&]*/, "$1" + after); }
+    return source + (source.indexOf("?") < 0 ? "?" : "&") + after;
+  }
+
+  function open() {
+    events = new EventSource(feed());
+    events.addEventListener("flag", arrive);
+  }
+
+  // A page kept in the back/forward cache would keep its stream open, and
+  // a browser gives one host only six connections over HTTP/1.1: a few
+  // cached inboxes and the next page waits. The stream closes when the page
+  // is put away and opens again, where it left off, when it comes back.
+  window.addEventListener("pagehide", function () {
+    if (events) { events.close(); events = null; }
+  });
+  window.addEventListener("pageshow", function (event) {
+    if (event.persisted && !events) { open(); }
+  });
+
+  function arrive(event) {
+    if (event.lastEventId) { lastId = event.lastEventId; }
     var flag;
     try { flag = JSON.parse(event.data); } catch (e) { return; }
     var id = String(Number(flag.id));
@@ -53,5 +81,7 @@
     if (empty) { empty.parentNode.removeChild(empty); }
     arrived += 1;
     if (live) { live.textContent = arrived + (arrived === 1 ? " new flag" : " new flags") + " since the page was opened."; }
-  });
+  }
+
+  open();
 }());

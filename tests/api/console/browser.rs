@@ -440,6 +440,95 @@ fn axe_source() -> String {
 
 /// Runs axe-core on the open page; answers its serious and critical
 /// violations, each as "rule: the elements it names".
+/// An inbox put away in the back/forward cache holds no stream: a browser
+/// gives one host six connections over HTTP/1.1, and cached inboxes that
+/// kept theirs left later pages waiting for one. An inbox brought back
+/// resumes its feed where it left off.
+#[tokio::test]
+async fn inboxes_put_away_hold_no_stream_and_one_brought_back_resumes_its_feed() {
+    let Some(driver) = Driver::start().await else {
+        return;
+    };
+    let site = Site::start().await;
+    let browser = driver.browser(1280).await;
+    sign_in(&site, &browser, &site.app.auditor_token).await;
+    // Each load puts the inbox before it away; had they kept their streams,
+    // the seventh would wait for a connection one of them holds.
+    // Distinct addresses: a load of the address shown replaces its entry.
+    let inboxes = ["OPEN", "IN_REVIEW", "CONFIRMED", "DISMISSED"]
+        .into_iter()
+        .flat_map(|status| {
+            ["LOW", "HIGH"].map(|min| format!("/flags?status={status}&min_severity={min}"))
+        });
+    for (load, inbox) in inboxes.enumerate() {
+        let url = site.url(&inbox);
+        shown_soon(
+            &browser,
+            browser.goto(&url),
+            "table#flags",
+            &format!("inbox {load}"),
+        )
+        .await;
+    }
+    // The inbox brought back shows every flag, the one raised below too.
+    let url = site.url("/flags");
+    shown_soon(
+        &browser,
+        browser.goto(&url),
+        "table#flags",
+        "the last inbox",
+    )
+    .await;
+    browser
+        .execute("window.keptInCache = true; return null;", vec![])
+        .await
+        .unwrap();
+    let url = site.url("/rules");
+    shown_soon(&browser, browser.goto(&url), "table#rules", "the rules").await;
+    shown_soon(
+        &browser,
+        browser.back(),
+        "table#flags",
+        "the inbox brought back",
+    )
+    .await;
+    let restored = browser
+        .execute("return window.keptInCache === true;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        restored,
+        serde_json::json!(true),
+        "the first inbox came back from the cache, not reloaded"
+    );
+    submit(&site.app, abo_incompatible("BROWSER-BACK"))
+        .await
+        .expect("stored");
+    let arrived = flag_id(&site, "BROWSER-BACK", "ABO_INCOMPATIBLE").await;
+    wait_for(&browser, &format!("tr[data-flag-id=\"{arrived}\"]")).await;
+    browser.close().await.expect("close");
+}
+
+/// Navigates and waits for `css` on a page that should come at once; a
+/// page left waiting for a connection takes tens of seconds.
+async fn shown_soon(
+    browser: &Client,
+    navigation: impl std::future::Future<Output = Result<(), fantoccini::error::CmdError>>,
+    css: &str,
+    page: &str,
+) {
+    tokio::time::timeout(Duration::from_secs(10), navigation)
+        .await
+        .unwrap_or_else(|_| panic!("{page} waited for a connection"))
+        .expect("navigate");
+    browser
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{page} waited: {e}"));
+}
+
 async fn axe(browser: &Client, source: &str) -> Vec<String> {
     // WebDriver's scripts run outside the page's Content-Security-Policy.
     browser
