@@ -276,4 +276,9 @@ async fn console_an_admin_is_shown_no_form_it_cannot_submit() {
         assert!(html.contains(r#"id="read-only""#), "{path}: {html}");
         assert!(html.contains("reads only"), "{path}");
     }
+    let html =
+        super::cases::suggested_until(&site, &admin, |html| html.contains(r#"id="computed""#))
+            .await;
+    assert_eq!(post_actions(&html), Vec::<String>::new());
+    assert!(html.contains(r#"id="read-only""#), "{html}");
 }
