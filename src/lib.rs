@@ -23,6 +23,7 @@ pub mod rescan;
 pub mod seal;
 pub mod server;
 pub mod store;
+pub mod suggestions;
 pub mod telemetry;
 pub mod watch;
 

@@ -37,6 +37,7 @@ use crate::investigation::Investigation;
 use crate::rules::Engine;
 use crate::seal::{self, Sinks};
 use crate::store::Store;
+use crate::suggestions::Suggestions;
 use crate::telemetry::metrics;
 use crate::watch::FlagFeed;
 use crate::wire::pb;
@@ -447,21 +448,25 @@ pub async fn serve(
         .add_service(services.investigation)
         .add_service(services.admin);
     let console = listeners.console.map(|console| {
+        let suggestions = Suggestions::new(app.store.clone());
+        let grouping = tokio::spawn(suggestions.clone().keep_fresh());
         let site = Console::new(
             Auditing::new(app.store.clone(), feed.clone()),
             Investigation::new(app.store.clone(), app.engine.config().non_resident_share),
+            suggestions,
             app.auth.clone(),
             app.store.clone(),
             app.sealing.signer.clone(),
             console.tls.is_some(),
             console.session_idle,
         );
-        tokio::spawn(console::serve(
+        let served = tokio::spawn(console::serve(
             console.listener,
             console.tls,
             site,
             stopped(accepting_stopped.clone()),
-        ))
+        ));
+        (served, grouping)
     });
     let incoming = incoming(listeners.grpc, tls, limits, accepting_stopped.clone());
     let mut server =
@@ -483,9 +488,10 @@ pub async fn serve(
     if let Some(health_only) = health_only {
         health_only.abort();
     }
-    if let Some(console) = console {
+    if let Some((console, grouping)) = console {
         // Its event streams ended with the feed; pages in flight had the grace.
         console.abort();
+        grouping.abort();
     }
     // What the last calls wrote is sealed before the server goes.
     let _ = stop_sealing.send(true);

@@ -26,12 +26,14 @@ use crate::domain::{CaseStatus, Violations};
 use crate::dossier;
 use crate::store::cases::{CaseCommand, CaseError, CaseView, StoredCaseEvent};
 use crate::store::investigate::Read;
-use crate::suggest;
 
 /// Cases on one page of the list.
 const PAGE_SIZE: i64 = 50;
 /// Suggested groups the list shows.
 const SUGGESTED_GROUPS: usize = 20;
+/// Flags of each suggested group the list shows (and a form opens as a
+/// case): the largest groups of a registry hold thousands.
+const FLAGS_PER_GROUP: usize = 25;
 
 impl From<CaseError> for PageError {
     fn from(err: CaseError) -> Self {
@@ -100,6 +102,8 @@ pub struct GroupRow {
     pub flag_ids: Vec<i64>,
     /// The same, comma-separated, for the form.
     pub flag_list: String,
+    /// Its other flags, not shown.
+    pub more: usize,
     /// Its clinics.
     pub clinic_ids: String,
     /// How strongly the flags belong together.
@@ -144,6 +148,9 @@ pub struct CasesPage {
 pub struct SuggestedPage {
     /// The header.
     pub nav: Nav,
+    /// When the grouping shown read its flags, and how many open flags
+    /// outside cases there were; `None` while the first one runs.
+    pub computed: Option<(String, usize)>,
     /// The groups, best first.
     pub groups: Vec<GroupRow>,
 }
@@ -264,44 +271,60 @@ pub async fn cases(
     render(&page)
 }
 
-/// `GET /cases/suggested`: groups of open flags in no case. Grouping reads
-/// every open flag, so it runs when asked for, not with every list.
+/// `GET /cases/suggested`: the latest grouping of the open flags in no
+/// case, less the flags that left triage or joined a case since; logged as
+/// `SuggestCases`, each flag the page carries.
 pub async fn suggested(
     State(console): State<Console>,
     signed: Signed,
 ) -> Result<Response, PageError> {
-    let store = &console.inner.store;
-    let flags = store.open_flags_outside_cases().await?;
-    // Grouping many flags takes a core for a while: off the runtime.
-    let groups = tokio::task::spawn_blocking(move || suggest::suggest(&flags, SUGGESTED_GROUPS))
-        .await
-        .map_err(|_| PageError::Internal)?;
-    let actor = signed.actor();
+    let shown = console
+        .inner
+        .suggestions
+        .shown(SUGGESTED_GROUPS, FLAGS_PER_GROUP)
+        .await?;
+    let mut page = SuggestedPage {
+        nav: Nav::of(&signed),
+        computed: None,
+        groups: Vec::new(),
+    };
+    let Some(shown) = shown else {
+        return render(&page);
+    };
     let mut reads = vec![Read::of("search", format!("max_groups {SUGGESTED_GROUPS}"))];
     reads.extend(
-        groups
+        shown
+            .groups
             .iter()
             .flat_map(|g| g.flag_ids.iter().map(|f| Read::of("flag", f))),
     );
-    store.record_reads(&actor, "SuggestCases", &reads).await?;
-    let page = SuggestedPage {
-        nav: Nav::of(&signed),
-        groups: groups
-            .iter()
-            .map(|g| GroupRow {
-                flag_ids: g.flag_ids.clone(),
-                flag_list: g
-                    .flag_ids
-                    .iter()
-                    .map(i64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-                clinic_ids: g.clinic_ids.join(", "),
-                score: g.score,
-                reasons: g.reasons.clone(),
-            })
-            .collect(),
-    };
+    console
+        .inner
+        .store
+        .record_reads(&signed.actor(), "SuggestCases", &reads)
+        .await?;
+    let at = shown
+        .computed_at
+        .format("%Y-%m-%d %H:%M:%S UTC")
+        .to_string();
+    page.computed = Some((at, shown.open_flags));
+    page.groups = shown
+        .groups
+        .iter()
+        .map(|g| GroupRow {
+            flag_ids: g.flag_ids.clone(),
+            flag_list: g
+                .flag_ids
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            more: g.more,
+            clinic_ids: g.clinic_ids.join(", "),
+            score: g.score,
+            reasons: g.reasons.clone(),
+        })
+        .collect();
     render(&page)
 }
 

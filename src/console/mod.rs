@@ -43,6 +43,7 @@ use crate::domain::ledger::SigningKey;
 use crate::incoming::TlsSetupError;
 use crate::investigation::Investigation;
 use crate::store::Store;
+use crate::suggestions::Suggestions;
 
 /// What every page allows itself: its own scripts, styles and images, and
 /// nothing inline, framed or posted elsewhere.
@@ -60,6 +61,8 @@ pub struct Console {
 struct Inner {
     audit: Auditing,
     investigation: Investigation,
+    /// The latest suggested cases, kept fresh in the background.
+    suggestions: Suggestions,
     auth: Arc<Authenticator>,
     store: Store,
     /// Signs the dossiers it exports.
@@ -71,12 +74,14 @@ struct Inner {
 }
 
 impl Console {
-    /// The console over `audit` and `investigation`, checking keys with
-    /// `auth` and keeping sessions in `store`, signing dossiers with
-    /// `signer`; `tls` when it is served over TLS.
+    /// The console over `audit`, `investigation` and `suggestions`,
+    /// checking keys with `auth` and keeping sessions in `store`, signing
+    /// dossiers with `signer`; `tls` when it is served over TLS.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         audit: Auditing,
         investigation: Investigation,
+        suggestions: Suggestions,
         auth: Arc<Authenticator>,
         store: Store,
         signer: SigningKey,
@@ -87,6 +92,7 @@ impl Console {
             inner: Arc::new(Inner {
                 audit,
                 investigation,
+                suggestions,
                 auth,
                 store,
                 signer,

@@ -10,10 +10,12 @@ use crate::domain::{DonorKind, FlagEvent, FlagStatus, FlagView, Person, Record, 
 use crate::store::records::RecordVersionEntry;
 
 use super::filters::InboxQuery;
+use super::pages::{AUDIT_SERVICE, CASE_CHANGES, INVESTIGATION_SERVICE, may};
 use super::session::Signed;
 
 /// The header every signed-in page shows: who is signed in, and the
-/// sign-out form's CSRF token.
+/// sign-out form's CSRF token; and which forms the session may submit, so
+/// that a page shows only those.
 #[derive(Debug, Clone)]
 pub struct Nav {
     /// The principal signed in.
@@ -22,15 +24,24 @@ pub struct Nav {
     pub role: String,
     /// The session's CSRF token.
     pub csrf: String,
+    /// Whether the role may triage flags.
+    pub may_triage: bool,
+    /// Whether the role may open cases and change them.
+    pub may_work_cases: bool,
 }
 
 impl Nav {
     /// The header of `signed`'s pages.
     pub fn of(signed: &Signed) -> Self {
+        let role = signed.caller.role;
         Self {
             principal: signed.caller.principal.clone(),
-            role: signed.caller.role.to_string(),
+            role: role.to_string(),
             csrf: signed.csrf(),
+            may_triage: may(role, AUDIT_SERVICE, "UpdateFlagStatus"),
+            may_work_cases: CASE_CHANGES
+                .iter()
+                .all(|method| may(role, INVESTIGATION_SERVICE, method)),
         }
     }
 }

@@ -21,7 +21,7 @@ pub mod rescan;
 mod row;
 pub mod sessions;
 pub mod steps;
-mod suggest;
+pub mod suggest;
 
 use std::future::Future;
 use std::sync::Arc;

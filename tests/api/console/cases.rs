@@ -41,6 +41,27 @@ pub(super) async fn ring(site: &Site) -> Vec<i64> {
     ids
 }
 
+/// The suggestions page once `shows` holds of it, read again every 100 ms
+/// while the grouping runs in the background; panics after 30 s.
+pub(super) async fn suggested_until(
+    site: &Site,
+    session: &Session,
+    shows: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let html = site.page(session, "/cases/suggested").await;
+        if shows(&html) {
+            return html;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the suggestions never showed it: {html}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Opens a case of `flags` through the console's form; answers its id.
 pub(super) async fn open_case(site: &Site, session: &Session, title: &str, flags: &[i64]) -> i64 {
     let list: Vec<String> = flags.iter().map(i64::to_string).collect();
@@ -121,12 +142,10 @@ async fn console_cases_are_suggested_opened_worked_and_exported() {
     let (_, session) = site.auditor().await;
 
     // The suggestions hold the ring, and its form opens it as a case.
-    let html = site.page(&session, "/cases/suggested").await;
     let list: Vec<String> = flags.iter().map(i64::to_string).collect();
-    assert!(
-        html.contains(&format!(r#"name="flag_ids" value="{}""#, list.join(","))),
-        "{html}"
-    );
+    let form = format!(r#"name="flag_ids" value="{}""#, list.join(","));
+    let html = suggested_until(&site, &session, |html| html.contains(&form)).await;
+    assert!(html.contains(&form), "{html}");
     for f in &flags {
         assert_eq!(
             logged(&site, "SuggestCases", "flag", &f.to_string()).await,
@@ -225,6 +244,60 @@ async fn console_cases_are_suggested_opened_worked_and_exported() {
     assert_eq!(
         logged(&site, "ExportCase", "case", &id.to_string()).await,
         1
+    );
+}
+
+#[tokio::test]
+async fn console_suggestions_follow_new_flags_and_drop_flags_put_in_cases() {
+    let site = Site::start().await;
+    let (_, session) = site.auditor().await;
+    // Before any flag: the first grouping runs or has found nothing.
+    let html = site.page(&session, "/cases/suggested").await;
+    assert!(
+        html.contains(r#"id="computing""#) || html.contains("No suggestion."),
+        "{html}"
+    );
+    let html = suggested_until(&site, &session, |html| html.contains(r#"id="computed""#)).await;
+    assert!(html.contains("over 0 open flags"), "{html}");
+
+    // Flags raised later are grouped by the background task.
+    let flags = ring(&site).await;
+    let list: Vec<String> = flags.iter().map(i64::to_string).collect();
+    let group = format!(r#"data-flag-ids="{}""#, list.join(","));
+    let html = suggested_until(&site, &session, |html| html.contains(&group)).await;
+    assert!(
+        html.contains(&format!("over {} open flags", flags.len())),
+        "{html}"
+    );
+    for f in &flags {
+        assert!(html.contains(&format!(r#"href="/flags/{f}""#)));
+        assert_eq!(
+            logged(&site, "SuggestCases", "flag", &f.to_string()).await,
+            1
+        );
+    }
+
+    // A flag put in a case leaves the page at once, before any regrouping,
+    // and is no longer logged as shown.
+    let gone = flags[0];
+    open_case(&site, &session, "one flag", &[gone]).await;
+    let html = site.page(&session, "/cases/suggested").await;
+    assert!(
+        !html.contains(&format!(r#"href="/flags/{gone}""#)),
+        "{html}"
+    );
+    assert_eq!(
+        logged(&site, "SuggestCases", "flag", &gone.to_string()).await,
+        1
+    );
+    // The regrouping that follows agrees.
+    let html = suggested_until(&site, &session, |html| {
+        html.contains(&format!("over {} open flags", flags.len() - 1))
+    })
+    .await;
+    assert!(
+        !html.contains(&format!(r#"href="/flags/{gone}""#)),
+        "{html}"
     );
 }
 

@@ -157,13 +157,19 @@ async fn console_an_admin_reads_but_cannot_triage_or_work_on_cases() {
     };
     let before = state().await;
     let csrf = csrf_of(&page);
+    // The page shows no triage form: the revision is the stored one.
+    let revision: i64 = sqlx::query_scalar("SELECT revision FROM flags WHERE id = $1")
+        .bind(flag.parse::<i64>().unwrap())
+        .fetch_one(&site.app.pool)
+        .await
+        .unwrap();
     let triage = site
         .post(
             &session.cookie,
             &format!("/flags/{flag}/triage"),
             &[
                 ("to", "IN_REVIEW"),
-                ("revision", &revision_of(&page)),
+                ("revision", &revision.to_string()),
                 ("csrf", &csrf),
                 ("note", ""),
             ],
@@ -200,4 +206,79 @@ async fn console_an_admin_reads_but_cannot_triage_or_work_on_cases() {
         )
         .await;
     assert_eq!(response.status(), 303);
+}
+
+/// The actions of a page's POST forms, but the sign-out every page has.
+fn post_actions(html: &str) -> Vec<String> {
+    html.split("<form")
+        .skip(1)
+        .filter(|form| {
+            form.split('>')
+                .next()
+                .unwrap_or("")
+                .contains(r#"method="post""#)
+        })
+        .filter_map(|form| form.split(r#"action=""#).nth(1))
+        .filter_map(|rest| rest.split('"').next())
+        .filter(|action| *action != "/logout")
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn console_an_admin_is_shown_no_form_it_cannot_submit() {
+    let site = Site::start().await;
+    let (_, flags) = shared_donor(&site).await;
+    let (_, auditor) = site.auditor().await;
+    let admin = site.app.key(Role::Admin, None).await;
+    let admin = site.sign_in(&admin).await;
+    let in_case = flags[0].flag_id.parse::<i64>().unwrap();
+    let alone = &flags[1].flag_id;
+    let list = in_case.to_string();
+    let opened = site
+        .post(
+            &auditor.cookie,
+            "/cases",
+            &[
+                ("csrf", &auditor.csrf),
+                ("title", "A ring"),
+                ("flag_ids", &list),
+            ],
+        )
+        .await;
+    assert_eq!(opened.status(), 303);
+    let case = super::location(opened.headers());
+    let pages = [format!("/flags/{alone}"), case.clone(), "/cases".to_owned()];
+
+    // An auditor is given every form the pages carry.
+    let forms = |path: &str| match path {
+        p if p == case => vec![
+            format!("{case}/note"),
+            format!("{case}/assign"),
+            format!("{case}/status"),
+        ],
+        "/cases" => vec!["/cases".to_owned()],
+        _ => vec![
+            format!("/flags/{alone}/triage"),
+            format!("/flags/{alone}/case"),
+        ],
+    };
+    for path in &pages {
+        let html = site.page(&auditor, path).await;
+        assert_eq!(post_actions(&html), forms(path), "{path}");
+        assert!(!html.contains(r#"id="read-only""#), "{path}");
+    }
+    // An admin reads the same pages, is told why it is given no form, and
+    // is given none.
+    for path in &pages {
+        let html = site.page(&admin, path).await;
+        assert_eq!(post_actions(&html), Vec::<String>::new(), "{path}");
+        assert!(html.contains(r#"id="read-only""#), "{path}: {html}");
+        assert!(html.contains("reads only"), "{path}");
+    }
+    let html =
+        super::cases::suggested_until(&site, &admin, |html| html.contains(r#"id="computed""#))
+            .await;
+    assert_eq!(post_actions(&html), Vec::<String>::new());
+    assert!(html.contains(r#"id="read-only""#), "{html}");
 }
