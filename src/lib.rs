@@ -19,11 +19,11 @@ pub mod import;
 pub mod incoming;
 pub mod ingest;
 pub mod investigation;
+pub mod kept;
 pub mod rescan;
 pub mod seal;
 pub mod server;
 pub mod store;
-pub mod suggestions;
 pub mod telemetry;
 pub mod watch;
 

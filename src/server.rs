@@ -34,10 +34,10 @@ use crate::domain::ledger::{PublicKey, SigningKey};
 use crate::incoming::{ConnectionLimits, TlsSetupError, incoming, tls_config};
 use crate::ingest::Ingestor;
 use crate::investigation::Investigation;
+use crate::kept::KeptViews;
 use crate::rules::Engine;
 use crate::seal::{self, Sinks};
 use crate::store::Store;
-use crate::suggestions::Suggestions;
 use crate::telemetry::metrics;
 use crate::watch::FlagFeed;
 use crate::wire::pb;
@@ -448,12 +448,13 @@ pub async fn serve(
         .add_service(services.investigation)
         .add_service(services.admin);
     let console = listeners.console.map(|console| {
-        let suggestions = Suggestions::new(app.store.clone());
-        let grouping = tokio::spawn(suggestions.clone().keep_fresh());
+        let auditing = Auditing::new(app.store.clone(), feed.clone());
+        let kept = KeptViews::new(app.store.clone(), auditing.clone());
+        let grouping = tokio::spawn(kept.clone().keep_fresh());
         let site = Console::new(
-            Auditing::new(app.store.clone(), feed.clone()),
+            auditing,
             Investigation::new(app.store.clone(), app.engine.config().non_resident_share),
-            suggestions,
+            kept,
             app.auth.clone(),
             app.store.clone(),
             app.sealing.signer.clone(),

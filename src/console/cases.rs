@@ -280,7 +280,7 @@ pub async fn suggested(
 ) -> Result<Response, PageError> {
     let shown = console
         .inner
-        .suggestions
+        .kept
         .shown(SUGGESTED_GROUPS, FLAGS_PER_GROUP)
         .await?;
     let mut page = SuggestedPage {

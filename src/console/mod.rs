@@ -42,8 +42,8 @@ use crate::config::TlsPem;
 use crate::domain::ledger::SigningKey;
 use crate::incoming::TlsSetupError;
 use crate::investigation::Investigation;
+use crate::kept::KeptViews;
 use crate::store::Store;
-use crate::suggestions::Suggestions;
 
 /// What every page allows itself: its own scripts, styles and images, and
 /// nothing inline, framed or posted elsewhere.
@@ -61,8 +61,8 @@ pub struct Console {
 struct Inner {
     audit: Auditing,
     investigation: Investigation,
-    /// The latest suggested cases, kept fresh in the background.
-    suggestions: Suggestions,
+    /// The latest suggested cases and rule counts, kept fresh in the background.
+    kept: KeptViews,
     auth: Arc<Authenticator>,
     store: Store,
     /// Signs the dossiers it exports.
@@ -74,14 +74,14 @@ struct Inner {
 }
 
 impl Console {
-    /// The console over `audit`, `investigation` and `suggestions`,
+    /// The console over `audit`, `investigation` and the `kept` views,
     /// checking keys with `auth` and keeping sessions in `store`, signing
     /// dossiers with `signer`; `tls` when it is served over TLS.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         audit: Auditing,
         investigation: Investigation,
-        suggestions: Suggestions,
+        kept: KeptViews,
         auth: Arc<Authenticator>,
         store: Store,
         signer: SigningKey,
@@ -92,7 +92,7 @@ impl Console {
             inner: Arc::new(Inner {
                 audit,
                 investigation,
-                suggestions,
+                kept,
                 auth,
                 store,
                 signer,

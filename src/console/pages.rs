@@ -405,10 +405,16 @@ pub async fn record(
 
 /// `GET /rules`: each rule's flags by status, and its precision.
 pub async fn rules(State(console): State<Console>, signed: Signed) -> Result<Response, PageError> {
-    let quality = console.inner.audit.rule_quality(None, None).await?;
+    // Counting every flag takes 75 ms at 10^6 flags: the counts kept in
+    // the background, once there are any.
+    let (rules, counted_at) = match console.inner.kept.rule_counts() {
+        Some(kept) => (kept.rules.clone(), Some(kept.counted_at)),
+        None => (console.inner.audit.rule_quality(None, None).await?, None),
+    };
     let page = RulesPage {
         nav: Nav::of(&signed),
-        rules: quality.iter().map(RuleRow::from).collect(),
+        rules: rules.iter().map(RuleRow::from).collect(),
+        counted_at: counted_at.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
     };
     render(&page, StatusCode::OK)
 }

@@ -316,6 +316,9 @@ pub struct RulesPage {
     pub nav: Nav,
     /// Every rule.
     pub rules: Vec<RuleRow>,
+    /// When the counts kept in the background were made; `None` when
+    /// counted for this page.
+    pub counted_at: Option<String>,
 }
 
 /// The names of the fields [`record_fields`] shows, in its order.

@@ -33,21 +33,6 @@ impl Store {
         Ok(flags)
     }
 
-    /// The open flags outside cases with the signature they were read at,
-    /// both from one snapshot.
-    pub async fn open_flags_with_signature(
-        &self,
-    ) -> Result<(SuggestionSignature, Vec<OpenFlag>), StoreError> {
-        let mut tx = self.begin().await?;
-        sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await?;
-        let signature = signature(&mut tx).await?;
-        let flags = open_flags(&mut tx).await?;
-        tx.commit().await?;
-        Ok((signature, flags))
-    }
-
     /// The signature of the open flags outside cases as they stand.
     pub async fn suggestion_signature(&self) -> Result<SuggestionSignature, StoreError> {
         let mut conn = self.acquire().await?;

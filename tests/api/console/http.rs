@@ -565,3 +565,42 @@ async fn the_inbox_filters_and_pages() {
     let rules = site.page(&session, "/rules").await;
     assert!(rules.contains(r#"data-rule-id="ABO_INCOMPATIBLE""#));
 }
+
+/// The rules page shows counts kept in the background, said to be so, and
+/// they follow a flag raised after the page was first read.
+#[tokio::test]
+async fn the_rules_page_shows_counts_kept_fresh_in_the_background() {
+    let site = Site::start().await;
+    let (_, session) = site.auditor().await;
+    let row = |html: &str| {
+        let start = html
+            .find(r#"data-rule-id="ABO_INCOMPATIBLE""#)
+            .expect("the rule's row");
+        let end = start + html[start..].find("</tr>").expect("the row's end");
+        html[start..end].to_owned()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut raised = false;
+    loop {
+        let html = site.page(&session, "/rules").await;
+        if html.contains(r#"id="counted-at""#) {
+            if !raised {
+                assert!(
+                    row(&html).contains("<td>0</td><td>0</td><td>0</td><td>0</td>"),
+                    "{html}"
+                );
+                submit(&site.app, abo_incompatible("RULES-1"))
+                    .await
+                    .expect("stored");
+                raised = true;
+            } else if row(&html).contains("<td>1</td><td>0</td><td>0</td><td>0</td>") {
+                return;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kept counts never showed the new flag: {html}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

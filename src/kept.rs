@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::audit::{Auditing, RuleQuality};
 use crate::store::suggest::SuggestionSignature;
 use crate::store::{Store, StoreError};
 use crate::suggest::{self, Suggestion};
@@ -60,9 +61,18 @@ pub struct Shown {
     pub groups: Vec<ShownGroup>,
 }
 
-/// Why a grouping failed.
+/// The rules' flag counts at one moment.
+#[derive(Debug, Clone)]
+pub struct RuleCounts {
+    /// When the flags were counted.
+    pub counted_at: DateTime<Utc>,
+    /// Every rule, in catalogue order.
+    pub rules: Vec<RuleQuality>,
+}
+
+/// Why a grouping or a count failed.
 #[derive(Debug, thiserror::Error)]
-pub enum SuggestionsError {
+pub enum KeptError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -71,21 +81,33 @@ pub enum SuggestionsError {
     Grouping,
 }
 
-/// The latest grouping, shared by the task that makes it and the pages
-/// that show it.
+/// The latest grouping and counts, shared by the task that makes them and
+/// the pages that show them.
 #[derive(Clone, Debug)]
-pub struct Suggestions {
+pub struct KeptViews {
     store: Store,
+    auditing: Auditing,
     latest: Arc<RwLock<Option<Arc<Grouping>>>>,
+    counts: Arc<RwLock<Option<Arc<RuleCounts>>>>,
 }
 
-impl Suggestions {
-    /// No grouping yet, over `store`.
-    pub fn new(store: Store) -> Self {
+impl KeptViews {
+    /// Nothing kept yet, over `store`, counting the rules as `auditing` does.
+    pub fn new(store: Store, auditing: Auditing) -> Self {
         Self {
             store,
+            auditing,
             latest: Arc::new(RwLock::new(None)),
+            counts: Arc::new(RwLock::new(None)),
         }
+    }
+
+    /// The latest counts of the rules' flags, if a count finished.
+    pub fn rule_counts(&self) -> Option<Arc<RuleCounts>> {
+        self.counts
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The latest grouping, if one finished.
@@ -123,8 +145,8 @@ impl Suggestions {
         }))
     }
 
-    /// Regroups whenever the open flags outside cases changed, one grouping
-    /// at a time, every [`POLL`]; runs until dropped.
+    /// Recounts and regroups whenever flags or cases changed, one at a
+    /// time, every [`POLL`]; runs until dropped.
     pub async fn keep_fresh(self) {
         let mut last = None;
         let mut failing = false;
@@ -145,17 +167,25 @@ impl Suggestions {
         }
     }
 
-    /// Regroups if the signature moved from `last`, and remembers the one
-    /// the new grouping was read at.
-    async fn refresh(
-        &self,
-        last: &mut Option<SuggestionSignature>,
-    ) -> Result<(), SuggestionsError> {
-        if last.is_some() && *last == Some(self.store.suggestion_signature().await?) {
+    /// Recounts and regroups if the signature moved from `last`, and
+    /// remembers the one seen before reading. The counts come first: they
+    /// take a fraction of the grouping's time.
+    async fn refresh(&self, last: &mut Option<SuggestionSignature>) -> Result<(), KeptError> {
+        // Taken before both reads: a change that commits while they run
+        // moves the signature from this one, and the next poll reads again.
+        let seen = self.store.suggestion_signature().await?;
+        if *last == Some(seen) {
             return Ok(());
         }
+        let counted_at = Utc::now();
+        let rules = self.auditing.rule_quality(None, None).await?;
+        *self
+            .counts
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(Arc::new(RuleCounts { counted_at, rules }));
         let computed_at = Utc::now();
-        let (signature, flags) = self.store.open_flags_with_signature().await?;
+        let flags = self.store.open_flags_outside_cases().await?;
         let started = std::time::Instant::now();
         // Grouping many flags takes a core for seconds: off the runtime.
         let grouping = tokio::task::spawn_blocking(move || Grouping {
@@ -164,7 +194,7 @@ impl Suggestions {
             groups: suggest::suggest(&flags, KEPT_GROUPS),
         })
         .await
-        .map_err(|_| SuggestionsError::Grouping)?;
+        .map_err(|_| KeptError::Grouping)?;
         tracing::debug!(
             open_flags = grouping.open_flags,
             grouping_ms = started.elapsed().as_millis(),
@@ -174,7 +204,7 @@ impl Suggestions {
             .latest
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(grouping));
-        *last = Some(signature);
+        *last = Some(seen);
         Ok(())
     }
 }
