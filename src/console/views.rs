@@ -49,15 +49,15 @@ impl Nav {
 /// `text` as one segment of a path: every byte but the unreserved ones
 /// percent-encoded, so an id cannot add a segment or a query.
 pub fn path_segment(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(text, UNRESERVED_KEPT).to_string()
 }
+
+/// Every byte but RFC 3986's unreserved characters is percent-encoded.
+const UNRESERVED_KEPT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// An instant as pages show it.
 pub fn when(t: &DateTime<Utc>) -> String {

@@ -149,16 +149,15 @@ impl Values {
     }
 }
 
-/// A path segment, every byte but the unreserved ones percent-encoded.
+/// A path segment, every byte but RFC 3986's unreserved ones percent-encoded
+/// (as the console encodes the links it draws).
 fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    const UNRESERVED_KEPT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(text, UNRESERVED_KEPT).to_string()
 }
 
 /// Signs in with `api_key`; answers the session cookie to send back.
