@@ -11,7 +11,7 @@ use chrono::NaiveDate;
 use crate::domain::RecordView;
 use crate::domain::activity::ClinicActivity;
 use crate::domain::network::{Network, Origin, Walk};
-use crate::domain::search::FlagSummary;
+use crate::domain::search::{FlagSummary, RecordCursor, RecordFilter};
 use crate::rules::config::NonResidentShareConfig;
 use crate::store::flags::Actor;
 use crate::store::investigate::Read;
@@ -58,6 +58,15 @@ impl NetworkView {
     }
 }
 
+/// One page of a record search, newest transplant first.
+#[derive(Debug, Clone)]
+pub struct RecordPage {
+    /// The records, each with every flag it has.
+    pub records: Vec<(RecordView, Vec<FlagSummary>)>,
+    /// Where the page stopped, when more may follow.
+    pub next: Option<RecordCursor>,
+}
+
 /// The investigators' reads.
 #[derive(Clone, Debug)]
 pub struct Investigation {
@@ -75,6 +84,38 @@ impl Investigation {
     /// The share rule's configuration.
     pub fn share_rule(&self) -> &NonResidentShareConfig {
         &self.share
+    }
+
+    /// The records matching `filter` after `after`, at most `limit`, each
+    /// with its flags, read for `actor` and logged (`SearchRecords`: the
+    /// search, then every record).
+    pub async fn search_records(
+        &self,
+        actor: &Actor<'_>,
+        filter: &RecordFilter,
+        after: Option<RecordCursor>,
+        limit: i64,
+    ) -> Result<RecordPage, StoreError> {
+        let store = &self.store;
+        let page = store.search_page(filter, after, limit).await?;
+        let mut reads = vec![Read::of("search", format!("{filter:?}"))];
+        reads.extend(page.ids.iter().map(|id| Read::of("record", id)));
+        // Logged beside the reads, as the network is.
+        let (records, mut flags, ()) = tokio::try_join!(
+            store.records(&page.ids),
+            store.flag_summaries(&page.ids, false),
+            store.record_reads(actor, "SearchRecords", &reads),
+        )?;
+        Ok(RecordPage {
+            records: records
+                .into_iter()
+                .map(|r| {
+                    let of = flags.remove(&r.id.0).unwrap_or_default();
+                    (r, of)
+                })
+                .collect(),
+            next: page.next,
+        })
     }
 
     /// Walks the network `asked` for as `actor`, one batch of reads per

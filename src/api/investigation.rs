@@ -14,7 +14,6 @@ use crate::domain::ledger::SigningKey;
 use crate::domain::search::RecordCursor;
 use crate::export;
 use crate::store::Store;
-use crate::store::investigate::Read;
 use crate::wire::convert::record_to_proto;
 use crate::wire::investigation::{
     access_filter, access_to_proto, export_as_listing, network_request, network_to_proto,
@@ -64,13 +63,6 @@ impl InvestigationApi {
     }
 }
 
-fn records_read(ids: impl IntoIterator<Item = i64>) -> impl Iterator<Item = Read> {
-    ids.into_iter().map(|id| Read {
-        resource: "record",
-        resource_id: id.to_string(),
-    })
-}
-
 #[tonic::async_trait]
 impl InvestigationService for InvestigationApi {
     type ExportFlagsStream =
@@ -95,14 +87,10 @@ impl InvestigationService for InvestigationApi {
                 })?),
                 None => None,
             };
-        let page = self.store.search_records(&filter, after, limit).await?;
-        let mut reads = vec![Read {
-            resource: "search",
-            resource_id: filters.clone(),
-        }];
-        reads.extend(records_read(page.records.iter().map(|(r, _)| r.id.0)));
-        self.store
-            .record_reads(&acting.actor(), "SearchRecords", &reads)
+        let page = self
+            .activity
+            .investigation()
+            .search_records(&acting.actor(), &filter, after, limit)
             .await?;
         Ok(Response::new(pb::SearchRecordsResponse {
             results: page

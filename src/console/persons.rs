@@ -13,7 +13,6 @@ use super::session::Signed;
 use super::views::{Nav, when};
 use crate::domain::search::RecordFilter;
 use crate::domain::{Fingerprint, Violations};
-use crate::store::investigate::Read;
 
 /// The most records a timeline shows.
 const MAX_RECORDS: i64 = 500;
@@ -83,18 +82,10 @@ async fn timeline(
             ..RecordFilter::default()
         }
     };
-    let store = &console.inner.store;
-    let page = store.search_records(&filter, None, MAX_RECORDS).await?;
-    let mut reads = vec![Read {
-        resource: "search",
-        resource_id: format!("{filter:?}"),
-    }];
-    reads.extend(page.records.iter().map(|(r, _)| Read {
-        resource: "record",
-        resource_id: r.id.0.to_string(),
-    }));
-    store
-        .record_reads(&signed.actor(), "SearchRecords", &reads)
+    let page = console
+        .inner
+        .investigation
+        .search_records(&signed.actor(), &filter, None, MAX_RECORDS)
         .await?;
     // The search answers newest first; a timeline reads oldest first.
     let rows = page
