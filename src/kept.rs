@@ -254,7 +254,9 @@ async fn listen(store: &Store, stale: &Notify) {
                     match changes.next().await {
                         Ok(ViewChange::Changed) => stale.notify_one(),
                         Ok(ViewChange::Reconnected) => {
-                            tracing::debug!("listening for changes to the kept views on a new connection");
+                            tracing::debug!(
+                                "listening for changes to the kept views on a new connection"
+                            );
                             stale.notify_one();
                         }
                         Err(e) => {
