@@ -2,24 +2,40 @@
 //! cases and the rules' flag counts. Grouping every open flag takes seconds
 //! at a registry's size (about 7 s for 480,000 open flags) and counting a
 //! million flags by rule and status 75 ms, so no page can wait for them: a
-//! background task recounts and regroups whenever flags or case membership
-//! changed since the last time, and the pages show the latest, the
-//! suggested cases less the flags that left triage or joined a case since.
-//! (The gRPC `SuggestCases` and `GetRuleQuality` still work on request.)
+//! background task recounts and regroups whenever the database says that
+//! what they read changed (LISTEN/NOTIFY, see the migration
+//! `kept_views_notify`), and the pages show the latest, the suggested cases
+//! less the flags that left triage or joined a case since. (The gRPC
+//! `SuggestCases` and `GetRuleQuality` still work on request.)
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
 
 use crate::audit::{Auditing, RuleQuality};
-use crate::store::suggest::SuggestionSignature;
+use crate::store::suggest::ViewChange;
 use crate::store::{Store, StoreError};
 use crate::suggest::{self, Suggestion};
 
-/// How often the task asks whether flags or cases changed.
-pub const POLL: Duration = Duration::from_secs(2);
+/// The least time from the end of one refresh to the start of the next: a
+/// stream of commits is read again once a second at most, not once a
+/// commit.
+const PAUSE: Duration = Duration::from_secs(1);
+
+/// How long after a failed refresh it is tried again, whether or not
+/// anything changed.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// How long the listener first waits before listening again after a
+/// failure; the wait doubles up to [`MAX_RECONNECT_DELAY`] while failures
+/// last.
+const RECONNECT_DELAY: Duration = Duration::from_millis(500);
+
+/// The longest wait between attempts to listen again.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
 
 /// Groups kept from each grouping: more than a page shows, so that groups
 /// whose flags have gone since leave room for the next ones.
@@ -147,38 +163,44 @@ impl KeptViews {
         }))
     }
 
-    /// Recounts and regroups whenever flags or cases changed, one at a
-    /// time, every [`POLL`]; runs until dropped.
+    /// Recounts and regroups at the start and whenever what the views read
+    /// changed, one refresh at a time; runs until dropped.
     pub async fn keep_fresh(self) {
-        let mut last = None;
+        let stale = Notify::new();
+        tokio::join!(listen(&self.store, &stale), self.refresh_when(&stale));
+    }
+
+    /// Refreshes each time `stale` is notified: notifications that come
+    /// while a refresh runs are answered by one more. A refresh that fails
+    /// is tried again after [`RETRY`].
+    async fn refresh_when(&self, stale: &Notify) {
         let mut failing = false;
         loop {
-            match self.refresh(&mut last).await {
-                Ok(()) if failing => {
-                    tracing::info!("rules counted and suggested cases grouped again");
-                    failing = false;
+            stale.notified().await;
+            let pause = match self.refresh().await {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!("rules counted and suggested cases grouped again");
+                        failing = false;
+                    }
+                    PAUSE
                 }
-                Ok(()) => {}
-                Err(e) if !failing => {
-                    tracing::warn!(error = %e, "cannot recount the rules or regroup the suggested cases; keeping the last");
-                    failing = true;
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot recount the rules or regroup the suggested cases; keeping the last");
+                        failing = true;
+                    }
+                    stale.notify_one();
+                    RETRY
                 }
-                Err(_) => {}
-            }
-            tokio::time::sleep(POLL).await;
+            };
+            tokio::time::sleep(pause).await;
         }
     }
 
-    /// Recounts and regroups if the signature moved from `last`, and
-    /// remembers the one seen before reading. The counts come first: they
-    /// take a fraction of the grouping's time.
-    async fn refresh(&self, last: &mut Option<SuggestionSignature>) -> Result<(), KeptError> {
-        // Taken before both reads: a change that commits while they run
-        // moves the signature from this one, and the next poll reads again.
-        let seen = self.store.suggestion_signature().await?;
-        if *last == Some(seen) {
-            return Ok(());
-        }
+    /// Recounts, then regroups. The counts come first: they take a fraction
+    /// of the grouping's time.
+    async fn refresh(&self) -> Result<(), KeptError> {
         let counted_at = Utc::now();
         let rules = self.auditing.rule_quality(None, None).await?;
         *self
@@ -206,8 +228,54 @@ impl KeptViews {
             .latest
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(grouping));
-        *last = Some(seen);
         Ok(())
+    }
+}
+
+/// Keeps one connection listening for changes to what the views read, and
+/// marks them `stale` at each change and whenever changes may have gone
+/// unheard: when it starts listening (what committed before is read then),
+/// after the connection was lost, and at each failed attempt to listen
+/// (so that the views still follow, late, while notifications cannot be
+/// had).
+async fn listen(store: &Store, stale: &Notify) {
+    let mut delay = RECONNECT_DELAY;
+    let mut failing = false;
+    loop {
+        match store.listen_for_view_changes().await {
+            Ok(mut changes) => {
+                if failing {
+                    tracing::info!("listening for changes to the kept views again");
+                    failing = false;
+                }
+                delay = RECONNECT_DELAY;
+                stale.notify_one();
+                loop {
+                    match changes.next().await {
+                        Ok(ViewChange::Changed) => stale.notify_one(),
+                        Ok(ViewChange::Reconnected) => {
+                            tracing::debug!(
+                                "listening for changes to the kept views on a new connection"
+                            );
+                            stale.notify_one();
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "changes to the kept views lost; listening again");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot listen for changes to the kept views; retrying");
+                    failing = true;
+                }
+                stale.notify_one();
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
     }
 }
 

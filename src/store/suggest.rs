@@ -3,7 +3,8 @@
 
 use std::collections::HashSet;
 
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::postgres::PgListener;
+use sqlx::{Postgres, Transaction};
 
 use crate::suggest::OpenFlag;
 
@@ -11,16 +12,41 @@ use super::body::parse;
 use super::ingest::severity_from_db;
 use super::{Store, StoreError};
 
-/// What the open flags outside cases follow from: the number of flag steps
-/// (a flag raised, triaged, re-evaluated or cleared) and of case events (a
-/// case opened, a flag added or removed). Both tables are append-only, so
-/// the counts change exactly when a step or an event commits, in whatever
-/// order their transactions took their ids; counting walks their primary
-/// keys alone.
+/// The channel the database notifies when a transaction that changed what
+/// the kept views read commits: flags, case membership, the grouped
+/// columns of flagged records (see the migration `kept_views_notify`).
+pub const KEPT_VIEWS_CHANNEL: &str = "kept_views";
+
+/// A connection of the pool listening on [`KEPT_VIEWS_CHANNEL`].
+#[derive(Debug)]
+pub struct ViewChanges {
+    listener: PgListener,
+}
+
+/// What a [`ViewChanges`] heard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SuggestionSignature {
-    flag_steps: i64,
-    case_events: i64,
+pub enum ViewChange {
+    /// Transactions that changed what the views read have committed.
+    Changed,
+    /// The connection was lost and is listening again: whatever committed
+    /// in between went unheard.
+    Reconnected,
+}
+
+impl ViewChanges {
+    /// Waits for the next change, and takes the ones already queued behind
+    /// it with it: one answer for a burst. After an error, changes may go
+    /// unheard until it is dropped and another listens.
+    pub async fn next(&mut self) -> Result<ViewChange, StoreError> {
+        match self.listener.try_recv().await? {
+            Some(_) => {
+                while self.listener.next_buffered().is_some() {}
+                Ok(ViewChange::Changed)
+            }
+            // PgListener connects and listens again before it says so.
+            None => Ok(ViewChange::Reconnected),
+        }
+    }
 }
 
 impl Store {
@@ -33,10 +59,12 @@ impl Store {
         Ok(flags)
     }
 
-    /// The signature of the open flags outside cases as they stand.
-    pub async fn suggestion_signature(&self) -> Result<SuggestionSignature, StoreError> {
-        let mut conn = self.acquire().await?;
-        signature(&mut conn).await
+    /// Starts listening for changes to what the kept views read. It holds
+    /// one of the pool's connections while it lives.
+    pub async fn listen_for_view_changes(&self) -> Result<ViewChanges, StoreError> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(KEPT_VIEWS_CHANNEL).await?;
+        Ok(ViewChanges { listener })
     }
 
     /// Those of `ids` that are flags still in triage (OPEN or IN_REVIEW)
@@ -56,19 +84,6 @@ impl Store {
         .await?;
         Ok(rows.into_iter().collect())
     }
-}
-
-async fn signature(conn: &mut PgConnection) -> Result<SuggestionSignature, StoreError> {
-    let row = sqlx::query!(
-        r#"SELECT (SELECT count(*) FROM flag_events) AS "flag_steps!",
-                  (SELECT count(*) FROM case_events) AS "case_events!""#
-    )
-    .fetch_one(conn)
-    .await?;
-    Ok(SuggestionSignature {
-        flag_steps: row.flag_steps,
-        case_events: row.case_events,
-    })
 }
 
 /// The open flags outside cases, read in `tx`.

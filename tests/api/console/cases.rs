@@ -5,7 +5,7 @@
 use transplant_audit::wire::pb;
 
 use super::{Session, Site, location};
-use crate::helpers::{abo_incompatible, all_flags, identifier, submit, ts};
+use crate::helpers::{TestApp, abo_incompatible, all_flags, identifier, submit, ts};
 
 /// Payloads that would run or inject markup if a page did not escape them.
 const HOSTILE: &str =
@@ -20,6 +20,11 @@ fn assert_inert(path: &str, html: &str) {
 /// Two records sharing one donor months apart: their flags are suggested
 /// as one group. Answers the flags' ids.
 pub(super) async fn ring(site: &Site) -> Vec<i64> {
+    ring_on(&site.app).await
+}
+
+/// [`ring`], submitted to `app`.
+pub(super) async fn ring_on(app: &TestApp) -> Vec<i64> {
     for (i, day) in [0i64, 90].into_iter().enumerate() {
         let mut r = abo_incompatible(&format!("RING-{i}"));
         let mut at = ts("2025-01-01T10:00:00Z");
@@ -30,9 +35,9 @@ pub(super) async fn ring(site: &Site) -> Vec<i64> {
         if let Some(d) = r.donor.as_mut() {
             d.identifier = identifier("SOLD-KIDNEY-1");
         }
-        submit(&site.app, r).await.expect("stored");
+        submit(app, r).await.expect("stored");
     }
-    let mut ids: Vec<i64> = all_flags(&site.app, pb::ListFlagsRequest::default())
+    let mut ids: Vec<i64> = all_flags(app, pb::ListFlagsRequest::default())
         .await
         .iter()
         .map(|f| f.flag_id.parse().expect("id"))

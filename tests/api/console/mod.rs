@@ -4,6 +4,7 @@
 mod browser;
 mod cases;
 mod http;
+mod kept;
 mod live;
 mod network;
 mod tls;
