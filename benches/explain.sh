@@ -47,8 +47,8 @@
 # and then amended through AmendRecord; then, with an AUDITOR key,
 # ListFlags, the investigation calls (SearchRecords, GetNetwork,
 # GetClinicActivity) and the console's pages; meanwhile the server's own
-# tasks (the ledger's sealer, the console's kept counts). Two to five
-# minutes. auto_explain times every plan node and the plans travel to the
+# tasks (the ledger's sealer, the console's kept counts). A minute or two.
+# auto_explain times every plan node and the plans travel to the
 # server, so the service runs far slower than in production: no figure
 # here is a measurement.
 #
