@@ -1,403 +1,198 @@
 #!/usr/bin/env bash
-# EXPLAIN (ANALYZE, BUFFERS) of every ingest-path query, as the code sends it
-# (prepared, with $n parameters), on the database at DATABASE_URL, with
-# realistic parameters: a batch of BATCH (default 256) of the newest records
-# as if submitted again (half their keys existing, half new), their donors,
-# their clinics and windows, and an amendment of a flagged record. Writes run
-# inside BEGIN … ROLLBACK (each under its own savepoint); nothing is kept,
-# except that the sequence of record ids is not rolled back.
+# The query plans of the service's real database path, judged.
 #
-# Every query is planned twice: a custom plan for these values, and the
-# generic plan Postgres may switch to after five executions of a prepared
-# statement (sqlx prepares every statement).
+# Runs the release server with auto_explain loaded into every Postgres
+# session it opens, drives it through gRPC and the console with loadgen,
+# and judges every plan Postgres reported. What is explained is what the
+# server sends, as it sends it (prepared by sqlx, custom or generic plan as
+# Postgres chose, with the statements of triggers and foreign-key checks),
+# not hand-kept copies of the query texts, which drift. COPY … FROM STDIN
+# (how records are written) has no plan; the triggers it fires do.
 #
-#   DATABASE_URL=postgres://…/db benches/explain.sh [log file]
+#   benches/explain.sh [directory for the logs]
 #
-# Prints one verdict line per query and plan, keeps the plans in the log
-# (default: a temporary file, named at the end) and exits 1 when any plan
-# reads records, flags or record_versions by Seq Scan, or by a full scan of
-# one of their indexes (an Index Scan without an Index Cond). The small
-# tables (clinics, clinic_versions: one row per clinic) may be read whole.
+# The database, either:
+# - DATABASE_URL=postgres://…/db: an existing database, migrated but never
+#   dropped (one filled by benches/seed.sql, say). It gets the run's keys,
+#   clinics and records: not one whose data matters. Give it the
+#   FINGERPRINT_KEY and SIGNING_KEY it was written with; otherwise the run
+#   writes under random ones, which `verify` then rejects.
+# - unset: a fresh database EXPLAIN_DATABASE (default ta_explain, dropped
+#   first) on the Postgres at ADMIN_URL (default 127.0.0.1:5432), seeded by
+#   benches/seed.sql with SEED_RECORDS (100000) records and SEED_FLAGS
+#   (10000) flags, so that the planner sees a registry, not empty tables.
+# First a server without auto_explain adopts and seals what the ledger does
+# not hold yet (a seeded backlog: whole tables, once), then ANALYZE.
 #
-# The query texts are copied from src/store/batch.rs, context.rs,
-# registry.rs and ingest.rs: when one of those changes, change it here.
-# A database from benches/seed.sql (records and flags) fits; ANALYZE it first.
+# How plans reach us: the server's connection URL carries
+# `options=-c session_preload_libraries=auto_explain -c auto_explain.…`
+# with auto_explain.log_level=notice and client_min_messages=notice, so
+# each plan comes back to the server as a NOTICE on its own connection;
+# sqlx logs notices under the tracing target sqlx::postgres::notice at INFO,
+# which RUST_LOG turns on, and LOG_FORMAT=json keeps each plan on one line of
+# the server's log. Nothing is read from the Postgres server's own log or
+# configuration, so this works against a Postgres elsewhere (a managed one
+# too) as long as auto_explain is installed (contrib) and the role may set
+# those parameters: a superuser, or on Postgres 15+ a role granted SET on
+# session_preload_libraries and auto_explain.*. The script checks first.
+#
+# Sequential scans are priced out (enable_seqscan=off), so that a plan
+# keeps one only where no index serves the statement, whatever the size of
+# the tables; NATURAL_PLANS=1 keeps the planner's own choices, which are the
+# ones to judge on a database of production size.
+#
+# The load (sizes in RECORDS, STREAM_RECORDS, REPLAYS, ROUNDS): clinics
+# registered, SubmitRecord from 8 callers and one SubmitRecords stream (new
+# records), the first REPLAYS of each submitted again unchanged (duplicates)
+# and then amended through AmendRecord; then, with an AUDITOR key,
+# ListFlags, the investigation calls (SearchRecords, GetNetwork,
+# GetClinicActivity) and the console's pages; meanwhile the server's own
+# tasks (the ledger's sealer, the console's kept counts). A minute or two.
+# auto_explain times every plan node and the plans travel to the
+# server, so the service runs far slower than in production: no figure
+# here is a measurement.
+#
+# Prints one verdict line per distinct statement and exits 1 when any plan
+# reads records, flags, flag_events, record_versions or access_log whole: a
+# Seq Scan, or an Index Scan / Index Only Scan without an Index Cond that no
+# Limit stops early. Small tables (clinics, clinic_versions, keys, …) may be
+# read whole, and so may the few statements benches/explain_plans.py names,
+# with why (reported as "whole"). The plans (per statement, the slowest of
+# each plan shape) are kept in a log named at the end, with the server's
+# raw log next to it, which `benches/explain_plans.py SERVER_LOG PLANS_LOG`
+# judges again.
 set -euo pipefail
-: "${DATABASE_URL:?set DATABASE_URL to the database to explain on}"
-batch=${BATCH:-256}
-log=${1:-$(mktemp -t explain.XXXXXX.log)}
+cd "$(dirname "$0")/.."
+bin_dir=${CARGO_TARGET_DIR:-target}/release
+# SKIP_BUILD=1 explains the binaries as they were last built.
+[[ -n ${SKIP_BUILD:-} ]] || cargo build --release --quiet --bin transplant-audit --bin loadgen
+bin=$bin_dir/transplant-audit
+loadgen=$bin_dir/loadgen
+out=${1:-$(mktemp -d -t explain.XXXXXX)}
+mkdir -p "$out"
+trap 'echo "explain.sh: line $LINENO failed; logs in $out" >&2' ERR
+records=${RECORDS:-3000}
+stream_records=${STREAM_RECORDS:-20000}
+replays=${REPLAYS:-200}
+rounds=${ROUNDS:-5}
+grpc_port=${EXPLAIN_GRPC_PORT:-50071}
+console_port=${EXPLAIN_CONSOLE_PORT:-8071}
 
-# Parameters and prepared statements.
-setup=$(cat <<'SQL'
-\pset pager off
--- The batch: the newest records, every 7th, as if submitted again.
-SELECT max(id) AS max_id FROM records \gset
-SELECT count(*) > 0 AS have FROM records WHERE id > :max_id - 7 * :batch AND id % 7 = 0 \gset
-\if :have
-\else
-\echo 'the database holds no records: seed it first (benches/seed.sql)'
-SELECT 1/0;
-\endif
-CREATE TEMP TABLE sample AS
-SELECT row_number() OVER (ORDER BY id) - 1 AS n, r.*
-FROM records r WHERE id > :max_id - 7 * :batch AND id % 7 = 0;
--- Idempotency keys: half existing, half new.
-SELECT quote_nullable(array_agg(hospital_id ORDER BY n)) AS hospitals,
-       quote_nullable(array_agg(CASE WHEN n % 2 = 0 THEN external_record_id
-                                     ELSE external_record_id || '-new' END ORDER BY n)) AS externals,
-       quote_nullable(array_agg(DISTINCT donor_fp)) AS donors,
-       quote_nullable(array_agg(DISTINCT clinic_id)) AS clinic_ids,
-       quote_nullable((array_agg(hospital_id ORDER BY n))[1]) AS one_hospital,
-       quote_nullable((array_agg(external_record_id ORDER BY n))[1]) AS one_external,
-       quote_nullable((array_agg(clinic_id ORDER BY n))[1]) AS one_clinic,
-       quote_nullable(:max_id + 1) AS before
-FROM sample \gset
--- Clinic windows per record: foreign living donors over 90 days (the longer
--- of surge and cluster), deceased donors over 365 days (the share window).
-SELECT quote_nullable(array_agg(clinic_id ORDER BY n)) AS w_clinics,
-       quote_nullable(array_agg(transplanted_at - interval '90 days' ORDER BY n)) AS w_living_since,
-       quote_nullable(array_agg(transplanted_at - interval '365 days' ORDER BY n)) AS w_deceased_since,
-       quote_nullable(array_agg(transplanted_at ORDER BY n)) AS w_until,
-       quote_nullable(array_agg(:max_id + 1 + n ORDER BY n)) AS w_before,
-       quote_nullable(array_agg(n ORDER BY n)) AS w_n
-FROM sample \gset
--- Advisory-lock numbers: one per donor (exclusive) and two per clinic (shared).
-SELECT quote_nullable(array_agg(k ORDER BY k)) AS lock_keys,
-       quote_nullable(array_agg(exclusive ORDER BY k)) AS lock_exclusive FROM (
-    SELECT DISTINCT ON (k) k, exclusive FROM (
-        SELECT ('x' || left(encode(sha256(v), 'hex'), 16))::bit(64)::bigint AS k, exclusive
-        FROM (SELECT donor_fp, true FROM sample
-              UNION ALL SELECT convert_to('clinic-foreign-living' || clinic_id, 'UTF8'), false FROM sample
-              UNION ALL SELECT convert_to('clinic-deceased' || clinic_id, 'UTF8'), false FROM sample
-             ) s(v, exclusive)) h
-    ORDER BY k, exclusive DESC
-) k \gset
--- The batch's new records: the sample's rows under new keys and new ids.
-SELECT quote_nullable(array_agg(:max_id + 1 + n ORDER BY n)) AS c_id,
-       quote_nullable(array_agg(sha256(content_hash) ORDER BY n)) AS c_chain,
-       quote_nullable(array_agg(content_hash ORDER BY n)) AS c_hash,
-       quote_nullable(array_agg(hospital_id ORDER BY n)) AS c_hospital,
-       quote_nullable(array_agg(external_record_id || '-new' ORDER BY n)) AS c_external,
-       quote_nullable(array_agg(clinic_id ORDER BY n)) AS c_clinic,
-       quote_nullable(array_agg(procedure_country ORDER BY n)) AS c_country,
-       quote_nullable(array_agg(organ ORDER BY n)) AS c_organ,
-       quote_nullable(array_agg(laterality ORDER BY n)) AS c_laterality,
-       quote_nullable(array_agg(procured_at ORDER BY n)) AS c_procured,
-       quote_nullable(array_agg(transplanted_at ORDER BY n)) AS c_transplanted,
-       quote_nullable(array_agg(cold_ischemia_minutes ORDER BY n)) AS c_cold,
-       quote_nullable(array_agg(machine_perfusion ORDER BY n)) AS c_perfusion,
-       quote_nullable(array_agg(abo_exception ORDER BY n)) AS c_abo_exception,
-       quote_nullable(array_agg(donor_fp ORDER BY n)) AS c_donor_fp,
-       quote_nullable(array_agg(donor_type ORDER BY n)) AS c_donor_type,
-       quote_nullable(array_agg(donor_relation ORDER BY n)) AS c_relation,
-       quote_nullable(array_agg(donor_death_at ORDER BY n)) AS c_death_at,
-       quote_nullable(array_agg(donor_death_kind ORDER BY n)) AS c_death_kind,
-       quote_nullable(array_agg(donor_nationality ORDER BY n)) AS c_d_nat,
-       quote_nullable(array_agg(donor_residence ORDER BY n)) AS c_d_res,
-       quote_nullable(array_agg(donor_age ORDER BY n)) AS c_d_age,
-       quote_nullable(array_agg(donor_sex ORDER BY n)) AS c_d_sex,
-       quote_nullable(array_agg(donor_abo ORDER BY n)) AS c_d_abo,
-       quote_nullable(array_agg(donor_rh ORDER BY n)) AS c_d_rh,
-       quote_nullable(array_agg(donor_hla ORDER BY n)) AS c_d_hla,
-       quote_nullable(array_agg(donor_non_resident ORDER BY n)) AS c_d_nr,
-       quote_nullable(array_agg(recipient_fp ORDER BY n)) AS c_r_fp,
-       quote_nullable(array_agg(recipient_nationality ORDER BY n)) AS c_r_nat,
-       quote_nullable(array_agg(recipient_residence ORDER BY n)) AS c_r_res,
-       quote_nullable(array_agg(recipient_age ORDER BY n)) AS c_r_age,
-       quote_nullable(array_agg(recipient_sex ORDER BY n)) AS c_r_sex,
-       quote_nullable(array_agg(recipient_abo ORDER BY n)) AS c_r_abo,
-       quote_nullable(array_agg(recipient_rh ORDER BY n)) AS c_r_rh,
-       quote_nullable(array_agg(recipient_hla ORDER BY n)) AS c_r_hla,
-       quote_nullable(array_agg(recipient_non_resident ORDER BY n)) AS c_r_nr,
-       -- flags on every 4th of them
-       quote_nullable(array_agg(:max_id + 1 + n ORDER BY n) FILTER (WHERE n % 4 = 0)) AS f_record,
-       quote_nullable(array_agg('ISCHEMIA_IMPLAUSIBLE'::text ORDER BY n) FILTER (WHERE n % 4 = 0)) AS f_rule,
-       quote_nullable(array_agg(1 ORDER BY n) FILTER (WHERE n % 4 = 0)) AS f_version,
-       quote_nullable(array_agg(2 ORDER BY n) FILTER (WHERE n % 4 = 0)) AS f_severity,
-       quote_nullable(array_agg('explained'::text ORDER BY n) FILTER (WHERE n % 4 = 0)) AS f_explanation,
-       quote_nullable(array_agg('{' || (id - 1) || '}' ORDER BY n) FILTER (WHERE n % 4 = 0)) AS f_evidence,
-       quote_nullable(array_agg(hospital_id ORDER BY n) FILTER (WHERE n % 4 = 0)) AS f_hospital,
-       quote_nullable(array_agg(clinic_id ORDER BY n) FILTER (WHERE n % 4 = 0)) AS f_clinic,
-       quote_nullable(array_agg(external_record_id || '-new' ORDER BY n) FILTER (WHERE n % 4 = 0)) AS f_external
-FROM sample \gset
--- The amendment: the newest flagged record, amended to its own content.
-SELECT quote_nullable(r.id) AS a_id, quote_nullable(r.version + 1) AS a_version,
-       quote_nullable(f.rule_id) AS a_rule, quote_nullable(sha256(r.content_hash)) AS a_hash,
-       quote_nullable(r.clinic_id) AS a_clinic, quote_nullable(r.procedure_country) AS a_country,
-       quote_nullable(r.external_record_id) AS a_external,
-       quote_nullable(r.organ) AS a_organ, quote_nullable(r.laterality) AS a_laterality,
-       quote_nullable(r.procured_at) AS a_procured, quote_nullable(r.transplanted_at) AS a_transplanted,
-       quote_nullable(r.cold_ischemia_minutes) AS a_cold, quote_nullable(r.machine_perfusion) AS a_perfusion,
-       quote_nullable(r.abo_exception) AS a_abo_exception, quote_nullable(r.donor_fp) AS a_donor_fp,
-       quote_nullable(r.donor_type) AS a_donor_type, quote_nullable(r.donor_relation) AS a_relation,
-       quote_nullable(r.donor_death_at) AS a_death_at, quote_nullable(r.donor_death_kind) AS a_death_kind,
-       quote_nullable(r.donor_nationality) AS a_d_nat, quote_nullable(r.donor_residence) AS a_d_res,
-       quote_nullable(r.donor_age) AS a_d_age, quote_nullable(r.donor_sex) AS a_d_sex,
-       quote_nullable(r.donor_abo) AS a_d_abo, quote_nullable(r.donor_rh) AS a_d_rh,
-       quote_nullable(r.donor_hla) AS a_d_hla, quote_nullable(r.donor_non_resident) AS a_d_nr,
-       quote_nullable(r.recipient_fp) AS a_r_fp, quote_nullable(r.recipient_nationality) AS a_r_nat,
-       quote_nullable(r.recipient_residence) AS a_r_res, quote_nullable(r.recipient_age) AS a_r_age,
-       quote_nullable(r.recipient_sex) AS a_r_sex, quote_nullable(r.recipient_abo) AS a_r_abo,
-       quote_nullable(r.recipient_rh) AS a_r_rh, quote_nullable(r.recipient_hla) AS a_r_hla,
-       quote_nullable(r.recipient_non_resident) AS a_r_nr, quote_nullable(r.hospital_id) AS a_hospital
-FROM flags f JOIN records r ON r.id = f.record_id
-ORDER BY f.id DESC LIMIT 1 \gset
+if [[ -n ${DATABASE_URL:-} ]]; then
+  fresh=
+else
+  admin=${ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+  db=${EXPLAIN_DATABASE:-ta_explain}
+  export DATABASE_URL=${admin%/*}/$db
+  fresh=1
+fi
+export FINGERPRINT_KEY=${FINGERPRINT_KEY:-$(openssl rand -hex 32)}
+export SIGNING_KEY=${SIGNING_KEY:-$(openssl rand -hex 32)}
+# The ledger's digests go to a scratch file, not into the report.
+export LEDGER_DIGEST_FILE=${LEDGER_DIGEST_FILE:-$out/digests}
+export RUST_LOG=warn
 
-PREPARE find_existing_many(text[], text[]) AS
-SELECT r.hospital_id, r.external_record_id, r.id, r.version, r.content_hash,
-       r.received_at
-FROM unnest($1::text[], $2::text[]) AS k(hospital_id, external_record_id)
-JOIN records r USING (hospital_id, external_record_id);
+# auto_explain in every session of the server, its plans sent as NOTICEs.
+settings=(session_preload_libraries=auto_explain auto_explain.log_min_duration=0
+  auto_explain.log_analyze=on auto_explain.log_buffers=on auto_explain.log_format=json
+  auto_explain.log_nested_statements=on auto_explain.log_level=notice client_min_messages=notice)
+# A small database's tables are cheaper to read whole than through an index,
+# and the planner rightly does so: with sequential scans priced out, a Seq
+# Scan left in a plan means no index can serve the statement, whatever the
+# database's size. The price (disable_cost) also inflates the cost of a plan
+# that keeps a Seq Scan of some small table, enough to make it parallel:
+# no parallel plans then. NATURAL_PLANS=1 keeps the planner's own choices
+# (for a database of production size, where those are the ones that matter).
+[[ -n ${NATURAL_PLANS:-} ]] || settings+=(enable_seqscan=off max_parallel_workers_per_gather=0)
+explain_options=$(printf -- '-c %s ' "${settings[@]}")
+encoded=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' \
+  "$explain_options")
+[[ $DATABASE_URL == *\?* ]] && sep='&' || sep='?'
+explained_url="$DATABASE_URL${sep}options=$encoded"
 
-PREPARE lock_and_allocate(bigint[], bool[], int) AS
-SELECT nextval((SELECT pg_get_serial_sequence('records', 'id')::regclass)) AS "id!",
-       nextval('ledger_seq') AS "seq!"
-FROM generate_series(1, $3)
-WHERE (SELECT count(*)
-       FROM unnest($1::bigint[], $2::bool[]) AS k(key, exclusive),
-            LATERAL (SELECT CASE WHEN k.exclusive THEN pg_advisory_xact_lock(k.key)
-                                 ELSE pg_advisory_xact_lock_shared(k.key) END) AS l
-      ) >= 0;
+# Setup's chatter (notices, the keys' announcements) goes to setup.log.
+if [[ -n $fresh ]]; then
+  echo "fresh database $db: seeding ${SEED_RECORDS:-100000} records, ${SEED_FLAGS:-10000} flags"
+  psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" 2>>"$out/setup.log"
+  $bin migrate 2>>"$out/setup.log"
+  psql "$DATABASE_URL" -q -v ON_ERROR_STOP=1 -v n="${SEED_RECORDS:-100000}" \
+    -v flags="${SEED_FLAGS:-10000}" -f benches/seed.sql >>"$out/setup.log"
+else
+  $bin migrate 2>>"$out/setup.log"
+fi
+# Can this role load auto_explain, and do its plans reach the client?
+if ! probe=$(psql "$explained_url" -Xqc "SELECT 1" 2>&1 >/dev/null) || [[ $probe != *plan:* ]]; then
+  echo "explain.sh: auto_explain did not report a plan on $DATABASE_URL:" >&2
+  echo "$probe" >&2
+  echo "(the role must be allowed to set session_preload_libraries and auto_explain.*)" >&2
+  exit 1
+fi
 
-PREPARE current_clinics(text[]) AS
-SELECT v.clinic_id, v.version, v.name, v.country, v.licensed_organs,
-       v.licence_valid_from, v.licence_valid_until, v.status,
-       v.status_effective_from, v.recorded_at
-FROM clinics c
-JOIN clinic_versions v ON v.clinic_id = c.clinic_id AND v.version = c.current_version
-WHERE c.clinic_id = ANY($1);
+hospital_key=$($bin keys create --role hospital --hospital-id H-DE-001 2>>"$out/setup.log")
+admin_key=$($bin keys create --role admin --principal explain 2>>"$out/setup.log")
+auditor_key=$($bin keys create --role auditor --principal explain 2>>"$out/setup.log")
 
-PREPARE current_clinic(text) AS
-SELECT v.clinic_id, v.version, v.name, v.country, v.licensed_organs,
-       v.licence_valid_from, v.licence_valid_until, v.status,
-       v.status_effective_from, v.recorded_at
-FROM clinics c
-JOIN clinic_versions v ON v.clinic_id = c.clinic_id AND v.version = c.current_version
-WHERE c.clinic_id = $1;
-
-PREPARE donor_histories(bytea[], bigint) AS
-SELECT donor_fp, id, organ, laterality, donor_type, donor_relation, donor_death_at,
-       donor_death_kind, procured_at
-FROM records WHERE donor_fp = ANY($1) AND id < $2 ORDER BY id;
-
-PREPARE clinic_windows_living(text[], timestamptz[], timestamptz[], bigint[], bigint[]) AS
-SELECT q.n AS "n!", r.id AS "id!", r.transplanted_at AS "transplanted_at!",
-       r.donor_relation, r.donor_nationality AS "donor_nationality!"
-FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::bigint[],
-            $5::bigint[]) AS q(clinic_id, since, until, before, n)
-CROSS JOIN LATERAL (
-    SELECT id, transplanted_at, donor_relation, donor_nationality FROM records
-    WHERE clinic_id = q.clinic_id AND donor_type = 'LIVING' AND donor_non_resident
-      AND transplanted_at >= q.since AND transplanted_at <= q.until
-      AND id < q.before) r
-ORDER BY q.n, r.id;
-
-PREPARE clinic_windows_deceased(text[], timestamptz[], timestamptz[], bigint[], bigint[]) AS
-SELECT q.n AS "n!", c.total AS "total!", c.non_resident AS "non_resident!"
-FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::bigint[],
-            $5::bigint[]) AS q(clinic_id, since, until, before, n)
-CROSS JOIN LATERAL (
-    SELECT count(*) AS total,
-           count(*) FILTER (WHERE recipient_non_resident) AS non_resident
-    FROM records
-    WHERE clinic_id = q.clinic_id AND donor_type = 'DECEASED'
-      AND transplanted_at >= q.since AND transplanted_at <= q.until
-      AND id < q.before) c;
-
-PREPARE lock_keys(bigint[], bool[]) AS
-SELECT count(*) AS "locked!"
-FROM unnest($1::bigint[], $2::bool[]) AS k(key, exclusive),
-     LATERAL (SELECT CASE WHEN k.exclusive THEN pg_advisory_xact_lock(k.key)
-                          ELSE pg_advisory_xact_lock_shared(k.key) END) AS l;
-
-PREPARE find_existing(text, text) AS
-SELECT id, version, content_hash, received_at FROM records
-WHERE hospital_id = $1 AND external_record_id = $2;
-
-PREPARE insert_new(bigint[], bytea[], bytea[], text[], text[], text[], text[], text[], text[],
-                   timestamptz[], timestamptz[], int[], bool[], text[], bytea[], text[], text[],
-                   timestamptz[], text[], text[], text[], smallint[], text[], text[], text[],
-                   jsonb[], bool[], bytea[], text[], text[], smallint[], text[], text[], text[],
-                   jsonb[], bool[], timestamptz) AS
-INSERT INTO records (
-    id, chain_head, content_hash, hospital_id, external_record_id, clinic_id,
-    procedure_country, organ, laterality, procured_at, transplanted_at,
-    cold_ischemia_minutes, machine_perfusion, abo_exception,
-    donor_fp, donor_type, donor_relation, donor_death_at, donor_death_kind,
-    donor_nationality, donor_residence, donor_age, donor_sex, donor_abo,
-    donor_rh, donor_hla, donor_non_resident,
-    recipient_fp, recipient_nationality, recipient_residence, recipient_age,
-    recipient_sex, recipient_abo, recipient_rh, recipient_hla,
-    recipient_non_resident, version_recorded_at)
-OVERRIDING SYSTEM VALUE
-SELECT *, $37::timestamptz FROM unnest(
-    $1::bigint[], $2::bytea[], $3::bytea[], $4::text[], $5::text[],
-    $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
-    $11::timestamptz[], $12::int[], $13::bool[], $14::text[],
-    $15::bytea[], $16::text[], $17::text[], $18::timestamptz[], $19::text[],
-    $20::text[], $21::text[], $22::smallint[], $23::text[], $24::text[],
-    $25::text[], $26::jsonb[], $27::bool[],
-    $28::bytea[], $29::text[], $30::text[], $31::smallint[],
-    $32::text[], $33::text[], $34::text[], $35::jsonb[], $36::bool[])
-ON CONFLICT ON CONSTRAINT records_idempotency DO NOTHING
-RETURNING id, received_at;
-
-PREPARE insert_flags(bigint[], text[], int[], smallint[], text[], text[], text[], text[], text[]) AS
-INSERT INTO flags (record_id, rule_id, rule_version, severity, explanation,
-                   evidence_record_ids, hospital_id, clinic_id, record_version,
-                   external_record_id)
-SELECT f.record_id, f.rule_id, f.rule_version, f.severity, f.explanation,
-       f.evidence::bigint[], f.hospital_id, f.clinic_id, 1, f.external_record_id
-FROM unnest($1::bigint[], $2::text[], $3::int[], $4::smallint[], $5::text[],
-            $6::text[], $7::text[], $8::text[], $9::text[])
-     AS f(record_id, rule_id, rule_version, severity, explanation, evidence,
-          hospital_id, clinic_id, external_record_id);
-
--- The amend path (ingest.rs: amend, save_flags; row.rs: current_versions).
-PREPARE lock_record(bigint) AS
-SELECT id FROM records WHERE id = $1 FOR UPDATE;
-
-PREPARE current_versions(bigint[]) AS
-SELECT r.id, r.version, r.content_hash, r.chain_head, r.version_reason,
-       r.version_recorded_at, r.received_at, r.hospital_id, r.external_record_id,
-       r.clinic_id, r.procedure_country, r.organ, r.laterality, r.procured_at,
-       r.transplanted_at, r.cold_ischemia_minutes, r.machine_perfusion, r.abo_exception,
-       r.donor_fp, r.donor_type, r.donor_relation, r.donor_death_at, r.donor_death_kind,
-       r.donor_nationality, r.donor_residence, r.donor_age, r.donor_sex, r.donor_abo,
-       r.donor_rh, r.donor_hla, r.donor_non_resident, r.recipient_fp,
-       r.recipient_nationality, r.recipient_residence, r.recipient_age, r.recipient_sex,
-       r.recipient_abo, r.recipient_rh, r.recipient_hla, r.recipient_non_resident
-FROM unnest($1::bigint[]) WITH ORDINALITY AS want(id, n)
-JOIN records r ON r.id = want.id
-ORDER BY want.n;
-
-PREPARE amend(bigint, bytea, text, text, text, text, timestamptz, timestamptz, int, bool,
-              text, bytea, text, text, timestamptz, text, text, text, smallint, text, text,
-              text, jsonb, bool, bytea, text, text, smallint, text, text, text, jsonb, bool,
-              int, bytea, text, text, timestamptz, bytea, int, text, timestamptz, bytea) AS
-WITH archived AS (
-    INSERT INTO record_versions
-        (record_id, version, content_hash, body, reason, recorded_at, chain_hash)
-    VALUES ($1, $34, $35, $36::text::jsonb, $37, $38, $39))
-UPDATE records SET
-    version = $40, amended_at = now(), content_hash = $2, clinic_id = $3,
-    procedure_country = $4, organ = $5, laterality = $6, procured_at = $7,
-    transplanted_at = $8, cold_ischemia_minutes = $9, machine_perfusion = $10,
-    abo_exception = $11, donor_fp = $12, donor_type = $13, donor_relation = $14,
-    donor_death_at = $15, donor_death_kind = $16, donor_nationality = $17,
-    donor_residence = $18, donor_age = $19, donor_sex = $20, donor_abo = $21,
-    donor_rh = $22, donor_hla = $23, donor_non_resident = $24, recipient_fp = $25,
-    recipient_nationality = $26, recipient_residence = $27, recipient_age = $28,
-    recipient_sex = $29, recipient_abo = $30, recipient_rh = $31,
-    recipient_hla = $32, recipient_non_resident = $33,
-    version_reason = $41, version_recorded_at = $42, chain_head = $43
-WHERE id = $1;
-
-PREPARE save_flag(bigint, text, int, smallint, text, bigint[], text, text, int, text) AS
-INSERT INTO flags (record_id, rule_id, rule_version, severity, explanation,
-                   evidence_record_ids, hospital_id, clinic_id, record_version,
-                   external_record_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-ON CONFLICT ON CONSTRAINT flags_one_per_record_and_rule
-DO UPDATE SET rule_version = EXCLUDED.rule_version,
-    severity = EXCLUDED.severity, explanation = EXCLUDED.explanation,
-    evidence_record_ids = EXCLUDED.evidence_record_ids,
-    clinic_id = EXCLUDED.clinic_id, record_version = EXCLUDED.record_version,
-    cleared_in_version = NULL, updated_at = now();
-
-PREPARE clear_flags(bigint, int, text[], text) AS
-UPDATE flags SET cleared_in_version = coalesce(cleared_in_version, $2),
-                 clinic_id = $4, updated_at = now()
-WHERE record_id = $1 AND rule_id <> ALL($3);
-
-SQL
-)
-
-# The 37 arguments of insert_new: the batch's records under new keys.
-new_records=":c_id, :c_chain, :c_hash, :c_hospital, :c_external, :c_clinic, :c_country, :c_organ, \
-:c_laterality, :c_procured, :c_transplanted, :c_cold, :c_perfusion, :c_abo_exception, :c_donor_fp, \
-:c_donor_type, :c_relation, :c_death_at, :c_death_kind, :c_d_nat, :c_d_res, :c_d_age, :c_d_sex, \
-:c_d_abo, :c_d_rh, :c_d_hla, :c_d_nr, :c_r_fp, :c_r_nat, :c_r_res, :c_r_age, :c_r_sex, :c_r_abo, \
-:c_r_rh, :c_r_hla, :c_r_nr, now()"
-# name|statement setup (executed, not explained)|EXECUTE arguments
-statements=(
-  "find_existing_many||:hospitals, :externals"
-  "lock_and_allocate||:lock_keys, :lock_exclusive, :batch"
-  "current_clinics||:clinic_ids"
-  "current_clinic||:one_clinic"
-  "donor_histories||:donors, :before"
-  "clinic_windows_living||:w_clinics, :w_living_since, :w_until, :w_before, :w_n"
-  "clinic_windows_deceased||:w_clinics, :w_deceased_since, :w_until, :w_before, :w_n"
-  "lock_keys||:lock_keys, :lock_exclusive"
-  "find_existing||:one_hospital, :one_external"
-  "insert_new||$new_records"
-  "insert_flags|EXECUTE insert_new($new_records);|:f_record, :f_rule, :f_version, :f_severity, :f_explanation, :f_evidence, :f_hospital, :f_clinic, :f_external"
-  "lock_record||:a_id"
-  "current_versions||ARRAY[:a_id]::bigint[]"
-  "amend||:a_id, :a_hash, :a_clinic, :a_country, :a_organ, :a_laterality, :a_procured, :a_transplanted, :a_cold, :a_perfusion, :a_abo_exception, :a_donor_fp, :a_donor_type, :a_relation, :a_death_at, :a_death_kind, :a_d_nat, :a_d_res, :a_d_age, :a_d_sex, :a_d_abo, :a_d_rh, :a_d_hla, :a_d_nr, :a_r_fp, :a_r_nat, :a_r_res, :a_r_age, :a_r_sex, :a_r_abo, :a_r_rh, :a_r_hla, :a_r_nr, :a_version - 1, :a_hash, '{\"synthetic\": true}', NULL, now(), :a_hash, :a_version, 'explain.sh', now(), :a_hash"
-  "save_flag||:a_id, :a_rule, 1, 3, 'explained again', '{}', :a_hospital, :a_clinic, :a_version, :a_external"
-  "clear_flags||:a_id, :a_version, ARRAY['ABO_INCOMPATIBLE'], :a_clinic"
-)
-
-explains() {
-  printf '%s\n' "$setup"
-  echo "BEGIN;"
-  for mode in custom generic; do
-    echo "SET plan_cache_mode = force_${mode}_plan;"
-    for s in "${statements[@]}"; do
-      IFS='|' read -r name before args <<<"$s"
-      echo "\\echo '### $name $mode'"
-      echo "SAVEPOINT each;"
-      if [[ -n $before ]]; then printf '\\o /dev/null\n%s\n\\o\n' "$before"; fi
-      echo "EXPLAIN (ANALYZE, BUFFERS) EXECUTE $name($args);"
-      echo "ROLLBACK TO SAVEPOINT each;"
-    done
+# serve URL LOG: the server on DATABASE_URL=URL, its stderr to LOG.
+server=
+trap '[[ -n $server ]] && kill $server 2>/dev/null && wait $server 2>/dev/null; true' EXIT
+serve() {
+  DATABASE_URL=$1 LOG_FORMAT=json LISTEN_ADDR=127.0.0.1:$grpc_port \
+    CONSOLE_ADDR=127.0.0.1:$console_port METRICS_ADDR=127.0.0.1:0 $bin serve 2>"$2" &
+  server=$!
+  for _ in $(seq 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/$grpc_port) 2>/dev/null && return
+    kill -0 $server 2>/dev/null || { echo "the server exited; see $2" >&2; exit 1; }
+    sleep 0.1
   done
-  echo "ROLLBACK;"
-}
-
-if ! explains | psql "$DATABASE_URL" -X -q -v ON_ERROR_STOP=1 -v batch="$batch" >"$log" 2>&1; then
-  echo "explain.sh: psql failed; see $log" >&2
-  tail -20 "$log" >&2
+  echo "the server did not start; see $2" >&2
   exit 1
-fi
+}
+stop() { kill "$server"; wait "$server" || true; server=; }
 
-# One verdict per statement and plan: the scans of the large tables, and
-# whether any of them reads the whole table or the whole of an index.
-awk '
-function close_node() {
-  if (pending != "" && !cond) { bad = bad " full-index-scan(" pending ")" }
-  pending = ""; cond = 0
+# Rows written before the ledger (a seeded database's) are adopted and
+# sealed once, reading whole tables: a server without auto_explain does that
+# first, so that what is judged is the steady state.
+echo "sealing the ledger"
+serve "$DATABASE_URL" "$out/settle.log"
+sealed="SELECT coalesce((SELECT max(last_seq) FROM ledger_blocks), 0)
+               >= coalesce(pg_sequence_last_value('ledger_seq'), 0)"
+for i in $(seq 600); do
+  [[ $(psql "$DATABASE_URL" -XAtc "$sealed") == t ]] && break
+  [[ $i -lt 600 ]] || { echo "explain.sh: the ledger was not sealed in 5 minutes" >&2; exit 1; }
+  sleep 0.5
+done
+stop
+psql "$DATABASE_URL" -qc "ANALYZE"
+
+RUST_LOG=warn,sqlx::postgres::notice=info serve "$explained_url" "$out/server.log"
+
+# Each loadgen run's report goes to loadgen.log; a failed run ends the script.
+run() {
+  echo "loadgen ${*: -4}"
+  # Without DATABASE_URL, loadgen measures no raw-Postgres baselines.
+  if ! env -u DATABASE_URL $loadgen --endpoint http://127.0.0.1:$grpc_port --console-url http://127.0.0.1:$console_port \
+    --min-seconds 0 "$@" >>"$out/loadgen.log" 2>&1; then
+    echo "explain.sh: loadgen ${*: -4} failed:" >&2
+    tail -20 "$out/loadgen.log" >&2
+    exit 1
+  fi
 }
-function flush() {
-  close_node()
-  if (name != "") {
-    printf "%-24s %-8s %9s ms  %-8s %s\n", name, mode, time, (bad == "" ? "ok" : "FAIL"), scans
-    if (bad != "") { failed = 1; printf "%45s%s\n", "", bad }
-  }
-  scans = ""; bad = ""; time = "?"
-}
-BEGIN { printf "%-24s %-8s %12s  %-8s %s\n", "statement", "plan", "execution", "verdict", "scans (table: how)" }
-/^### / { flush(); name = $2; mode = $3; next }
-/Execution Time:/ { time = $(NF - 1) }
-/->|^ *[A-Z][A-Za-z ]+ on [a-z_]+|^ *[A-Z][A-Za-z ]+  \(cost/ {
-  if ($0 ~ /->/ || $0 ~ /\(cost=/) close_node()
-}
-/Index Cond:/ { cond = 1 }
-/(Seq Scan|Index Scan|Index Only Scan|Bitmap Heap Scan|Bitmap Index Scan|Function Scan)( Backward)? (using [a-z_0-9]+ )?on [a-z_0-9]+/ {
-  line = $0; sub(/^ *(-> *)?/, "", line); sub(/  \(cost=.*/, "", line)
-  table = line; sub(/.* on /, "", table); sub(/ .*/, "", table)
-  how = line; sub(/ on .*/, "", how)
-  if (how ~ /Bitmap Index Scan/) { how = how " on " table; table = "" }
-  if (how !~ /Function Scan/) scans = scans (scans == "" ? "" : ", ") (table == "" ? "" : table ": ") how
-  big = (table ~ /^(records|flags|record_versions)$/)
-  if (big && how ~ /Seq Scan/) bad = bad " seq-scan(" table ")"
-  if (big && how ~ /^(Parallel )?Index (Only )?Scan/) { pending = table " " how; cond = 0 }
-}
-END { flush(); exit failed }
-' "$log" && status=0 || status=$?
-echo "plans: $log"
-if [[ $status -ne 0 ]]; then
-  echo "explain.sh: a plan reads records, flags or record_versions whole (see above)" >&2
-  exit 1
-fi
+run_id=explain-$(date +%s)
+ingest=(--api-key "$hospital_key" --admin-key "$admin_key" --hospital-id H-DE-001
+  --run-id "$run_id" --records "$records" --stream-records "$stream_records" --repeats 1
+  --replays "$replays")
+# Fewer callers than the server's pool has connections (DB_MAX_CONNECTIONS,
+# 16): amendments hold a connection while they wait for each other's
+# advisory locks, and the one holding them needs a second connection to
+# read the ledger's new blocks (docs/performance.md, "Query plans").
+run "${ingest[@]}" --mode both --concurrency 8
+run --api-key "$auditor_key" --mode list-flags --rounds "$rounds"
+run --api-key "$auditor_key" --mode investigate --rounds "$rounds"
+run --api-key "$auditor_key" --mode console --rounds "$rounds"
+stop
+
+echo
+status=0
+python3 benches/explain_plans.py "$out/server.log" "$out/plans.log" || status=$?
+echo "plans: $out/plans.log (server log: $out/server.log, loadgen reports: $out/loadgen.log)"
+exit $status

@@ -89,13 +89,23 @@ pub async fn register_clinics(
 
 /// Counts an acknowledgement: only ACCEPTED for the expected record is a success.
 fn check(out: &mut Outcome, expected_id: &str, ack: Option<&pb::RecordAck>) {
+    check_for(out, expected_id, ack, pb::Outcome::Accepted);
+}
+
+/// Counts an acknowledgement: only `expected` for the expected record is a success.
+fn check_for(
+    out: &mut Outcome,
+    expected_id: &str,
+    ack: Option<&pb::RecordAck>,
+    expected: pb::Outcome,
+) {
     let Some(ack) = ack else {
         out.failures
             .add(format!("{expected_id}: no acknowledgement"));
         return;
     };
     let outcome = pb::Outcome::try_from(ack.outcome).unwrap_or(pb::Outcome::Unspecified);
-    if outcome == pb::Outcome::Accepted && ack.external_record_id == expected_id {
+    if outcome == expected && ack.external_record_id == expected_id {
         out.accepted += 1;
         return;
     }
@@ -153,6 +163,96 @@ async fn caller(
             }
             Err(status) => out.failures.add(format!(
                 "{}: {:?} {}",
+                record.external_record_id,
+                status.code(),
+                status.message()
+            )),
+        }
+    }
+    Ok(out)
+}
+
+/// How records already stored go again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// Unchanged, through SubmitRecord: each must be a DUPLICATE.
+    Resubmit,
+    /// Corrected (its cold ischemia a minute longer), through AmendRecord:
+    /// each must be ACCEPTED.
+    Amend,
+}
+
+/// Sends every record again as `how` says, from `concurrency` callers
+/// pulling from one queue; a success is the acknowledgement `how` expects.
+pub async fn replay(
+    client: &Ingest,
+    records: Arc<Vec<pb::TransplantRecord>>,
+    how: Replay,
+    concurrency: usize,
+) -> anyhow::Result<Outcome> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let callers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, records, next) = (client.clone(), records.clone(), next.clone());
+            tokio::spawn(replayer(client, records, how, next))
+        })
+        .collect();
+    let mut outcome = Outcome::default();
+    for caller in callers {
+        outcome.merge(caller.await.context("a replaying caller panicked")??);
+    }
+    outcome.elapsed = started.elapsed();
+    Ok(outcome)
+}
+
+/// One replaying caller: takes the next record until none is left.
+async fn replayer(
+    mut client: Ingest,
+    records: Arc<Vec<pb::TransplantRecord>>,
+    how: Replay,
+    next: Arc<AtomicUsize>,
+) -> anyhow::Result<Outcome> {
+    let mut out = Outcome::default();
+    while let Some(record) = records.get(next.fetch_add(1, Ordering::Relaxed)) {
+        let sent = Instant::now();
+        let (result, call, expected) = match how {
+            Replay::Resubmit => {
+                let mut request = Request::new(pb::SubmitRecordRequest {
+                    record: Some(record.clone()),
+                });
+                request.set_timeout(CALL_TIMEOUT);
+                let result = client
+                    .submit_record(request)
+                    .await
+                    .map(|r| r.into_inner().ack);
+                (result, "SubmitRecord", pb::Outcome::Duplicate)
+            }
+            Replay::Amend => {
+                let mut corrected = record.clone();
+                corrected.cold_ischemia_minutes =
+                    Some(corrected.cold_ischemia_minutes.unwrap_or(60) + 1);
+                let mut request = Request::new(pb::AmendRecordRequest {
+                    record: Some(corrected),
+                    reason: "loadgen: cold ischemia corrected".to_owned(),
+                });
+                request.set_timeout(CALL_TIMEOUT);
+                let result = client
+                    .amend_record(request)
+                    .await
+                    .map(|r| r.into_inner().ack);
+                (result, "AmendRecord", pb::Outcome::Accepted)
+            }
+        };
+        out.latencies.push(sent.elapsed());
+        match result {
+            Ok(ack) => check_for(&mut out, &record.external_record_id, ack.as_ref(), expected),
+            Err(status) if is_auth(&status) => {
+                next.store(records.len(), Ordering::Relaxed); // stops the other callers
+                return Err(explain(&status, call));
+            }
+            Err(status) => out.failures.add(format!(
+                "{}: {call}: {:?} {}",
                 record.external_record_id,
                 status.code(),
                 status.message()

@@ -17,6 +17,9 @@
 //! (or, with `--json`, one JSON line) with records/s, p50/p99 latency, CPU
 //! per process, WAL per record, the server's peak RSS and the target ratios.
 //! Exits 1 when any record was not accepted (or, with `--strict`, a target was missed).
+//! With `--replays N`, the first N records of each phase then go again,
+//! unchanged through SubmitRecord (DUPLICATE expected) and corrected through
+//! AmendRecord (ACCEPTED expected), as two more phases without baselines.
 //!
 //! `--mode list-flags` measures the auditors' side instead, with an AUDITOR
 //! key: ListFlags first and next pages for a few common filters, `--rounds`
@@ -62,7 +65,7 @@ use transplant_audit_core::wire::pb::ingest_service_client::IngestServiceClient;
 use transplant_audit_core::wire::pb::registry_service_client::RegistryServiceClient;
 
 use baseline::{BATCH_ROWS, Baseline, Row};
-use grpc::Bearer;
+use grpc::{Bearer, Replay};
 use probe::{CpuSnapshot, RssSampler, Watch};
 use report::{Judged, Outcome, Phase, PhaseKind, Report};
 use rng::Rng;
@@ -130,6 +133,13 @@ struct Args {
     /// Concurrent callers of the unary phase (and of the one-row-per-transaction baseline).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
     concurrency: u32,
+    /// Ingest modes: after the phases, the first this many records of each
+    /// phase go again from --concurrency callers, unchanged through
+    /// SubmitRecord (each must come back DUPLICATE), then corrected through
+    /// AmendRecord (each must be ACCEPTED): the idempotency and amendment
+    /// paths, which the phases never take. No baseline is measured for them.
+    #[arg(long, default_value_t = 0)]
+    replays: u32,
     /// Which gRPC phases to run.
     #[arg(long, value_enum, default_value_t = Mode::Both)]
     mode: Mode,
@@ -311,11 +321,14 @@ async fn ingest(args: &Args) -> anyhow::Result<ExitCode> {
     };
     let sampler = args.server_pid.map(RssSampler::start).transpose()?;
     let mut phases = Vec::new();
+    let replays = args.replays as usize;
+    let mut replayed = Vec::new();
     let measuring = async {
         for repeat in 1..=args.repeats as usize {
             if args.mode != Mode::Stream {
                 let (records, m) = synth.records(&format!("u{repeat}"), n);
                 mix.add(m);
+                replayed.extend(records.iter().take(replays).cloned());
                 let records = Arc::new(records);
                 let work = grpc::unary(&ingest, records.clone(), concurrency);
                 let label = format!("unary SubmitRecord x{concurrency}");
@@ -333,6 +346,7 @@ async fn ingest(args: &Args) -> anyhow::Result<ExitCode> {
             if args.mode != Mode::Unary {
                 let (records, m) = synth.records(&format!("s{repeat}"), stream_n);
                 mix.add(m);
+                replayed.extend(records.iter().take(replays).cloned());
                 let records = Arc::new(records);
                 let work = grpc::stream(&ingest, records.clone());
                 let label = "stream SubmitRecords x1".to_owned();
@@ -346,6 +360,18 @@ async fn ingest(args: &Args) -> anyhow::Result<ExitCode> {
                     let kind = (PhaseKind::RawBatched, repeat);
                     phases.push(measured(kind, label, stream_n, &baseline_watch, work).await?);
                 }
+            }
+        }
+        if !replayed.is_empty() {
+            let records = Arc::new(std::mem::take(&mut replayed));
+            let repeat = args.repeats as usize;
+            for (how, kind, label) in [
+                (Replay::Resubmit, PhaseKind::Resubmit, "again SubmitRecord"),
+                (Replay::Amend, PhaseKind::Amend, "amend AmendRecord"),
+            ] {
+                let work = grpc::replay(&ingest, records.clone(), how, concurrency);
+                let label = format!("{label} x{concurrency}");
+                phases.push(measured((kind, repeat), label, records.len(), &watch, work).await?);
             }
         }
         anyhow::Ok(())
@@ -553,9 +579,11 @@ mod tests {
         ])
         .expect("valid");
         assert_eq!(
-            (args.records, args.concurrency, args.mode),
-            (10, 64, Mode::Stream)
+            (args.records, args.concurrency, args.mode, args.replays),
+            (10, 64, Mode::Stream, 0)
         );
+        let args = Args::try_parse_from(["loadgen", "--replays", "200"]).expect("valid");
+        assert_eq!(args.replays, 200);
         assert_eq!(args.endpoint, "http://127.0.0.1:50051");
         let args = Args::try_parse_from(["loadgen", "--mode", "list-flags", "--rounds", "5"])
             .expect("valid");

@@ -112,6 +112,10 @@ pub enum PhaseKind {
     RawOnePerTransaction,
     /// Raw batched `INSERT … SELECT FROM UNNEST`.
     RawBatched,
+    /// Stored records submitted again unchanged (`--replays`).
+    Resubmit,
+    /// Stored records amended (`--replays`).
+    Amend,
 }
 
 /// One measured phase, as reported.
@@ -125,7 +129,7 @@ pub struct Phase {
     pub label: String,
     /// Records offered.
     pub records: usize,
-    /// Records stored.
+    /// Records stored (for replays: acknowledged as expected).
     pub accepted: usize,
     /// Records not stored, or stored with a wrong acknowledgement.
     pub errors: usize,
