@@ -373,7 +373,7 @@ impl Store {
             CaseError::Tampered
         })?;
         self.view
-            .check_current(&self.pool, checked.head, || {
+            .check_current(tx, checked.head, || {
                 format!("case {case_id}'s newest event")
             })
             .await

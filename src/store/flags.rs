@@ -353,7 +353,7 @@ impl Store {
             TriageError::Tampered
         })?;
         self.view
-            .check_current(&self.pool, checked.head, || {
+            .check_current(&mut tx, checked.head, || {
                 format!("flag {}'s newest step", step.flag_id)
             })
             .await

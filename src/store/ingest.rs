@@ -518,7 +518,7 @@ impl IngestTx {
     /// match, or a sealed block holds a later state of it (an amendment
     /// rolled back). The archived version is MACed anew, so it must be
     /// what the service wrote.
-    async fn check_current(&self, current: &row::CurrentVersion) -> Result<(), StoreError> {
+    async fn check_current(&mut self, current: &row::CurrentVersion) -> Result<(), StoreError> {
         let (seq, prev, mac) = &current.ledger;
         let state = RecordState {
             id: current.id,
@@ -549,14 +549,14 @@ impl IngestTx {
             )));
         }
         self.view
-            .check_current(&self.pool, *seq, || format!("record {}", current.id.0))
+            .check_current(&mut self.tx, *seq, || format!("record {}", current.id.0))
             .await
     }
 
     /// A flag's row and steps, checked against each other and against the
     /// sealed blocks (its newest step has no sealed successor).
     async fn checked(
-        &self,
+        &mut self,
         flag: &steps::FlagRowState,
         history: Option<Vec<steps::StoredStep>>,
     ) -> Result<steps::Checked, StoreError> {
@@ -566,7 +566,7 @@ impl IngestTx {
                 StoreError::Tampered(format!("flag {}: {reason}", flag.id))
             })?;
         self.view
-            .check_current(&self.pool, checked.head, || {
+            .check_current(&mut self.tx, checked.head, || {
                 format!("flag {}'s newest step", flag.id)
             })
             .await?;

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, QueryBuilder};
 
+use crate::domain::FlagStatus;
 use crate::domain::network::{Party, RecordLinks};
 use crate::domain::search::{AccessEntry, AccessFilter, FlagSummary, RecordCursor, RecordFilter};
-use crate::domain::FlagStatus;
 
 use super::body::parse;
 use super::chain;

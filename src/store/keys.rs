@@ -252,14 +252,15 @@ impl Store {
     /// A key whose row was put back to a state the ledger sealed a
     /// successor of (a revocation undone) is an error too.
     pub async fn key(&self, key_id: &str) -> Result<Option<StoredKey>, StoreError> {
+        let mut conn = self.acquire().await?;
         let Some(row) = key_query!("WHERE k.key_id = $1", key_id)
-            .fetch_optional(&mut *self.acquire().await?)
+            .fetch_optional(&mut *conn)
             .await?
         else {
             return Ok(None);
         };
         self.view
-            .check_current(&self.pool, row.ledger_seq, || format!("API key {key_id}"))
+            .check_current(&mut conn, row.ledger_seq, || format!("API key {key_id}"))
             .await?;
         row.into_checked(&self.ledger).map(Some)
     }
@@ -267,16 +268,17 @@ impl Store {
     /// A page of keys, newest first: at most `limit` created before the key
     /// whose position is `before` (from the start when `None`).
     pub async fn keys(&self, before: Option<i64>, limit: i64) -> Result<KeyPage, StoreError> {
+        let mut conn = self.acquire().await?;
         let rows = key_query!(
             "WHERE k.id < coalesce($1, 9223372036854775807) ORDER BY k.id DESC LIMIT $2",
             before,
             limit + 1,
         )
-        .fetch_all(&mut *self.acquire().await?)
+        .fetch_all(&mut *conn)
         .await?;
         let more = rows.len() as i64 > limit;
         let seqs: Vec<i64> = rows.iter().map(|r| r.ledger_seq).collect();
-        let rewound = self.view.followed(&self.pool, &seqs).await?;
+        let rewound = self.view.followed(&mut conn, &seqs).await?;
         let mut keys = Vec::with_capacity(rows.len());
         let mut last = None;
         for row in rows.into_iter().take(usize::try_from(limit).unwrap_or(0)) {
@@ -308,7 +310,7 @@ impl Store {
         };
         check_row(&self.ledger, &row)?;
         self.view
-            .check_current(&self.pool, row.ledger_seq, || format!("API key {key_id}"))
+            .check_current(&mut tx, row.ledger_seq, || format!("API key {key_id}"))
             .await?;
         if row.revoked_at.is_some() {
             return Ok(Some(row.into_checked(&self.ledger)?.key));

@@ -8,6 +8,7 @@ use sqlx::Connection;
 use futures::future::join_all;
 use transplant_audit::ingest::Ingestor;
 use transplant_audit::rules::RulesConfig;
+use transplant_audit::store::PoolSettings;
 use transplant_audit::wire::pb;
 
 use crate::helpers::*;
@@ -290,4 +291,29 @@ async fn a_context_read_failing_beside_the_transaction_is_read_inside_it() {
     assert!(cut > 0, "the pool had idle connections");
     store_batch(&ingestor, &batches[1]).await;
     assert_eq!(stored_flags(store.pool()).await, expected);
+}
+
+#[tokio::test]
+async fn amendments_of_one_record_outnumbering_the_pool_all_go_through() {
+    // Every amendment waiting for the record's lock holds a pooled
+    // connection; the one holding the lock then checks the sealed ledger,
+    // which must not need a connection of its own.
+    let app = spawn_app().await;
+    register_berlin(&app).await;
+    submit(&app, kidney("AMENDED-MANY")).await.expect("stored");
+    let callers = i32::try_from(PoolSettings::default().max_connections).expect("a small pool") + 8;
+    let amendments = (0..callers).map(|i| {
+        let mut record = kidney("AMENDED-MANY");
+        record.cold_ischemia_minutes = Some(60 + i);
+        amend(&app, record, "ischemia time corrected")
+    });
+    let mut versions = Vec::new();
+    for (i, result) in join_all(amendments).await.into_iter().enumerate() {
+        let ack = result.unwrap_or_else(|s| panic!("amendment {i} refused: {s:?}"));
+        assert_eq!(ack.outcome, pb::Outcome::Accepted as i32, "amendment {i}");
+        versions.push(ack.version);
+    }
+    versions.sort_unstable();
+    let expected: Vec<i32> = (2..).take(versions.len()).collect();
+    assert_eq!(versions, expected, "one version each, none lost");
 }

@@ -13,7 +13,7 @@
 //! keys kept outside the database).
 
 use roaring::RoaringTreemap;
-use sqlx::PgPool;
+use sqlx::PgConnection;
 use tokio::sync::Mutex;
 
 use crate::domain::ledger::{BlockHash, GENESIS_BLOCK, block_hash, unpack};
@@ -24,6 +24,9 @@ use super::super::StoreError;
 const BLOCKS_PER_READ: i64 = 8;
 
 /// The successors the sealed blocks record, kept up to date on demand.
+/// New blocks are read on the caller's connection: a caller in a
+/// transaction holds locks that other callers wait for, each on a pooled
+/// connection, and asking the pool for another one could wait for them.
 #[derive(Debug, Default)]
 pub struct LedgerView {
     state: Mutex<Followed>,
@@ -52,9 +55,13 @@ impl Default for Followed {
 impl LedgerView {
     /// Those of `seqs` that a sealed row state followed, after reading the
     /// blocks sealed since the last call.
-    pub async fn followed(&self, pool: &PgPool, seqs: &[i64]) -> Result<Vec<i64>, StoreError> {
+    pub async fn followed(
+        &self,
+        conn: &mut PgConnection,
+        seqs: &[i64],
+    ) -> Result<Vec<i64>, StoreError> {
         let mut state = self.state.lock().await;
-        state.catch_up(pool).await?;
+        state.catch_up(conn).await?;
         Ok(seqs
             .iter()
             .copied()
@@ -66,11 +73,11 @@ impl LedgerView {
     /// `what` names the row in the error and the log.
     pub async fn check_current(
         &self,
-        pool: &PgPool,
+        conn: &mut PgConnection,
         seq: i64,
         what: impl FnOnce() -> String,
     ) -> Result<(), StoreError> {
-        if self.followed(pool, &[seq]).await?.is_empty() {
+        if self.followed(conn, &[seq]).await?.is_empty() {
             Ok(())
         } else {
             {
@@ -84,13 +91,13 @@ impl LedgerView {
     }
 
     /// Reads every block sealed since the last call.
-    pub async fn catch_up(&self, pool: &PgPool) -> Result<(), StoreError> {
-        self.state.lock().await.catch_up(pool).await
+    pub async fn catch_up(&self, conn: &mut PgConnection) -> Result<(), StoreError> {
+        self.state.lock().await.catch_up(conn).await
     }
 }
 
 impl Followed {
-    async fn catch_up(&mut self, pool: &PgPool) -> Result<(), StoreError> {
+    async fn catch_up(&mut self, conn: &mut PgConnection) -> Result<(), StoreError> {
         loop {
             let blocks = sqlx::query!(
                 "SELECT block, first_seq, last_seq, entries, prev_hash, hash
@@ -98,7 +105,7 @@ impl Followed {
                 self.block,
                 BLOCKS_PER_READ,
             )
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await?;
             let read = blocks.len();
             for b in blocks {
