@@ -53,10 +53,8 @@ NOTICE = "sqlx::postgres::notice"
 # Statements that read a large table whole on purpose: fragment of the
 # normalised text -> why.
 WHOLE_BY_DESIGN = {
-    'SELECT (SELECT count(*) FROM flag_events) AS "flag_steps!"':
-        "src/kept.rs polls this signature every 2 s: counts of two append-only tables",
     'SELECT rule_id, status, count(*) AS "n!" FROM flags':
-        "rule counts of every flag, recounted by src/kept.rs when the signature moves",
+        "rule counts of every flag, recounted by src/kept.rs when notified of a change",
     "WHERE f.status IN ('OPEN', 'IN_REVIEW') AND NOT EXISTS (SELECT N FROM case_flags c "
     "WHERE c.flag_id = f.id) ORDER BY f.id":
         "every open flag outside a case, regrouped by src/kept.rs and SuggestCases",
