@@ -6,7 +6,10 @@
 use std::collections::{BTreeSet, HashMap};
 
 use tonic::Code;
-use transplant_audit::domain::Role;
+use transplant_audit::domain::{FingerprintKey, Role};
+use transplant_audit::store::flags::Actor;
+use transplant_audit::store::investigate::Read;
+use transplant_audit::store::{PoolSettings, Store};
 use transplant_audit::wire::pb;
 use transplant_audit::wire::pb::get_network_request::Origin;
 use transplant_audit::wire::pb::investigation_service_client::InvestigationServiceClient;
@@ -1247,4 +1250,40 @@ async fn hospital_keys_are_refused_on_every_call() {
         .expect_err("no key");
     assert_eq!(status.code(), Code::Unauthenticated);
     assert_eq!(app.count("access_log").await, log_before);
+}
+
+#[tokio::test]
+async fn the_access_log_alone_skips_the_wal_flush_and_the_evidence_written_after_it_does_not() {
+    // The log's write turns synchronous_commit off for its own
+    // transaction; were it the session's, every record, flag and triage
+    // step later written on that pooled connection would lose durability.
+    let database_url = fresh_database().await;
+    let key = FingerprintKey::from_bytes(&TEST_KEY).expect("key");
+    let one = PoolSettings {
+        max_connections: 1,
+        ..PoolSettings::default()
+    };
+    let store = Store::connect(&database_url, &one, &key).expect("url");
+    store.migrate().await.expect("migrate");
+    let actor = Actor {
+        key_id: "k1",
+        principal: "auditor@registry.example",
+        issued_by: None,
+        trace_id: None,
+        own_trace_id: None,
+    };
+    store
+        .record_reads(&actor, "SearchRecords", &[Read::of("record", 1)])
+        .await
+        .expect("logged");
+    let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(store.pool())
+        .await
+        .expect("the pool's only connection");
+    assert_eq!(setting, "on");
+    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM access_log")
+        .fetch_one(store.pool())
+        .await
+        .expect("count");
+    assert_eq!(logged, 1, "the entry is committed");
 }
