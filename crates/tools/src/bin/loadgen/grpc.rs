@@ -123,14 +123,35 @@ pub async fn unary(
     records: Arc<Vec<pb::TransplantRecord>>,
     concurrency: usize,
 ) -> anyhow::Result<Outcome> {
+    from_one_queue(concurrency, "unary", |next| {
+        caller(client.clone(), records.clone(), next)
+    })
+    .await
+}
+
+/// Runs `concurrency` callers that `spawn` makes, all taking records from
+/// one queue (the index they share), and merges what they report.
+async fn from_one_queue<F, C>(
+    concurrency: usize,
+    kind: &'static str,
+    spawn: F,
+) -> anyhow::Result<Outcome>
+where
+    F: Fn(Arc<AtomicUsize>) -> C,
+    C: Future<Output = anyhow::Result<Outcome>> + Send + 'static,
+{
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let callers: Vec<_> = (0..concurrency)
-        .map(|_| tokio::spawn(caller(client.clone(), records.clone(), next.clone())))
+        .map(|_| tokio::spawn(spawn(next.clone())))
         .collect();
     let mut outcome = Outcome::default();
     for caller in callers {
-        outcome.merge(caller.await.context("a unary caller panicked")??);
+        outcome.merge(
+            caller
+                .await
+                .with_context(|| format!("a {kind} caller panicked"))??,
+        );
     }
     outcome.elapsed = started.elapsed();
     Ok(outcome)
@@ -190,20 +211,10 @@ pub async fn replay(
     how: Replay,
     concurrency: usize,
 ) -> anyhow::Result<Outcome> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let callers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (client, records, next) = (client.clone(), records.clone(), next.clone());
-            tokio::spawn(replayer(client, records, how, next))
-        })
-        .collect();
-    let mut outcome = Outcome::default();
-    for caller in callers {
-        outcome.merge(caller.await.context("a replaying caller panicked")??);
-    }
-    outcome.elapsed = started.elapsed();
-    Ok(outcome)
+    from_one_queue(concurrency, "replaying", |next| {
+        replayer(client.clone(), records.clone(), how, next)
+    })
+    .await
 }
 
 /// One replaying caller: takes the next record until none is left.
