@@ -132,15 +132,31 @@ pub async fn run(
     }
 }
 
-/// One round: a block if anything is new, its digest to the sinks.
+/// One round: blocks while a full one was sealed (a history written at
+/// once takes several), each digest to the sinks.
 pub async fn seal_once(
     store: &Store,
     signer: &SigningKey,
     sinks: &Sinks,
     client: &reqwest::Client,
 ) {
+    loop {
+        if !seal_block(store, signer, sinks, client).await {
+            return;
+        }
+    }
+}
+
+/// A block if anything is new; whether it was full, so more may wait.
+async fn seal_block(
+    store: &Store,
+    signer: &SigningKey,
+    sinks: &Sinks,
+    client: &reqwest::Client,
+) -> bool {
     match store.seal(signer).await {
-        Ok(Some(digest)) => {
+        Ok(Some(sealed)) => {
+            let digest = &sealed.digest;
             tracing::debug!(
                 block = digest.block,
                 last_seq = digest.last_seq,
@@ -148,7 +164,8 @@ pub async fn seal_once(
             );
             metrics::block_sealed(digest.last_seq);
             metrics::seal_round();
-            sinks.write(&digest, client).await;
+            sinks.write(digest, client).await;
+            return sealed.full;
         }
         Ok(None) => metrics::seal_round(),
         Err(SealError::Blocked { pid, since }) => {
@@ -157,4 +174,5 @@ pub async fn seal_once(
         }
         Err(SealError::Store(e)) => tracing::warn!(error = %e, "sealing failed; retrying"),
     }
+    false
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use transplant_audit::domain::Role;
 use transplant_audit::domain::ledger::SigningKey;
+use transplant_audit::store::ledger::MAX_BLOCK_SEQS;
 use transplant_audit::wire::pb;
 
 use crate::helpers::*;
@@ -361,5 +362,46 @@ async fn a_sealed_record_amended_before_the_next_block_verifies_intact() {
     assert!(report.intact, "{report:?}");
     assert!(report.unsealed_rows_checked >= 2, "{report:?}");
     holder.rollback().await.expect("rollback");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_history_longer_than_a_block_is_sealed_in_blocks_of_bounded_size() {
+    let app = spawn_app().await;
+    submit(&app, kidney("BEFORE")).await.expect("stored");
+    sealed_digests(&app).await;
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger_blocks")
+        .fetch_one(&app.pool)
+        .await
+        .expect("blocks");
+    // Two and a half blocks' worth of sequence numbers at once, as an
+    // adopted or imported history takes (numbers of rolled-back writes
+    // leave the same gaps).
+    let span = MAX_BLOCK_SEQS * 5 / 2;
+    sqlx::query("SELECT setval('ledger_seq', pg_sequence_last_value('ledger_seq') + $1)")
+        .bind(span)
+        .execute(&app.pool)
+        .await
+        .expect("advance the sequence");
+    submit(&app, kidney("AFTER")).await.expect("stored");
+    let digests = sealed_digests(&app).await;
+
+    let blocks: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT first_seq, last_seq FROM ledger_blocks ORDER BY block")
+            .fetch_all(&app.pool)
+            .await
+            .expect("blocks");
+    let new = &blocks[usize::try_from(before).expect("count")..];
+    assert!(new.len() >= 3, "{blocks:?}");
+    for (first, last) in new {
+        assert!(last - first < MAX_BLOCK_SEQS, "{blocks:?}");
+    }
+    assert_eq!(digests.lines().count(), blocks.len(), "a digest per block");
+    let verified = verify_trusting(
+        &app.database_url,
+        &[test_signing_key().public().to_string()],
+        Some(&digests),
+    );
+    assert_eq!(verified.status.code(), Some(0), "{}", said(&verified));
     app.stop().await;
 }

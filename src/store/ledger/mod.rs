@@ -41,6 +41,39 @@ pub struct Block {
     pub signature: Vec<u8>,
 }
 
+/// What the sealer chains a new block to, and what a digest of the block
+/// says: a block without its entries.
+#[derive(Debug, Clone)]
+pub struct BlockHead {
+    /// Its number, from 1.
+    pub block: i64,
+    /// The last sequence number it covers.
+    pub last_seq: i64,
+    /// Its hash.
+    pub hash: Vec<u8>,
+    /// When it was sealed.
+    pub sealed_at: DateTime<Utc>,
+    /// The key that signed its digest.
+    pub public_key: Vec<u8>,
+    /// The digest's signature.
+    pub signature: Vec<u8>,
+}
+
+/// A block just sealed.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    /// Its digest.
+    pub digest: Digest,
+    /// Whether it stopped at [`MAX_BLOCK_SEQS`] with newer rows left.
+    pub full: bool,
+}
+
+/// The most sequence numbers one block covers. Ingest fills a few tens of
+/// thousands between two rounds; an adopted or imported history of millions
+/// of rows is sealed in blocks of this many, each a few megabytes, where one
+/// block would hold tens of bytes per row (and a bytea at most 1 GB).
+pub const MAX_BLOCK_SEQS: i64 = 100_000;
+
 /// How long the sealer waits for older transactions before it gives up on
 /// this round (a transaction held open blocks sealing, so it is reported).
 const WAIT_FOR_WRITERS: Duration = Duration::from_secs(10);
@@ -82,11 +115,12 @@ pub(crate) async fn allocate(conn: &mut PgConnection, n: usize) -> Result<Vec<i6
 
 impl Store {
     /// The newest block, if any.
-    pub async fn last_block(&self) -> Result<Option<Block>, StoreError> {
+    pub async fn last_block(&self) -> Result<Option<BlockHead>, StoreError> {
+        // Without its entries: the sealer asks every interval, and the block
+        // sealing a registry's adopted history holds tens of bytes per row.
         let block = sqlx::query_as!(
-            Block,
-            "SELECT block, first_seq, last_seq, entries, prev_hash, hash, sealed_at, public_key,
-                    signature
+            BlockHead,
+            "SELECT block, last_seq, hash, sealed_at, public_key, signature
              FROM ledger_blocks ORDER BY block DESC LIMIT 1"
         )
         .fetch_optional(&mut *self.acquire().await?)
@@ -99,11 +133,11 @@ impl Store {
         blocks_after(&mut *self.acquire().await?, after, limit).await
     }
 
-    /// Seals every row state written up to now that no block covers yet
-    /// into one block, signs its digest with `signer` and returns it; `None`
-    /// when there was nothing new. Only one sealer may run at a time:
-    /// callers hold [`Store::sealer_lock`].
-    pub async fn seal(&self, signer: &SigningKey) -> Result<Option<Digest>, SealError> {
+    /// Seals the row states written up to now that no block covers yet,
+    /// at most [`MAX_BLOCK_SEQS`] of them, into one block, signs its digest
+    /// with `signer` and returns it; `None` when there was nothing new. Only
+    /// one sealer may run at a time: callers hold [`Store::sealer_lock`].
+    pub async fn seal(&self, signer: &SigningKey) -> Result<Option<Sealed>, SealError> {
         let last = self.last_block().await?;
         let (number, after, previous) = match &last {
             Some(b) => (
@@ -124,6 +158,8 @@ impl Store {
             return Ok(None);
         }
         wait_for_writers(&mut conn, now).await?;
+        let full = frontier - after > MAX_BLOCK_SEQS;
+        let frontier = frontier.min(after + MAX_BLOCK_SEQS);
         let entries = entries_between(&mut conn, after, frontier).await?;
         let packed = pack(&entries);
         let hash: BlockHash = block_hash(&previous, number, after + 1, frontier, &packed);
@@ -147,7 +183,7 @@ impl Store {
         )
         .execute(&mut *conn)
         .await?;
-        Ok(Some(digest))
+        Ok(Some(Sealed { digest, full }))
     }
 
     /// The right to seal, or `None` when another sealer holds it.
