@@ -82,7 +82,7 @@ impl AuditService for AuditApi {
         };
         let flags = self.audit.watch(filter, cursor).map(|item| {
             item.map(|(cursor, flag)| pb::WatchFlagsResponse {
-                flag: Some(flag_to_proto(&flag)),
+                flag: Some(flag_to_proto(flag)),
                 cursor: cursor.to_string(),
             })
             .map_err(Status::from)
@@ -109,7 +109,7 @@ impl AuditService for AuditApi {
         };
         let page = self.audit.list_flags(&filter, before, limit).await?;
         Ok(Response::new(pb::ListFlagsResponse {
-            flags: page.flags.iter().map(flag_to_proto).collect(),
+            flags: page.flags.into_iter().map(flag_to_proto).collect(),
             next_page_token: page
                 .next_before
                 .map(|b| self.tokens.encode(FLAGS_LISTING, &filters, &b.to_string()))
@@ -131,7 +131,7 @@ impl AuditService for AuditApi {
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(pb::GetFlagResponse {
-            flag: Some(flag_to_proto(&case.flag)),
+            flag: Some(flag_to_proto(case.flag)),
             record: Some(record_to_proto(&case.record)),
             evidence: case.evidence.iter().map(record_to_proto).collect(),
             history: case.history.iter().map(event_to_proto).collect(),
@@ -160,7 +160,7 @@ impl AuditService for AuditApi {
         };
         let flag = self.audit.triage(&acting.actor(), request).await?;
         Ok(Response::new(pb::UpdateFlagStatusResponse {
-            flag: Some(flag_to_proto(&flag)),
+            flag: Some(flag_to_proto(flag)),
         }))
     }
 

@@ -173,7 +173,7 @@ fn detail_to_proto(d: &CaseDetail) -> pb::GetCaseResponse {
             .flags
             .iter()
             .map(|f| pb::CaseFlag {
-                flag: Some(flag_to_proto(&f.flag)),
+                flag: Some(flag_to_proto(f.flag.clone())),
                 record: Some(record_to_proto(&f.record)),
                 evidence: f.evidence.iter().map(record_to_proto).collect(),
                 history: f.history.iter().map(event_to_proto).collect(),

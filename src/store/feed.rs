@@ -93,8 +93,12 @@ impl Store {
         cursor: FeedCursor,
         limit: i64,
     ) -> Result<Vec<(FeedCursor, FlagView)>, StoreError> {
-        let columns = FLAG_COLUMNS.replacen("SELECT ", "SELECT q.position AS feed_position, ", 1)
-            + " JOIN flag_feed q ON q.flag_id = f.id";
+        // The position after the flag's columns, which `FlagRow` reads by position.
+        let columns = FLAG_COLUMNS.replacen(
+            " FROM flags f",
+            ", q.position AS feed_position FROM flags f JOIN flag_feed q ON q.flag_id = f.id",
+            1,
+        );
         let mut q: QueryBuilder<Postgres> = QueryBuilder::new(columns);
         push_filter(&mut q, filter);
         let after = i64::try_from(cursor.position).unwrap_or(i64::MAX);

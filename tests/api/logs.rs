@@ -1,8 +1,11 @@
 //! The logs of a real run of the binary hold no identifier and no secret,
-//! and every denial names the key id.
+//! every denial names the key id, and what the database layer logs stays
+//! under the call that caused it.
 
+use sqlx::Connection;
 use transplant_audit::domain::Role;
 use transplant_audit::wire::pb;
+use transplant_audit::wire::pb::audit_service_client::AuditServiceClient;
 use transplant_audit::wire::pb::ingest_service_client::IngestServiceClient;
 
 use crate::helpers::*;
@@ -101,4 +104,46 @@ async fn a_full_run_logs_no_identifier_and_no_secret() {
         "the forged key is logged"
     );
     assert!(log.len() > 10, "the run logged something: {log:?}");
+}
+
+#[tokio::test]
+async fn a_slow_listing_statement_is_logged_under_its_call() {
+    let database_url = fresh_database().await;
+    let app = spawn_app_on(&database_url, Default::default()).await;
+    let auditor = create_key(&app.store, Role::Auditor, None).await;
+    app.stop().await;
+    let server = ServerProcess::start(&database_url, "info").await;
+    let mut audit = AuditServiceClient::new(server.connect(&auditor).await);
+    // A transaction holding the flags table keeps the listing's statement
+    // waiting past sqlx's slow-statement threshold (1 s).
+    let mut holder = sqlx::PgConnection::connect(&database_url)
+        .await
+        .expect("connect");
+    sqlx::raw_sql("BEGIN; LOCK TABLE flags IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .expect("lock");
+    let listing = tokio::spawn(async move {
+        audit
+            .list_flags(pb::ListFlagsRequest::default())
+            .await
+            .map(|r| r.into_inner().flags.len())
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut holder)
+        .await
+        .expect("release");
+    assert_eq!(listing.await.expect("joined").expect("listed"), 0);
+
+    server.signal(libc::SIGTERM);
+    let (_, log) = server.drain().await;
+    let slow = log
+        .iter()
+        .find(|l| l.contains("slow statement") && l.contains("FROM flags f"))
+        .unwrap_or_else(|| panic!("the slow listing is logged: {log:?}"));
+    assert!(
+        slow.contains("ListFlags") && slow.contains("call_id"),
+        "logged under the call's span: {slow}"
+    );
 }

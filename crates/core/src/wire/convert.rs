@@ -557,25 +557,25 @@ pub fn clinic_to_proto(c: &ClinicVersion) -> pb::Clinic {
 }
 
 /// Domain to proto: a flag.
-pub fn flag_to_proto(f: &FlagView) -> pb::Flag {
+pub fn flag_to_proto(f: FlagView) -> pb::Flag {
     pb::Flag {
         flag_id: f.id.to_string(),
         record_id: f.record_id.0.to_string(),
-        rule_id: f.rule_id.clone(),
+        rule_id: f.rule_id,
         rule_version: f.rule_version,
         severity: f.severity.to_proto(),
-        explanation: f.explanation.clone(),
+        explanation: f.explanation,
         evidence_record_ids: f.evidence.iter().map(|r| r.0.to_string()).collect(),
         status: f.status.to_proto(),
         etag: f.revision.to_string(),
         raised_at: Some(timestamp(f.raised_at)),
         updated_at: Some(timestamp(f.updated_at)),
-        hospital_id: f.hospital_id.clone(),
-        clinic_id: f.clinic_id.clone(),
-        external_record_id: f.external_record_id.clone(),
+        hospital_id: f.hospital_id,
+        clinic_id: f.clinic_id,
+        external_record_id: f.external_record_id,
         record_version: f.record_version,
         cleared_in_record_version: f.cleared_in_version,
-        dismissal_proposed_by: f.dismissal_proposed_by.clone().unwrap_or_default(),
+        dismissal_proposed_by: f.dismissal_proposed_by.unwrap_or_default(),
     }
 }
 
