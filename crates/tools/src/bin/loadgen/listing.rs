@@ -10,7 +10,10 @@
 //! Given the server's database, each call is followed by the same SQL the
 //! store runs for that page, over a connection of this tool's own (a
 //! prepared statement, as the store's): the ratio of the two p99s is what
-//! the service adds to its database's own tail (target at most 2).
+//! the service adds to its database's own tail (target at most 2). Each
+//! round also times a health check over the same connection: the floor
+//! any call pays (HTTP/2, the layers, both ends' scheduling) before the
+//! service does any work.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -20,6 +23,8 @@ use serde::Serialize;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row as _};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 use transplant_audit_core::rules::RuleId;
 use transplant_audit_core::wire::pb;
 use transplant_audit_core::wire::pb::audit_service_client::AuditServiceClient;
@@ -219,6 +224,9 @@ pub struct Report {
     pub clinics: Vec<String>,
     /// Hospitals filtered on, in turn.
     pub hospitals: Vec<String>,
+    /// A health check's latency over the same connection, once a round:
+    /// what any call costs before the service does any work.
+    pub floor: Option<Latency>,
     /// One row per query kind and page.
     pub rows: Vec<Row>,
 }
@@ -304,6 +312,13 @@ impl Judged for Report {
                 verdict(r.ratio_pass),
             );
         }
+        if let Some(floor) = &self.floor {
+            let _ = writeln!(
+                out,
+                "\nthe floor, a health check over the same connection (no database): p50 {:.2} ms, p99 {:.2} ms",
+                floor.p50_ms, floor.p99_ms
+            );
+        }
         for r in self.rows.iter().filter(|r| !r.error_samples.is_empty()) {
             let _ = writeln!(
                 out,
@@ -324,6 +339,7 @@ pub async fn run(
     key: Option<&str>,
     settings: &Settings,
 ) -> anyhow::Result<Report> {
+    let mut health = HealthClient::new(channel.clone());
     let mut client = AuditServiceClient::with_interceptor(channel, Bearer::new(key)?);
     let values = discover(&mut client).await?;
     let mut db = direct_connection(settings.database_url.as_deref()).await?;
@@ -338,7 +354,9 @@ pub async fn run(
     // Unmeasured rounds: connections, prepared statements (the server's
     // pool has several connections, each preparing its own) and caches warm.
     let mut discard = (Calls::default(), Calls::default());
+    let mut floor = Calls::default();
     for round in 0..WARM_UP_ROUNDS {
+        empty_call(&mut health, &mut discard.0).await?;
         for kind in Kind::ALL {
             let request = values.request(kind, round, settings.page_size);
             pair(&mut client, request.clone(), &mut discard.0, &mut discard.1).await?;
@@ -350,6 +368,7 @@ pub async fn run(
     // Rounds interleave the kinds, and each call is followed by its SQL, so
     // whatever else the machine does falls on all alike.
     for round in 0..settings.rounds {
+        empty_call(&mut health, &mut floor).await?;
         for (k, kind) in Kind::ALL.into_iter().enumerate() {
             let request = values.request(kind, round, settings.page_size);
             pair(&mut client, request.clone(), &mut first[k], &mut next[k]).await?;
@@ -375,8 +394,23 @@ pub async fn run(
         p99_target_ms: P99_TARGET_MS,
         clinics: values.clinics,
         hospitals: values.hospitals,
+        floor: Latency::of(&mut floor.latencies),
         rows,
     })
+}
+
+/// One timed health check: a call through the same connection and layers
+/// that reads no database, the floor under every listing's latency.
+async fn empty_call(health: &mut HealthClient<Channel>, calls: &mut Calls) -> anyhow::Result<()> {
+    let mut request = Request::new(HealthCheckRequest::default());
+    request.set_timeout(CALL_TIMEOUT);
+    let sent = Instant::now();
+    health
+        .check(request)
+        .await
+        .context("grpc.health.v1.Health/Check")?;
+    calls.latencies.push(sent.elapsed());
+    Ok(())
 }
 
 /// Unmeasured rounds of every query before the measured ones.
