@@ -41,7 +41,7 @@ impl<'r> sqlx::FromRow<'r, PgRow> for FlagRow {
     /// By position, in [`FLAG_COLUMNS`]' order, and in release builds
     /// without comparing each column's type with the field's: sqlx finds a
     /// column by name through a hash map, and compares types by name, for
-    /// every column of every row, which cost a fifth of the server's CPU in
+    /// every column of every row, which cost a sixth of the server's CPU in
     /// a listing. The columns and their types are this module's and the
     /// migrations'; debug builds, which the tests run, check both.
     fn from_row(row: &'r PgRow) -> sqlx::Result<Self> {
